@@ -1,0 +1,64 @@
+"""Element types the accelerator knows, with their encodings and numpy equivalents.
+
+bf16 values are stored as their 16 bits (the upper half of an fp32) and computed with
+through ml_dtypes.bfloat16, which rounds to nearest even as the hardware does.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import ml_dtypes
+import numpy as np
+
+
+class DType(enum.IntEnum):
+    """Element type; the value is its 3-bit encoding in instruction fields."""
+
+    F32 = 0
+    BF16 = 1
+    I8 = 2
+    U8 = 3
+    I32 = 4
+
+    @property
+    def size(self) -> int:
+        return _SIZES[self]
+
+    @property
+    def numpy(self) -> np.dtype:
+        return _NUMPY[self]
+
+    @property
+    def is_float(self) -> bool:
+        return self in (DType.F32, DType.BF16)
+
+    @property
+    def asm_name(self) -> str:
+        return self.name.lower()
+
+    @classmethod
+    def from_name(cls, name: str) -> DType:
+        try:
+            return cls[name.upper()]
+        except KeyError:
+            raise ValueError(f"unknown dtype {name!r} (known: {', '.join(d.asm_name for d in cls)})") from None
+
+    @classmethod
+    def from_numpy(cls, dtype: np.dtype) -> DType:
+        for member, np_dtype in _NUMPY.items():
+            if np.dtype(dtype) == np_dtype:
+                return member
+        raise ValueError(f"no accelerator dtype for numpy {np.dtype(dtype)}")
+
+
+_SIZES = {DType.F32: 4, DType.BF16: 2, DType.I8: 1, DType.U8: 1, DType.I32: 4}
+_NUMPY = {
+    DType.F32: np.dtype(np.float32),
+    DType.BF16: np.dtype(ml_dtypes.bfloat16),
+    DType.I8: np.dtype(np.int8),
+    DType.U8: np.dtype(np.uint8),
+    DType.I32: np.dtype(np.int32),
+}
+
+INT_RANGES = {DType.I8: (-128, 127), DType.U8: (0, 255), DType.I32: (-(2**31), 2**31 - 1)}

@@ -1,0 +1,73 @@
+"""A compiled program: what model.bin holds, as Python objects.
+
+Both the assembler and the compiler produce a `Program`; `isa.binfile` writes and reads
+it; the simulator runs it. Tensors in DRAM are dense and row-major at their `dram`
+byte address.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from isa.config import AcceleratorConfig
+from isa.dtypes import DType
+from isa.encoding import Instruction
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A model input or output: where it lives in DRAM and how to read it."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: DType
+    dram: int
+    scale: tuple[float, ...] = ()  # quantization parameters of an integer tensor, if any
+    zero_point: tuple[int, ...] = ()
+    axis: int | None = None  # the channel axis of per-channel parameters
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.size
+
+
+@dataclass(frozen=True)
+class Constant:
+    """Bytes placed in DRAM at `dram` before the program starts (weights, tables)."""
+
+    dram: int
+    data: bytes
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class DebugRange:
+    """Instructions [start, end) were generated for the source node `node`."""
+
+    start: int
+    end: int
+    node: str
+
+
+@dataclass
+class Program:
+    config: AcceleratorConfig
+    instructions: list[Instruction]
+    inputs: list[TensorInfo] = field(default_factory=list)
+    outputs: list[TensorInfo] = field(default_factory=list)
+    constants: list[Constant] = field(default_factory=list)
+    debug: list[DebugRange] = field(default_factory=list)
+    dram_bytes: int = 0  # DRAM the program uses: I/O, constants and scratch
+    host_steps: list[str] = field(default_factory=list)  # steps that run on the host; reported by acc-run
+
+    def node_of(self, index: int) -> str | None:
+        """The source node that instruction `index` was generated for, if recorded."""
+        for entry in self.debug:
+            if entry.start <= index < entry.end:
+                return entry.node
+        return None

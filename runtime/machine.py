@@ -1,0 +1,417 @@
+"""The functional model of the accelerator: its memories and what each instruction does.
+
+`Machine` holds DRAM, the local memory (scratchpad then accumulator) and the weights
+loaded into the array. `EXEC` maps each mnemonic to an `exec_*` function whose docstring
+repeats the semantics line of the ISA table; each one checks its operands (bounds,
+alignment, memory region) before touching anything and returns the memory it read and
+wrote, for the hazard check. Timing is not modelled here (see runtime/timing.py).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from isa.config import AcceleratorConfig
+from isa.dtypes import INT_RANGES, DType
+from isa.encoding import Instruction
+
+DRAM, LOCAL = "dram", "local"
+
+
+class OperandError(Exception):
+    """An operand that is out of range, misaligned or in the wrong memory; the simulator
+    turns it into a SimulationError naming the instruction."""
+
+
+@dataclass(frozen=True)
+class Access:
+    """The elements one operand touches: memory, byte offsets of each element, element size."""
+
+    memory: str
+    offsets: np.ndarray  # int64 byte offsets of the first byte of each element
+    size: int
+    write: bool
+
+
+@dataclass
+class Effects:
+    accesses: list[Access]
+    macs: int = 0
+    macs_dtype: DType | None = None
+    dram_read: int = 0
+    dram_written: int = 0
+
+
+class Machine:
+    def __init__(self, config: AcceleratorConfig, dram_bytes: int):
+        self.config = config
+        # Rounded up to whole words so that every typed view covers all of it.
+        self.dram = np.zeros(max(4, -(-dram_bytes // 4) * 4), dtype=np.uint8)
+        self.local = np.zeros(config.local_bytes, dtype=np.uint8)
+        self.weights: np.ndarray | None = None  # float64 K x N: the array's active weights
+        self.weights_dtype: DType | None = None
+
+    def memory(self, name: str) -> np.ndarray:
+        return self.dram if name == DRAM else self.local
+
+    # Operand views ------------------------------------------------------------------------
+    def region(self, address: int) -> tuple[int, int, str]:
+        """(start, end, name) of the local region holding `address`."""
+        if address < self.config.spad_bytes:
+            return 0, self.config.spad_bytes, "scratchpad"
+        return self.config.acc_base, self.config.local_bytes, "accumulator"
+
+    def tile(self, memory: str, address: int, dtype_or_size, shape: tuple[int, ...],
+             strides: tuple[int, ...], what: str, need: str | None = None) -> tuple[np.ndarray, Access]:
+        """A strided view of `shape` elements at `address` (strides in elements), checked."""
+        dtype = dtype_or_size.numpy if isinstance(dtype_or_size, DType) else _UINT[dtype_or_size]
+        size = dtype.itemsize
+        if any(n < 1 for n in shape):
+            raise OperandError(f"{what}: a dimension of {shape} is zero")
+        if address % size:
+            raise OperandError(f"{what}: address {address:#x} is not aligned to {size} bytes")
+        last = address + sum((n - 1) * s for n, s in zip(shape, strides, strict=True)) * size + size
+        if memory == DRAM:
+            start, end, region = 0, self.dram.size, "DRAM"
+        else:
+            start, end, region = self.region(address)
+            if need is not None and region != need:
+                raise OperandError(f"{what}: address {address:#x} is in the {region}, must be in the {need}")
+        if address < start or last > end:
+            raise OperandError(f"{what}: bytes {address:#x}..{last:#x} run past the end of the {region} "
+                               f"({end:#x})")
+        view = self.memory(memory).view(dtype)
+        base = address // size
+        tile = as_strided(view[base:], shape=shape, strides=tuple(s * size for s in strides), writeable=True)
+        offsets = address + _element_offsets(shape, strides) * size
+        return tile, Access(memory, offsets, size, write=False)
+
+
+_UINT = {1: np.dtype(np.uint8), 2: np.dtype(np.uint16), 4: np.dtype(np.uint32)}
+
+
+def _element_offsets(shape, strides) -> np.ndarray:
+    index = np.zeros(1, dtype=np.int64)
+    for n, s in zip(shape, strides, strict=True):
+        index = (index[:, None] + np.arange(n, dtype=np.int64) * s).reshape(-1)
+    return index
+
+
+def _check_no_self_overlap(access: Access, what: str) -> None:
+    """A destination must not write one element twice (the result would depend on order)."""
+    offsets = access.offsets
+    if offsets.size > 1 and np.unique(offsets).size != offsets.size:
+        raise OperandError(f"{what}: the destination writes some elements more than once")
+    if access.size > 1 and offsets.size > 1:
+        ordered = np.sort(offsets)
+        if np.any(np.diff(ordered) < access.size):
+            raise OperandError(f"{what}: destination elements overlap")
+
+
+def _written(access: Access) -> Access:
+    return Access(access.memory, access.offsets, access.size, write=True)
+
+
+# Numerics -------------------------------------------------------------------------------------
+def to_float64(values: np.ndarray) -> np.ndarray:
+    return values.astype(np.float64)
+
+
+def store_float(values: np.ndarray, dtype: DType) -> np.ndarray:
+    """Round float64 results once to fp32, then (for bf16) to bf16, nearest even."""
+    result = values.astype(np.float32)
+    return result.astype(dtype.numpy) if dtype is DType.BF16 else result
+
+
+def wrap_int(values: np.ndarray, dtype: DType) -> np.ndarray:
+    """Two's complement wrap of exact integer results to `dtype`."""
+    return values.astype(np.int64).astype(dtype.numpy)
+
+
+def saturate_to_int(values: np.ndarray, dtype: DType) -> np.ndarray:
+    """Round half to even and saturate to `dtype`; NaN becomes 0."""
+    low, high = INT_RANGES[dtype]
+    rounded = np.rint(np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=high, neginf=low))
+    return np.clip(rounded, low, high).astype(dtype.numpy)
+
+
+_erf = np.frompyfunc(math.erf, 1, 1)
+
+FLOAT_UNARY = {
+    "mov": lambda a: a, "neg": np.negative, "abs": np.abs, "not": lambda a: (a == 0).astype(np.float64),
+    "floor": np.floor, "ceil": np.ceil, "round": np.rint, "exp": np.exp, "log": np.log, "tanh": np.tanh,
+    "erf": lambda a: _erf(a).astype(np.float64), "sigmoid": lambda a: 0.5 * (1.0 + np.tanh(0.5 * a)),
+    "sqrt": np.sqrt, "rsqrt": lambda a: 1.0 / np.sqrt(a), "recip": lambda a: 1.0 / a,
+}
+INT_UNARY = {"mov": lambda a: a, "neg": np.negative, "abs": np.abs, "not": lambda a: (a == 0).astype(np.int64),
+             "floor": lambda a: a, "ceil": lambda a: a, "round": lambda a: a}
+
+
+def _int_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    safe = np.where(b == 0, 1, b)
+    quotient = np.abs(a) // np.abs(safe) * np.sign(a) * np.sign(safe)
+    return np.where(b == 0, 0, quotient)
+
+
+BINARY = {
+    "add": np.add, "sub": np.subtract, "mul": np.multiply, "max": np.maximum, "min": np.minimum,
+    "eq": np.equal, "ne": np.not_equal, "lt": np.less, "le": np.less_equal, "gt": np.greater,
+    "ge": np.greater_equal, "and": lambda a, b: (a != 0) & (b != 0), "or": lambda a, b: (a != 0) | (b != 0),
+}
+FLOAT_ONLY = {"pow", "exp", "log", "tanh", "erf", "sigmoid", "sqrt", "rsqrt", "recip"}
+
+
+def elementwise(name: str, dtype: DType, *operands: np.ndarray) -> np.ndarray:
+    """The element operation `name` of the ISA table on already-read operands."""
+    if dtype.is_float:
+        values = [to_float64(o) for o in operands]
+        with np.errstate(all="ignore"):
+            if len(values) == 1:
+                result = FLOAT_UNARY[name](values[0])
+            elif name == "div":
+                result = values[0] / values[1]
+            elif name == "pow":
+                result = np.power(values[0], values[1])
+            else:
+                result = BINARY[name](values[0], values[1])
+        return store_float(np.asarray(result, dtype=np.float64), dtype)
+    if name in FLOAT_ONLY:
+        raise OperandError(f"v{name} is defined for f32 and bf16 only, not {dtype.asm_name}")
+    values = [o.astype(np.int64) for o in operands]
+    if len(values) == 1:
+        result = INT_UNARY[name](values[0])
+    elif name == "div":
+        result = _int_div(values[0], values[1])
+    else:
+        result = BINARY[name](values[0], values[1])
+    return wrap_int(np.asarray(result).astype(np.int64), dtype)
+
+
+# Instruction semantics --------------------------------------------------------------------------
+def exec_nothing(machine: Machine, i: Instruction) -> Effects:
+    """end / sync: no data is touched."""
+    return Effects([])
+
+
+def _dma_views(machine: Machine, i: Instruction):
+    f = i.fields
+    shape = (f["n2"], f["n1"], f["n0"])
+    dram, dram_access = machine.tile(DRAM, f["dram"], f["esize"], shape, (f["ds2"], f["ds1"], f["ds0"]), "dram")
+    local, local_access = machine.tile(LOCAL, f["local"], f["esize"], shape, (f["ls2"], f["ls1"], 1), "local")
+    return dram, dram_access, local, local_access
+
+
+def exec_dma_load(machine: Machine, i: Instruction) -> Effects:
+    """for i2 < n2, i1 < n1, i0 < n0: local[local + (i2*ls2 + i1*ls1 + i0)*esize]
+    = dram[dram + (i2*ds2 + i1*ds1 + i0*ds0)*esize] (esize bytes each)"""
+    dram, dram_access, local, local_access = _dma_views(machine, i)
+    _check_no_self_overlap(local_access, "local")
+    local[...] = dram
+    return Effects([dram_access, _written(local_access)], dram_read=dram.size * i["esize"])
+
+
+def exec_dma_store(machine: Machine, i: Instruction) -> Effects:
+    """for i2 < n2, i1 < n1, i0 < n0: dram[dram + (i2*ds2 + i1*ds1 + i0*ds0)*esize]
+    = local[local + (i2*ls2 + i1*ls1 + i0)*esize] (esize bytes each)"""
+    dram, dram_access, local, local_access = _dma_views(machine, i)
+    _check_no_self_overlap(dram_access, "dram")
+    dram[...] = local.copy()
+    return Effects([local_access, _written(dram_access)], dram_written=dram.size * i["esize"])
+
+
+MATRIX_DTYPES = (DType.I8, DType.U8, DType.BF16, DType.F32)
+
+
+def exec_load_weights(machine: Machine, i: Instruction) -> Effects:
+    """W[i, j] = spad[addr + (i*stride + j)*size] for i < k, j < n (transpose: spad[addr + (j*stride
+    + i)*size]); W becomes the array's weights for the next matmuls"""
+    f = i.fields
+    dtype = f["dtype"]
+    if dtype not in MATRIX_DTYPES:
+        raise OperandError(f"the matrix unit takes i8, u8, bf16 or f32 weights, not {dtype.asm_name}")
+    if not 1 <= f["k"] <= machine.config.array_rows or not 1 <= f["n"] <= machine.config.array_cols:
+        raise OperandError(f"a {f['k']}x{f['n']} weight tile does not fit the "
+                           f"{machine.config.array_rows}x{machine.config.array_cols} array")
+    if f["transpose"]:
+        stored, access = machine.tile(LOCAL, f["addr"], dtype, (f["n"], f["k"]), (f["stride"], 1), "addr",
+                                      need="scratchpad")
+        weights = stored.T
+    else:
+        weights, access = machine.tile(LOCAL, f["addr"], dtype, (f["k"], f["n"]), (f["stride"], 1), "addr",
+                                       need="scratchpad")
+    machine.weights = to_float64(weights)
+    machine.weights_dtype = dtype
+    return Effects([access])
+
+
+def exec_matmul(machine: Machine, i: Instruction) -> Effects:
+    """for i < m, j < n: acc[c + (i*c_rs + j)*4] (+)= sum_l A[i, l] * W[l, j], A[i, l] at a + (i*a_rs +
+    l)*size; integers exact into int32 (wrapping), floats summed in float64 and rounded to fp32"""
+    f = i.fields
+    dtype = f["dtype"]
+    if machine.weights is None:
+        raise OperandError("matmul before any load_weights")
+    if dtype not in MATRIX_DTYPES:
+        raise OperandError(f"the matrix unit takes i8, u8, bf16 or f32 activations, not {dtype.asm_name}")
+    integer = dtype in (DType.I8, DType.U8)
+    if integer != (machine.weights_dtype in (DType.I8, DType.U8)) or (not integer and dtype != machine.weights_dtype):
+        raise OperandError(f"{dtype.asm_name} activations with {machine.weights_dtype.asm_name} weights")
+    k, n = machine.weights.shape
+    a, a_access = machine.tile(LOCAL, f["a"], dtype, (f["m"], k), (f["a_rs"], 1), "a", need="scratchpad")
+    out_dtype = DType.I32 if integer else DType.F32
+    c, c_access = machine.tile(LOCAL, f["c"], out_dtype, (f["m"], n), (f["c_rs"], 1), "c", need="accumulator")
+    _check_no_self_overlap(c_access, "c")
+    # float64 BLAS is exact for integer products: |sum| <= 4095 * 2**16 < 2**53.
+    product = to_float64(a) @ machine.weights
+    accesses = [a_access]
+    if f["accumulate"]:
+        accesses.append(c_access)
+        product = product + to_float64(c)
+    c[...] = wrap_int(product, DType.I32) if integer else product.astype(np.float32)
+    accesses.append(_written(c_access))
+    return Effects(accesses, macs=f["m"] * k * n, macs_dtype=dtype)
+
+
+def _operand(machine: Machine, i: Instruction, name: str, dtype: DType, rows: int, cols: int):
+    f = i.fields
+    return machine.tile(LOCAL, f[name], dtype, (rows, cols), (f[f"{name}_rs"], f[f"{name}_cs"]), name)
+
+
+def _destination(machine: Machine, i: Instruction, dtype: DType, rows: int, cols: int):
+    f = i.fields
+    view, access = machine.tile(LOCAL, f["dst"], dtype, (rows, cols), (f["dst_rs"], 1), "dst")
+    _check_no_self_overlap(access, "dst")
+    return view, _written(access)
+
+
+def _vector(name: str):
+    """exec_* for the element-wise vector instructions: unary, binary, and binary-immediate."""
+
+    def exec_vector(machine: Machine, i: Instruction) -> Effects:
+        f = i.fields
+        dtype, rows, cols = f["dtype"], f["rows"], f["cols"]
+        a, a_access = _operand(machine, i, "a", dtype, rows, cols)
+        accesses = [a_access]
+        operands = [a]
+        if i.definition.format == "v3":
+            b, b_access = _operand(machine, i, "b", dtype, rows, cols)
+            operands.append(b)
+            accesses.append(b_access)
+        elif i.definition.format == "vi":
+            operands.append(np.full((rows, cols), f["imm"], dtype=np.float64 if dtype.is_float else np.int64))
+        result = elementwise(name, dtype, *operands)
+        dst, dst_access = _destination(machine, i, dtype, rows, cols)
+        dst[...] = result
+        return Effects(accesses + [dst_access])
+
+    exec_vector.__doc__ = f"element-wise {name}; see the ISA table"
+    return exec_vector
+
+
+def _reduce(name: str):
+    def exec_reduce(machine: Machine, i: Instruction) -> Effects:
+        f = i.fields
+        dtype, rows, cols = f["dtype"], f["rows"], f["cols"]
+        a, a_access = _operand(machine, i, "a", dtype, rows, cols)
+        values = to_float64(a) if dtype.is_float else a.astype(np.int64)
+        result = {"rsum": np.sum, "rmax": np.max, "rmin": np.min}[name](values, axis=1, keepdims=True)
+        dst, dst_access = _destination(machine, i, dtype, rows, 1)
+        dst[...] = store_float(result, dtype) if dtype.is_float else wrap_int(result, dtype)
+        return Effects([a_access, dst_access])
+
+    exec_reduce.__doc__ = (f"for r < rows: dst[r*dst_rs] = {name[1:]} over c < cols of a[r, c] (floats: in "
+                           "float64, rounded once; integers: exact, then wrapped)")
+    return exec_reduce
+
+
+def exec_vsel(machine: Machine, i: Instruction) -> Effects:
+    """dst[r, c] = b[r, c] if a[r, c] != 0 else c[r, c] (a, b, c strided as in vadd)"""
+    f = i.fields
+    dtype, rows, cols = f["dtype"], f["rows"], f["cols"]
+    cond, cond_access = _operand(machine, i, "a", dtype, rows, cols)
+    b, b_access = _operand(machine, i, "b", dtype, rows, cols)
+    c, c_access = _operand(machine, i, "c", dtype, rows, cols)
+    result = np.where(cond != 0, b, c)
+    dst, dst_access = _destination(machine, i, dtype, rows, cols)
+    dst[...] = result
+    return Effects([cond_access, b_access, c_access, dst_access])
+
+
+def convert(values: np.ndarray, source: DType, target: DType) -> np.ndarray:
+    """Convert between element types as vcvt does."""
+    if target.is_float:
+        if source.is_float:
+            return values.astype(np.float32).astype(target.numpy)
+        return store_float(values.astype(np.float64), target)
+    if source.is_float:
+        return saturate_to_int(values.astype(np.float64), target)
+    low, high = INT_RANGES[target]
+    return np.clip(values.astype(np.int64), low, high).astype(target.numpy)
+
+
+def exec_vcvt(machine: Machine, i: Instruction) -> Effects:
+    """dst[r, c] = a[r, c] converted from src_dtype to dtype: to integers rounded half to even and
+    saturated (NaN -> 0); to bf16 rounded to nearest even"""
+    f = i.fields
+    rows, cols = f["rows"], f["cols"]
+    a, a_access = _operand(machine, i, "a", f["src_dtype"], rows, cols)
+    result = convert(a, f["src_dtype"], f["dtype"])
+    dst, dst_access = _destination(machine, i, f["dtype"], rows, cols)
+    dst[...] = result
+    return Effects([a_access, dst_access])
+
+
+def exec_vreq(machine: Machine, i: Instruction) -> Effects:
+    """requantize: dst[r, c] = saturate(round_half_even(f32(a[r, c]) * b[r, c]) + c[r, c]) with a int32,
+    b the fp32 scale, c the int32 zero point and dtype i8 or u8"""
+    f = i.fields
+    dtype, rows, cols = f["dtype"], f["rows"], f["cols"]
+    if dtype not in (DType.I8, DType.U8):
+        raise OperandError(f"vreq produces i8 or u8, not {dtype.asm_name}")
+    a, a_access = _operand(machine, i, "a", DType.I32, rows, cols)
+    scale, scale_access = _operand(machine, i, "b", DType.F32, rows, cols)
+    zero, zero_access = _operand(machine, i, "c", DType.I32, rows, cols)
+    with np.errstate(all="ignore"):
+        scaled = a.astype(np.float32) * scale.astype(np.float32)  # one fp32 rounding, as the hardware
+    low, high = INT_RANGES[dtype]
+    rounded = np.rint(np.nan_to_num(scaled.astype(np.float64), nan=0.0, posinf=high, neginf=low))
+    result = np.clip(rounded + zero.astype(np.float64), low, high).astype(dtype.numpy)
+    dst, dst_access = _destination(machine, i, dtype, rows, cols)
+    dst[...] = result
+    return Effects([a_access, scale_access, zero_access, dst_access])
+
+
+def exec_vfill(machine: Machine, i: Instruction) -> Effects:
+    """dst[r, c] = imm for r < rows, c < cols"""
+    f = i.fields
+    dtype = f["dtype"]
+    value = np.array([f["imm"]], dtype=np.float64 if dtype.is_float else np.int64)
+    result = store_float(value, dtype) if dtype.is_float else wrap_int(value, dtype)
+    dst, dst_access = _destination(machine, i, dtype, f["rows"], f["cols"])
+    dst[...] = result[0]
+    return Effects([dst_access])
+
+
+def _build_exec() -> dict:
+    from isa.spec import BINARY_OPS, INSTRUCTIONS, REDUCE_OPS, UNARY_OPS
+
+    table = {"end": exec_nothing, "sync": exec_nothing, "dma_load": exec_dma_load, "dma_store": exec_dma_store,
+             "load_weights": exec_load_weights, "matmul": exec_matmul, "vsel": exec_vsel, "vcvt": exec_vcvt,
+             "vreq": exec_vreq, "vfill": exec_vfill}
+    for name, _, _ in BINARY_OPS:
+        table[f"v{name}"] = table[f"v{name}i"] = _vector(name)
+    for name, _, _ in UNARY_OPS:
+        table[f"v{name}"] = _vector(name)
+    for name, _ in REDUCE_OPS:
+        table[f"v{name}"] = _reduce(name)
+    missing = {d.mnemonic for d in INSTRUCTIONS} - set(table)
+    if missing:
+        raise AssertionError(f"no exec_* for {sorted(missing)}")
+    return table
+
+
+EXEC = _build_exec()
