@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
-import tempfile
 from pathlib import Path
 
+from isa.cli_common import atomic_write
 from isa.config import config_from_dict
 from isa.dtypes import DType
 from isa.encoding import decode_program, encode_program
@@ -88,19 +87,7 @@ def to_bytes(program: Program) -> bytes:
 
 def save(program: Program, path: str | Path) -> None:
     """Write atomically: the file appears whole or not at all."""
-    data = to_bytes(program)
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise AccError(f"cannot write {str(path)!r}: directory {str(directory)!r} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, to_bytes(program))
 
 
 def load(path: str | Path) -> Program:

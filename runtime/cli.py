@@ -1,0 +1,110 @@
+"""acc-run: simulate a model.bin and report outputs, cycles and counters."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from isa import binfile
+from isa.assembly import disassemble_instruction
+from isa.cli_common import ArgumentParser, atomic_write, run_tool
+from isa.errors import InputError
+from isa.program import Program
+from runtime.simulator import run
+from runtime.trace import trace_json
+
+EXIT_CHECK_FAILED = 1
+MAX_HAZARDS_SHOWN = 20
+
+
+def load_inputs(path: str, program: Program) -> dict[str, np.ndarray]:
+    """Inputs from an .npz keyed by input name, or a lone .npy for a single-input program."""
+    if not Path(path).is_file():
+        raise InputError(f"input file {path!r} does not exist")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile):
+        raise InputError(f"input file {path!r} is not a readable .npz or .npy file") from None
+    if isinstance(data, np.ndarray):
+        if len(program.inputs) != 1:
+            raise InputError(f"a lone .npy fits a single-input program; this one has inputs "
+                             f"{', '.join(t.name for t in program.inputs) or 'none'}: use an .npz")
+        return {program.inputs[0].name: data}
+    try:
+        with data:
+            return {name: data[name] for name in data.files}
+    except (ValueError, OSError, zipfile.BadZipFile) as err:
+        raise InputError(f"input file {path!r} is corrupt ({err})") from None
+
+
+def _save_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write(path, buffer.getvalue())
+
+
+def summary(stats: dict, outputs: dict[str, np.ndarray]) -> str:
+    lines = ["outputs:"]
+    for name, value in outputs.items():
+        finite = value[np.isfinite(value)] if value.dtype.kind == "f" else value
+        span = f"min {finite.min():.6g} max {finite.max():.6g}" if finite.size else "no finite values"
+        lines.append(f"  {name:<20} {str(value.dtype):<8} {str(list(value.shape)):<20} {span}")
+    cycles = stats["cycles"]
+    lines.append(f"cycles: {cycles} ({stats['time_us']:.3f} us)   roofline bound: {stats['roofline_cycles']:.0f}   "
+                 f"efficiency: {stats['roofline_efficiency']:.3f}")
+    lines.append("engines busy: " + ", ".join(
+        f"{name} {busy} ({stats['utilization'][name]:.0%})" for name, busy in stats["engines"].items()))
+    lines.append(f"MACs: {stats['macs']}   DRAM read: {stats['dram_bytes_read']} B   "
+                 f"written: {stats['dram_bytes_written']} B   instructions: {stats['instructions']}")
+    if stats["host_steps"]:
+        lines.append("host steps (not on the accelerator): " + "; ".join(stats["host_steps"]))
+    return "\n".join(lines)
+
+
+def _main(argv: list[str]) -> int:
+    parser = ArgumentParser(prog="acc-run", description="Simulate a model.bin on its accelerator config.")
+    parser.add_argument("model", help="model.bin")
+    parser.add_argument("--input", help="inputs: .npz keyed by input name, or .npy for a single-input model "
+                                        "(default: seeded random inputs)")
+    parser.add_argument("--output", help="write the outputs to this .npz")
+    parser.add_argument("--stats", help="write counters as JSON")
+    parser.add_argument("--trace", help="write a Chrome trace (Perfetto) of the engines")
+    parser.add_argument("--check-hazards", action="store_true",
+                        help="report engines touching the same memory without a dependency (exit 1 if any)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    args = parser.parse_args(argv)
+
+    program = binfile.load(args.model)
+    inputs = load_inputs(args.input, program) if args.input else None
+    if inputs is None and args.seed:
+        from runtime.simulator import prepare_inputs
+
+        inputs = prepare_inputs(program, None, seed=args.seed)
+    result = run(program, inputs, check_hazards=args.check_hazards, keep_events=bool(args.trace))
+    print(summary(result.stats, result.outputs))
+    if args.output:
+        _save_npz(args.output, result.outputs)
+    if args.stats:
+        atomic_write(args.stats, json.dumps(result.stats, indent=2, sort_keys=True) + "\n")
+    if args.trace:
+        atomic_write(args.trace, trace_json(program, result.events))
+    if args.check_hazards:
+        for hazard in result.hazards[:MAX_HAZARDS_SHOWN]:
+            print("hazard: " + hazard.describe(lambda i: disassemble_instruction(program.instructions[i])),
+                  file=sys.stderr)
+        if len(result.hazards) > MAX_HAZARDS_SHOWN:
+            print(f"... and {len(result.hazards) - MAX_HAZARDS_SHOWN} more hazards", file=sys.stderr)
+        print(f"hazard check: {len(result.hazards)} hazards", file=sys.stderr)
+        if result.hazards:
+            return EXIT_CHECK_FAILED
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_tool("acc-run", _main, argv)
