@@ -49,6 +49,7 @@ class Instruction:
         for name, f in known.items():
             value = values.get(name, _default(f))
             self.fields[name] = _coerce_imm(value, dtype) if f.kind is FieldKind.IMM32 else _coerce(f, value)
+            _field_bits(f, self.fields[name], dtype)  # refuse now what could not be encoded later
 
     @property
     def mnemonic(self) -> str:
