@@ -9,6 +9,7 @@ wrote, for the hazard check. Timing is not modelled here (see runtime/timing.py)
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -29,12 +30,20 @@ class OperandError(Exception):
 
 @dataclass(frozen=True)
 class Access:
-    """The elements one operand touches: memory, byte offsets of each element, element size."""
+    """The elements one operand touches: `shape` elements of `size` bytes at `address`, `strides`
+    (in elements) apart, in `memory`."""
 
     memory: str
-    offsets: np.ndarray  # int64 byte offsets of the first byte of each element
+    address: int
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]
     size: int
-    write: bool
+    write: bool = False
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """Byte offset of the first byte of every element (computed only when asked: hazard checks)."""
+        return self.address + _element_offsets(self.shape, self.strides) * self.size
 
 
 @dataclass
@@ -87,8 +96,7 @@ class Machine:
         view = self.memory(memory).view(dtype)
         base = address // size
         tile = as_strided(view[base:], shape=shape, strides=tuple(s * size for s in strides), writeable=True)
-        offsets = address + _element_offsets(shape, strides) * size
-        return tile, Access(memory, offsets, size, write=False)
+        return tile, Access(memory, address, shape, strides, size)
 
 
 _UINT = {1: np.dtype(np.uint8), 2: np.dtype(np.uint16), 4: np.dtype(np.uint32)}
@@ -103,6 +111,8 @@ def _element_offsets(shape, strides) -> np.ndarray:
 
 def _check_no_self_overlap(access: Access, what: str) -> None:
     """A destination must not write one element twice (the result would depend on order)."""
+    if _nested_without_overlap(access.shape, access.strides):
+        return
     offsets = access.offsets
     if offsets.size > 1 and np.unique(offsets).size != offsets.size:
         raise OperandError(f"{what}: the destination writes some elements more than once")
@@ -112,8 +122,21 @@ def _check_no_self_overlap(access: Access, what: str) -> None:
             raise OperandError(f"{what}: destination elements overlap")
 
 
+def _nested_without_overlap(shape, strides) -> bool:
+    """True when each dimension steps past the whole extent of the dimensions inside it (the
+    common dense case); False means "check element by element"."""
+    extent = 1  # elements spanned by the inner dimensions
+    for n, stride in zip(reversed(shape), reversed(strides), strict=True):
+        if n == 1:
+            continue
+        if stride < extent:
+            return False
+        extent = stride * (n - 1) + extent
+    return True
+
+
 def _written(access: Access) -> Access:
-    return Access(access.memory, access.offsets, access.size, write=True)
+    return dataclasses.replace(access, write=True)
 
 
 # Numerics -------------------------------------------------------------------------------------
