@@ -20,6 +20,8 @@ class DType(enum.IntEnum):
     I8 = 2
     U8 = 3
     I32 = 4
+    I64 = 5  # storage only: model I/O, DMA and vcvt
+    BOOL = 6  # storage only: one byte, 0 or 1
 
     @property
     def size(self) -> int:
@@ -52,13 +54,17 @@ class DType(enum.IntEnum):
         raise ValueError(f"no accelerator dtype for numpy {np.dtype(dtype)}")
 
 
-_SIZES = {DType.F32: 4, DType.BF16: 2, DType.I8: 1, DType.U8: 1, DType.I32: 4}
+_SIZES = {DType.F32: 4, DType.BF16: 2, DType.I8: 1, DType.U8: 1, DType.I32: 4, DType.I64: 8, DType.BOOL: 1}
 _NUMPY = {
     DType.F32: np.dtype(np.float32),
     DType.BF16: np.dtype(ml_dtypes.bfloat16),
     DType.I8: np.dtype(np.int8),
     DType.U8: np.dtype(np.uint8),
     DType.I32: np.dtype(np.int32),
+    DType.I64: np.dtype(np.int64),
+    DType.BOOL: np.dtype(np.bool_),
 }
 
-INT_RANGES = {DType.I8: (-128, 127), DType.U8: (0, 255), DType.I32: (-(2**31), 2**31 - 1)}
+INT_RANGES = {DType.I8: (-128, 127), DType.U8: (0, 255), DType.I32: (-(2**31), 2**31 - 1),
+              DType.I64: (-(2**63), 2**63 - 1), DType.BOOL: (0, 1)}
+STORAGE_ONLY = (DType.I64, DType.BOOL)  # no arithmetic; moved by DMA and converted by vcvt

@@ -100,6 +100,17 @@ FORMATS: dict[str, tuple[Field, ...]] = {
         _f("ls1", "215..200", doc="local stride of the middle dimension, elements"),
         _f("ls2", "239..216", doc="local stride of the outer dimension, elements"),
     ),
+    "dmai": (
+        _f("esize", "21..20", FieldKind.ESIZE, "element size in bytes: 1, 2 or 4", default=1),
+        _f("dram", "53..22", doc="DRAM byte address of row 0 of the table"),
+        _f("local", "79..54", doc="local byte address of the first row"),
+        _f("index", "105..80", doc="local byte address of the int32 row indices"),
+        _f("rows", "121..106", doc="number of rows (indices)"),
+        _f("n0", "137..122", doc="elements per row", default=1),
+        _f("ds1", "161..138", doc="DRAM stride between table rows, elements"),
+        _f("ls1", "177..162", doc="local stride between rows, elements"),
+        _f("limit", "209..178", doc="rows in the DRAM table: an index must lie in [0, limit)"),
+    ),
     "weights": (
         _f("dtype", "22..20", FieldKind.DTYPE, "weight element type: i8, u8, bf16 or f32"),
         _f("transpose", "23..23", FieldKind.FLAG, "1: the tile is stored n-major (W^T) and transposed on load"),
@@ -217,6 +228,17 @@ def _build_instructions() -> tuple[InstructionDef, ...]:
             "= local[local + (i2*ls2 + i1*ls1 + i0)*esize] (esize bytes each)",
             _DMA_LATENCY),
         InstructionDef(
+            "dma_gather", 0x12, "dmai", Engine.LOAD,
+            "for r < rows, i0 < n0: local[local + (r*ls1 + i0)*esize] = dram[dram + (idx[r]*ds1 + i0)*esize] "
+            "with idx[r] the int32 at local index + 4r; an index outside [0, limit) stops the run",
+            "dma_latency + rows * ceil_div(n0 * esize, dram_bytes_per_cycle)"),
+        InstructionDef(
+            "dma_scatter", 0x13, "dmai", Engine.STORE,
+            "for r < rows, i0 < n0: dram[dram + (idx[r]*ds1 + i0)*esize] = local[local + (r*ls1 + i0)*esize] "
+            "with idx[r] the int32 at local index + 4r; an index outside [0, limit) stops the run; rows "
+            "are written in order",
+            "dma_latency + rows * ceil_div(n0 * esize, dram_bytes_per_cycle)"),
+        InstructionDef(
             "load_weights", 0x20, "weights", Engine.MATRIX,
             "W[i, j] = spad[addr + (i*stride + j)*size] for i < k, j < n (transpose: "
             "spad[addr + (j*stride + i)*size]); W becomes the array's weights for the next matmuls",
@@ -252,7 +274,8 @@ def _build_instructions() -> tuple[InstructionDef, ...]:
         InstructionDef(
             "vcvt", 0xB1, "vcvt", Engine.VECTOR,
             "dst[r, c] = a[r, c] converted from src_dtype to dtype: to integers rounded half to "
-            "even and saturated (NaN -> 0); to bf16 rounded to nearest even", _VEC),
+            "even and saturated (NaN -> 0); to bool 1 if a != 0 (NaN -> 1); to bf16 rounded to nearest even",
+            _VEC),
         InstructionDef(
             "vreq", 0xB2, "v4", Engine.VECTOR,
             "requantize: dst[r, c] = saturate(round_half_even(f32(a[r, c]) * b[r, c]) + c[r, c]) "

@@ -38,16 +38,18 @@ fails when this file is stale).
   is at `x + (r*x_rs + c*x_cs) * size`. A stride of 0 broadcasts: `x_rs = 0` repeats one
   row, `x_cs = 0` one column (one value per row). Results are written densely along a
   row (`dst_rs` apart) and may not write one element twice.
-- **Element types** (3-bit `dtype`): f32 = 0, bf16 = 1, i8 = 2, u8 = 3, i32 = 4. bf16
-  is the upper half of an fp32; rounding to it is to nearest, ties to even.
+- **Element types** (3-bit `dtype`): f32 = 0, bf16 = 1, i8 = 2, u8 = 3, i32 = 4, and the
+  storage-only i64 = 5 and bool = 6 (one byte, 0 or 1), which DMA moves and `vcvt`
+  converts but nothing computes on. bf16 is the upper half of an fp32; rounding to it is
+  to nearest, ties to even.
 - **Numerics.** Float vector operations are computed in float64 from the operands'
   values and rounded once to fp32 (then to bf16 for bf16 results), which for + - * /
   and sqrt equals IEEE fp32 arithmetic. Integer operations are exact, then wrapped to
   the result type (vcvt and vreq saturate instead). The matrix unit is exact for
   integers (int32 results, wrapping) and sums floats in float64, rounding once to fp32.
 - **Engines.** Instructions are dispatched in program order to four in-order queues:
-  load (`dma_load`), matrix (`load_weights`, `matmul`), vector (all `v*`) and store
-  (`dma_store`); `sync` joins the queue its `engine` field names. Dispatch stops at the
+  load (`dma_load`, `dma_gather`), matrix (`load_weights`, `matmul`), vector (all `v*`) and store
+  (`dma_store`, `dma_scatter`); `sync` joins the queue its `engine` field names. Dispatch stops at the
   first `end`; the run ends when every queue has drained.
 - **Synchronisation.** {NUM_SEMAPHORES - 1} counting semaphores, ids 1..{NUM_SEMAPHORES - 1}
   (0 = none). `wait=s`: the instruction starts only once semaphore s holds a token, and

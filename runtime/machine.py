@@ -17,7 +17,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from isa.config import AcceleratorConfig
-from isa.dtypes import INT_RANGES, DType
+from isa.dtypes import INT_RANGES, STORAGE_ONLY, DType
 from isa.encoding import Instruction
 
 DRAM, LOCAL = "dram", "local"
@@ -188,8 +188,14 @@ BINARY = {
 FLOAT_ONLY = {"pow", "exp", "log", "tanh", "erf", "sigmoid", "sqrt", "rsqrt", "recip"}
 
 
+def refuse_storage_only(dtype: DType, what: str) -> None:
+    if dtype in STORAGE_ONLY:
+        raise OperandError(f"{what} does not compute on {dtype.asm_name} (storage only: use vcvt)")
+
+
 def elementwise(name: str, dtype: DType, *operands: np.ndarray) -> np.ndarray:
     """The element operation `name` of the ISA table on already-read operands."""
+    refuse_storage_only(dtype, f"v{name}")
     if dtype.is_float:
         values = [to_float64(o) for o in operands]
         with np.errstate(all="ignore"):
@@ -244,6 +250,49 @@ def exec_dma_store(machine: Machine, i: Instruction) -> Effects:
     _check_no_self_overlap(dram_access, "dram")
     dram[...] = local.copy()
     return Effects([local_access, _written(dram_access)], dram_written=dram.size * i["esize"])
+
+
+def _gather_indices(machine: Machine, i: Instruction) -> tuple[np.ndarray, Access]:
+    f = i.fields
+    view, access = machine.tile(LOCAL, f["index"], DType.I32, (f["rows"],), (1,), "index")
+    indices = view.astype(np.int64)
+    outside = (indices < 0) | (indices >= f["limit"])
+    if outside.any():
+        row = int(np.argmax(outside))
+        raise OperandError(f"index {indices[row]} (row {row}) is outside [0, {f['limit']})")
+    return indices, access
+
+
+def _gather_views(machine: Machine, i: Instruction):
+    f = i.fields
+    table, table_access = machine.tile(DRAM, f["dram"], f["esize"], (f["limit"], f["n0"]), (f["ds1"], 1), "dram")
+    rows, rows_access = machine.tile(LOCAL, f["local"], f["esize"], (f["rows"], f["n0"]), (f["ls1"], 1), "local")
+    return table, table_access, rows, rows_access
+
+
+def exec_dma_gather(machine: Machine, i: Instruction) -> Effects:
+    """for r < rows, i0 < n0: local[local + (r*ls1 + i0)*esize] = dram[dram + (idx[r]*ds1 + i0)*esize] with
+    idx[r] the int32 at local index + 4r; an index outside [0, limit) stops the run"""
+    indices, index_access = _gather_indices(machine, i)
+    table, table_access, rows, rows_access = _gather_views(machine, i)
+    _check_no_self_overlap(rows_access, "local")
+    rows[...] = table[indices]
+    return Effects([index_access, table_access, _written(rows_access)], dram_read=rows.size * i["esize"])
+
+
+def exec_dma_scatter(machine: Machine, i: Instruction) -> Effects:
+    """for r < rows, i0 < n0: dram[dram + (idx[r]*ds1 + i0)*esize] = local[local + (r*ls1 + i0)*esize] with
+    idx[r] the int32 at local index + 4r; an index outside [0, limit) stops the run; rows are written in order"""
+    indices, index_access = _gather_indices(machine, i)
+    table, table_access, rows, rows_access = _gather_views(machine, i)
+    _check_no_self_overlap(table_access, "dram")
+    values = rows.copy()
+    if np.unique(indices).size == indices.size:
+        table[indices] = values
+    else:
+        for row, index in enumerate(indices):  # a later row wins, as the instruction writes in order
+            table[index] = values[row]
+    return Effects([index_access, rows_access, _written(table_access)], dram_written=rows.size * i["esize"])
 
 
 MATRIX_DTYPES = (DType.I8, DType.U8, DType.BF16, DType.F32)
@@ -339,6 +388,7 @@ def _reduce(name: str):
     def exec_reduce(machine: Machine, i: Instruction) -> Effects:
         f = i.fields
         dtype, rows, cols = f["dtype"], f["rows"], f["cols"]
+        refuse_storage_only(dtype, i.mnemonic)
         a, a_access = _operand(machine, i, "a", dtype, rows, cols)
         values = to_float64(a) if dtype.is_float else a.astype(np.int64)
         result = {"rsum": np.sum, "rmax": np.max, "rmin": np.min}[name](values, axis=1, keepdims=True)
@@ -355,6 +405,7 @@ def exec_vsel(machine: Machine, i: Instruction) -> Effects:
     """dst[r, c] = b[r, c] if a[r, c] != 0 else c[r, c] (a, b, c strided as in vadd)"""
     f = i.fields
     dtype, rows, cols = f["dtype"], f["rows"], f["cols"]
+    refuse_storage_only(dtype, "vsel")
     cond, cond_access = _operand(machine, i, "a", dtype, rows, cols)
     b, b_access = _operand(machine, i, "b", dtype, rows, cols)
     c, c_access = _operand(machine, i, "c", dtype, rows, cols)
@@ -366,6 +417,8 @@ def exec_vsel(machine: Machine, i: Instruction) -> Effects:
 
 def convert(values: np.ndarray, source: DType, target: DType) -> np.ndarray:
     """Convert between element types as vcvt does."""
+    if target is DType.BOOL:
+        return values.astype(np.float64) != 0 if source.is_float else values.astype(np.int64) != 0
     if target.is_float:
         if source.is_float:
             return values.astype(np.float32).astype(target.numpy)
@@ -412,6 +465,7 @@ def exec_vfill(machine: Machine, i: Instruction) -> Effects:
     """dst[r, c] = imm for r < rows, c < cols"""
     f = i.fields
     dtype = f["dtype"]
+    refuse_storage_only(dtype, "vfill")
     value = np.array([f["imm"]], dtype=np.float64 if dtype.is_float else np.int64)
     result = store_float(value, dtype) if dtype.is_float else wrap_int(value, dtype)
     dst, dst_access = _destination(machine, i, dtype, f["rows"], f["cols"])
@@ -423,6 +477,7 @@ def _build_exec() -> dict:
     from isa.spec import BINARY_OPS, INSTRUCTIONS, REDUCE_OPS, UNARY_OPS
 
     table = {"end": exec_nothing, "sync": exec_nothing, "dma_load": exec_dma_load, "dma_store": exec_dma_store,
+             "dma_gather": exec_dma_gather, "dma_scatter": exec_dma_scatter,
              "load_weights": exec_load_weights, "matmul": exec_matmul, "vsel": exec_vsel, "vcvt": exec_vcvt,
              "vreq": exec_vreq, "vfill": exec_vfill}
     for name, _, _ in BINARY_OPS:

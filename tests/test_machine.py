@@ -154,3 +154,27 @@ def test_transposed_weights():
 def test_bad_operands_are_refused(mnemonic, fields, message):
     with pytest.raises(OperandError, match=message):
         execute(Machine(CONFIG, 64), mnemonic, **fields)
+
+
+def test_dma_gather_and_scatter_rows_by_index():
+    machine = Machine(CONFIG, 4096)
+    machine.dram[:400] = np.arange(400) % 256
+    machine.local[0:12] = np.array([3, 0, 9], dtype=np.int32).view(np.uint8)
+    execute(machine, "dma_gather", dram=0, local=64, index=0, rows=3, n0=4, ds1=10, ls1=4, limit=10)
+    np.testing.assert_array_equal(machine.local[64:76], [30, 31, 32, 33, 0, 1, 2, 3, 90, 91, 92, 93])
+    execute(machine, "dma_scatter", dram=1000, local=64, index=0, rows=3, n0=4, ds1=4, ls1=4, limit=10)
+    np.testing.assert_array_equal(machine.dram[1012:1016], [30, 31, 32, 33])
+    np.testing.assert_array_equal(machine.dram[1036:1040], [90, 91, 92, 93])
+    with pytest.raises(OperandError, match=r"index 9 \(row 2\) is outside \[0, 5\)"):
+        execute(machine, "dma_gather", dram=0, local=64, index=0, rows=3, n0=4, ds1=10, ls1=4, limit=5)
+
+
+def test_storage_only_dtypes_convert_but_do_not_compute():
+    values = np.array([[-3, 0, 2**40, 7]], dtype=np.int64)
+    machine = machine_with(a=(A, values))
+    execute(machine, "vcvt", dtype=DType.I32, src_dtype=DType.I64, dst=DST, a=A, rows=1, cols=4)
+    np.testing.assert_array_equal(read(machine, DST, DType.I32, (1, 4))[0], [-3, 0, 2**31 - 1, 7])
+    execute(machine, "vcvt", dtype=DType.BOOL, src_dtype=DType.I64, dst=DST, a=A, rows=1, cols=4)
+    np.testing.assert_array_equal(read(machine, DST, DType.BOOL, (1, 4))[0], [True, False, True, True])
+    with pytest.raises(OperandError, match="storage only"):
+        execute(machine, "vadd", dtype=DType.I64, dst=DST, a=A, b=A, rows=1, cols=4)
