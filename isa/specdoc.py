@@ -56,7 +56,9 @@ fails when this file is stale).
   takes one. `signal=s`: gives a token once the instruction **and every earlier
   instruction of its engine** have completed. Nothing else orders two engines; the
   hazard check (`acc-run --check-hazards`) reports two engines touching the same 4-byte
-  word, at least one writing, with no chain of signals ordering them.
+  word, at least one writing, with no chain of signals ordering them. The reference
+  simulator applies each instruction's effect at its start time; only a program with a
+  hazard can tell the difference.
 
 ## Timing
 

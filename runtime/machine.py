@@ -4,7 +4,7 @@
 loaded into the array. `EXEC` maps each mnemonic to an `exec_*` function whose docstring
 repeats the semantics line of the ISA table; each one checks its operands (bounds,
 alignment, memory region) before touching anything and returns the memory it read and
-wrote, for the hazard check. Timing is not modelled here (see runtime/timing.py).
+wrote, for the hazard check. Timing is not modelled here (see runtime/simulator.py).
 """
 
 from __future__ import annotations

@@ -19,7 +19,12 @@ Timing model (isa/SPEC.md, "Timing", says the same in prose):
 - vector: one instruction at a time, `vector_latency + rows * ceil(cols / lanes) * cost`.
 
 The simulation is event driven: among the engines whose next instruction can start, the
-earliest start runs first, so functional effects happen in time order.
+earliest start runs first. An instruction's functional effect is applied when it starts;
+in a program without hazards that is indistinguishable from applying it over its
+duration, and a program where it makes a difference has a hazard (--check-hazards).
+Busy cycles: the matrix engine counts cycles it loads weights or streams rows, the
+vector engine its instructions' latencies, a DMA engine the cycles its data is on the
+DRAM channel.
 """
 
 from __future__ import annotations
@@ -225,16 +230,17 @@ def run(program: Program, inputs: dict[str, np.ndarray] | None = None, *, check_
             end = transfer_start + latency - config.dma_latency
             dram_channel_free = end
             next_issue[engine] = start + 1
-            engine_busy = end - start
+            busy_from, engine_busy = transfer_start, end - transfer_start  # cycles its data is on the channel
         elif engine == Engine.MATRIX:
             end, engine_busy = matrix.issue(instruction, start, latency)
+            busy_from = start
             next_issue[engine] = start
         else:
             end = start + latency
-            engine_busy = latency
+            busy_from, engine_busy = start, latency
             next_issue[engine] = end
-        busy[engine] += max(0, start + engine_busy - max(start, busy_until[engine]))
-        busy_until[engine] = max(busy_until[engine], start + engine_busy)
+        busy[engine] += max(0, busy_from + engine_busy - max(busy_from, busy_until[engine]))
+        busy_until[engine] = max(busy_until[engine], busy_from + engine_busy)
         completed[engine] = max(completed[engine], end)
         done_count[engine] += 1
         clocks[engine][engine] = done_count[engine]
