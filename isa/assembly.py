@@ -154,6 +154,22 @@ class _Assembler:
             self.debug.append(DebugRange(self.node_start, len(self.instructions), self.node))
         self.node = None
 
+    def integer(self, tree, what: str, value, minimum: int = 0) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self.error(tree, f"{what} must be an integer >= {minimum}, got {value!r}")
+        return value
+
+    def integers(self, tree, what: str, value, minimum: int = 0) -> tuple[int, ...]:
+        values = value if isinstance(value, tuple) else (value,)
+        return tuple(self.integer(tree, what, v, minimum) for v in values)
+
+    def numbers(self, tree, what: str, value) -> tuple[float, ...]:
+        values = value if isinstance(value, tuple) else (value,)
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise self.error(tree, f"{what} must be finite numbers, got {v!r}")
+        return tuple(float(v) for v in values)
+
     def tensor(self, tree) -> TensorInfo:
         name = str(tree.children[0])
         args = self.args(tree.children[1:])
@@ -161,13 +177,18 @@ class _Assembler:
         if unknown or not {"dram", "shape", "dtype"} <= set(args):
             raise self.error(tree, f"tensor {name}: needs dram=, shape=, dtype= (and optionally scale=, "
                                    f"zero_point=, axis=)")
-        shape = args["shape"] if isinstance(args["shape"], tuple) else (args["shape"],)
-        scale = args.get("scale", ())
-        zero_point = args.get("zero_point", ())
-        scale = scale if isinstance(scale, tuple) else (scale,)
-        zero_point = zero_point if isinstance(zero_point, tuple) else (zero_point,)
-        tensor = TensorInfo(name, tuple(int(d) for d in shape), self.dtype(tree, args["dtype"]), int(args["dram"]),
-                            tuple(float(s) for s in scale), tuple(int(z) for z in zero_point), args.get("axis"))
+        shape = self.integers(tree, f"tensor {name}: shape", args["shape"])
+        scale = self.numbers(tree, f"tensor {name}: scale", args.get("scale", ()))
+        zero_point = self.integers(tree, f"tensor {name}: zero_point", args.get("zero_point", ()), minimum=-(2**31))
+        if len(scale) != len(zero_point):
+            raise self.error(tree, f"tensor {name}: scale and zero_point differ in length")
+        axis = args.get("axis")
+        if axis is not None and (self.integer(tree, f"tensor {name}: axis", axis) >= max(len(shape), 1)):
+            raise self.error(tree, f"tensor {name}: axis {axis} is not a dimension of shape {shape}")
+        tensor = TensorInfo(name, shape, self.dtype(tree, args["dtype"]),
+                            self.integer(tree, f"tensor {name}: dram", args["dram"]), scale, zero_point, axis)
+        if tensor.dram % tensor.dtype.size:
+            raise self.error(tree, f"tensor {name}: dram {tensor.dram:#x} is not aligned to {tensor.dtype.size} bytes")
         self.dram_bytes = max(self.dram_bytes, tensor.dram + tensor.nbytes)
         return tensor
 
@@ -188,7 +209,10 @@ class _Assembler:
         args = self.args(tree.children[1:])
         if "dram" not in args:
             raise self.error(tree, f".const {name}: needs dram=")
+        dram = self.integer(tree, f".const {name}: dram", args["dram"])
         if "hex" in args:
+            if not isinstance(args["hex"], str):
+                raise self.error(tree, f'.const {name}: hex= takes a string, e.g. hex="0a0b"')
             try:
                 data = bytes.fromhex(args["hex"])
             except ValueError:
@@ -196,15 +220,15 @@ class _Assembler:
         else:
             dtype = self.dtype(tree, args.get("dtype", _Word("f32")))
             if "values" in args:
-                values = args["values"] if isinstance(args["values"], tuple) else (args["values"],)
+                values = self.numbers(tree, f".const {name}: values", args["values"])
             elif "fill" in args and "shape" in args:
-                shape = args["shape"] if isinstance(args["shape"], tuple) else (args["shape"],)
-                values = (args["fill"],) * math.prod(shape)
+                shape = self.integers(tree, f".const {name}: shape", args["shape"])
+                values = self.numbers(tree, f".const {name}: fill", args["fill"]) * math.prod(shape)
             else:
                 raise self.error(tree, f".const {name}: give values=(...), fill= with shape=, or hex=")
             data = np.asarray(values, dtype=np.float64).astype(dtype.numpy).tobytes()
-        self.constants.append(Constant(int(args["dram"]), data, name))
-        self.dram_bytes = max(self.dram_bytes, int(args["dram"]) + len(data))
+        self.constants.append(Constant(dram, data, name))
+        self.dram_bytes = max(self.dram_bytes, dram + len(data))
 
     def do_for_end(self, tree) -> None:
         raise self.error(tree, ".endfor without .for")
@@ -214,10 +238,12 @@ class _Assembler:
         definition = BY_MNEMONIC.get(mnemonic)
         if definition is None:
             raise self.error(tree, f"unknown instruction '{mnemonic}'")
-        kinds = {f.name: f.kind for f in definition.fields}
+        kinds = {f.name: f.kind for f in definition.fields if f.name != "opcode"}
         values = {}
         for name, value in self.args(tree.children[1:]).items():
-            kind = kinds.get(name)
+            if name not in kinds:
+                raise self.error(tree, f"{mnemonic} has no field '{name}' (fields: {', '.join(kinds)})")
+            kind = kinds[name]
             if isinstance(value, _Word):
                 if kind is FieldKind.DTYPE:
                     value = self.dtype(tree, value)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 from pathlib import Path
 
@@ -141,7 +142,7 @@ def from_bytes(data: bytes) -> Program:
 def _parse_json(sections: dict[int, bytes], kind: int):
     try:
         return json.loads(sections[kind].decode())
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise BinaryFormatError(f"section '{SECTION_NAMES[kind]}' is not valid JSON") from None
 
 
@@ -184,6 +185,13 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _finite_float(value) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
 def _expect(condition: bool, message: str) -> None:
     if not condition:
         raise BinaryFormatError(message)
@@ -210,7 +218,7 @@ def _parse_tensor(entry, dram_bytes: int) -> TensorInfo:
     _expect(dtype is not None, f"meta: tensor {name!r} has an unknown dtype")
     scale, zero_point = entry.get("scale", []), entry.get("zero_point", [])
     _expect(isinstance(scale, list) and isinstance(zero_point, list) and len(scale) == len(zero_point)
-            and all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in scale)
+            and all(isinstance(s, (int, float)) and not isinstance(s, bool) and _finite_float(s) for s in scale)
             and all(_is_int(z) for z in zero_point), f"meta: tensor {name!r} has invalid quantization parameters")
     axis = entry.get("axis")
     _expect(axis is None or (_is_int(axis) and 0 <= axis < max(len(shape), 1)), f"meta: tensor {name!r}: bad axis")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,7 +83,8 @@ class AcceleratorConfig:
                 raise ConfigError(f"config field '{field}': must be at least 1")
         if not isinstance(self.weight_double_buffer, bool):
             raise ConfigError("config field 'weight_double_buffer': must be true or false")
-        if not isinstance(self.clock_mhz, (int, float)) or isinstance(self.clock_mhz, bool) or self.clock_mhz <= 0:
+        if not isinstance(self.clock_mhz, (int, float)) or isinstance(self.clock_mhz, bool) \
+                or not math.isfinite(self.clock_mhz) or self.clock_mhz <= 0:
             raise ConfigError("config field 'clock_mhz': must be a positive number")
 
     # Derived sizes -------------------------------------------------------------------------
@@ -150,7 +152,7 @@ def config_from_dict(data: dict) -> AcceleratorConfig:
         if key not in known:
             raise ConfigError(f"config field '{key}' is not a config field (known: {', '.join(sorted(known))})")
     if base_name is not None:
-        if base_name not in PRESETS:
+        if not isinstance(base_name, str) or base_name not in PRESETS:
             raise ConfigError(f"config field 'base': unknown preset {base_name!r} (presets: {', '.join(PRESETS)})")
         data = {**PRESETS[base_name].to_dict(), **data}
     missing = known - set(data)
@@ -179,6 +181,8 @@ def load_config(name_or_path: str | Path | AcceleratorConfig | None = None) -> A
         raise ConfigError(f"cannot read config file {text!r}: {err}") from None
     except json.JSONDecodeError as err:
         raise ConfigError(f"config file {text!r} is not valid JSON: {err}") from None
+    except ValueError as err:  # e.g. an integer too long to convert
+        raise ConfigError(f"config file {text!r}: {err}") from None
     if isinstance(data, dict) and "name" not in data:
         data["name"] = path.stem
     return config_from_dict(data)

@@ -123,7 +123,8 @@ def _field_bits(f: Field, value, dtype: DType) -> int:
     else:
         raw = int(value)
     if raw < 0 or raw >> f.width:
-        raise EncodingError(f"field '{f.name}': {value} does not fit in {f.width} bits")
+        shown = value if abs(int(raw)).bit_length() <= 64 else f"a {abs(int(raw)).bit_length()}-bit value"
+        raise EncodingError(f"field '{f.name}': {shown} does not fit in {f.width} bits")
     return raw << f.lo
 
 

@@ -189,7 +189,7 @@ BINARY_OPS = (
     ("add", "a + b", 1), ("sub", "a - b", 1), ("mul", "a * b", 1),
     ("div", "a / b (integers: truncated toward zero; x / 0 = 0)", 4),
     ("max", "max(a, b)", 1), ("min", "min(a, b)", 1),
-    ("pow", "a ** b (integers: exact, then wrapped)", 4),
+    ("pow", "a ** b (f32 and bf16 only)", 4),
     ("eq", "1 if a == b else 0", 1), ("ne", "1 if a != b else 0", 1),
     ("lt", "1 if a < b else 0", 1), ("le", "1 if a <= b else 0", 1),
     ("gt", "1 if a > b else 0", 1), ("ge", "1 if a >= b else 0", 1),
@@ -198,7 +198,8 @@ BINARY_OPS = (
 UNARY_OPS = (
     ("mov", "a", 1), ("neg", "-a", 1), ("abs", "|a|", 1), ("not", "1 if a == 0 else 0", 1),
     ("floor", "floor(a)", 1), ("ceil", "ceil(a)", 1), ("round", "a rounded half to even", 1),
-    ("exp", "e ** a", 2), ("log", "ln(a)", 2), ("tanh", "tanh(a)", 2), ("erf", "erf(a)", 2),
+    ("exp", "e ** a (f32 and bf16 only, as the other functions below)", 2), ("log", "ln(a)", 2),
+    ("tanh", "tanh(a)", 2), ("erf", "erf(a)", 2),
     ("sigmoid", "1 / (1 + e ** -a)", 2), ("sqrt", "sqrt(a)", 2), ("rsqrt", "1 / sqrt(a)", 2),
     ("recip", "1 / a", 2),
 )

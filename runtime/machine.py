@@ -109,10 +109,14 @@ def _element_offsets(shape, strides) -> np.ndarray:
     return index
 
 
-def _check_no_self_overlap(access: Access, what: str) -> None:
+def _check_no_self_overlap(access: Access, what: str, region_bytes: int) -> None:
     """A destination must not write one element twice (the result would depend on order)."""
     if _nested_without_overlap(access.shape, access.strides):
         return
+    count = math.prod(access.shape)
+    if count * access.size > region_bytes or any(n > 1 and s == 0 for n, s in zip(access.shape, access.strides,
+                                                                                  strict=True)):
+        raise OperandError(f"{what}: the destination writes some elements more than once")
     offsets = access.offsets
     if offsets.size > 1 and np.unique(offsets).size != offsets.size:
         raise OperandError(f"{what}: the destination writes some elements more than once")
@@ -238,7 +242,7 @@ def exec_dma_load(machine: Machine, i: Instruction) -> Effects:
     """for i2 < n2, i1 < n1, i0 < n0: local[local + (i2*ls2 + i1*ls1 + i0)*esize]
     = dram[dram + (i2*ds2 + i1*ds1 + i0*ds0)*esize] (esize bytes each)"""
     dram, dram_access, local, local_access = _dma_views(machine, i)
-    _check_no_self_overlap(local_access, "local")
+    _check_no_self_overlap(local_access, "local", machine.local.size)
     local[...] = dram
     return Effects([dram_access, _written(local_access)], dram_read=dram.size * i["esize"])
 
@@ -247,7 +251,7 @@ def exec_dma_store(machine: Machine, i: Instruction) -> Effects:
     """for i2 < n2, i1 < n1, i0 < n0: dram[dram + (i2*ds2 + i1*ds1 + i0*ds0)*esize]
     = local[local + (i2*ls2 + i1*ls1 + i0)*esize] (esize bytes each)"""
     dram, dram_access, local, local_access = _dma_views(machine, i)
-    _check_no_self_overlap(dram_access, "dram")
+    _check_no_self_overlap(dram_access, "dram", machine.dram.size)
     dram[...] = local.copy()
     return Effects([local_access, _written(dram_access)], dram_written=dram.size * i["esize"])
 
@@ -275,7 +279,7 @@ def exec_dma_gather(machine: Machine, i: Instruction) -> Effects:
     idx[r] the int32 at local index + 4r; an index outside [0, limit) stops the run"""
     indices, index_access = _gather_indices(machine, i)
     table, table_access, rows, rows_access = _gather_views(machine, i)
-    _check_no_self_overlap(rows_access, "local")
+    _check_no_self_overlap(rows_access, "local", machine.local.size)
     rows[...] = table[indices]
     return Effects([index_access, table_access, _written(rows_access)], dram_read=rows.size * i["esize"])
 
@@ -285,7 +289,7 @@ def exec_dma_scatter(machine: Machine, i: Instruction) -> Effects:
     idx[r] the int32 at local index + 4r; an index outside [0, limit) stops the run; rows are written in order"""
     indices, index_access = _gather_indices(machine, i)
     table, table_access, rows, rows_access = _gather_views(machine, i)
-    _check_no_self_overlap(table_access, "dram")
+    _check_no_self_overlap(table_access, "dram", machine.dram.size)
     values = rows.copy()
     if np.unique(indices).size == indices.size:
         table[indices] = values
@@ -336,7 +340,7 @@ def exec_matmul(machine: Machine, i: Instruction) -> Effects:
     a, a_access = machine.tile(LOCAL, f["a"], dtype, (f["m"], k), (f["a_rs"], 1), "a", need="scratchpad")
     out_dtype = DType.I32 if integer else DType.F32
     c, c_access = machine.tile(LOCAL, f["c"], out_dtype, (f["m"], n), (f["c_rs"], 1), "c", need="accumulator")
-    _check_no_self_overlap(c_access, "c")
+    _check_no_self_overlap(c_access, "c", machine.local.size)
     # float64 BLAS is exact for integer products: |sum| <= 4095 * 2**16 < 2**53.
     product = to_float64(a) @ machine.weights
     accesses = [a_access]
@@ -356,7 +360,7 @@ def _operand(machine: Machine, i: Instruction, name: str, dtype: DType, rows: in
 def _destination(machine: Machine, i: Instruction, dtype: DType, rows: int, cols: int):
     f = i.fields
     view, access = machine.tile(LOCAL, f["dst"], dtype, (rows, cols), (f["dst_rs"], 1), "dst")
-    _check_no_self_overlap(access, "dst")
+    _check_no_self_overlap(access, "dst", machine.local.size)
     return view, _written(access)
 
 
@@ -366,6 +370,7 @@ def _vector(name: str):
     def exec_vector(machine: Machine, i: Instruction) -> Effects:
         f = i.fields
         dtype, rows, cols = f["dtype"], f["rows"], f["cols"]
+        dst, dst_access = _destination(machine, i, dtype, rows, cols)  # bounds the work before computing
         a, a_access = _operand(machine, i, "a", dtype, rows, cols)
         accesses = [a_access]
         operands = [a]
@@ -376,7 +381,6 @@ def _vector(name: str):
         elif i.definition.format == "vi":
             operands.append(np.full((rows, cols), f["imm"], dtype=np.float64 if dtype.is_float else np.int64))
         result = elementwise(name, dtype, *operands)
-        dst, dst_access = _destination(machine, i, dtype, rows, cols)
         dst[...] = result
         return Effects(accesses + [dst_access])
 
@@ -389,10 +393,12 @@ def _reduce(name: str):
         f = i.fields
         dtype, rows, cols = f["dtype"], f["rows"], f["cols"]
         refuse_storage_only(dtype, i.mnemonic)
+        dst, dst_access = _destination(machine, i, dtype, rows, 1)
         a, a_access = _operand(machine, i, "a", dtype, rows, cols)
+        if rows * cols > machine.local.size:
+            raise OperandError(f"a: {rows}x{cols} elements read more than the local memory holds")
         values = to_float64(a) if dtype.is_float else a.astype(np.int64)
         result = {"rsum": np.sum, "rmax": np.max, "rmin": np.min}[name](values, axis=1, keepdims=True)
-        dst, dst_access = _destination(machine, i, dtype, rows, 1)
         dst[...] = store_float(result, dtype) if dtype.is_float else wrap_int(result, dtype)
         return Effects([a_access, dst_access])
 
@@ -406,12 +412,11 @@ def exec_vsel(machine: Machine, i: Instruction) -> Effects:
     f = i.fields
     dtype, rows, cols = f["dtype"], f["rows"], f["cols"]
     refuse_storage_only(dtype, "vsel")
+    dst, dst_access = _destination(machine, i, dtype, rows, cols)
     cond, cond_access = _operand(machine, i, "a", dtype, rows, cols)
     b, b_access = _operand(machine, i, "b", dtype, rows, cols)
     c, c_access = _operand(machine, i, "c", dtype, rows, cols)
-    result = np.where(cond != 0, b, c)
-    dst, dst_access = _destination(machine, i, dtype, rows, cols)
-    dst[...] = result
+    dst[...] = np.where(cond != 0, b, c)
     return Effects([cond_access, b_access, c_access, dst_access])
 
 
@@ -434,10 +439,9 @@ def exec_vcvt(machine: Machine, i: Instruction) -> Effects:
     saturated (NaN -> 0); to bf16 rounded to nearest even"""
     f = i.fields
     rows, cols = f["rows"], f["cols"]
-    a, a_access = _operand(machine, i, "a", f["src_dtype"], rows, cols)
-    result = convert(a, f["src_dtype"], f["dtype"])
     dst, dst_access = _destination(machine, i, f["dtype"], rows, cols)
-    dst[...] = result
+    a, a_access = _operand(machine, i, "a", f["src_dtype"], rows, cols)
+    dst[...] = convert(a, f["src_dtype"], f["dtype"])
     return Effects([a_access, dst_access])
 
 
@@ -448,6 +452,7 @@ def exec_vreq(machine: Machine, i: Instruction) -> Effects:
     dtype, rows, cols = f["dtype"], f["rows"], f["cols"]
     if dtype not in (DType.I8, DType.U8):
         raise OperandError(f"vreq produces i8 or u8, not {dtype.asm_name}")
+    dst, dst_access = _destination(machine, i, dtype, rows, cols)
     a, a_access = _operand(machine, i, "a", DType.I32, rows, cols)
     scale, scale_access = _operand(machine, i, "b", DType.F32, rows, cols)
     zero, zero_access = _operand(machine, i, "c", DType.I32, rows, cols)
@@ -455,9 +460,7 @@ def exec_vreq(machine: Machine, i: Instruction) -> Effects:
         scaled = a.astype(np.float32) * scale.astype(np.float32)  # one fp32 rounding, as the hardware
     low, high = INT_RANGES[dtype]
     rounded = np.rint(np.nan_to_num(scaled.astype(np.float64), nan=0.0, posinf=high, neginf=low))
-    result = np.clip(rounded + zero.astype(np.float64), low, high).astype(dtype.numpy)
-    dst, dst_access = _destination(machine, i, dtype, rows, cols)
-    dst[...] = result
+    dst[...] = np.clip(rounded + zero.astype(np.float64), low, high).astype(dtype.numpy)
     return Effects([a_access, scale_access, zero_access, dst_access])
 
 

@@ -1,0 +1,79 @@
+"""The memory an instruction may touch, as byte spans, derived from its fields.
+
+Used by the compiler's emitter to find dependencies between engines. Each span is the
+bounding range of an operand (strided operands are covered whole), so dependencies
+derived from it are never missed, only occasionally stricter than needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from isa.config import AcceleratorConfig
+from isa.dtypes import DType
+from isa.encoding import Instruction
+
+DRAM, LOCAL = "dram", "local"
+
+
+@dataclass(frozen=True)
+class Span:
+    memory: str
+    start: int
+    end: int  # exclusive
+    write: bool
+
+
+def _span(memory: str, address: int, size: int, counts, strides, write: bool) -> Span:
+    last = sum((n - 1) * s for n, s in zip(counts, strides, strict=True) if n > 0)
+    return Span(memory, address, address + (last + 1) * size, write)
+
+
+def footprint(instruction: Instruction, config: AcceleratorConfig) -> list[Span]:
+    """Every operand of `instruction` as a byte span in DRAM or local memory."""
+    f = instruction.fields
+    name = instruction.mnemonic
+    definition = instruction.definition
+    if name in ("end", "sync"):
+        return []
+    if definition.format == "dma":
+        counts = (f["n2"], f["n1"], f["n0"])
+        dram = _span(DRAM, f["dram"], f["esize"], counts, (f["ds2"], f["ds1"], f["ds0"]), name == "dma_store")
+        local = _span(LOCAL, f["local"], f["esize"], counts, (f["ls2"], f["ls1"], 1), name == "dma_load")
+        return [dram, local]
+    if definition.format == "dmai":
+        table = _span(DRAM, f["dram"], f["esize"], (f["limit"], f["n0"]), (f["ds1"], 1), name == "dma_scatter")
+        rows = _span(LOCAL, f["local"], f["esize"], (f["rows"], f["n0"]), (f["ls1"], 1), name == "dma_gather")
+        index = Span(LOCAL, f["index"], f["index"] + 4 * f["rows"], False)
+        return [table, rows, index]
+    if name == "load_weights":
+        counts = (f["n"], f["k"]) if f["transpose"] else (f["k"], f["n"])
+        return [_span(LOCAL, f["addr"], f["dtype"].size, counts, (f["stride"], 1), False)]
+    if name == "matmul":
+        # The weights' K and N are not in the instruction: cover what the array can hold.
+        a = _span(LOCAL, f["a"], f["dtype"].size, (f["m"], config.array_rows), (f["a_rs"], 1), False)
+        c_size = 4
+        c = _span(LOCAL, f["c"], c_size, (f["m"], config.array_cols), (f["c_rs"], 1), True)
+        spans = [a, c]
+        if f["accumulate"]:
+            spans.append(Span(LOCAL, c.start, c.end, False))
+        return spans
+    rows, cols = f["rows"], f["cols"]
+    dtype: DType = f["dtype"]
+    spans = []
+    if name in ("vrsum", "vrmax", "vrmin"):
+        spans.append(_span(LOCAL, f["dst"], dtype.size, (rows,), (f["dst_rs"],), True))
+    elif name == "vreq":
+        spans.append(_span(LOCAL, f["dst"], dtype.size, (rows, cols), (f["dst_rs"], 1), True))
+    else:
+        spans.append(_span(LOCAL, f["dst"], dtype.size, (rows, cols), (f["dst_rs"], 1), True))
+    operand_dtypes = {"a": dtype, "b": dtype, "c": dtype}
+    if name == "vcvt":
+        operand_dtypes["a"] = f["src_dtype"]
+    if name == "vreq":
+        operand_dtypes = {"a": DType.I32, "b": DType.F32, "c": DType.I32}
+    for operand in ("a", "b", "c"):
+        if operand in f and f"{operand}_rs" in f:
+            spans.append(_span(LOCAL, f[operand], operand_dtypes[operand].size, (rows, cols),
+                               (f[f"{operand}_rs"], f[f"{operand}_cs"]), False))
+    return spans
