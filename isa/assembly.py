@@ -11,6 +11,9 @@ Text form, one statement per line (`;` or `#` start a comment):
     .for    i in 0..4                     ; repeat with i = 0, 1, 2, 3 (nests)
       dma_load dram=i*64 local=i*64 esize=1 n0=64 signal=1
     .endfor
+    .if     M % 64                        ; assemble the block only when the value is not 0
+      .error "M must be a multiple of 64" ; stop with this message
+    .endif
     end
 
 An instruction is its mnemonic followed by `field=value` for any of its fields (missing
@@ -88,7 +91,7 @@ class _Assembler:
             return -self.eval(tree.children[0])
         if kind == "tuple":
             return tuple(self.eval(c) for c in tree.children if c is not None)
-        if kind in ("or_expr", "and_expr", "shift_expr", "sum", "product"):
+        if kind in ("cmp_expr", "or_expr", "and_expr", "shift_expr", "sum", "product"):
             value = self.eval(tree.children[0])
             for op, operand in zip(tree.children[1::2], tree.children[2::2], strict=True):
                 value = _binary(str(op), value, self.eval(operand), lambda m: self.error(tree, m))
@@ -114,9 +117,16 @@ class _Assembler:
     def run(self, statements) -> None:
         for statement in statements:
             if isinstance(statement, _Loop):
-                self.run_loop(statement)
+                if statement.head.data == "if_start":
+                    if self.eval(statement.head.children[0]):
+                        self.run(statement.body)
+                else:
+                    self.run_loop(statement)
             else:
                 getattr(self, f"do_{statement.data}")(statement)
+
+    def do_error(self, tree) -> None:
+        raise self.error(tree, tree.children[0][1:-1])
 
     def run_loop(self, loop: _Loop) -> None:
         var = str(loop.head.children[0])
@@ -230,8 +240,6 @@ class _Assembler:
         self.constants.append(Constant(dram, data, name))
         self.dram_bytes = max(self.dram_bytes, dram + len(data))
 
-    def do_for_end(self, tree) -> None:
-        raise self.error(tree, ".endfor without .for")
 
     def do_instruction(self, tree) -> None:
         mnemonic = str(tree.children[0])
@@ -287,31 +295,37 @@ def _binary(op: str, left, right, error):
         if isinstance(left, int) and isinstance(right, int) and left % right == 0:
             return left // right
         return left / right
+    comparisons = {"==": lambda: left == right, "!=": lambda: left != right, "<": lambda: left < right,
+                   "<=": lambda: left <= right, ">": lambda: left > right, ">=": lambda: left >= right}
+    if op in comparisons:
+        return int(comparisons[op]())
     return {"+": lambda: left + right, "-": lambda: left - right, "*": lambda: left * right,
             "//": lambda: left // right, "%": lambda: left % right, "<<": lambda: left << right,
             ">>": lambda: left >> right, "&": lambda: left & right, "|": lambda: left | right}[op]()
 
 
 def _nest(statements, error) -> list:
-    """Turn the flat statement list into a tree of .for loops."""
+    """Turn the flat statement list into a tree of .for loops and .if blocks."""
+    closers = {"for_end": ("for_start", ".endfor without .for"), "if_end": ("if_start", ".endif without .if")}
     root: list = []
     stack = [root]
-    loops = []
+    opened = []
     for statement in statements:
-        if statement.data == "for_start":
-            loop = _Loop(statement)
-            stack[-1].append(loop)
-            stack.append(loop.body)
-            loops.append(statement)
-        elif statement.data == "for_end":
-            if len(stack) == 1:
-                raise error(statement, ".endfor without .for")
+        if statement.data in ("for_start", "if_start"):
+            block = _Loop(statement)
+            stack[-1].append(block)
+            stack.append(block.body)
+            opened.append(statement)
+        elif statement.data in closers:
+            opener, message = closers[statement.data]
+            if not opened or opened[-1].data != opener:
+                raise error(statement, message)
             stack.pop()
-            loops.pop()
+            opened.pop()
         else:
             stack[-1].append(statement)
-    if loops:
-        raise error(loops[-1], ".for without .endfor")
+    if opened:
+        raise error(opened[-1], ".for without .endfor" if opened[-1].data == "for_start" else ".if without .endif")
     return root
 
 

@@ -171,3 +171,11 @@ def test_console_scripts_are_installed(gemm_bin):
     assert done.returncode == 0 and "cycles:" in done.stdout
     done = subprocess.run(["acc-compile", "model.onnx"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "Traceback" not in done.stderr
+
+
+def test_if_and_error_directives(tmp_path, capsys):
+    source = tmp_path / "check.s"
+    source.write_text(".equ M, 48\n.if M % 32 != 0\n  .error \"M must be a multiple of 32\"\n.endif\nend\n")
+    line = one_line_error(capsys, assemble_main([str(source), "-o", str(tmp_path / "c.bin")]))
+    assert "check.s:3" in line and "M must be a multiple of 32" in line
+    assert assemble_main([str(source), "-o", str(tmp_path / "c.bin"), "-D", "M=64"]) == 0

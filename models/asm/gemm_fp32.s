@@ -23,11 +23,10 @@
 .equ KR, K // ARRAY_ROWS
 .equ NC, TN // ARRAY_COLS
 
-; The sizes must be whole, non-zero numbers of tiles. The assembler has no .error, so a
-; bad size stops it here with "division by zero".
-.for bad_size in 0..M % TM + N % TN + K % ARRAY_ROWS + 1 // (MT + 1) + 1 // (NT + 1) + 1 // (KR + 1)
-  .equ SIZE_IS_NOT_WHOLE_TILES, 1 // 0
-.endfor
+; The sizes must be whole, non-zero numbers of tiles.
+.if M % TM + N % TN + K % ARRAY_ROWS + (MT == 0) + (NT == 0) + (KR == 0)
+  .error "the sizes must be non-zero multiples of the tile sizes"
+.endif
 
 .equ A_PANEL, 0                     ; TM x K
 .equ B_PANEL, TM * K * 4            ; K x TN

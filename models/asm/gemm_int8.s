@@ -21,13 +21,12 @@
 ; the matrix unit, frees the A/B slot. So every step waits for the previous one: load,
 ; matrix and store never overlap. Same instructions, for comparing cycles.
 ;
-; The assembler has no conditionals: "first / last iteration of 0 <= i < N" is computed as
-; (N - i) // N and (i + 1) // N, which are 1 there and 0 elsewhere, and a wait or signal
-; multiplied by 0 is "none".
+; "First / last iteration of 0 <= i < N" is computed as (N - i) // N and (i + 1) // N,
+; which are 1 there and 0 elsewhere; a wait or signal multiplied by 0 is "none".
 
-.equ M, 64
-.equ K, 256
-.equ N, 128
+.equ M, 256
+.equ K, 1024
+.equ N, 512
 .equ DOUBLE_BUFFER, 1
 
 ; Two C tiles fill the accumulator; two A and two B tiles fill at most half the scratchpad
@@ -44,11 +43,9 @@
 .equ KR, TK // ARRAY_ROWS         ; weight tiles down one B tile
 .equ NC, TN // ARRAY_COLS         ; weight tiles across one B tile
 
-; The sizes must be whole, non-zero numbers of tiles. The assembler has no .error, so a
-; bad size stops it here with "division by zero".
-.for bad_size in 0..M % TM + K % TK + N % TN + 1 // (MT + 1) + 1 // (KT + 1) + 1 // (NT + 1)
-  .equ SIZE_IS_NOT_WHOLE_TILES, 1 // 0
-.endfor
+.if M % TM + K % TK + N % TN + (MT == 0) + (KT == 0) + (NT == 0)
+  .error "M, K and N must be non-zero multiples of the tile sizes TM, TK and TN"
+.endif
 
 .equ A_TILE_BYTES, TM * TK
 .equ B_TILE_BYTES, TK * TN

@@ -18,11 +18,10 @@
 
 .equ MT, M // TR
 
-; The sizes must be whole, non-zero numbers of tiles. The assembler has no .error, so a
-; bad size stops it here with "division by zero".
-.for bad_size in 0..M % TR + 1 // (MT + 1)
-  .equ SIZE_IS_NOT_WHOLE_TILES, 1 // 0
-.endfor
+; The sizes must be whole, non-zero numbers of tiles.
+.if M % TR + (MT == 0)
+  .error "the sizes must be non-zero multiples of the tile sizes"
+.endif
 .equ X_BLOCK, TR * N * 4
 .equ Y_BLOCK, TR * N
 
