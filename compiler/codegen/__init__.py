@@ -1,0 +1,46 @@
+"""Code generation: a verified, legalised Graph -> a Program (instructions, constants, I/O, debug).
+
+Every value gets a DRAM region (constants in the constants section; ops in
+kernels.ALIASES share their input's region); each node's kernel emits its
+instructions under the node's name, and the emitter inserts the synchronisation.
+"""
+
+from __future__ import annotations
+
+from compiler.codegen.context import CodegenContext, View, accelerator_dtype
+from compiler.codegen.kernels import ALIASES, KERNELS
+from compiler.errors import UnsupportedOpError
+from compiler.ir import Graph
+from isa.config import AcceleratorConfig
+from isa.program import Program, TensorInfo
+
+
+def generate(graph: Graph, config: AcceleratorConfig) -> Program:
+    ctx = CodegenContext(config, graph)
+    for name in graph.inputs:
+        value = graph.values[name]
+        ctx.views[name] = ctx.allocate(value.shape, accelerator_dtype(value.dtype, name, "model input"))
+    used = {name for node in graph.nodes for name in node.inputs if name} | set(graph.outputs)
+    for value in graph.constants():
+        if value.name in used and value.name not in ctx.views:
+            ctx.views[value.name] = ctx.constant(value.const, accelerator_dtype(value.dtype, value.name), value.name)
+    for node in graph.nodes:
+        if node.op not in KERNELS and node.op not in ALIASES:
+            raise UnsupportedOpError(node.op, node.name, None, "the code generator has no kernel for it yet")
+        outputs = [graph.values[name] for name in node.outputs if name]
+        if node.op in ALIASES:
+            source = ctx.views[node.inputs[0]]
+            ctx.views[outputs[0].name] = View.dense(source.addr, source.dtype, outputs[0].shape)
+            continue
+        for value in outputs:
+            ctx.views[value.name] = ctx.allocate(value.shape, accelerator_dtype(value.dtype, value.name, node.op))
+        with ctx.emitter.node(node.name or f"{node.op}:{node.outputs[0]}"):
+            KERNELS[node.op](ctx, node)
+    instructions, debug = ctx.emitter.finish()
+    inputs = [_tensor(name, ctx.views[name]) for name in graph.inputs]
+    outputs = [_tensor(name, ctx.views[name]) for name in graph.outputs]
+    return Program(config, instructions, inputs, outputs, ctx.constants, debug, max(ctx.dram_end, 4))
+
+
+def _tensor(name: str, view: View) -> TensorInfo:
+    return TensorInfo(name, view.shape, view.dtype, view.addr)

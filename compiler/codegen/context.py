@@ -1,0 +1,232 @@
+"""What a kernel works with: the DRAM plan, views of DRAM tensors, on-chip arenas and DMA helpers.
+
+A `View` is a strided window on DRAM (address, dtype, shape, strides in elements); DRAM
+tensors are dense and row-major, and slicing, broadcasting or transposing a view only
+changes its strides. `dma_in`/`dma_out` move a view of up to three dimensions between
+DRAM and a dense local tile, splitting where a stride or count exceeds its field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from compiler.codegen.emitter import Emitter
+from compiler.errors import UnsupportedOpError, UnsupportedTypeError
+from compiler.ir import Graph, Node
+from isa.config import AcceleratorConfig
+from isa.dtypes import DType
+from isa.program import Constant
+
+DRAM_ALIGN = 64
+LOCAL_ALIGN = 64
+IR_TO_DTYPE = {"f32": DType.F32, "bf16": DType.BF16, "i8": DType.I8, "u8": DType.U8, "i32": DType.I32,
+               "i64": DType.I64, "bool": DType.BOOL}
+# Widest value each DMA field holds (isa/spec.py): counts 16 bits; strides ds0 16, ds1 24, ds2 32, ls1 16, ls2 24.
+MAX_COUNT = (1 << 16) - 1
+MAX_DS = ((1 << 16) - 1, (1 << 24) - 1, (1 << 32) - 1)
+MAX_LS = ((1 << 16) - 1, (1 << 24) - 1)
+
+
+def accelerator_dtype(ir_dtype: str, tensor: str, where: str = "") -> DType:
+    if ir_dtype not in IR_TO_DTYPE:
+        raise UnsupportedTypeError(tensor, ir_dtype, where)
+    return IR_TO_DTYPE[ir_dtype]
+
+
+def unsupported(node: Node, reason: str) -> UnsupportedOpError:
+    """The error for a use of a supported op that this code generator cannot compile."""
+    return UnsupportedOpError(node.op, node.name, None, reason)
+
+
+@dataclass(frozen=True)
+class View:
+    addr: int
+    dtype: DType
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]  # elements
+
+    @staticmethod
+    def dense(addr: int, dtype: DType, shape: tuple[int, ...]) -> View:
+        strides, step = [], 1
+        for n in reversed(shape):
+            strides.append(step)
+            step *= max(n, 1)
+        return View(addr, dtype, tuple(shape), tuple(reversed(strides)))
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    def at(self, *index: int) -> View:
+        """The sub-view with the leading dimensions fixed at `index`."""
+        offset = sum(i * s for i, s in zip(index, self.strides, strict=False))
+        return View(self.addr + offset * self.dtype.size, self.dtype, self.shape[len(index):],
+                    self.strides[len(index):])
+
+    def window(self, axis: int, start: int, stop: int, step: int = 1) -> View:
+        shape = list(self.shape)
+        strides = list(self.strides)
+        shape[axis] = len(range(start, stop, step))
+        strides[axis] = self.strides[axis] * step
+        return View(self.addr + start * self.strides[axis] * self.dtype.size, self.dtype, tuple(shape),
+                    tuple(strides))
+
+    def transpose(self, perm) -> View:
+        return View(self.addr, self.dtype, tuple(self.shape[p] for p in perm), tuple(self.strides[p] for p in perm))
+
+    def reshape_dense(self, shape) -> View:
+        if self.strides != View.dense(self.addr, self.dtype, self.shape).strides:
+            raise ValueError("only a dense view can be reshaped")
+        return View.dense(self.addr, self.dtype, tuple(shape))
+
+    def broadcast_to(self, shape: tuple[int, ...]) -> View:
+        """numpy broadcasting: missing leading dimensions and size-1 dimensions get stride 0."""
+        pad = len(shape) - len(self.shape)
+        dims = (1,) * pad + self.shape
+        strides = (0,) * pad + self.strides
+        return View(self.addr, self.dtype, tuple(shape),
+                    tuple(0 if d == 1 and n != 1 else s for d, n, s in zip(dims, shape, strides, strict=True)))
+
+    def with_dtype(self, dtype: DType) -> View:
+        return replace(self, dtype=dtype)
+
+
+class LocalArena:
+    """Bump allocation of one kernel's on-chip space: [start, end) of local memory."""
+
+    def __init__(self, start: int, end: int, what: str):
+        self.start, self.next, self.end, self.what = start, start, end, what
+
+    @property
+    def free(self) -> int:
+        return self.end - self.next
+
+    def alloc(self, nbytes: int) -> int:
+        address = -(-self.next // LOCAL_ALIGN) * LOCAL_ALIGN
+        if address + nbytes > self.end:
+            raise MemoryError(f"{self.what}: {nbytes} bytes do not fit ({self.end - address} free)")
+        self.next = address + nbytes
+        return address
+
+
+class CodegenContext:
+    """The state shared by all kernels of one program."""
+
+    def __init__(self, config: AcceleratorConfig, graph: Graph):
+        self.config = config
+        self.graph = graph
+        self.emitter = Emitter(config)
+        self.views: dict[str, View] = {}
+        self.constants: list[Constant] = []
+        self.dram_end = 0
+        self._constant_cache: dict[tuple, View] = {}
+
+    # DRAM plan -------------------------------------------------------------------------------
+    def allocate(self, shape: tuple[int, ...], dtype: DType) -> View:
+        nbytes = max(int(np.prod(shape, dtype=np.int64)) * dtype.size, 1)
+        address = -(-self.dram_end // DRAM_ALIGN) * DRAM_ALIGN
+        if address + nbytes > self.config.dram_bytes:
+            raise MemoryError(f"the model needs more than the config's {self.config.dram_bytes} bytes of DRAM")
+        self.dram_end = address + nbytes
+        self.emitter.register_dram(address, address + nbytes)
+        return View.dense(address, dtype, tuple(shape))
+
+    def constant(self, data: np.ndarray, dtype: DType, name: str = "") -> View:
+        """Place compile-time data (a weight, or a table a kernel derives from one) in DRAM."""
+        array = np.ascontiguousarray(np.asarray(data).astype(dtype.numpy))
+        key = (dtype, array.shape, array.tobytes())
+        if key in self._constant_cache:
+            return self._constant_cache[key]
+        view = self.allocate(array.shape, dtype)
+        self.constants.append(Constant(view.addr, array.tobytes(), name))
+        self._constant_cache[key] = view
+        return view
+
+    def view(self, value_name: str) -> View:
+        return self.views[value_name]
+
+    # On-chip space, fresh for each kernel --------------------------------------------------------
+    def scratchpad(self) -> LocalArena:
+        return LocalArena(0, self.config.spad_bytes, "scratchpad")
+
+    def accumulator(self) -> LocalArena:
+        return LocalArena(self.config.acc_base, self.config.local_bytes, "accumulator")
+
+    # DMA ------------------------------------------------------------------------------------------
+    def dma_in(self, local: int, view: View) -> None:
+        """Copy `view` (at most 3-D after merging) into a dense local tile at `local`."""
+        self._dma("dma_load", local, view)
+
+    def dma_out(self, local: int, view: View) -> None:
+        """Copy the dense local tile at `local` out to `view`."""
+        self._dma("dma_store", local, view)
+
+    def _dma(self, mnemonic: str, local: int, view: View) -> None:
+        shape, strides = merge_dims(view.shape, view.strides)
+        esize = view.dtype.size
+        if esize == 8 or esize not in (1, 2, 4):
+            # 8-byte elements move as pairs of 4-byte words.
+            shape, strides = shape + (2,), tuple(s * 2 for s in strides) + (1,)
+            shape, strides = merge_dims(shape, strides)
+            esize = 4
+        self._dma_nd(mnemonic, local, view.addr, esize, list(shape), list(strides))
+
+    def _dma_nd(self, mnemonic, local, dram, esize, shape, strides) -> None:
+        if len(shape) == 1:
+            if strides[0] > MAX_DS[0]:  # rows of one element: the wider row stride field
+                shape, strides = [shape[0], 1], [strides[0], 1]
+            elif shape[0] > MAX_COUNT:
+                for start in range(0, shape[0], MAX_COUNT):
+                    self._dma_nd(mnemonic, local + start * esize, dram + start * strides[0] * esize, esize,
+                                 [min(MAX_COUNT, shape[0] - start)], strides)
+                return
+        if _fits(shape, strides):
+            dims = [1] * (3 - len(shape)) + list(shape)
+            steps = [0] * (3 - len(strides)) + list(strides)
+            self.emitter.emit(mnemonic, dram=dram, local=local, esize=esize, n0=dims[2], n1=dims[1], n2=dims[0],
+                              ds0=steps[2], ds1=steps[1], ds2=steps[0], ls1=dims[2], ls2=dims[1] * dims[2])
+            return
+        inner = int(np.prod(shape[1:], dtype=np.int64))
+        if len(shape) <= 3 and _fits([1] + list(shape[1:]), [0] + list(strides[1:])):
+            chunk = MAX_COUNT  # only the outermost count is too large
+        else:
+            chunk = 1
+        for start in range(0, shape[0], chunk):
+            count = min(chunk, shape[0] - start)
+            sub_shape = ([count] if chunk > 1 else []) + list(shape[1:])
+            sub_strides = ([strides[0]] if chunk > 1 else []) + list(strides[1:])
+            self._dma_nd(mnemonic, local + start * inner * esize, dram + start * strides[0] * esize, esize,
+                         sub_shape, sub_strides)
+
+
+def _fits(shape, strides) -> bool:
+    """Whether one DMA instruction can move this (innermost-last) shape."""
+    if len(shape) > 3 or shape[-1] > MAX_COUNT or strides[-1] > MAX_DS[0]:
+        return False
+    if len(shape) >= 2 and (shape[-2] > MAX_COUNT or strides[-2] > MAX_DS[1] or shape[-1] > MAX_LS[0]):
+        return False
+    if len(shape) == 3 and (shape[0] > MAX_COUNT or strides[0] > MAX_DS[2] or shape[1] * shape[2] > MAX_LS[1]):
+        return False
+    return True
+
+
+def merge_dims(shape, strides) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Drop size-1 dimensions and merge dimensions that are contiguous with the next one."""
+    dims = [(n, s) for n, s in zip(shape, strides, strict=True) if n != 1]
+    if not dims:
+        return (1,), (1,)
+    merged = [dims[-1]]
+    for n, s in reversed(dims[:-1]):
+        inner_n, inner_s = merged[-1]
+        if s == inner_n * inner_s:
+            merged[-1] = (n * inner_n, inner_s)
+        else:
+            merged.append((n, s))
+    merged.reverse()
+    return tuple(n for n, _ in merged), tuple(s for _, s in merged)
+
+
+def node_label(node: Node) -> str:
+    return node.name or f"{node.op}:{node.outputs[0]}"

@@ -1,0 +1,194 @@
+"""The instruction emitter: kernels append instructions; it inserts the synchronisation.
+
+Kernels never write `wait` or `signal` themselves. For each new instruction the emitter
+looks up, from the memory the instruction touches (isa/footprint.py), the latest
+instruction of every other engine it conflicts with (read after write, write after
+read, write after write) and makes the new instruction wait for it:
+
+- one semaphore per ordered pair of engines (producer -> consumer); the producer's
+  instruction gives a token (in its `signal` field, or by a `sync` placed right after it
+  when the field is taken) and the consumer's takes it (in its `wait` field, or by a
+  `sync` placed right before it for a second dependency). Both engines run in order and
+  tokens of one semaphore are given and taken in the same order, so each wait takes
+  exactly the token meant for it;
+- what an engine is already ordered after is tracked with vector clocks, so a
+  dependency implied by an earlier one costs nothing.
+
+Local memory is tracked in 64-byte blocks, DRAM in the allocations the DRAM plan made;
+a span that covers more only adds dependencies, never loses one. Every program the
+compiler emits is therefore free of hazards by construction.
+"""
+
+from __future__ import annotations
+
+import bisect
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from isa.config import AcceleratorConfig
+from isa.encoding import Instruction
+from isa.footprint import DRAM, footprint
+from isa.program import DebugRange
+from isa.spec import Engine
+
+BLOCK = 64
+ENGINES = len(Engine)
+
+
+def pair_semaphore(producer: int, consumer: int) -> int:
+    """Semaphore id of the producer -> consumer pair: 1..12."""
+    return 1 + producer * (ENGINES - 1) + (consumer if consumer < producer else consumer - 1)
+
+
+@dataclass
+class _Item:
+    instruction: Instruction
+    engine: int
+    node: str | None
+    before: list[Instruction] = field(default_factory=list)  # syncs that take extra tokens
+    after: list[Instruction] = field(default_factory=list)  # syncs that give extra tokens
+    signal: int = 0
+    wait: int = 0
+
+
+class Emitter:
+    def __init__(self, config: AcceleratorConfig):
+        self.config = config
+        self.items: list[_Item] = []
+        self.by_engine: list[list[int]] = [[] for _ in range(ENGINES)]  # engine -> item indices
+        blocks = -(-config.local_bytes // BLOCK)
+        # Per engine: sequence number (1-based) of its last instruction writing / touching each block.
+        self.local_write = np.zeros((ENGINES, blocks), dtype=np.int64)
+        self.local_touch = np.zeros((ENGINES, blocks), dtype=np.int64)
+        # DRAM allocations, in increasing address order (the DRAM plan registers them as it makes
+        # them); slot 0 stands for any DRAM outside every allocation.
+        self.dram_starts: list[int] = []
+        self.dram_ends: list[int] = []
+        self.dram_write = np.zeros((ENGINES, 64), dtype=np.int64)
+        self.dram_touch = np.zeros((ENGINES, 64), dtype=np.int64)
+        self.clock = np.zeros((ENGINES, ENGINES), dtype=np.int64)  # what each engine is ordered after
+        self.clock_at: list[list[np.ndarray]] = [[] for _ in range(ENGINES)]  # engine -> seq-1 -> clock
+        self.current_node: str | None = None
+
+    # Node annotation ------------------------------------------------------------------------
+    @contextmanager
+    def node(self, name: str):
+        previous, self.current_node = self.current_node, name
+        try:
+            yield
+        finally:
+            self.current_node = previous
+
+    # Memory tracking ------------------------------------------------------------------------
+    def register_dram(self, start: int, end: int) -> None:
+        """Track [start, end) as one allocation; allocations must come in increasing address order."""
+        if self.dram_starts and start < self.dram_ends[-1]:
+            raise ValueError("DRAM allocations must be registered in increasing, disjoint order")
+        self.dram_starts.append(start)
+        self.dram_ends.append(end)
+        if len(self.dram_starts) + 1 > self.dram_write.shape[1]:
+            grow = np.zeros_like(self.dram_write)
+            self.dram_write = np.concatenate([self.dram_write, grow], axis=1)
+            self.dram_touch = np.concatenate([self.dram_touch, grow], axis=1)
+
+    def _dram_slots(self, start: int, end: int) -> list[int]:
+        """Slots of the allocations overlapping [start, end) (slot 0: DRAM outside every allocation)."""
+        index = max(bisect.bisect_right(self.dram_starts, start) - 1, 0)
+        slots = []
+        while index < len(self.dram_starts) and self.dram_starts[index] < end:
+            if self.dram_ends[index] > start:
+                slots.append(index + 1)
+            index += 1
+        return slots or [0]
+
+    def _targets(self, span) -> tuple[np.ndarray, np.ndarray, object]:
+        if span.memory == DRAM:
+            return self.dram_write, self.dram_touch, self._dram_slots(span.start, span.end)
+        return self.local_write, self.local_touch, slice(span.start // BLOCK, -(-span.end // BLOCK))
+
+    # Emission ---------------------------------------------------------------------------------
+    def emit(self, mnemonic: str, **fields) -> Instruction:
+        """Append one instruction; its dependencies on other engines are added automatically."""
+        if "wait" in fields or "signal" in fields:
+            raise ValueError("kernels do not set wait/signal: the emitter does")
+        instruction = Instruction(mnemonic, **fields)
+        engine = int(instruction.engine)
+        spans = footprint(instruction, self.config)
+        needed = np.zeros(ENGINES, dtype=np.int64)
+        for span in spans:
+            writes, touches, where = self._targets(span)
+            source = touches if span.write else writes  # a write conflicts with any earlier access
+            needed = np.maximum(needed, source[:, where].max(axis=1) if source[:, where].size else 0)
+        item = _Item(instruction, engine, self.current_node)
+        self._order_after(item, engine, needed)
+        self.items.append(item)
+        self.by_engine[engine].append(len(self.items) - 1)
+        seq = len(self.by_engine[engine])
+        self.clock[engine][engine] = seq
+        self.clock_at[engine].append(self.clock[engine].copy())
+        for span in spans:
+            writes, touches, where = self._targets(span)
+            touches[engine, where] = seq
+            if span.write:
+                writes[engine, where] = seq
+        return instruction
+
+    def _order_after(self, item: _Item, engine: int, needed: np.ndarray) -> None:
+        while True:
+            missing = [e for e in range(ENGINES) if e != engine and needed[e] > self.clock[engine][e]]
+            if not missing:
+                return
+            producer = missing[0]
+            seq = int(needed[producer])
+            semaphore = pair_semaphore(producer, engine)
+            producer_item = self.items[self.by_engine[producer][seq - 1]]
+            if producer_item.signal == 0:
+                producer_item.signal = semaphore
+            else:
+                producer_item.after.append(Instruction("sync", engine=Engine(producer), signal=semaphore))
+            if item.wait == 0:
+                item.wait = semaphore
+            else:
+                item.before.append(Instruction("sync", engine=Engine(engine), wait=semaphore))
+            np.maximum(self.clock[engine], self.clock_at[producer][seq - 1], out=self.clock[engine])
+
+    def fence_all(self) -> None:
+        """Make every engine wait for everything emitted so far (used between independent programs)."""
+        for engine in range(ENGINES):
+            others = np.array([len(self.by_engine[e]) for e in range(ENGINES)], dtype=np.int64)
+            if any(others[e] > self.clock[engine][e] for e in range(ENGINES) if e != engine):
+                item = _Item(Instruction("sync", engine=Engine(engine)), engine, self.current_node)
+                self._order_after(item, engine, others)
+                self.items.append(item)
+                self.by_engine[engine].append(len(self.items) - 1)
+                self.clock[engine][engine] = len(self.by_engine[engine])
+                self.clock_at[engine].append(self.clock[engine].copy())
+
+    # Output ---------------------------------------------------------------------------------
+    def finish(self) -> tuple[list[Instruction], list[DebugRange]]:
+        """The instructions in program order, ending with `end`, and the node of each range."""
+        code: list[Instruction] = []
+        nodes: list[str | None] = []
+        for item in self.items:
+            for sync in item.before:
+                code.append(sync)
+                nodes.append(item.node)
+            fields = dict(item.instruction.fields)
+            fields.update(wait=item.wait, signal=item.signal)
+            code.append(Instruction(item.instruction.mnemonic, **fields))
+            nodes.append(item.node)
+            for sync in item.after:
+                code.append(sync)
+                nodes.append(item.node)
+        code.append(Instruction("end"))
+        nodes.append(None)
+        debug = []
+        start = 0
+        for index in range(1, len(nodes) + 1):
+            if index == len(nodes) or nodes[index] != nodes[start]:
+                if nodes[start] is not None:
+                    debug.append(DebugRange(start, index, nodes[start]))
+                start = index
+        return code, debug

@@ -1,0 +1,13 @@
+"""The kernel table: IR op -> function that emits its instructions (`kernel(ctx, node)`).
+
+Ops listed in ALIASES need no instructions: their output is their input's DRAM, read
+with another shape.
+"""
+
+from compiler.codegen.kernels.elementwise import RECIPES, elementwise_kernel
+from compiler.codegen.kernels.matmul import gemm_kernel, matmul_kernel
+
+ALIASES = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"}
+
+KERNELS = {op: elementwise_kernel for op in RECIPES}
+KERNELS.update({"MatMul": matmul_kernel, "Gemm": gemm_kernel})

@@ -1,0 +1,294 @@
+"""Element-wise ops (with numpy broadcasting) on the vector unit.
+
+The output is walked in 2-D tiles; each input is loaded compactly (a broadcast row or
+column is loaded once and read with stride 0), the op's recipe emits vector
+instructions over the tile, and the result is converted to the output dtype and stored.
+Tiles alternate between two sets of buffers so that DMA overlaps the vector unit.
+
+`RECIPES[op](builder, inputs, attrs)` returns the result tile; a recipe only calls the
+`TileBuilder`, so fusing chains of element-wise ops later reuses the recipes as they are.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from compiler.codegen.context import CodegenContext, View, accelerator_dtype, unsupported
+from compiler.ir import Node
+from isa.dtypes import DType
+
+MAX_TEMPS = 10
+
+
+@dataclass(frozen=True)
+class Tile:
+    """An operand of the current tile in local memory: element [r, c] at addr + (r*rs + c*cs)*size."""
+
+    addr: int
+    dtype: DType
+    rs: int
+    cs: int
+
+
+class TileBuilder:
+    """Emits vector instructions over one rows x cols tile, with a few temporary tiles."""
+
+    def __init__(self, ctx: CodegenContext, rows: int, cols: int, temps: list[int], dtype: DType):
+        self.ctx, self.rows, self.cols, self.dtype = ctx, rows, cols, dtype
+        self.free = list(temps)
+
+    def temp(self, dtype: DType | None = None) -> Tile:
+        if not self.free:
+            raise AssertionError("element-wise recipe needs more temporaries than MAX_TEMPS")
+        return Tile(self.free.pop(), dtype or self.dtype, self.cols, 1)
+
+    def _emit(self, mnemonic: str, dst: Tile, **operands) -> Tile:
+        fields = dict(dtype=dst.dtype, dst=dst.addr, dst_rs=dst.rs, rows=self.rows, cols=self.cols)
+        for name, tile in operands.items():
+            if isinstance(tile, Tile):
+                fields.update({name: tile.addr, f"{name}_rs": tile.rs, f"{name}_cs": tile.cs})
+            else:
+                fields[name] = tile
+        self.ctx.emitter.emit(mnemonic, **fields)
+        return dst
+
+    def unary(self, op: str, a: Tile) -> Tile:
+        return self._emit(f"v{op}", self.temp(a.dtype), a=a)
+
+    def binary(self, op: str, a: Tile, b: Tile) -> Tile:
+        return self._emit(f"v{op}", self.temp(a.dtype), a=a, b=b)
+
+    def imm(self, op: str, a: Tile, value: float) -> Tile:
+        value = float(value) if a.dtype.is_float else int(value)
+        return self._emit(f"v{op}i", self.temp(a.dtype), a=a, imm=value)
+
+    def select(self, cond: Tile, a: Tile, b: Tile) -> Tile:
+        return self._emit("vsel", self.temp(a.dtype), a=cond, b=a, c=b)
+
+    def fill(self, value: float, dtype: DType | None = None) -> Tile:
+        dtype = dtype or self.dtype
+        return self._emit("vfill", self.temp(dtype), imm=float(value) if dtype.is_float else int(value))
+
+    def convert(self, a: Tile, dtype: DType, dst: Tile | None = None) -> Tile:
+        if a.dtype == dtype and dst is None:
+            return a
+        dst = dst or self.temp(dtype)
+        return self._emit("vcvt", dst, a=a, src_dtype=a.dtype)
+
+
+def _clip(b: TileBuilder, x: Tile, low: float, high: float) -> Tile:
+    if low != -math.inf:
+        x = b.imm("max", x, low)
+    if high != math.inf:
+        x = b.imm("min", x, high)
+    return x
+
+
+def _hard_sigmoid(b: TileBuilder, x: Tile, alpha: float, beta: float) -> Tile:
+    return _clip(b, b.imm("add", b.imm("mul", x, alpha), beta), 0.0, 1.0)
+
+
+def _gelu(b: TileBuilder, x: Tile, approximate: str) -> Tile:
+    if approximate == "tanh":
+        cube = b.binary("mul", b.binary("mul", x, x), x)
+        inner = b.imm("mul", b.binary("add", x, b.imm("mul", cube, 0.044715)), math.sqrt(2.0 / math.pi))
+        return b.imm("mul", b.binary("mul", x, b.imm("add", b.unary("tanh", inner), 1.0)), 0.5)
+    erf = b.unary("erf", b.imm("mul", x, 1.0 / math.sqrt(2.0)))
+    return b.imm("mul", b.binary("mul", x, b.imm("add", erf, 1.0)), 0.5)
+
+
+def _fold(op: str):
+    def recipe(b: TileBuilder, xs: list[Tile], attrs: dict) -> Tile:
+        result = xs[0] if len(xs) > 1 else b.unary("mov", xs[0])
+        for x in xs[1:]:
+            result = b.binary(op, result, x)
+        return result
+
+    return recipe
+
+
+def _compare(op: str, swap: bool = False):
+    def recipe(b: TileBuilder, xs: list[Tile], attrs: dict) -> Tile:
+        return b.binary(op, xs[1], xs[0]) if swap else b.binary(op, xs[0], xs[1])
+
+    return recipe
+
+
+def _softplus(b: TileBuilder, x: Tile) -> Tile:
+    # log(1 + e^x) = max(x, 0) + log(1 + e^-|x|): no overflow for large x.
+    return b.binary("add", b.imm("max", x, 0.0),
+                    b.unary("log", b.imm("add", b.unary("exp", b.unary("neg", b.unary("abs", x))), 1.0)))
+
+
+def _elu(b: TileBuilder, x: Tile, alpha: float, scale: float = 1.0) -> Tile:
+    negative = b.imm("mul", b.imm("add", b.unary("exp", b.imm("min", x, 0.0)), -1.0), alpha)
+    result = b.binary("add", b.imm("max", x, 0.0), negative)
+    return b.imm("mul", result, scale) if scale != 1.0 else result
+
+
+RECIPES = {
+    "Relu": lambda b, xs, a: b.imm("max", xs[0], 0),
+    "LeakyRelu": lambda b, xs, a: b.binary("max", xs[0], b.imm("mul", xs[0], a.get("alpha", 0.01)))
+    if a.get("alpha", 0.01) <= 1 else b.binary("min", xs[0], b.imm("mul", xs[0], a.get("alpha", 0.01))),
+    "PRelu": lambda b, xs, a: b.select(b.imm("lt", xs[0], 0.0), b.binary("mul", xs[0], xs[1]), xs[0]),
+    "Clip": lambda b, xs, a: b.unary("mov", _clip(b, xs[0], a.get("min", -math.inf), a.get("max", math.inf))),
+    "Sigmoid": lambda b, xs, a: b.unary("sigmoid", xs[0]),
+    "HardSigmoid": lambda b, xs, a: _hard_sigmoid(b, xs[0], a.get("alpha", 0.2), a.get("beta", 0.5)),
+    "HardSwish": lambda b, xs, a: b.binary("mul", xs[0], _hard_sigmoid(b, xs[0], 1.0 / 6.0, 0.5)),
+    "Tanh": lambda b, xs, a: b.unary("tanh", xs[0]),
+    "Exp": lambda b, xs, a: b.unary("exp", xs[0]),
+    "Log": lambda b, xs, a: b.unary("log", xs[0]),
+    "Sqrt": lambda b, xs, a: b.unary("sqrt", xs[0]),
+    "Reciprocal": lambda b, xs, a: b.unary("recip", xs[0]),
+    "Neg": lambda b, xs, a: b.unary("neg", xs[0]),
+    "Abs": lambda b, xs, a: b.unary("abs", xs[0]),
+    "Erf": lambda b, xs, a: b.unary("erf", xs[0]),
+    "Floor": lambda b, xs, a: b.unary("floor", xs[0]),
+    "Ceil": lambda b, xs, a: b.unary("ceil", xs[0]),
+    "Round": lambda b, xs, a: b.unary("round", xs[0]),
+    "Identity": lambda b, xs, a: b.unary("mov", xs[0]),
+    "Gelu": lambda b, xs, a: _gelu(b, xs[0], a.get("approximate", "none")),
+    "Softplus": lambda b, xs, a: _softplus(b, xs[0]),
+    "Softsign": lambda b, xs, a: b.binary("div", xs[0], b.imm("add", b.unary("abs", xs[0]), 1.0)),
+    "Elu": lambda b, xs, a: _elu(b, xs[0], a.get("alpha", 1.0)),
+    "Selu": lambda b, xs, a: _elu(b, xs[0], a.get("alpha", 1.67326319217681884765625),
+                                  a.get("gamma", 1.05070102214813232421875)),
+    "Sign": lambda b, xs, a: b.binary("sub", b.imm("gt", xs[0], 0), b.imm("lt", xs[0], 0)),
+    "Add": _fold("add"), "Sub": _fold("sub"), "Mul": _fold("mul"), "Div": _fold("div"),
+    "Pow": _fold("pow"), "Max": _fold("max"), "Min": _fold("min"), "Sum": _fold("add"),
+    "Mean": lambda b, xs, a: b.imm("mul", _fold("add")(b, xs, a), 1.0 / len(xs)),
+    "Equal": _compare("eq"), "Less": _compare("lt"), "Greater": _compare("gt"),
+    "LessOrEqual": _compare("le"), "GreaterOrEqual": _compare("ge"),
+    "And": _compare("and"), "Or": _compare("or"),
+    "Xor": lambda b, xs, a: b.binary("ne", b.imm("ne", xs[0], 0), b.imm("ne", xs[1], 0)),
+    "Not": lambda b, xs, a: b.unary("not", xs[0]),
+    "Where": lambda b, xs, a: b.select(xs[0], xs[1], xs[2]),
+    "Cast": lambda b, xs, a: xs[0],
+}
+FLOAT_ONLY = {"Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Exp", "Log", "Sqrt", "Reciprocal", "Erf", "Gelu",
+              "Softplus", "Softsign", "Elu", "Selu", "Pow", "Floor", "Ceil", "Round", "LeakyRelu", "PRelu"}
+COMPARISONS = {"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Not"}
+COMPUTE_DTYPES = (DType.F32, DType.I32, DType.I8, DType.U8)
+
+
+def merge_joint(shape: tuple[int, ...], strides: list[tuple[int, ...]]):
+    """Merge adjacent dimensions that are contiguous in every operand (size-1 dimensions vanish)."""
+    keep = [i for i, n in enumerate(shape) if n != 1] or [len(shape) - 1] if shape else []
+    if not shape:
+        return (1,), [(0,) for _ in strides]
+    dims = [shape[i] for i in keep]
+    per = [[s[i] for i in keep] for s in strides]
+    merged_dims, merged = [dims[-1]], [[p[-1]] for p in per]
+    for position in range(len(dims) - 2, -1, -1):
+        n = dims[position]
+        if all(p[position] == merged_dims[0] * m[0] for p, m in zip(per, merged, strict=True)):
+            merged_dims[0] *= n
+        else:
+            merged_dims.insert(0, n)
+            for p, m in zip(per, merged, strict=True):
+                m.insert(0, p[position])
+    return tuple(merged_dims), [tuple(m) for m in merged]
+
+
+def _compute_dtype(node: Node, dtypes: list[DType]) -> DType:
+    if node.op == "Where":
+        dtypes = dtypes[1:]
+    kinds = set(dtypes)
+    if node.op in FLOAT_ONLY and not all(d.is_float for d in kinds):
+        raise unsupported(node, f"the accelerator computes it on floats only, not "
+                                f"{', '.join(sorted(d.asm_name for d in kinds))}")
+    if node.op in FLOAT_ONLY or any(d.is_float for d in kinds):
+        if not kinds <= {DType.F32, DType.BF16}:
+            raise unsupported(node, f"mixed input types {sorted(d.asm_name for d in kinds)}")
+        return DType.F32
+    if len(kinds) != 1:
+        raise unsupported(node, f"mixed input types {sorted(d.asm_name for d in kinds)}")
+    (dtype,) = kinds
+    if dtype is DType.BOOL:
+        return DType.U8
+    if dtype not in COMPUTE_DTYPES:
+        raise unsupported(node, f"the vector unit does not compute on {dtype.asm_name}")
+    return dtype
+
+
+def elementwise_kernel(ctx: CodegenContext, node: Node) -> None:
+    out = ctx.view(node.outputs[0])
+    names = [name for name in node.inputs if name]
+    ins = [ctx.view(name) for name in names]
+    for name in names + node.outputs[:1]:
+        accelerator_dtype(ctx.graph.values[name].dtype, name, f"{node.op} node {node.name!r}")
+    if node.op == "Cast":
+        compute = ins[0].dtype
+    else:
+        compute = _compute_dtype(node, [v.dtype for v in ins])
+    shape = out.shape or (1,)
+    operands = [v.broadcast_to(out.shape) for v in ins]
+    dims, strides = merge_joint(out.shape, [out.strides] + [v.strides for v in operands])
+    rows_total = dims[-2] if len(dims) >= 2 else 1
+    cols_total = dims[-1]
+    outer_dims = dims[:-2]
+    del shape
+    spad = ctx.scratchpad()
+    widest = max([out.dtype.size] + [v.dtype.size for v in ins] + [4])
+    buffers_per_tile = len(ins) + MAX_TEMPS + 2
+    per_buffer = spad.free // (2 * buffers_per_tile) // 64 * 64
+    elements = max(per_buffer // widest, 1)
+    col_tile = min(cols_total, elements, 65535)
+    row_tile = min(rows_total, max(elements // col_tile, 1), 65535)
+    sets = [[spad.alloc(per_buffer) for _ in range(buffers_per_tile)] for _ in range(2)]
+    outer_count = 1
+    for n in outer_dims:
+        outer_count *= n
+    tile_index = 0
+
+    def view_2d(view_strides: tuple[int, ...], base: View, outer_index: tuple[int, ...]) -> tuple[int, int, int]:
+        offset = sum(i * s for i, s in zip(outer_index, view_strides[:-2], strict=False))
+        row_stride = view_strides[-2] if len(view_strides) >= 2 else 0
+        return base.addr + offset * base.dtype.size, row_stride, view_strides[-1]
+
+    for flat in range(outer_count):
+        outer_index = []
+        rest = flat
+        for n in reversed(outer_dims):
+            outer_index.append(rest % n)
+            rest //= n
+        outer_index = tuple(reversed(outer_index))
+        for r0 in range(0, rows_total, row_tile):
+            rt = min(row_tile, rows_total - r0)
+            for c0 in range(0, cols_total, col_tile):
+                ct = min(col_tile, cols_total - c0)
+                buffers = list(sets[tile_index % 2])
+                tiles = []
+                for operand, operand_strides in zip(ins, strides[1:], strict=True):
+                    addr, sr, sc = view_2d(operand_strides, operand, outer_index)
+                    rows_l = 1 if sr == 0 else rt
+                    cols_l = 1 if sc == 0 else ct
+                    load_dtype = DType.U8 if operand.dtype is DType.BOOL else operand.dtype
+                    window = View(addr + (r0 * sr + c0 * sc) * operand.dtype.size, load_dtype, (rows_l, cols_l),
+                                  (sr, sc))
+                    local = buffers.pop()
+                    ctx.dma_in(local, window)
+                    tiles.append(Tile(local, load_dtype, cols_l if rows_l > 1 else 0, 1 if cols_l > 1 else 0))
+                out_local = buffers.pop()
+                builder = TileBuilder(ctx, rt, ct, buffers, compute)
+                if node.op != "Cast":
+                    tiles = [t if t.dtype == compute else builder.convert(t, compute) for t in tiles]
+                result = RECIPES[node.op](builder, tiles, node.attrs)
+                if node.op == "Cast" and result.dtype.is_float and not out.dtype.is_float:
+                    # ONNX casts floats to integers by truncation toward zero.
+                    result = builder.select(builder.imm("lt", result, 0.0), builder.unary("ceil", result),
+                                            builder.unary("floor", result))
+                out_dtype = DType.U8 if out.dtype is DType.BOOL else out.dtype
+                if node.op in COMPARISONS:
+                    result = builder.imm("ne", result, 0)  # exactly 0 or 1 before it becomes a bool
+                if out.dtype is DType.BOOL and node.op == "Cast":
+                    builder.convert(result, DType.BOOL, Tile(out_local, DType.BOOL, ct, 1))
+                elif result.dtype != out_dtype:
+                    builder.convert(result, out_dtype, Tile(out_local, out_dtype, ct, 1))
+                else:
+                    builder._emit("vmov", Tile(out_local, out_dtype, ct, 1), a=result)
+                out_addr, out_sr, out_sc = view_2d(strides[0], out, outer_index)
+                ctx.dma_out(out_local, View(out_addr + (r0 * out_sr + c0 * out_sc) * out.dtype.size, out_dtype,
+                                            (rt, ct), (out_sr, out_sc)))
+                tile_index += 1

@@ -1,0 +1,140 @@
+"""MatMul and Gemm on the systolic array: activation rows stream through stationary weight tiles.
+
+For each batch, output column block (<= array_cols) and row block (sized so that two
+result tiles fit the accumulator), the kernel walks K in steps of array_rows: DMA the A
+slice and the B tile into alternating scratchpad buffers, `load_weights` the B tile,
+`matmul` the A rows into the accumulator (overwrite on the first step, accumulate
+after), then apply the epilogue (Gemm's alpha and bias) on the vector unit and DMA the
+result out. Alternating buffers let the emitter overlap DMA with the array.
+"""
+
+from __future__ import annotations
+
+from compiler.codegen.context import CodegenContext, View, accelerator_dtype, unsupported
+from compiler.ir import Node
+from isa.dtypes import DType
+
+MATRIX_FLOAT = (DType.F32, DType.BF16)
+
+
+def _as_matrix_batches(view: View, batch_shape: tuple[int, ...]) -> View:
+    return view.broadcast_to(batch_shape + view.shape[-2:])
+
+
+def matmul_views(ctx: CodegenContext, a: View, b: View, out: View, node: Node, *, alpha: float = 1.0,
+                 bias: View | None = None) -> None:
+    """out[..., M, N] = alpha * a[..., M, K] @ b[..., K, N] (+ bias broadcast to [..., M, N])."""
+    config = ctx.config
+    dtype = a.dtype
+    if dtype not in MATRIX_FLOAT or b.dtype != dtype or out.dtype != DType.F32:
+        raise unsupported(node, f"matmul of {a.dtype.asm_name} x {b.dtype.asm_name} -> {out.dtype.asm_name} "
+                                "is not supported yet")
+    batch_shape = out.shape[:-2]
+    a, b = _as_matrix_batches(a, batch_shape), _as_matrix_batches(b, batch_shape)
+    if bias is not None:
+        bias = bias.broadcast_to(out.shape)
+    m_total, k_total = a.shape[-2:]
+    n_total = b.shape[-1]
+    rows, cols = config.array_rows, config.array_cols
+    size = dtype.size
+    spad, acc = ctx.scratchpad(), ctx.accumulator()
+    # Two result tiles fill at most the accumulator; two A slices and two B tiles share the scratchpad.
+    m_tile = max(1, min(m_total, config.acc_bytes // (2 * cols * 4), 65535,
+                        (spad.free // 2 - 2 * rows * cols * size - 4 * cols * 4) // (2 * rows * size)))
+    a_buffers = [spad.alloc(m_tile * rows * size) for _ in range(2)]
+    b_buffers = [spad.alloc(rows * cols * size) for _ in range(2)]
+    bias_buffers = [spad.alloc(m_tile * cols * 4) for _ in range(2)] if bias is not None else []
+    c_buffers = [acc.alloc(m_tile * cols * 4) for _ in range(2)]
+    step = tile = 0
+    batch_count = 1
+    for n in batch_shape:
+        batch_count *= n
+    for batch in range(batch_count):
+        index = _unravel(batch, batch_shape)
+        a_batch, b_batch, out_batch = a.at(*index), b.at(*index), out.at(*index)
+        bias_batch = bias.at(*index) if bias is not None else None
+        for n0 in range(0, n_total, cols):
+            nt = min(cols, n_total - n0)
+            for m0 in range(0, m_total, m_tile):
+                mt = min(m_tile, m_total - m0)
+                c_tile = c_buffers[tile % 2]
+                for k0 in range(0, k_total, rows):
+                    kt = min(rows, k_total - k0)
+                    a_tile, b_tile = a_buffers[step % 2], b_buffers[step % 2]
+                    ctx.dma_in(a_tile, a_batch.window(0, m0, m0 + mt).window(1, k0, k0 + kt))
+                    ctx.dma_in(b_tile, b_batch.window(0, k0, k0 + kt).window(1, n0, n0 + nt))
+                    ctx.emitter.emit("load_weights", dtype=dtype, addr=b_tile, k=kt, n=nt, stride=nt)
+                    ctx.emitter.emit("matmul", dtype=dtype, a=a_tile, a_rs=kt, m=mt, c=c_tile, c_rs=nt,
+                                     accumulate=int(k0 > 0))
+                    step += 1
+                tile_shape = dict(dtype=DType.F32, dst=c_tile, dst_rs=nt, a=c_tile, a_rs=nt, rows=mt, cols=nt)
+                if alpha != 1.0:
+                    ctx.emitter.emit("vmuli", imm=alpha, **tile_shape)
+                if bias_batch is not None:
+                    bias_tile = bias_buffers[tile % 2]
+                    ctx.dma_in(bias_tile, bias_batch.window(0, m0, m0 + mt).window(1, n0, n0 + nt))
+                    ctx.emitter.emit("vadd", b=bias_tile, b_rs=nt, **tile_shape)
+                ctx.dma_out(c_tile, out_batch.window(0, m0, m0 + mt).window(1, n0, n0 + nt))
+                tile += 1
+
+
+def _unravel(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+    index = []
+    for n in reversed(shape):
+        index.append(flat % n)
+        flat //= n
+    return tuple(reversed(index))
+
+
+def _matrix_operand(ctx: CodegenContext, name: str, node: Node, transpose: bool = False) -> View:
+    """The input as a view with at least two dimensions (1-D vectors become rows or columns)."""
+    value = ctx.graph.values[name]
+    view = ctx.view(name)
+    if value.is_const and transpose:
+        # Transpose constant weights at compile time, so the DMA reads them densely.
+        axes = list(range(value.const.ndim))
+        axes[-2:] = axes[-1], axes[-2]
+        return ctx.constant(value.const.transpose(axes), accelerator_dtype(value.dtype, name), name + ".T")
+    if transpose:
+        axes = list(range(len(view.shape)))
+        axes[-2:] = axes[-1], axes[-2]
+        return view.transpose(axes)
+    return view
+
+
+def matmul_kernel(ctx: CodegenContext, node: Node) -> None:
+    """MatMul: numpy matmul semantics, including 1-D operands and broadcast batches."""
+    a, b = ctx.view(node.inputs[0]), ctx.view(node.inputs[1])
+    out = ctx.view(node.outputs[0])
+    if len(a.shape) == 1:  # a row vector; its dimension is dropped from the result
+        a = View(a.addr, a.dtype, (1,) + a.shape, (0,) + a.strides)
+    if len(b.shape) == 1:  # a column vector
+        b = View(b.addr, b.dtype, b.shape + (1,), b.strides + (0,))
+    result = View.dense(out.addr, out.dtype, _batch_of(a, b) + (a.shape[-2], b.shape[-1]))
+    matmul_views(ctx, a, b, result, node)
+
+
+def _batch_of(a: View, b: View) -> tuple[int, ...]:
+    left, right = a.shape[:-2], b.shape[:-2]
+    rank = max(len(left), len(right))
+    left, right = (1,) * (rank - len(left)) + left, (1,) * (rank - len(right)) + right
+    return tuple(max(x, y) for x, y in zip(left, right, strict=True))
+
+
+def gemm_kernel(ctx: CodegenContext, node: Node) -> None:
+    """Gemm: alpha * A' @ B' + beta * C, with A' and B' optionally transposed."""
+    attrs = node.attrs
+    a = _matrix_operand(ctx, node.inputs[0], node, bool(attrs.get("transA", 0)))
+    b = _matrix_operand(ctx, node.inputs[1], node, bool(attrs.get("transB", 0)))
+    out = ctx.view(node.outputs[0])
+    bias = None
+    if len(node.inputs) > 2 and node.inputs[2]:
+        beta = float(attrs.get("beta", 1.0))
+        bias_value = ctx.graph.values[node.inputs[2]]
+        if bias_value.is_const:
+            bias = ctx.constant(bias_value.const * beta, DType.F32, node.inputs[2] + ".beta")
+        elif beta == 1.0:
+            bias = ctx.view(node.inputs[2])
+        else:
+            raise unsupported(node, "beta != 1 with a run-time C is not supported yet")
+    matmul_views(ctx, a, b, out, node, alpha=float(attrs.get("alpha", 1.0)), bias=bias)

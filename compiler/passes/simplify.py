@@ -1,0 +1,63 @@
+"""Simplifications that change no result: drop identities, fold inference BatchNorm into Conv."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from compiler.ir import Graph
+
+
+def remove_identities(graph: Graph) -> Graph:
+    """Identity(x) -> x: every use of the output reads the input instead.
+
+    An Identity whose output is a graph output is kept (the output needs its own name)."""
+    rename: dict[str, str] = {}
+    kept = []
+    for node in graph.nodes:
+        node.inputs = [rename.get(name, name) for name in node.inputs]
+        if node.op == "Identity" and node.outputs[0] not in graph.outputs:
+            rename[node.outputs[0]] = node.inputs[0]
+            continue
+        kept.append(node)
+    graph.nodes = kept
+    return graph.prune()
+
+
+def fold_batchnorm_into_conv(graph: Graph) -> Graph:
+    """Conv(x, W, b) -> BatchNormalization(scale, bias, mean, var) becomes one Conv with
+    W' = W * s and b' = (b - mean) * s + bias, s = scale / sqrt(var + epsilon).
+
+    Rule applies when the Conv's output feeds only the BatchNormalization, W, b and all
+    BatchNormalization parameters are constants; otherwise nothing changes."""
+    consumers = graph.consumers()
+    producers = graph.producers()
+    removed: set[int] = set()
+    for node in graph.nodes:
+        if node.op != "BatchNormalization" or len([o for o in node.outputs if o]) != 1:
+            continue
+        conv = producers.get(node.inputs[0])
+        if conv is None or conv.op != "Conv" or len(consumers.get(conv.outputs[0], [])) != 1 \
+                or conv.outputs[0] in graph.outputs:
+            continue
+        params = [graph.values[name] for name in node.inputs[1:5]]
+        weight = graph.values[conv.inputs[1]]
+        bias = graph.values[conv.inputs[2]] if len(conv.inputs) > 2 and conv.inputs[2] else None
+        if not all(v.is_const for v in params) or not weight.is_const or (bias is not None and not bias.is_const):
+            continue
+        scale, shift, mean, variance = (v.const.astype(np.float64) for v in params)
+        factor = scale / np.sqrt(variance + float(node.attrs.get("epsilon", 1e-5)))
+        new_weight = weight.const.astype(np.float64) * factor.reshape(-1, *([1] * (weight.const.ndim - 1)))
+        old_bias = bias.const.astype(np.float64) if bias is not None else np.zeros_like(factor)
+        new_bias = (old_bias - mean) * factor + shift
+        weight_name = graph.fresh_name(conv.inputs[1] + ".bn")
+        bias_name = graph.fresh_name(node.outputs[0] + ".bias")
+        graph.const(weight_name, new_weight.astype(weight.const.dtype))
+        graph.const(bias_name, new_bias.astype(weight.const.dtype))
+        conv.inputs = [conv.inputs[0], weight_name, bias_name]
+        graph.values.pop(conv.outputs[0], None)
+        conv.outputs = [node.outputs[0]]
+        removed.add(id(node))
+    if removed:
+        graph.nodes = [n for n in graph.nodes if id(n) not in removed]
+        graph.prune()
+    return graph
