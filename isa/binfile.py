@@ -11,10 +11,10 @@ Layout (all integers little-endian):
 
 Sections, each exactly once: CONFIG (canonical JSON of the accelerator config),
 INSTRUCTIONS (32-byte instructions), META (JSON: inputs, outputs, constants index,
-DRAM footprint, host steps), CONSTANTS (raw bytes the META index points into) and DEBUG
-(JSON list of [start, end, node]). `load` checks every one of these facts before
-returning, so nothing runs from a file that is not whole and consistent. Writing the same
-program twice gives the same bytes.
+DRAM footprint, host steps, intermediate tensors kept for comparison), CONSTANTS (raw
+bytes the META index points into) and DEBUG (JSON list of [start, end, node]). `load`
+checks every one of these facts before returning, so nothing runs from a file that is
+not whole and consistent. Writing the same program twice gives the same bytes.
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ def _tensor_to_json(t: TensorInfo) -> dict:
         entry["zero_point"] = list(t.zero_point)
     if t.axis is not None:
         entry["axis"] = t.axis
+    if t.node:
+        entry["node"] = t.node
     return entry
 
 
@@ -69,6 +71,7 @@ def to_bytes(program: Program) -> bytes:
         "constants": constants_index,
         "dram_bytes": program.dram_bytes,
         "host_steps": list(program.host_steps),
+        "debug_tensors": [_tensor_to_json(t) for t in program.debug_tensors],
     }
     payloads = [
         (SECTION_CONFIG, program.config.to_json().encode()),
@@ -152,8 +155,8 @@ def _parse_sections(sections: dict[int, bytes]) -> Program:
     if not instructions or instructions[-1].mnemonic != "end":
         raise BinaryFormatError("the program does not finish with an 'end' instruction")
     meta = _parse_json(sections, SECTION_META)
-    _expect(isinstance(meta, dict) and set(meta) == {"inputs", "outputs", "constants", "dram_bytes", "host_steps"},
-            "meta section has the wrong keys")
+    _expect(isinstance(meta, dict) and set(meta) == {"inputs", "outputs", "constants", "dram_bytes", "host_steps",
+                                                     "debug_tensors"}, "meta section has the wrong keys")
     dram_bytes = meta["dram_bytes"]
     _expect(_is_int(dram_bytes) and 0 <= dram_bytes <= config.dram_bytes,
             "meta: dram_bytes is not a size within the config's DRAM")
@@ -178,7 +181,8 @@ def _parse_sections(sections: dict[int, bytes]) -> Program:
                 and isinstance(entry[2], str) and 0 <= entry[0] < entry[1] <= len(instructions),
                 "debug: an entry is not [start, end, node] within the program")
         debug.append(DebugRange(entry[0], entry[1], entry[2]))
-    return Program(config, instructions, inputs, outputs, constants, debug, dram_bytes, host_steps)
+    debug_tensors = [_parse_tensor(entry, dram_bytes) for entry in _list(meta["debug_tensors"], "debug_tensors")]
+    return Program(config, instructions, inputs, outputs, constants, debug, dram_bytes, host_steps, debug_tensors)
 
 
 def _is_int(value) -> bool:
@@ -204,7 +208,7 @@ def _list(value, what: str) -> list:
 
 def _parse_tensor(entry, dram_bytes: int) -> TensorInfo:
     _expect(isinstance(entry, dict) and {"name", "shape", "dtype", "dram"} <= set(entry)
-            and set(entry) <= {"name", "shape", "dtype", "dram", "scale", "zero_point", "axis"},
+            and set(entry) <= {"name", "shape", "dtype", "dram", "scale", "zero_point", "axis", "node"},
             "meta: malformed tensor entry")
     name = entry["name"]
     _expect(isinstance(name, str) and name != "", "meta: tensor name must be a non-empty string")
@@ -220,10 +224,12 @@ def _parse_tensor(entry, dram_bytes: int) -> TensorInfo:
     _expect(isinstance(scale, list) and isinstance(zero_point, list) and len(scale) == len(zero_point)
             and all(isinstance(s, (int, float)) and not isinstance(s, bool) and _finite_float(s) for s in scale)
             and all(_is_int(z) for z in zero_point), f"meta: tensor {name!r} has invalid quantization parameters")
+    node = entry.get("node", "")
+    _expect(isinstance(node, str), f"meta: tensor {name!r}: node must be a string")
     axis = entry.get("axis")
     _expect(axis is None or (_is_int(axis) and 0 <= axis < max(len(shape), 1)), f"meta: tensor {name!r}: bad axis")
     tensor = TensorInfo(name, tuple(shape), dtype, entry["dram"], tuple(float(s) for s in scale),
-                        tuple(zero_point), axis)
+                        tuple(zero_point), axis, node)
     _expect(_is_int(tensor.dram) and tensor.dram >= 0 and tensor.dram % dtype.size == 0
             and tensor.dram + tensor.nbytes <= dram_bytes, f"meta: tensor {name!r} lies outside DRAM or is misaligned")
     return tensor

@@ -26,6 +26,7 @@ class TensorInfo:
     scale: tuple[float, ...] = ()  # quantization parameters of an integer tensor, if any
     zero_point: tuple[int, ...] = ()
     axis: int | None = None  # the channel axis of per-channel parameters
+    node: str = ""  # for a debug tensor: the source node that produced it
 
     @property
     def size(self) -> int:
@@ -64,6 +65,8 @@ class Program:
     debug: list[DebugRange] = field(default_factory=list)
     dram_bytes: int = 0  # DRAM the program uses: I/O, constants and scratch
     host_steps: list[str] = field(default_factory=list)  # steps that run on the host; reported by acc-run
+    # Intermediate tensors still in DRAM when the run ends, for per-layer comparison.
+    debug_tensors: list[TensorInfo] = field(default_factory=list)
 
     def node_of(self, index: int) -> str | None:
         """The source node that instruction `index` was generated for, if recorded."""

@@ -15,7 +15,8 @@ from isa.assembly import disassemble_instruction
 from isa.cli_common import ArgumentParser, atomic_write, run_tool
 from isa.errors import InputError
 from isa.program import Program
-from runtime.simulator import run
+from runtime.compare import TOLERANCES, compare_arrays, first_divergence, load_reference, reference_outputs
+from runtime.simulator import prepare_inputs, run
 from runtime.trace import trace_json
 
 EXIT_CHECK_FAILED = 1
@@ -76,18 +77,26 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--trace", help="write a Chrome trace (Perfetto) of the engines")
     parser.add_argument("--check-hazards", action="store_true",
                         help="report engines touching the same memory without a dependency (exit 1 if any)")
+    parser.add_argument("--compare", metavar="MODEL.onnx",
+                        help="run onnxruntime on the same inputs and compare every output (exit 1 on FAIL)")
+    parser.add_argument("--compare-layers", action="store_true",
+                        help="with --compare: compare every intermediate tensor and name the first node that diverges")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
 
+    if args.compare_layers and not args.compare:
+        parser.error("--compare-layers needs --compare MODEL.onnx")
     program = binfile.load(args.model)
+    reference = load_reference(args.compare) if args.compare else None
     inputs = load_inputs(args.input, program) if args.input else None
-    if inputs is None and args.seed:
-        from runtime.simulator import prepare_inputs
-
-        inputs = prepare_inputs(program, None, seed=args.seed)
-    result = run(program, inputs, check_hazards=args.check_hazards, keep_events=bool(args.trace))
+    inputs = prepare_inputs(program, inputs, seed=args.seed)
+    result = run(program, inputs, check_hazards=args.check_hazards, keep_events=bool(args.trace),
+                 keep_tensors=args.compare_layers)
     print(summary(result.stats, result.outputs))
+    verdict = 0
+    if reference is not None:
+        verdict = _compare(program, reference, inputs, result, args.compare_layers)
     if args.output:
         _save_npz(args.output, result.outputs)
     if args.stats:
@@ -103,7 +112,36 @@ def _main(argv: list[str]) -> int:
         print(f"hazard check: {len(result.hazards)} hazards", file=sys.stderr)
         if result.hazards:
             return EXIT_CHECK_FAILED
-    return 0
+    return verdict
+
+
+def _compare(program: Program, reference, inputs, result, layers: bool) -> int:
+    tolerance = TOLERANCES["fp32"]
+    extra = [t.name for t in program.debug_tensors] if layers else None
+    expected = reference_outputs(reference, inputs, extra)
+    print(f"comparison with onnxruntime (tolerance: max abs error <= {tolerance.rel:g} x max |reference|, "
+          f"cosine >= {tolerance.cosine}):")
+    failed = False
+    for t in program.outputs:
+        if t.name not in expected:
+            print(f"  {t.name:<24} not an output of the reference model   FAIL")
+            failed = True
+            continue
+        comparison = compare_arrays(t.name, result.outputs[t.name], expected[t.name], tolerance)
+        print(comparison.line())
+        failed |= not comparison.passed
+    if layers:
+        order = [(t.node or t.name, t.name) for t in program.debug_tensors]
+        compared, first = first_divergence(order, result.tensors, expected, tolerance)
+        print(f"per layer ({len(compared)} tensors compared):")
+        for node, comparison in compared:
+            print(f"  {node[:28]:<28}" + comparison.line()[2:])
+        if first is None:
+            print("no layer diverges")
+        else:
+            print(f"first divergence: node {first[0]!r} (output {first[1].name!r})")
+    print("RESULT: " + ("FAIL" if failed else "PASS"))
+    return EXIT_CHECK_FAILED if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -61,6 +61,7 @@ class RunResult:
     stats: dict
     events: list[Event] = field(default_factory=list)
     hazards: list[Hazard] = field(default_factory=list)
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)  # debug tensors, with keep_tensors
 
 
 class _MatrixPipeline:
@@ -147,8 +148,11 @@ def roofline_cycles(config, macs_by_dtype: dict[DType, int], dram_bytes: int) ->
 
 
 def run(program: Program, inputs: dict[str, np.ndarray] | None = None, *, check_hazards: bool = False,
-        keep_events: bool = False) -> RunResult:
-    """Simulate `program` on `inputs` (name -> array; None: seeded random inputs)."""
+        keep_events: bool = False, keep_tensors: bool = False) -> RunResult:
+    """Simulate `program` on `inputs` (name -> array; None: seeded random inputs).
+
+    keep_tensors: also return the program's debug tensors (intermediate values) as they are
+    in DRAM at the end of the run."""
     config = program.config
     inputs = prepare_inputs(program, inputs)
     machine = Machine(config, program.dram_bytes)
@@ -262,10 +266,7 @@ def run(program: Program, inputs: dict[str, np.ndarray] | None = None, *, check_
     roofline = roofline_cycles(config, macs, dram_read + dram_written)
     if total < roofline - 1e-6:
         raise InternalError(f"simulated {total} cycles, below the roofline bound {roofline:.0f}")
-    outputs = {}
-    for t in program.outputs:
-        raw = machine.dram[t.dram:t.dram + t.nbytes]
-        outputs[t.name] = raw.view(t.dtype.numpy).reshape(t.shape).copy()
+    outputs = {t.name: _read_tensor(machine, t) for t in program.outputs}
     stats = {
         "config": config.name,
         "cycles": total,
@@ -283,4 +284,9 @@ def run(program: Program, inputs: dict[str, np.ndarray] | None = None, *, check_
     }
     if checker is not None:
         stats["hazards"] = len(checker.hazards)
-    return RunResult(outputs, stats, events, checker.hazards if checker else [])
+    tensors = {t.name: _read_tensor(machine, t) for t in program.debug_tensors} if keep_tensors else {}
+    return RunResult(outputs, stats, events, checker.hazards if checker else [], tensors)
+
+
+def _read_tensor(machine: Machine, t: TensorInfo) -> np.ndarray:
+    return machine.dram[t.dram:t.dram + t.nbytes].view(t.dtype.numpy).reshape(t.shape).copy()

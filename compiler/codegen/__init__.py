@@ -39,8 +39,12 @@ def generate(graph: Graph, config: AcceleratorConfig) -> Program:
     instructions, debug = ctx.emitter.finish()
     inputs = [_tensor(name, ctx.views[name]) for name in graph.inputs]
     outputs = [_tensor(name, ctx.views[name]) for name in graph.outputs]
-    return Program(config, instructions, inputs, outputs, ctx.constants, debug, max(ctx.dram_end, 4))
+    # Every node output keeps its own DRAM (no reuse yet), so all of them can be compared.
+    kept = [_tensor(name, ctx.views[name], node.name or node.op) for node in graph.nodes for name in node.outputs
+            if name and name in ctx.views and name not in graph.outputs]
+    return Program(config, instructions, inputs, outputs, ctx.constants, debug, max(ctx.dram_end, 4),
+                   debug_tensors=kept)
 
 
-def _tensor(name: str, view: View) -> TensorInfo:
-    return TensorInfo(name, view.shape, view.dtype, view.addr)
+def _tensor(name: str, view: View, node: str = "") -> TensorInfo:
+    return TensorInfo(name, view.shape, view.dtype, view.addr, node=node)

@@ -49,7 +49,7 @@ def fill(ctx: CodegenContext, view: View, value: float) -> None:
     """view[...] = value. Integer and bool views take int(value); i64 only 0 or -1."""
     spad = ctx.scratchpad()
     size = view.dtype.size
-    capacity = min(spad.free // size, 1 << 16)
+    capacity = min(spad.free // size, (1 << 16) - 1)
     buffer = spad.alloc(capacity * size)
     # bool fills as u8 and i64 as two i32 words: the same bytes for the values allowed.
     fill_dtype, words = {DType.BOOL: (DType.U8, 1), DType.I64: (DType.I32, 2)}.get(view.dtype, (view.dtype, 1))
