@@ -1,0 +1,1 @@
+"""Bundled models and the scripts that make them (digits CNN/MLP, MiniLM export, model cache)."""
