@@ -18,6 +18,7 @@ from isa.spec import (
     BY_MNEMONIC,
     BY_OPCODE,
     FORMULA_HELPERS,
+    HEADER,
     INSTRUCTION_BITS,
     INSTRUCTION_BYTES,
     Engine,
@@ -39,17 +40,31 @@ class Instruction:
         definition = BY_MNEMONIC.get(mnemonic)
         if definition is None:
             raise EncodingError(f"unknown instruction {mnemonic!r}")
-        known = {f.name: f for f in definition.fields if f.name != "opcode"}
+        known, plain = _FIELDS[mnemonic]
         for name in values:
             if name not in known:
                 raise EncodingError(f"{mnemonic} has no field '{name}' (fields: {', '.join(known)})")
         self.definition: InstructionDef = definition
-        self.fields: dict = {}
+        fields: dict = {}
         dtype = _coerce(known["dtype"], values.get("dtype", 0)) if "dtype" in known else DType.F32
         for name, f in known.items():
-            value = values.get(name, _default(f))
-            self.fields[name] = _coerce_imm(value, dtype) if f.kind is FieldKind.IMM32 else _coerce(f, value)
-            _field_bits(f, self.fields[name], dtype)  # refuse now what could not be encoded later
+            value = values.get(name, f.default)
+            if name in plain and type(value) is int and 0 <= value >> f.width == 0 <= value:
+                fields[name] = value  # the common case: an in-range unsigned integer
+                continue
+            fields[name] = _coerce_imm(value, dtype) if f.kind is FieldKind.IMM32 else _coerce(f, value)
+            _field_bits(f, fields[name], dtype)  # refuse now what could not be encoded later
+        self.fields = fields
+
+    def with_sync(self, wait: int, signal: int) -> Instruction:
+        """The same instruction with other semaphore fields."""
+        copy = Instruction.__new__(Instruction)
+        copy.definition = self.definition
+        copy.fields = dict(self.fields)
+        for name, value in (("wait", wait), ("signal", signal)):
+            _field_bits(_HEADER_FIELDS[name], value, DType.F32)
+            copy.fields[name] = value
+        return copy
 
     @property
     def mnemonic(self) -> str:
@@ -76,8 +91,13 @@ class Instruction:
         return f"<{disassemble_instruction(self)}>"
 
 
-def _default(f: Field):
-    return f.default
+_HEADER_FIELDS = {f.name: f for f in HEADER}
+# mnemonic -> (fields by name without the opcode, names of the plain unsigned ones)
+_FIELDS = {
+    d.mnemonic: ({f.name: f for f in d.fields if f.name != "opcode"},
+                 {f.name for f in d.fields if f.kind in (FieldKind.UINT, FieldKind.SEM) and f.name != "opcode"})
+    for d in BY_MNEMONIC.values()
+}
 
 
 def _coerce(f: Field, value):

@@ -68,8 +68,9 @@ class Emitter:
         self.dram_ends: list[int] = []
         self.dram_write = np.zeros((ENGINES, 64), dtype=np.int64)
         self.dram_touch = np.zeros((ENGINES, 64), dtype=np.int64)
-        self.clock = np.zeros((ENGINES, ENGINES), dtype=np.int64)  # what each engine is ordered after
-        self.clock_at: list[list[np.ndarray]] = [[] for _ in range(ENGINES)]  # engine -> seq-1 -> clock
+        # Vector clocks: clock[e][f] = the last instruction of engine f that engine e is ordered after.
+        self.clock = [[0] * ENGINES for _ in range(ENGINES)]
+        self.clock_at: list[list[tuple]] = [[] for _ in range(ENGINES)]  # engine -> seq-1 -> its clock then
         self.current_node: str | None = None
 
     # Node annotation ------------------------------------------------------------------------
@@ -115,33 +116,35 @@ class Emitter:
             raise ValueError("kernels do not set wait/signal: the emitter does")
         instruction = Instruction(mnemonic, **fields)
         engine = int(instruction.engine)
-        spans = footprint(instruction, self.config)
-        needed = np.zeros(ENGINES, dtype=np.int64)
-        for span in spans:
-            writes, touches, where = self._targets(span)
-            source = touches if span.write else writes  # a write conflicts with any earlier access
-            needed = np.maximum(needed, source[:, where].max(axis=1) if source[:, where].size else 0)
+        targets = [(span.write, *self._targets(span)) for span in footprint(instruction, self.config)]
+        needed = [0] * ENGINES
+        for write, writes, touches, where in targets:
+            source = touches if write else writes  # a write conflicts with any earlier access
+            block = source[:, where]
+            if block.size:
+                for other, latest in enumerate(block.max(axis=1).tolist()):
+                    if latest > needed[other]:
+                        needed[other] = latest
         item = _Item(instruction, engine, self.current_node)
         self._order_after(item, engine, needed)
         self.items.append(item)
         self.by_engine[engine].append(len(self.items) - 1)
         seq = len(self.by_engine[engine])
-        self.clock[engine][engine] = seq
-        self.clock_at[engine].append(self.clock[engine].copy())
-        for span in spans:
-            writes, touches, where = self._targets(span)
+        clock = self.clock[engine]
+        clock[engine] = seq
+        self.clock_at[engine].append(tuple(clock))
+        for write, writes, touches, where in targets:
             touches[engine, where] = seq
-            if span.write:
+            if write:
                 writes[engine, where] = seq
         return instruction
 
-    def _order_after(self, item: _Item, engine: int, needed: np.ndarray) -> None:
-        while True:
-            missing = [e for e in range(ENGINES) if e != engine and needed[e] > self.clock[engine][e]]
-            if not missing:
-                return
-            producer = missing[0]
-            seq = int(needed[producer])
+    def _order_after(self, item: _Item, engine: int, needed: list[int]) -> None:
+        clock = self.clock[engine]
+        for producer in range(ENGINES):
+            if producer == engine or needed[producer] <= clock[producer]:
+                continue  # not needed, or already implied by an earlier wait
+            seq = needed[producer]
             semaphore = pair_semaphore(producer, engine)
             producer_item = self.items[self.by_engine[producer][seq - 1]]
             if producer_item.signal == 0:
@@ -152,19 +155,21 @@ class Emitter:
                 item.wait = semaphore
             else:
                 item.before.append(Instruction("sync", engine=Engine(engine), wait=semaphore))
-            np.maximum(self.clock[engine], self.clock_at[producer][seq - 1], out=self.clock[engine])
+            for other, known in enumerate(self.clock_at[producer][seq - 1]):
+                if known > clock[other]:
+                    clock[other] = known
 
     def fence_all(self) -> None:
         """Make every engine wait for everything emitted so far (used between independent programs)."""
         for engine in range(ENGINES):
-            others = np.array([len(self.by_engine[e]) for e in range(ENGINES)], dtype=np.int64)
+            others = [len(self.by_engine[e]) for e in range(ENGINES)]
             if any(others[e] > self.clock[engine][e] for e in range(ENGINES) if e != engine):
                 item = _Item(Instruction("sync", engine=Engine(engine)), engine, self.current_node)
                 self._order_after(item, engine, others)
                 self.items.append(item)
                 self.by_engine[engine].append(len(self.items) - 1)
                 self.clock[engine][engine] = len(self.by_engine[engine])
-                self.clock_at[engine].append(self.clock[engine].copy())
+                self.clock_at[engine].append(tuple(self.clock[engine]))
 
     # Output ---------------------------------------------------------------------------------
     def finish(self) -> tuple[list[Instruction], list[DebugRange]]:
@@ -175,9 +180,7 @@ class Emitter:
             for sync in item.before:
                 code.append(sync)
                 nodes.append(item.node)
-            fields = dict(item.instruction.fields)
-            fields.update(wait=item.wait, signal=item.signal)
-            code.append(Instruction(item.instruction.mnemonic, **fields))
+            code.append(item.instruction.with_sync(item.wait, item.signal))
             nodes.append(item.node)
             for sync in item.after:
                 code.append(sync)
