@@ -119,7 +119,7 @@ class Graph:
         for node in reversed(self.nodes):
             if any(out in needed for out in node.outputs):
                 kept.append(node)
-                needed.update(name for name in node.inputs if name)
+                needed.update(name for name in node.inputs + node.outputs if name)  # unused outputs keep a Value
         self.nodes = kept[::-1]
         needed.update(self.inputs)
         self.values = {name: value for name, value in self.values.items() if name in needed}

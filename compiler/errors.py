@@ -1,0 +1,52 @@
+"""The compiler's user errors (all `AccError`s: one line at the command line, no traceback).
+
+- `ModelError`: the model file is unreadable, not ONNX, fails onnx's checker or shape
+  inference, or is inconsistent (an input whose shape no op accepts).
+- `UnsupportedOpError`: a valid model that uses something acc does not handle. It is a
+  `NotImplementedError` too, which is what onnx's backend test runner counts as
+  "unsupported" rather than "failed". `UnsupportedTypeError` is the same for a tensor
+  of a data type acc does not handle.
+- `InputShapeError`: an `--input-shape` binding that does not fit the model, or a
+  dynamic dimension that no binding fixes.
+"""
+
+from __future__ import annotations
+
+from isa.errors import AccError
+
+
+class ModelError(AccError):
+    """A malformed, unreadable or inconsistent ONNX model."""
+
+
+class UnsupportedOpError(AccError, NotImplementedError):
+    """A valid op (or a valid use of one) that acc cannot compile.
+
+    The message names the op type, the node and the opset, e.g.
+    ``unsupported op 'NonMaxSuppression' (node 'nms_1', opset 17)``, followed by the
+    reason when the op is supported in general but not this use of it."""
+
+    def __init__(self, op_type: str, node_name: str, opset: int | None = None, reason: str = ""):
+        self.op_type, self.node_name, self.opset, self.reason = op_type, node_name, opset, reason
+        where = f"node {node_name!r}" + (f", opset {opset}" if opset is not None else "")
+        super().__init__(f"unsupported op {op_type!r} ({where})" + (f": {reason}" if reason else ""))
+
+    def __reduce__(self):
+        return type(self), (self.op_type, self.node_name, self.opset, self.reason)
+
+
+class UnsupportedTypeError(UnsupportedOpError):
+    """A tensor of a data type acc does not compute with (double, float16, string, ...)."""
+
+    def __init__(self, tensor: str, dtype: str, where: str = ""):
+        self.tensor, self.dtype, self.where = tensor, dtype, where
+        message = f"unsupported data type {dtype} of tensor {tensor!r}" + (f" ({where})" if where else "")
+        AccError.__init__(self, message)
+        self.op_type, self.node_name, self.opset, self.reason = None, None, None, ""
+
+    def __reduce__(self):
+        return type(self), (self.tensor, self.dtype, self.where)
+
+
+class InputShapeError(AccError):
+    """An input shape binding that names no input, has the wrong rank or contradicts the model."""

@@ -1,0 +1,269 @@
+"""Normalisers for the neural-network ops: convolution, pooling, normalisation, matrix
+products, softmax, resampling and quantization.
+
+Same contract as normalise_tensor.py: one ONNX node of any supported opset in, its IR
+form out. The main rewrites: `auto_pad` becomes explicit `pads` (and ConvTranspose's
+`output_shape` too); window attributes get their rank-dependent defaults; opset < 13
+Softmax (which flattened to 2-D) becomes Flatten/Softmax/Reshape when the axis is not
+the last; Resize and Upsample get full-rank `scales` and `sizes`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from compiler.frontend.context import NodeContext, ir_dtype
+from compiler.frontend.normalise_tensor import sorted_axes
+
+NORMALISERS: dict[str, Callable[[NodeContext], None]] = {}
+
+
+def _register(*ops: str):
+    def decorate(function):
+        for op in ops:
+            NORMALISERS[op] = function
+        return function
+    return decorate
+
+
+# Windows: convolution and pooling -----------------------------------------------------------------
+def same_pads(size: int, kernel: int, stride: int, dilation: int, upper: bool) -> tuple[int, int]:
+    """auto_pad SAME_UPPER/SAME_LOWER: output ceil(size / stride); the odd pad goes to the end (UPPER)."""
+    out = -(-size // stride)
+    total = max(0, (out - 1) * stride + (kernel - 1) * dilation + 1 - size)
+    small = total // 2
+    return (small, total - small) if upper else (total - small, small)
+
+
+def _window(ctx: NodeContext, kernel: list[int], auto_pad: str | None = None) -> dict:
+    """kernel_shape, strides, pads and dilations with defaults; auto_pad (the node's unless given) resolved."""
+    spatial = ctx.rank(0) - 2
+    if spatial < 1:
+        raise ctx.invalid(f"input {list(ctx.shape(0))} has no spatial axes")
+    strides = list(ctx.attrs.get("strides") or [1] * spatial)
+    dilations = list(ctx.attrs.get("dilations") or [1] * spatial)
+    auto_pad = auto_pad or ctx.attrs.get("auto_pad", "NOTSET") or "NOTSET"
+    if len(kernel) != spatial or len(strides) != spatial or len(dilations) != spatial:
+        raise ctx.invalid(f"kernel_shape {kernel}, strides {strides} and dilations {dilations} must have "
+                          f"{spatial} entries")
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        if min(strides, default=1) < 1:
+            raise ctx.invalid(f"strides={strides} must be positive")
+        pairs = [same_pads(ctx.shape(0)[2 + i], kernel[i], strides[i], dilations[i], auto_pad == "SAME_UPPER")
+                 for i in range(spatial)]
+        pads = [b for b, _ in pairs] + [e for _, e in pairs]
+    elif auto_pad == "VALID":
+        pads = [0] * (2 * spatial)
+    elif auto_pad == "NOTSET":
+        pads = list(ctx.attrs.get("pads") or [0] * (2 * spatial))
+    else:
+        raise ctx.invalid(f"auto_pad={auto_pad!r} is not NOTSET, SAME_UPPER, SAME_LOWER or VALID")
+    return {"kernel_shape": list(kernel), "strides": strides, "pads": pads, "dilations": dilations}
+
+
+@_register("Conv")
+def _conv(ctx: NodeContext) -> None:
+    kernel = list(ctx.attrs.get("kernel_shape") or ctx.shape(1)[2:])
+    ctx.emit("Conv", ctx.inputs[:3], group=int(ctx.attrs.get("group", 1)), **_window(ctx, kernel))
+
+
+@_register("ConvTranspose")
+def _conv_transpose(ctx: NodeContext) -> None:
+    kernel = list(ctx.attrs.get("kernel_shape") or ctx.shape(1)[2:])
+    spatial = ctx.rank(0) - 2
+    output_padding = list(ctx.attrs.get("output_padding") or [0] * spatial)
+    output_shape = ctx.attrs.get("output_shape")
+    auto_pad = ctx.attrs.get("auto_pad", "NOTSET") or "NOTSET"
+    # SAME padding depends on the output here, not the input: resolved below
+    window = _window(ctx, kernel, auto_pad if auto_pad == "VALID" else "NOTSET")
+    if output_shape is not None or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        sizes = ctx.shape(0)[2:]
+        if output_shape is None:
+            output_shape = [sizes[i] * window["strides"][i] for i in range(spatial)]
+        output_shape = list(output_shape)[-spatial:]
+        if len(output_padding) != spatial or len(output_shape) != spatial:
+            raise ctx.invalid(f"output_padding {output_padding} and output_shape {output_shape} need {spatial} entries")
+        begins, ends = [], []
+        for i in range(spatial):
+            total = (window["strides"][i] * (sizes[i] - 1) + output_padding[i]
+                     + (kernel[i] - 1) * window["dilations"][i] + 1 - output_shape[i])
+            if total < 0:
+                raise ctx.unsupported(f"output_shape {output_shape} is larger than the full transposed convolution")
+            small = total // 2
+            begin, end = (small, total - small) if auto_pad == "SAME_UPPER" else (total - small, small)
+            begins.append(begin)
+            ends.append(end)
+        window["pads"] = begins + ends
+    ctx.emit("ConvTranspose", ctx.inputs[:3], group=int(ctx.attrs.get("group", 1)), output_padding=output_padding,
+             **window)
+
+
+@_register("MaxPool", "AveragePool")
+def _pool(ctx: NodeContext) -> None:
+    ctx.refuse_outputs_from(1, "Indices")
+    if "kernel_shape" not in ctx.attrs:
+        raise ctx.invalid("kernel_shape is required")
+    window = _window(ctx, list(ctx.attrs["kernel_shape"]))
+    auto_pad = ctx.attrs.get("auto_pad", "NOTSET") or "NOTSET"
+    ceil_mode = 0 if auto_pad != "NOTSET" else int(ctx.attrs.get("ceil_mode", 0))
+    extra = {"count_include_pad": int(ctx.attrs.get("count_include_pad", 0))} if ctx.op_type == "AveragePool" else {}
+    ctx.emit(ctx.op_type, ctx.inputs[:1], ceil_mode=ceil_mode, **window, **extra)
+
+
+# Normalisation ------------------------------------------------------------------------------------
+@_register("BatchNormalization")
+def _batch_norm(ctx: NodeContext) -> None:
+    if ctx.since < 9 and ctx.attrs.get("spatial", 1) == 0:
+        raise ctx.unsupported("spatial=0 (per-element statistics)")
+    if ctx.attrs.get("training_mode", 0) or (ctx.since < 7 and ctx.attrs.get("is_test", 1) == 0 and
+                                              any(ctx.used(i) for i in range(1, len(ctx.outputs)))):
+        raise ctx.unsupported("training mode")
+    ctx.refuse_outputs_from(1, "training statistics")
+    ctx.emit("BatchNormalization", ctx.inputs[:5], epsilon=float(ctx.attrs.get("epsilon", 1e-5)))
+
+
+@_register("LayerNormalization")
+def _layer_norm(ctx: NodeContext) -> None:
+    ctx.refuse_outputs_from(1, "Mean/InvStdDev")
+    ctx.emit("LayerNormalization", ctx.inputs[:3], axis=ctx.axis(ctx.attrs.get("axis", -1), ctx.rank(0)),
+             epsilon=float(ctx.attrs.get("epsilon", 1e-5)))
+
+
+@_register("RMSNormalization")
+def _rms_norm(ctx: NodeContext) -> None:
+    ctx.emit("RMSNormalization", ctx.inputs[:2], axis=ctx.axis(ctx.attrs.get("axis", -1), ctx.rank(0)),
+             epsilon=float(ctx.attrs.get("epsilon", 1e-5)))
+
+
+@_register("LpNormalization")
+def _lp_norm(ctx: NodeContext) -> None:
+    p = int(ctx.attrs.get("p", 2))
+    if p not in (1, 2):
+        raise ctx.invalid(f"p={p} is not 1 or 2")
+    ctx.emit("LpNormalization", ctx.inputs[:1], axis=ctx.axis(ctx.attrs.get("axis", -1), ctx.rank(0)), p=p)
+
+
+# Matrix products and softmax ----------------------------------------------------------------------
+@_register("Gemm")
+def _gemm(ctx: NodeContext) -> None:
+    ctx.emit("Gemm", ctx.inputs[:3] if ctx.has(2) else ctx.inputs[:2],
+             alpha=float(ctx.attrs.get("alpha", 1.0)), beta=float(ctx.attrs.get("beta", 1.0)),
+             transA=int(ctx.attrs.get("transA", 0)), transB=int(ctx.attrs.get("transB", 0)))
+
+
+@_register("Softmax", "LogSoftmax", "Hardmax")
+def _softmax(ctx: NodeContext) -> None:
+    """Before opset 13 these flattened x to 2-D at `axis` (default 1) and normalised the second axis."""
+    rank = ctx.rank(0)
+    if ctx.since >= 13:
+        ctx.emit(ctx.op_type, ctx.inputs[:1], axis=ctx.axis(ctx.attrs.get("axis", -1), rank))
+        return
+    axis = ctx.axis(ctx.attrs.get("axis", 1), rank) if rank else 0
+    if axis == rank - 1:
+        ctx.emit(ctx.op_type, ctx.inputs[:1], axis=axis)
+        return
+    source = ctx.inputs[0]
+    flat = ctx.emit_temp("Flatten", [source], f"{source}_2d", axis=axis)
+    normalised = ctx.emit_temp(ctx.op_type, [flat], f"{source}_{ctx.op_type.lower()}", axis=1)
+    ctx.emit("Reshape", [normalised], shape=list(ctx.shape(0)))
+
+
+# Resampling ---------------------------------------------------------------------------------------
+@_register("Resize")
+def _resize(ctx: NodeContext) -> None:
+    mode = ctx.attrs.get("mode", "nearest")
+    if ctx.since < 11:  # Resize-10 resampled like Upsample: asymmetric coordinates, nearest rounds down
+        scales = [float(s) for s in ctx.const(1, "scales").reshape(-1)]
+        _emit_resize(ctx, mode, scales, None, None, coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+        return
+    if ctx.attrs.get("antialias", 0):
+        raise ctx.unsupported("antialias=1")
+    coordinates = ctx.attrs.get("coordinate_transformation_mode", "half_pixel")
+    if coordinates == "tf_crop_and_resize":
+        raise ctx.unsupported("coordinate_transformation_mode 'tf_crop_and_resize'")
+    scales, sizes = ctx.optional_const(2, "scales"), ctx.optional_const(3, "sizes")
+    extra = {name: ctx.attrs[name] for name in ("nearest_mode", "cubic_coeff_a", "exclude_outside",
+                                                 "extrapolation_value") if name in ctx.attrs}
+    _emit_resize(ctx, mode, None if scales is None else [float(s) for s in scales.reshape(-1)],
+                 None if sizes is None else [int(s) for s in sizes.reshape(-1)], ctx.attrs.get("axes"),
+                 coordinate_transformation_mode=coordinates, **extra)
+
+
+@_register("Upsample")
+def _upsample(ctx: NodeContext) -> None:
+    if ctx.since < 7:
+        raise ctx.unsupported("the experimental opset-1 form (height_scale, width_scale)")
+    scales = ctx.attrs.get("scales") if ctx.since < 9 else ctx.const(1, "scales").reshape(-1)
+    if scales is None:
+        raise ctx.invalid("no scales given")
+    mode = {"bilinear": "linear"}.get(ctx.attrs.get("mode", "nearest"), ctx.attrs.get("mode", "nearest"))
+    _emit_resize(ctx, mode, [float(s) for s in scales], None, None, coordinate_transformation_mode="asymmetric",
+                 nearest_mode="floor")
+
+
+def _emit_resize(ctx: NodeContext, mode: str, scales: list[float] | None, sizes: list[int] | None, axes,
+                 **attrs) -> None:
+    shape = ctx.shape(0)
+    rank = len(shape)
+    axes = list(range(rank)) if axes is None else sorted_axes(ctx, axes, rank)
+    full_scales, full_sizes = [1.0] * rank, list(shape)
+    given = sizes if sizes is not None else scales
+    if given is None:
+        raise ctx.invalid("neither scales nor sizes is given")
+    if len(given) != len(axes):
+        raise ctx.invalid(f"{'sizes' if sizes is not None else 'scales'}={given} does not have {len(axes)} entries")
+    if sizes is not None:
+        ratios = [size / shape[a] if shape[a] else 1.0 for a, size in zip(axes, sizes, strict=False)]
+        policy = ctx.attrs.get("keep_aspect_ratio_policy", "stretch")
+        if policy != "stretch":
+            if policy not in ("not_larger", "not_smaller"):
+                raise ctx.invalid(f"keep_aspect_ratio_policy={policy!r} is unknown")
+            scale = min(ratios) if policy == "not_larger" else max(ratios)
+            ratios = [scale] * len(axes)
+            sizes = [int(scale * shape[a] + 0.5) for a in axes]
+        for a, size, ratio in zip(axes, sizes, ratios, strict=False):
+            full_sizes[a], full_scales[a] = int(size), float(ratio)
+    else:
+        for a, scale in zip(axes, scales, strict=False):
+            if not scale > 0:
+                raise ctx.invalid(f"scales={scales} must be positive")
+            full_scales[a], full_sizes[a] = scale, int(math.floor(shape[a] * scale))
+    if mode not in ("nearest", "linear", "cubic"):
+        raise ctx.invalid(f"mode={mode!r} is not nearest, linear or cubic")
+    if ctx.since < 11 and mode == "nearest" and any(s < 1 for s in full_scales):
+        raise ctx.unsupported("nearest downsampling in opset 10 (rounding differs between runtimes)")
+    ctx.emit("Resize", ctx.inputs[:1], mode=mode, scales=full_scales, sizes=full_sizes, **attrs)
+
+
+# Quantization -------------------------------------------------------------------------------------
+def _quant_axis(ctx: NodeContext) -> int:
+    rank, axis = ctx.rank(0), ctx.attrs.get("axis", 1)
+    per_axis = any(ctx.has(i) and ctx.value(i).shape not in ((), (1,)) for i in (1, 2))
+    if per_axis:
+        return ctx.axis(axis, rank)
+    return axis % rank if rank and -rank <= axis < rank else 0
+
+
+@_register("QuantizeLinear")
+def _quantize(ctx: NodeContext) -> None:
+    if ctx.attrs.get("block_size", 0):
+        raise ctx.unsupported("blocked quantization (block_size)")
+    if ctx.attrs.get("output_dtype", 0):
+        dtype = ir_dtype(ctx.attrs["output_dtype"], ctx.outputs[0] or ctx.name)
+    else:
+        dtype = ctx.value(2).dtype if ctx.has(2) else "u8"
+    if dtype not in ("i8", "u8", "i32"):
+        raise ctx.unsupported(f"quantization to {dtype}")
+    ctx.emit("QuantizeLinear", ctx.inputs[:3], axis=_quant_axis(ctx), output_dtype=dtype)
+
+
+@_register("DequantizeLinear")
+def _dequantize(ctx: NodeContext) -> None:
+    if ctx.attrs.get("block_size", 0):
+        raise ctx.unsupported("blocked quantization (block_size)")
+    if ctx.attrs.get("output_dtype", 0):
+        if ir_dtype(ctx.attrs["output_dtype"], ctx.outputs[0] or ctx.name) != ctx.value(1).dtype:
+            raise ctx.unsupported("output_dtype differs from the scale's dtype")
+    ctx.emit("DequantizeLinear", ctx.inputs[:3], axis=_quant_axis(ctx))
+
