@@ -74,15 +74,16 @@ _V_DST = (_f("dst", "48..23", doc="local byte address of the result tile"),
           _f("dst_rs", "64..49", doc="result row stride, elements"))
 _V_A = (_f("a", "90..65", doc="local byte address of operand a"),
         _f("a_rs", "106..91", doc="a row stride, elements (0 broadcasts one row)"),
-        _f("a_cs", "114..107", doc="a column stride, elements (0 broadcasts one column)", default=1))
-_V_B = (_f("b", "140..115", doc="local byte address of operand b"),
-        _f("b_rs", "156..141", doc="b row stride, elements (0 broadcasts one row)"),
-        _f("b_cs", "164..157", doc="b column stride, elements (0 broadcasts one column)", default=1))
-_V_IMM = (_f("imm", "146..115", FieldKind.IMM32, "immediate operand b, broadcast to every element"),)
-_V_SHAPE = (_f("rows", "180..165", doc="rows of the tile"), _f("cols", "196..181", doc="columns of the tile"))
-_V_C = (_f("c", "222..197", doc="local byte address of operand c"),
-        _f("c_rs", "238..223", doc="c row stride, elements"),
-        _f("c_cs", "246..239", doc="c column stride, elements", default=1))
+        _f("a_cs", "122..107", doc="a column stride, elements (0 broadcasts one column; wide enough to "
+                                   "read a tile transposed)", default=1))
+_V_B = (_f("b", "148..123", doc="local byte address of operand b"),
+        _f("b_rs", "164..149", doc="b row stride, elements (0 broadcasts one row)"),
+        _f("b_cs", "172..165", doc="b column stride, elements (0 broadcasts one column)", default=1))
+_V_IMM = (_f("imm", "154..123", FieldKind.IMM32, "immediate operand b, broadcast to every element"),)
+_V_SHAPE = (_f("rows", "188..173", doc="rows of the tile"), _f("cols", "204..189", doc="columns of the tile"))
+_V_C = (_f("c", "230..205", doc="local byte address of operand c"),
+        _f("c_rs", "246..231", doc="c row stride, elements"),
+        _f("c_cs", "254..247", doc="c column stride, elements", default=1))
 
 FORMATS: dict[str, tuple[Field, ...]] = {
     "none": (),
@@ -133,7 +134,7 @@ FORMATS: dict[str, tuple[Field, ...]] = {
     "vi": (_V_DTYPE, *_V_DST, *_V_A, *_V_IMM, *_V_SHAPE),
     "v4": (_V_DTYPE, *_V_DST, *_V_A, *_V_B, *_V_SHAPE, *_V_C),
     "vcvt": (_V_DTYPE, *_V_DST, *_V_A, *_V_SHAPE,
-             _f("src_dtype", "249..247", FieldKind.DTYPE, "element type of operand a")),
+             _f("src_dtype", "125..123", FieldKind.DTYPE, "element type of operand a")),
     "vfill": (_V_DTYPE, *_V_DST, *_V_IMM, *_V_SHAPE),
 }
 

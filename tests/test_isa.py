@@ -224,7 +224,8 @@ def test_integer_immediates_are_twos_complement(dtype):
     for value in (-(2**31), -1, 0, 1, 2**31 - 1):
         instruction = Instruction("vmuli", dtype=dtype, imm=value)
         word = int.from_bytes(encode(instruction), "little")
-        assert (word >> 115) & 0xFFFFFFFF == value & 0xFFFFFFFF
+        imm_field = next(f for f in BY_MNEMONIC["vmuli"].fields if f.name == "imm")
+        assert (word >> imm_field.lo) & 0xFFFFFFFF == value & 0xFFFFFFFF
         assert decode(encode(instruction))["imm"] == value
 
 

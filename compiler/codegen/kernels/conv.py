@@ -16,6 +16,8 @@ segments.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from compiler.codegen import dram_ops
 from compiler.codegen.context import CodegenContext, View, unsupported
 from compiler.ir import Node
@@ -60,6 +62,28 @@ def as_2d(node: Node, x: View, out: View, attrs: dict):
     return x4, out4, attrs
 
 
+@dataclass(frozen=True)
+class ConvShape:
+    batch: int
+    groups: int
+    cin_group: int
+    cout_group: int
+    kernel: tuple[int, int]
+    strides: tuple[int, int]
+    dilations: tuple[int, int]
+    out: tuple[int, int]
+    source: View  # the padded input, NCHW
+
+    def patch(self, n: int, channel: int, kt: int, kh: int, kw: int, oh0: int, nrows: int, ow0: int,
+              ncols: int) -> View:
+        """Input pixels of kernel position (kh, kw) for output rows oh0.., columns ow0.., kt channels."""
+        _, _, height, width = self.source.shape
+        row = oh0 * self.strides[0] + kh * self.dilations[0]
+        col = ow0 * self.strides[1] + kw * self.dilations[1]
+        return View(self.source.at(n).addr + (channel * height * width + row * width + col) * 4, DType.F32,
+                    (kt, nrows, ncols), (height * width, self.strides[0] * width, self.strides[1]))
+
+
 def conv_kernel(ctx: CodegenContext, node: Node) -> None:
     config = ctx.config
     weight = ctx.graph.values[node.inputs[1]]
@@ -71,18 +95,86 @@ def conv_kernel(ctx: CodegenContext, node: Node) -> None:
         raise unsupported(node, f"{x.dtype.asm_name} convolution is not supported yet")
     filters = weight.const.reshape(weight.shape[0], weight.shape[1], *attrs["kernel_shape"])
     groups = int(attrs.get("group", 1))
-    batch, _, _, _ = x.shape
     cout, cin_group, kernel_h, kernel_w = filters.shape
-    cout_group = cout // groups
-    stride_h, stride_w = attrs.get("strides", [1, 1])
-    dilation_h, dilation_w = attrs.get("dilations", [1, 1])
-    source = padded(ctx, x, tuple(attrs.get("pads", [0, 0, 0, 0])), 0.0)
-    _, _, height, width = source.shape
-    out_h, out_w = out.shape[2:]
-    arranged = filters.reshape(groups, cout_group, cin_group, kernel_h, kernel_w).transpose(0, 3, 4, 1, 2)
-    filter_view = ctx.constant(arranged, DType.F32, node.inputs[1] + ".conv")
+    shape = ConvShape(x.shape[0], groups, cin_group, cout // groups, (kernel_h, kernel_w),
+                      tuple(attrs.get("strides", [1, 1])), tuple(attrs.get("dilations", [1, 1])), tuple(out.shape[2:]),
+                      padded(ctx, x, tuple(attrs.get("pads", [0, 0, 0, 0])), 0.0))
     bias = ctx.view(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
+    grouped = filters.reshape(groups, shape.cout_group, cin_group, kernel_h, kernel_w)
+    # Rows streamed per matmul: output channels (patch stationary) or pixels (filters stationary).
+    rows_patch_stationary = min(shape.cout_group, config.acc_bytes // (2 * config.array_cols * 4))
+    rows_filter_stationary = min(shape.out[0] * shape.out[1], 65535, config.acc_bytes // (2 * 4 * shape.cout_group),
+                                 config.spad_bytes // (4 * 4 * (config.array_rows + shape.cout_group)))
+    if rows_filter_stationary > rows_patch_stationary:
+        arranged = ctx.constant(grouped.transpose(0, 3, 4, 2, 1), DType.F32, node.inputs[1] + ".conv_kn")
+        filters_stationary(ctx, shape, arranged, bias, out, rows_filter_stationary)
+    else:
+        arranged = ctx.constant(grouped.transpose(0, 3, 4, 1, 2), DType.F32, node.inputs[1] + ".conv")
+        patch_stationary(ctx, shape, arranged, bias, out)
 
+
+def filters_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, bias: View | None, out: View,
+                       max_pixels: int) -> None:
+    """Filter tiles [cin, cout] stay in the array while a block of pixels streams through.
+
+    A pixel block's patch [cin, pixels] is loaded densely and turned into rows
+    [pixels, cin] on the vector unit (a strided copy); the accumulator holds the block's
+    results for every output channel [pixels, cout], stored to NCHW by a strided DMA."""
+    config = ctx.config
+    rows, cols = config.array_rows, config.array_cols
+    out_h, out_w = shape.out
+    cout_group = shape.cout_group
+    blocks = pixel_tiles(out_h, out_w, max_pixels)
+    largest = max(nrows * ncols for _, nrows, _, ncols in blocks)
+    steps = [(kh, kw, c0, min(rows, shape.cin_group - c0)) for kh in range(shape.kernel[0])
+             for kw in range(shape.kernel[1]) for c0 in range(0, shape.cin_group, rows)]
+    cout_blocks = [(j0, min(cols, cout_group - j0)) for j0 in range(0, cout_group, cols)]
+    spad, acc = ctx.scratchpad(), ctx.accumulator()
+    patches = [spad.alloc(rows * largest * 4) for _ in range(2)]
+    transposed = [spad.alloc(rows * largest * 4) for _ in range(2)]
+    filter_tiles = [spad.alloc(rows * cols * 4) for _ in range(2)]
+    outputs = [spad.alloc(cout_group * largest * 4) for _ in range(2)]
+    bias_column = spad.alloc(cout_group * 4) if bias is not None else None
+    results = [acc.alloc(largest * cout_group * 4) for _ in range(2)]
+    count = block_count = 0
+    for n in range(shape.batch):
+        for group in range(shape.groups):
+            first_channel = group * cout_group
+            if bias is not None:
+                ctx.dma_in(bias_column, bias.window(0, first_channel, first_channel + cout_group))
+            for oh0, nrows, ow0, ncols in blocks:
+                pixels = nrows * ncols
+                result, output = results[block_count % 2], outputs[block_count % 2]
+                block_count += 1
+                for index, (kh, kw, c0, kt) in enumerate(steps):
+                    patch, rows_tile = patches[count % 2], transposed[count % 2]
+                    ctx.dma_in(patch, shape.patch(n, group * shape.cin_group + c0, kt, kh, kw, oh0, nrows, ow0, ncols))
+                    ctx.emitter.emit("vmov", dtype=DType.F32, dst=rows_tile, dst_rs=kt, a=patch, a_rs=1, a_cs=pixels,
+                                     rows=pixels, cols=kt)
+                    for j0, nt in cout_blocks:
+                        filter_tile = filter_tiles[count % 2]
+                        ctx.dma_in(filter_tile, filters.at(group, kh, kw).window(0, c0, c0 + kt).window(1, j0, j0 + nt))
+                        ctx.emitter.emit("load_weights", dtype=DType.F32, addr=filter_tile, k=kt, n=nt, stride=nt)
+                        ctx.emitter.emit("matmul", dtype=DType.F32, a=rows_tile, a_rs=kt, m=pixels,
+                                         c=result + j0 * 4, c_rs=cout_group, accumulate=int(index > 0))
+                        count += 1
+                # [pixels, cout] in the accumulator -> [cout, pixels], NCHW rows, on the vector unit.
+                ctx.emitter.emit("vmov", dtype=DType.F32, dst=output, dst_rs=pixels, a=result, a_rs=1,
+                                 a_cs=cout_group, rows=cout_group, cols=pixels)
+                if bias_column is not None:
+                    ctx.emitter.emit("vadd", dtype=DType.F32, dst=output, dst_rs=pixels, a=output, a_rs=pixels,
+                                     b=bias_column, b_rs=1, b_cs=0, rows=cout_group, cols=pixels)
+                ctx.dma_out(output, out.at(n).window(0, first_channel, first_channel + cout_group)
+                            .window(1, oh0, oh0 + nrows).window(2, ow0, ow0 + ncols))
+
+
+def patch_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, bias: View | None, out: View) -> None:
+    """Patch tiles [cin, pixels] stay in the array while the filters' rows [cout, cin] stream."""
+    config = ctx.config
+    batch, groups, cin_group, cout_group = shape.batch, shape.groups, shape.cin_group, shape.cout_group
+    kernel_h, kernel_w = shape.kernel
+    out_h, out_w = shape.out
+    filter_view = filters
     rows, cols = config.array_rows, config.array_cols
     steps = [(kh, kw, c0, min(rows, cin_group - c0)) for kh in range(kernel_h) for kw in range(kernel_w)
              for c0 in range(0, cin_group, rows)]
@@ -125,11 +217,7 @@ def conv_kernel(ctx: CodegenContext, node: Node) -> None:
                     tile_count += 1
                     for index, (kh, kw, c0, kt) in enumerate(steps):
                         x_tile = x_buffers[count % 2]
-                        channel = group * cin_group + c0
-                        first_row, first_col = oh0 * stride_h + kh * dilation_h, ow0 * stride_w + kw * dilation_w
-                        patch = View(source.at(n).addr + (channel * height * width + first_row * width + first_col) * 4,
-                                     DType.F32, (kt, nrows, ncols), (height * width, stride_h * width, stride_w))
-                        ctx.dma_in(x_tile, patch)
+                        ctx.dma_in(x_tile, shape.patch(n, group * cin_group + c0, kt, kh, kw, oh0, nrows, ow0, ncols))
                         if resident:
                             w_tile = w_addresses[index]
                         else:
