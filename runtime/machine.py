@@ -14,7 +14,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 
 from isa.config import AcceleratorConfig
 from isa.dtypes import INT_RANGES, STORAGE_ONLY, DType
@@ -77,9 +76,9 @@ class Machine:
     def tile(self, memory: str, address: int, dtype_or_size, shape: tuple[int, ...],
              strides: tuple[int, ...], what: str, need: str | None = None) -> tuple[np.ndarray, Access]:
         """A strided view of `shape` elements at `address` (strides in elements), checked."""
-        dtype = dtype_or_size.numpy if isinstance(dtype_or_size, DType) else _UINT[dtype_or_size]
+        dtype = _NUMPY[dtype_or_size] if isinstance(dtype_or_size, DType) else _UINT[dtype_or_size]
         size = dtype.itemsize
-        if any(n < 1 for n in shape):
+        if min(shape) < 1:
             raise OperandError(f"{what}: a dimension of {shape} is zero")
         if address % size:
             raise OperandError(f"{what}: address {address:#x} is not aligned to {size} bytes")
@@ -93,13 +92,14 @@ class Machine:
         if address < start or last > end:
             raise OperandError(f"{what}: bytes {address:#x}..{last:#x} run past the end of the {region} "
                                f"({end:#x})")
-        view = self.memory(memory).view(dtype)
-        base = address // size
-        tile = as_strided(view[base:], shape=shape, strides=tuple(s * size for s in strides), writeable=True)
+        # A view straight onto the memory's buffer: the checks above keep it inside.
+        tile = np.ndarray(shape, dtype, buffer=self.memory(memory), offset=address,
+                          strides=tuple(s * size for s in strides))
         return tile, Access(memory, address, shape, strides, size)
 
 
 _UINT = {1: np.dtype(np.uint8), 2: np.dtype(np.uint16), 4: np.dtype(np.uint32)}
+_NUMPY = {dtype: dtype.numpy for dtype in DType}
 
 
 def _element_offsets(shape, strides) -> np.ndarray:

@@ -142,6 +142,18 @@ def _describe(t: TensorInfo) -> str:
     return f"shape {t.shape}, dtype {t.dtype.numpy}"
 
 
+def program_latencies(program: Program) -> list[int]:
+    """Every instruction's latency by the ISA table (evaluated once per distinct instruction)."""
+    by_fields: dict = {}
+    latencies = []
+    for instruction in program.instructions:
+        key = (instruction.mnemonic, tuple(instruction.fields.values()))
+        if key not in by_fields:
+            by_fields[key] = instruction_latency(instruction, program.config)
+        latencies.append(by_fields[key])
+    return latencies
+
+
 def roofline_cycles(config, macs_by_dtype: dict[DType, int], dram_bytes: int) -> float:
     compute = sum(macs / config.peak_macs_per_cycle(dtype) for dtype, macs in macs_by_dtype.items())
     return max(compute, dram_bytes / config.dram_bytes_per_cycle)
@@ -161,6 +173,7 @@ def run(program: Program, inputs: dict[str, np.ndarray] | None = None, *, check_
     for t in program.inputs:
         machine.dram[t.dram:t.dram + t.nbytes] = np.ascontiguousarray(inputs[t.name]).view(np.uint8).reshape(-1)
 
+    latencies = program_latencies(program)
     queues: list[list[int]] = [[] for _ in Engine]
     for index, instruction in enumerate(program.instructions):
         if instruction.mnemonic == "end":
@@ -228,7 +241,7 @@ def run(program: Program, inputs: dict[str, np.ndarray] | None = None, *, check_
             effects = EXEC[instruction.mnemonic](machine, instruction)
         except OperandError as err:
             raise SimulationError(str(err), index, _disassemble(program, index)) from None
-        latency = instruction_latency(instruction, config)
+        latency = latencies[index]
         if engine in (Engine.LOAD, Engine.STORE) and instruction.mnemonic != "sync":
             transfer_start = max(start + config.dma_latency, dram_channel_free)
             end = transfer_start + latency - config.dma_latency
