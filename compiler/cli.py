@@ -1,19 +1,90 @@
-"""acc-compile: ONNX model -> model.bin. The compiler itself is issue 3; until it lands the
-command says so plainly instead of pretending."""
+"""acc-compile: ONNX model -> model.bin (or --check / --list-ops / --dump-after)."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+from isa import binfile
 from isa.cli_common import ArgumentParser, run_tool
 from isa.errors import AccError
 
 
+def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """`name=1,3,224,224` -> ("name", (1, 3, 224, 224))."""
+    name, sep, dims = text.rpartition("=")
+    try:
+        shape = tuple(int(d) for d in dims.split(",")) if dims.strip() else ()
+    except ValueError:
+        shape = None
+    if not sep or not name or shape is None or any(d < 0 for d in shape):
+        raise AccError(f"--input-shape expects NAME=D0,D1,... with non-negative integers, got {text!r}")
+    return name, shape
+
+
+def _list_ops() -> int:
+    from compiler.support import supported_ops
+
+    for op, note in supported_ops():
+        print(f"{op:<28} {note}".rstrip())
+    return 0
+
+
+def _check(path: str, input_shapes) -> int:
+    from compiler.support import unsupported_in_model
+
+    problems = unsupported_in_model(path, input_shapes)
+    if not problems:
+        print(f"{path}: every op is supported")
+        return 0
+    for problem in problems:
+        print(problem)
+    print(f"{path}: {len(problems)} unsupported", file=sys.stderr)
+    return 1
+
+
 def _main(argv: list[str]) -> int:
-    parser = ArgumentParser(prog="acc-compile", description="Compile an ONNX model to a model.bin.")
+    parser = ArgumentParser(prog="acc-compile", description="Compile an ONNX model for the acc accelerator.")
     parser.add_argument("model", nargs="?", help="model.onnx")
     parser.add_argument("-o", "--output", help="model.bin to write")
+    parser.add_argument("--config", default=None, help="preset (tiny, edge, server) or JSON file; default edge")
+    parser.add_argument("-O", dest="opt_level", type=int, choices=[0, 1, 2], default=1,
+                        help="optimisation level: -O0 only what correctness needs, -O1 (default), -O2")
+    parser.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...",
+                        help="bind an input's dynamic dimensions (repeatable)")
+    parser.add_argument("--check", action="store_true", help="list every unsupported op of the model and exit")
+    parser.add_argument("--list-ops", action="store_true", help="print the supported ops and exit")
+    parser.add_argument("--dump-after", metavar="PASS", help="print the IR after this pass (see --list-passes)")
+    parser.add_argument("--list-passes", action="store_true", help="print the pass pipeline and exit")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    parser.parse_args(argv)
-    raise AccError("the ONNX compiler is not built yet; assemble programs with acc-as meanwhile")
+    args = parser.parse_args(argv)
+    from compiler.pipeline import compile, pass_names
+
+    if args.list_ops:
+        return _list_ops()
+    if args.list_passes:
+        print("\n".join(pass_names()))
+        return 0
+    if not args.model:
+        parser.error("the model is required")
+    input_shapes = dict(parse_input_shape(text) for text in args.input_shape)
+    if args.check:
+        return _check(args.model, input_shapes)
+    if args.dump_after and args.dump_after not in pass_names():
+        raise AccError(f"--dump-after: unknown pass {args.dump_after!r} (passes: {', '.join(pass_names())})")
+    if not args.output and not args.dump_after:
+        parser.error("-o/--output is required")
+    if args.output:
+        directory = Path(args.output).parent
+        if str(directory) and not directory.is_dir():
+            raise AccError(f"cannot write {args.output!r}: directory {str(directory)!r} does not exist")
+    program = compile(args.model, args.config, opt_level=args.opt_level, input_shapes=input_shapes,
+                      dump_after=args.dump_after)
+    if args.output:
+        binfile.save(program, args.output)
+        print(f"{args.output}: {len(program.instructions)} instructions, {len(program.constants)} constants, "
+              f"config '{program.config.name}'", file=sys.stderr)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,7 +35,8 @@ def pass_names() -> list[str]:
 
 
 def run_passes(graph: Graph, opt_level: int = 1, dump_after: str | None = None, verify_each: bool = False,
-               dump=sys.stdout) -> Graph:
+               dump=None) -> Graph:
+    dump = dump or sys.stdout
     if dump_after == "import":
         dump.write(to_text(graph, full_constants=False))
     for name, function, level in PASSES:

@@ -1,0 +1,60 @@
+"""What acc compiles end to end: ONNX ops the importer accepts *and* the code generator runs.
+
+`supported_ops()` answers `acc-compile --list-ops`; `unsupported_in_model()` answers
+`acc-compile --check`: every node the importer refuses, then every imported node that
+has no kernel, each as one line naming the op, the node and the opset.
+"""
+
+from __future__ import annotations
+
+import onnx
+
+from compiler.codegen.kernels import ALIASES, KERNELS
+from compiler.errors import UnsupportedOpError
+from compiler.frontend import import_model, unsupported_ops
+from compiler.frontend import supported_ops as importable_ops
+from compiler.frontend.onnx_import import FOLD_ONLY, SHAPE_OPS
+
+# ONNX ops whose IR form is another op (the importer rewrites them) or nothing at all.
+REWRITTEN = {"Dropout": "removed at inference", "BatchNormalization": "folded into Conv, or Mul and Add",
+             "Constant": "a constant", "Upsample": "as Resize"}
+
+
+def supported_ops() -> list[tuple[str, str]]:
+    """(ONNX op type, how it runs) for every op acc compiles."""
+    result = []
+    for op in importable_ops():
+        if op in KERNELS:
+            result.append((op, "accelerator"))
+        elif op in ALIASES:
+            result.append((op, "no instructions (a view of its input)"))
+        elif op in SHAPE_OPS or op in FOLD_ONLY:
+            result.append((op, "compile time (constant inputs only)"))
+        elif op in REWRITTEN:
+            result.append((op, REWRITTEN[op]))
+    return result
+
+
+def _unit_batch(model) -> dict[str, tuple[int, ...]]:
+    """Bind every dynamic dimension to 1: which ops are supported does not depend on sizes."""
+    proto = onnx.load(str(model)) if not isinstance(model, onnx.ModelProto) else model
+    initializers = {t.name for t in proto.graph.initializer}
+    shapes = {}
+    for value in proto.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        if value.name not in initializers and any(not d.HasField("dim_value") for d in dims):
+            shapes[value.name] = tuple(d.dim_value if d.HasField("dim_value") else 1 for d in dims)
+    return shapes
+
+
+def unsupported_in_model(model, input_shapes=None) -> list[str]:
+    """One line per unsupported node of `model` (empty when everything compiles)."""
+    problems = [f"unsupported op {op!r} (node {name!r}, opset {opset})" for op, name, opset in unsupported_ops(model)]
+    if problems:
+        return problems
+    try:
+        graph = import_model(model, input_shapes or _unit_batch(model))
+    except UnsupportedOpError as err:
+        return [str(err)]
+    return [f"unsupported op {node.op!r} (node {node.name!r}): no kernel yet" for node in graph.nodes
+            if node.op not in KERNELS and node.op not in ALIASES]
