@@ -636,7 +636,8 @@ def _fill(ctx: CodegenContext, view: View, value: float) -> None:
         ctx.dma_out(buffer, flat.window(0, start, min(start + count, view.size)))
 
 
-EMPTY_REDUCTION = {"ReduceSum": 0.0, "ReduceMean": math.nan, "ReduceMax": -math.inf, "ReduceMin": math.inf,
+# The reduction of an empty set. ReduceMean's is 0, as onnxruntime has it (onnx's reference gives NaN).
+EMPTY_REDUCTION = {"ReduceSum": 0.0, "ReduceMean": 0.0, "ReduceMax": -math.inf, "ReduceMin": math.inf,
                    "ReduceProd": 1.0, "ReduceL1": 0.0, "ReduceL2": 0.0, "ReduceSumSquare": 0.0,
                    "ReduceLogSum": -math.inf, "ReduceLogSumExp": -math.inf}
 
