@@ -2,7 +2,8 @@
 
 import_model, step by step:
 
-1. load the model (path, bytes or ModelProto); run onnx's checker;
+1. load the model (path, bytes or ModelProto); run onnx's checker; inline the model's
+   local functions;
 2. check every live op is supported (the same scan as `unsupported_ops`);
 3. bind dynamic input dimensions with `input_shapes` (a symbol bound on one input
    binds it on the others) and run onnx's strict shape inference on the result;
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.inliner
 
 from compiler.errors import InputShapeError, ModelError, UnsupportedOpError, UnsupportedTypeError
 from compiler.frontend.context import NodeContext, array_dtype, ir_dtype, known_dtype, onnx_type_name
@@ -54,7 +56,8 @@ def unsupported_ops(model: ModelSource) -> list[tuple[str, str, int]]:
     A node counts as supported if its op has a normaliser, or if it will be folded at
     compile time (all inputs constant, or Shape/Size). Ops of other domains are written
     `domain.OpType`, with that domain's opset."""
-    model, _, _ = _load(model)
+    model, source, owned = _load(model)
+    model, _ = _inline_functions(model, source, owned)
     return [problem[:3] for problem in _scan(model.graph, _opsets(model))]
 
 
@@ -66,6 +69,7 @@ def import_model(model: ModelSource, input_shapes: Mapping[str, Iterable[int]] |
     except Exception as error:  # ValidationError, or protobuf trouble on a damaged model
         raise ModelError(f"{source}: invalid ONNX model: {_first_line(error)}") from None
     _check_names(model.graph, source)
+    model, owned = _inline_functions(model, source, owned)
     opsets = _opsets(model)
     problems = _scan(model.graph, opsets)
     if problems:
@@ -100,6 +104,16 @@ def _load(model: ModelSource) -> tuple[onnx.ModelProto, str, bool]:
     if not loaded.HasField("graph"):
         raise ModelError(f"{source}: not an ONNX model (no graph)")
     return loaded, source, True
+
+
+def _inline_functions(model: onnx.ModelProto, source: str, owned: bool) -> tuple[onnx.ModelProto, bool]:
+    """Calls of the model's own functions (exporters write them) replaced by the functions' bodies."""
+    if not model.functions:
+        return model, owned
+    try:
+        return onnx.inliner.inline_local_functions(model), True
+    except Exception as error:
+        raise ModelError(f"{source}: invalid ONNX model: cannot inline its functions: {_first_line(error)}") from None
 
 
 def _check_names(graph: onnx.GraphProto, source: str) -> None:
@@ -227,8 +241,7 @@ def _model_dims(value: onnx.ValueInfoProto) -> list[int | str | None] | None:
     if not value.type.HasField("tensor_type"):
         raise UnsupportedTypeError(value.name, value.type.WhichOneof("value") or "unknown", "model input")
     tensor = value.type.tensor_type
-    dtype = ir_dtype(tensor.elem_type, value.name)
-    if dtype not in SUPPORTED_DTYPES:
+    if known_dtype(tensor.elem_type) not in SUPPORTED_DTYPES:
         raise UnsupportedTypeError(value.name, onnx_type_name(tensor.elem_type), "model input")
     if not tensor.HasField("shape"):
         return None
