@@ -17,12 +17,15 @@ import_model, step by step:
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import onnx
+import onnx.external_data_helper
 import onnx.inliner
 
 from compiler.errors import InputShapeError, ModelError, UnsupportedOpError, UnsupportedTypeError
@@ -56,16 +59,16 @@ def unsupported_ops(model: ModelSource) -> list[tuple[str, str, int]]:
     A node counts as supported if its op has a normaliser, or if it will be folded at
     compile time (all inputs constant, or Shape/Size). Ops of other domains are written
     `domain.OpType`, with that domain's opset."""
-    model, source, owned = _load(model)
+    model, source, owned, _ = _load(model)
     model, _ = _inline_functions(model, source, owned)
     return [problem[:3] for problem in _scan(model.graph, _opsets(model))]
 
 
 def import_model(model: ModelSource, input_shapes: Mapping[str, Iterable[int]] | None = None) -> Graph:
     """The model as a verified IR graph with static shapes; see the module docstring for the steps."""
-    model, source, owned = _load(model)
+    model, source, owned, data = _load(model)
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(data if data is not None else model)
     except Exception as error:  # ValidationError, or protobuf trouble on a damaged model
         raise ModelError(f"{source}: invalid ONNX model: {_first_line(error)}") from None
     _check_names(model.graph, source)
@@ -81,29 +84,39 @@ def import_model(model: ModelSource, input_shapes: Mapping[str, Iterable[int]] |
         _set_input_shapes(model.graph, shapes)
     _guard_shape_inference(model.graph, source)
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(_without_large_initializers(model), check_type=True,
+                                                     strict_mode=True, data_prop=True)
     except Exception as error:  # InferenceError and friends
         raise ModelError(f"{source}: shape inference failed: {_first_line(error)}") from None
-    types = _value_types(inferred.graph)
-    del inferred
-    return Importer(model, types, opsets[""]).run()
+    return Importer(model, _value_types(inferred.graph), opsets[""]).run()
 
 
 # Loading ------------------------------------------------------------------------------------------
-def _load(model: ModelSource) -> tuple[onnx.ModelProto, str, bool]:
-    """The ModelProto, how messages name it, and whether it is ours to change."""
+class _Loaded(NamedTuple):
+    model: onnx.ModelProto
+    source: str  # how messages name it
+    owned: bool  # ours to change (not the caller's ModelProto)
+    data: bytes | None  # the serialized model when we have it, so the checker need not serialize it again
+
+
+def _load(model: ModelSource) -> _Loaded:
     if isinstance(model, onnx.ModelProto):
-        return model, f"model {model.graph.name or '(unnamed)'}", False
+        return _Loaded(model, f"model {model.graph.name or '(unnamed)'}", False, None)
     source = "model" if isinstance(model, bytes) else str(model)
     if not isinstance(model, bytes) and not Path(model).is_file():
         raise ModelError(f"{source}: {'not a file' if Path(model).exists() else 'no such file'}")
     try:
-        loaded = onnx.load_model_from_string(model) if isinstance(model, bytes) else onnx.load(str(model))
+        data = model if isinstance(model, bytes) else Path(model).read_bytes()
+        loaded = onnx.load_model_from_string(data)
+        if not isinstance(model, bytes) and any(t.data_location == onnx.TensorProto.EXTERNAL
+                                                for t in loaded.graph.initializer):
+            onnx.external_data_helper.load_external_data_for_model(loaded, str(Path(model).parent))
+            data = None
     except Exception as error:  # protobuf DecodeError, missing external data, ...
         raise ModelError(f"{source}: not a readable ONNX model: {_first_line(error)}") from None
     if not loaded.HasField("graph"):
         raise ModelError(f"{source}: not an ONNX model (no graph)")
-    return loaded, source, True
+    return _Loaded(loaded, source, True, data)
 
 
 def _inline_functions(model: onnx.ModelProto, source: str, owned: bool) -> tuple[onnx.ModelProto, bool]:
@@ -137,6 +150,25 @@ def _guard_shape_inference(graph: onnx.GraphProto, source: str) -> None:
             if pieces is not None and pieces != len(node.output):
                 raise ModelError(f"{source}: invalid ONNX model: Split node {node.name!r} has num_outputs={pieces} "
                                  f"but {len(node.output)} outputs")
+
+
+def _without_large_initializers(model: onnx.ModelProto, limit: int = 4096) -> onnx.ModelProto:
+    """The model for shape inference: large initializers become typed inputs.
+
+    Inference needs their types and shapes, and the values only of small ones (shape
+    arithmetic); this way it does not copy the weights in and out of C++ twice."""
+    graph = model.graph
+    large = [t for t in graph.initializer if math.prod(t.dims) > limit]
+    if not large:
+        return model
+    light = onnx.ModelProto()
+    light.CopyFrom(model)  # cheaper than two serializations of the weights
+    light.graph.ClearField("initializer")
+    light.graph.initializer.extend(t for t in graph.initializer if math.prod(t.dims) <= limit)
+    listed = {value.name for value in graph.input}
+    light.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                             for t in large if t.name not in listed)
+    return light
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
