@@ -114,6 +114,7 @@ SOFTMAX_CASES = [
     ((40, 300), 1),
     ((7,), 0),
     ((1, 4, 300), 1),    # more than 255 columns: column tiles of at most 255
+    ((2, 5, 280), 1),    # few rows of many columns: reduced by halving, odd widths
 ]
 
 

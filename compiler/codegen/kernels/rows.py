@@ -7,9 +7,10 @@ is computed over. The input is viewed, by strides alone, as [outer..., reduced..
   as rows of m elements; a statistic (one value per segment) broadcasts back along its row
   with column stride 0.
 - inner > 1: *column* orientation. For one outer index, a tile holds m reduced elements as
-  rows of n contiguous inner positions, so the segments are its columns. Row reductions
-  read the tile transposed (a_rs = 1, a_cs = n, hence n <= 255) and a statistic broadcasts
-  back as a row (row stride 0). No transposing copy is ever made.
+  rows of n contiguous inner positions, so the segments are its columns. A row reduction
+  reads the tile transposed (a_rs = 1, a_cs = n, hence n <= 255), or, when m is small and
+  that would fill few lanes, the rows are halved with element-wise ops; a statistic
+  broadcasts back as a row (row stride 0). No transposing copy is ever made.
 
 A segment longer than one tile is reduced in chunks whose partial results are combined
 (sum: add, max/min, product, softmax: rescaled online); normalisations then pass over the
@@ -46,6 +47,7 @@ def _field_limit(name: str) -> int:
 MAX_COL_STRIDE = _field_limit("a_cs")  # a transposed read's column stride: the column-orientation width
 MAX_EXTENT = min(_field_limit(name) for name in ("rows", "cols", "a_rs", "dst_rs"))
 EXACT_F32_INTEGERS = 1 << 24  # indices are computed as f32
+ELEMENTWISE = {"sum": "vadd", "max": "vmax", "min": "vmin"}  # a reduction's element-wise step
 
 
 class SegmentBuilder(TileBuilder):
@@ -77,6 +79,7 @@ class Chunk:
     x: Tile
     params: list[Tile]  # per-element parameters, broadcast over the segments
     temps: list[int]
+    scratch: int  # column orientation: ceil(m / 2) rows for reductions by halving
     kept: dict[str, Tile] = field(default_factory=dict)  # tiles a later pass over this same chunk reuses
 
     def builder(self) -> SegmentBuilder:
@@ -90,10 +93,43 @@ class Chunk:
         return Tile(stat.addr, stat.dtype, 1, 0) if self.rowwise else Tile(stat.addr, stat.dtype, 0, 1)
 
     def reduce(self, op: str, a: Tile, dst: Tile) -> Tile:
-        """dst[segment] = op (sum, max, min) over the segment's elements of the tile `a`."""
-        a_rs, a_cs = (a.rs, a.cs) if self.rowwise else (a.cs, a.rs)
+        """dst[segment] = op (sum, max, min) over the segment's elements of the tile `a`.
+
+        Row tiles use the row reduction. Column tiles use it reading the tile transposed, or,
+        when that is cheaper (few rows: the transposed read fills few lanes), halve the rows
+        with element-wise ops."""
+        if self.rowwise:
+            a_rs, a_cs = a.rs, a.cs
+        elif self._halving_cycles() < self.n * -(-self.m // self.ctx.config.vector_lanes):
+            return self._reduce_by_halving(op, a, dst)
+        else:
+            a_rs, a_cs = a.cs, a.rs
         self.ctx.emitter.emit(f"vr{op}", dtype=a.dtype, dst=dst.addr, dst_rs=1, a=a.addr, a_rs=a_rs, a_cs=a_cs,
                               rows=self.n, cols=self.m)
+        return dst
+
+    def _halving_cycles(self) -> int:
+        config, width, cycles = self.ctx.config, self.m, 0
+        while width > 1:
+            cycles += config.vector_latency + (width // 2) * -(-self.n // config.vector_lanes)
+            width -= width // 2
+        return cycles
+
+    def _reduce_by_halving(self, op: str, a: Tile, dst: Tile) -> Tile:
+        """Column tiles: rows [0, half) op= rows [rest, width) until one row is left, in `scratch`."""
+        n, emit = self.n, self.ctx.emitter.emit
+        source, width = a, self.m
+        if width == 1:
+            emit("vmov", dtype=F32, dst=dst.addr, dst_rs=n, a=a.addr, a_rs=a.rs, a_cs=a.cs, rows=1, cols=n)
+        while width > 1:
+            half, rest = width // 2, width - width // 2
+            target = dst.addr if rest == 1 else self.scratch
+            emit(ELEMENTWISE[op], dtype=F32, dst=target, dst_rs=n, a=source.addr, a_rs=source.rs, a_cs=source.cs,
+                 b=source.addr + rest * source.rs * 4, b_rs=source.rs, b_cs=source.cs, rows=half, cols=n)
+            if rest > half and source.addr != self.scratch:  # the middle row of an odd width stays as it is
+                emit("vmov", dtype=F32, dst=self.scratch + half * n * 4, dst_rs=n, a=source.addr + half * source.rs * 4,
+                     a_rs=source.rs, a_cs=source.cs, rows=1, cols=n)
+            source, width = Tile(self.scratch, F32, n, 1), rest
         return dst
 
     def multiply_down(self, a: Tile) -> tuple[int, int]:
@@ -513,6 +549,7 @@ def _aligned(nbytes: int) -> int:
 @dataclass
 class _Buffers:
     tiles: list[list[int]]  # per set: x, then chunk temporaries
+    scratch: list[int]  # per set: rows for halving reductions (column orientation)
     element_params: list[list[int]]  # per set (or one resident set)
     stats: list[list[int]]  # per set: named stats, segment params, stat temporaries
 
@@ -528,6 +565,8 @@ def _allocate(ctx: CodegenContext, plan: SegmentPlan, op: SegmentOp, node: Node)
         single = len(_boxes(plan.reduced, geometry.reduced_chunk)) == 1
         param_sets = 1 if single else 2
         tile = 2 * tiles_per_set * _aligned(geometry.n * geometry.m * 4)
+        if not plan.rowwise:
+            tile += 2 * _aligned(geometry.n * (geometry.m + 1) // 2 * 4)
         params = param_sets * len(plan.element_params) * _aligned(geometry.m * 4)
         stats = 2 * stat_count * _aligned(geometry.n * 8)
         return geometry, param_sets, tile + params, stats
@@ -547,9 +586,10 @@ def _allocate(ctx: CodegenContext, plan: SegmentPlan, op: SegmentOp, node: Node)
     geometry, param_sets, main, stats = layout(low)
     stat_arena: LocalArena = acc if main + stats > spad.free else spad
     tiles = [[spad.alloc(geometry.n * geometry.m * 4) for _ in range(tiles_per_set)] for _ in range(2)]
+    scratch = [0, 0] if plan.rowwise else [spad.alloc(geometry.n * (geometry.m + 1) // 2 * 4) for _ in range(2)]
     params = [[spad.alloc(geometry.m * 4) for _ in plan.element_params] for _ in range(param_sets)]
     stat_sets = [[stat_arena.alloc(geometry.n * 8) for _ in range(stat_count)] for _ in range(2)]
-    return geometry, _Buffers(tiles, params, stat_sets)
+    return geometry, _Buffers(tiles, scratch, params, stat_sets)
 
 
 def run_segments(ctx: CodegenContext, node: Node, op: SegmentOp, plan: SegmentPlan) -> None:
@@ -577,6 +617,7 @@ def run_segments(ctx: CodegenContext, node: Node, op: SegmentOp, plan: SegmentPl
     def load(outer_box, inner_box, reduced_box) -> Chunk:
         nonlocal loads
         x, *temps = buffers.tiles[loads % 2]
+        scratch = buffers.scratch[loads % 2]
         n, m = _size(outer_box) * inner_box[1], _size(reduced_box)
         ctx.dma_in(x, _window(plan.source, outer_box + reduced_box + (inner_box,)))
         if single:
@@ -586,7 +627,8 @@ def run_segments(ctx: CodegenContext, node: Node, op: SegmentOp, plan: SegmentPl
             for address, view in zip(params, plan.element_params, strict=True):
                 ctx.dma_in(address, _window(view, element_box(reduced_box)))
         loads += 1
-        return Chunk(ctx, rowwise, n, m, Tile(x, F32, m if rowwise else n, 1), element_operands(params), temps)
+        return Chunk(ctx, rowwise, n, m, Tile(x, F32, m if rowwise else n, 1), element_operands(params), temps,
+                     scratch)
 
     for index, (outer_box, inner_box) in enumerate(groups):
         n = _size(outer_box) * inner_box[1]
