@@ -8,6 +8,7 @@ DRAM and a dense local tile, splitting where a stride or count exceeds its field
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -136,7 +137,7 @@ class CodegenContext:
     def constant(self, data: np.ndarray, dtype: DType, name: str = "") -> View:
         """Place compile-time data (a weight, or a table a kernel derives from one) in DRAM."""
         array = np.ascontiguousarray(np.asarray(data).astype(dtype.numpy))
-        key = (dtype, array.shape, array.tobytes())
+        key = (dtype, array.shape, hashlib.sha256(array.data).digest())
         if key in self._constant_cache:
             return self._constant_cache[key]
         view = self.allocate(array.shape, dtype)

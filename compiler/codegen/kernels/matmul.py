@@ -10,6 +10,8 @@ result out. Alternating buffers let the emitter overlap DMA with the array.
 
 from __future__ import annotations
 
+import numpy as np
+
 from compiler.codegen.context import CodegenContext, View, accelerator_dtype, unsupported
 from compiler.ir import Node
 from isa.dtypes import DType
@@ -22,13 +24,22 @@ def _as_matrix_batches(view: View, batch_shape: tuple[int, ...]) -> View:
 
 
 def matmul_views(ctx: CodegenContext, a: View, b: View, out: View, node: Node, *, alpha: float = 1.0,
-                 bias: View | None = None) -> None:
-    """out[..., M, N] = alpha * a[..., M, K] @ b[..., K, N] (+ bias broadcast to [..., M, N])."""
+                 bias: View | None = None, b_transposed: View | None = None) -> None:
+    """out[..., M, N] = alpha * a[..., M, K] @ b[..., K, N] (+ bias broadcast to [..., M, N]).
+
+    b_transposed: b as a dense [N, K] tensor (constant weights), which makes the transposed
+    orientation possible: used when more rows would stream that way (few rows of a)."""
     config = ctx.config
     dtype = a.dtype
     if dtype not in MATRIX_FLOAT or b.dtype != dtype or out.dtype != DType.F32:
         raise unsupported(node, f"matmul of {a.dtype.asm_name} x {b.dtype.asm_name} -> {out.dtype.asm_name} "
                                 "is not supported yet")
+    if b_transposed is not None and len(out.shape) == 2:
+        n_chunk = _swapped_chunk(config, a.shape[0], dtype)
+        m_tile = min(a.shape[0], config.acc_bytes // (2 * config.array_cols * 4))
+        if min(out.shape[1], n_chunk) > m_tile and a.shape[0] <= 4 * config.array_cols:
+            _matmul_swapped(ctx, a, b_transposed, out, alpha, bias, n_chunk)
+            return
     batch_shape = out.shape[:-2]
     a, b = _as_matrix_batches(a, batch_shape), _as_matrix_batches(b, batch_shape)
     if bias is not None:
@@ -78,6 +89,56 @@ def matmul_views(ctx: CodegenContext, a: View, b: View, out: View, node: Node, *
                 tile += 1
 
 
+def _swapped_chunk(config, m_total: int, dtype: DType) -> int:
+    """Rows of b^T streamed per matmul in the transposed orientation (accumulator and scratchpad bound)."""
+    m_width = min(m_total, config.array_cols)
+    return max(1, min(65535, config.acc_bytes // (2 * m_width * 4), config.spad_bytes // (8 * config.array_rows *
+                                                                                          dtype.size)))
+
+
+def _matmul_swapped(ctx: CodegenContext, a: View, b_transposed: View, out: View, alpha: float, bias: View | None,
+                    n_chunk: int) -> None:
+    """out^T = b^T @ a^T for a with few rows: a^T tiles [K, M] stay in the array (loaded transposed
+    from a's rows), rows of b^T stream, and the accumulator holds out^T [N, M]."""
+    config = ctx.config
+    dtype = a.dtype
+    size = dtype.size
+    rows, cols = config.array_rows, config.array_cols
+    m_total, k_total = a.shape
+    n_total = b_transposed.shape[0]
+    if bias is not None:
+        bias = bias.broadcast_to(out.shape)
+    spad, acc = ctx.scratchpad(), ctx.accumulator()
+    a_buffers = [spad.alloc(cols * rows * size) for _ in range(2)]
+    b_buffers = [spad.alloc(n_chunk * rows * size) for _ in range(2)]
+    bias_buffers = [spad.alloc(n_chunk * cols * 4) for _ in range(2)] if bias is not None else []
+    c_buffers = [acc.alloc(n_chunk * cols * 4) for _ in range(2)]
+    step = tile = 0
+    for m0 in range(0, m_total, cols):
+        mt = min(cols, m_total - m0)
+        for n0 in range(0, n_total, n_chunk):
+            nt = min(n_chunk, n_total - n0)
+            c_tile = c_buffers[tile % 2]
+            for k0 in range(0, k_total, rows):
+                kt = min(rows, k_total - k0)
+                a_tile, b_tile = a_buffers[step % 2], b_buffers[step % 2]
+                ctx.dma_in(a_tile, a.window(0, m0, m0 + mt).window(1, k0, k0 + kt))
+                ctx.emitter.emit("load_weights", dtype=dtype, addr=a_tile, k=kt, n=mt, stride=kt, transpose=1)
+                ctx.dma_in(b_tile, b_transposed.window(0, n0, n0 + nt).window(1, k0, k0 + kt))
+                ctx.emitter.emit("matmul", dtype=dtype, a=b_tile, a_rs=kt, m=nt, c=c_tile, c_rs=mt,
+                                 accumulate=int(k0 > 0))
+                step += 1
+            tile_shape = dict(dtype=DType.F32, dst=c_tile, dst_rs=mt, a=c_tile, a_rs=mt, rows=nt, cols=mt)
+            if alpha != 1.0:
+                ctx.emitter.emit("vmuli", imm=alpha, **tile_shape)
+            if bias is not None:
+                bias_tile = bias_buffers[tile % 2]
+                ctx.dma_in(bias_tile, bias.window(0, m0, m0 + mt).window(1, n0, n0 + nt).transpose((1, 0)))
+                ctx.emitter.emit("vadd", b=bias_tile, b_rs=mt, **tile_shape)
+            ctx.dma_out(c_tile, out.window(0, m0, m0 + mt).window(1, n0, n0 + nt).transpose((1, 0)))
+            tile += 1
+
+
 def _unravel(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:
     index = []
     for n in reversed(shape):
@@ -111,7 +172,14 @@ def matmul_kernel(ctx: CodegenContext, node: Node) -> None:
     if len(b.shape) == 1:  # a column vector
         b = View(b.addr, b.dtype, b.shape + (1,), b.strides + (0,))
     result = View.dense(out.addr, out.dtype, _batch_of(a, b) + (a.shape[-2], b.shape[-1]))
-    matmul_views(ctx, a, b, result, node)
+    b_value = ctx.graph.values[node.inputs[1]]
+    b_transposed = None
+    if b_value.is_const and b_value.const.ndim == 2 and a.strides == View.dense(a.addr, a.dtype, a.shape).strides:
+        # Constant weights shared by every batch: one [batch * M, K] x [K, N] product.
+        a = a.reshape_dense((int(np.prod(a.shape[:-1])), a.shape[-1]))
+        result = result.reshape_dense((a.shape[0], b.shape[-1]))
+        b_transposed = ctx.constant(b_value.const.T, b.dtype, node.inputs[1] + ".T")
+    matmul_views(ctx, a, b, result, node, b_transposed=b_transposed)
 
 
 def _batch_of(a: View, b: View) -> tuple[int, ...]:
@@ -137,4 +205,9 @@ def gemm_kernel(ctx: CodegenContext, node: Node) -> None:
             bias = ctx.view(node.inputs[2])
         else:
             raise unsupported(node, "beta != 1 with a run-time C is not supported yet")
-    matmul_views(ctx, a, b, out, node, alpha=float(attrs.get("alpha", 1.0)), bias=bias)
+    b_value = ctx.graph.values[node.inputs[1]]
+    b_transposed = None
+    if b_value.is_const:
+        stored = b_value.const if attrs.get("transB", 0) else b_value.const.T
+        b_transposed = ctx.constant(stored, b.dtype, node.inputs[1] + (".T" if not attrs.get("transB", 0) else ""))
+    matmul_views(ctx, a, b, out, node, alpha=float(attrs.get("alpha", 1.0)), bias=bias, b_transposed=b_transposed)

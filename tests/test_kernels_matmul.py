@@ -1,0 +1,46 @@
+"""MatMul and Gemm against onnxruntime, in both orientations, on tiny (tiling forced) and edge."""
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from compiler.pipeline import compile
+from runtime.simulator import run
+
+CASES = [  # (M, K, N, transB, bias, alpha, beta, op, batch)
+    (1, 300, 100, 0, True, 1.0, 1.0, "Gemm", None),  # one row: the transposed orientation
+    (2, 70, 45, 1, True, 0.5, 2.0, "Gemm", None),
+    (5, 64, 200, 1, True, 1.0, 1.0, "Gemm", None),
+    (40, 33, 17, 0, True, 1.0, 1.0, "Gemm", None),  # many rows: weights stationary
+    (1, 100, 10, 0, False, 1.0, 1.0, "Gemm", None),
+    (3, 50, 70, 0, False, 1.0, 1.0, "MatMul", (2,)),
+    (64, 40, 24, 0, False, 1.0, 1.0, "MatMul", (2, 3)),
+]
+
+
+@pytest.mark.parametrize("config", ["tiny", "edge"])
+@pytest.mark.parametrize("m,k,n,trans_b,bias,alpha,beta,op,batch", CASES)
+def test_matmul_and_gemm(config, m, k, n, trans_b, bias, alpha, beta, op, batch):
+    rng = np.random.default_rng(0)
+    x_shape = (m, k) if batch is None else (*batch, m, k)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    weight = rng.standard_normal((n, k) if trans_b else (k, n)).astype(np.float32)
+    initializers = [helper.make_tensor("W", TensorProto.FLOAT, weight.shape, weight.ravel())]
+    if op == "Gemm":
+        inputs = ["x", "W"]
+        if bias:
+            b = rng.standard_normal(n).astype(np.float32)
+            initializers.append(helper.make_tensor("b", TensorProto.FLOAT, b.shape, b.ravel()))
+            inputs.append("b")
+        node = helper.make_node("Gemm", inputs, ["y"], transB=trans_b, alpha=alpha, beta=beta)
+    else:
+        node = helper.make_node("MatMul", ["x", "W"], ["y"])
+    out_shape = x_shape[:-1] + (n,)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    expected = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    result = run(compile(model, config), {"x": x}, check_hazards=True)
+    assert not result.hazards
+    np.testing.assert_allclose(result.outputs["y"], expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
