@@ -299,6 +299,14 @@ def test_a_fully_constant_output_is_a_constant():
     verify(graph)
 
 
+def test_castlike_of_a_constant_folds_although_its_type_source_is_not_constant():
+    nodes = [helper.make_node("CastLike", ["alpha", "x"], ["a"]), helper.make_node("Mul", ["a", "x"], ["y"])]
+    model = make(nodes, [("x", F, [3])], [("y", F, [3])], [("alpha", np.array(2, np.int64))])
+    graph = import_model(model)
+    assert [node.op for node in graph.nodes] == ["Mul"] and graph.values["a"].const.dtype == np.float32
+    assert unsupported_ops(model) == []
+
+
 def test_folding_keeps_64_bit_shape_arithmetic_out_of_the_ir():
     nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Cast", ["s"], ["sd"], to=TensorProto.DOUBLE),
              helper.make_node("Cast", ["sd"], ["si"], to=TensorProto.INT64),

@@ -33,7 +33,7 @@ from compiler.frontend.context import NodeContext, array_dtype, ir_dtype, known_
 from compiler.frontend.folding import can_fold, fold_node
 from compiler.frontend.normalise_nn import NORMALISERS as _NN
 from compiler.frontend.normalise_tensor import NORMALISERS as _TENSOR
-from compiler.ir import Graph, Node, Value
+from compiler.ir import Graph, Node, Value, numpy_dtype
 from compiler.verify import verify
 from isa.dtypes import DType
 
@@ -42,6 +42,8 @@ NORMALISERS = {**_TENSOR, **_NN}
 SHAPE_OPS = frozenset({"Shape", "Size"})
 # Supported only when their inputs are constants (their output shapes depend on data).
 FOLD_ONLY = frozenset({"Constant", "ConstantOfShape", "Range", "NonZero", "OneHot", "EyeLike"})
+# Inputs whose data a fold does not need, only their dtype or shape (which are static).
+TYPE_ONLY_INPUTS = {"CastLike": 1, "EyeLike": 0}
 # The dtypes the accelerator computes with or stores (isa/dtypes.py); others are refused.
 SUPPORTED_DTYPES = frozenset(d.name.lower() for d in DType)
 
@@ -212,7 +214,9 @@ def _scan(graph: onnx.GraphProto, opsets: dict[str, int]) -> list[tuple[str, str
         opset = opsets.get(domain, 0)
         if domain:
             problems.append((f"{domain}.{node.op_type}", node_name(node, index), opset, ""))
-        elif node.op_type in SHAPE_OPS or (can_fold(node) and all(not i or i in constant for i in node.input)):
+        elif node.op_type in SHAPE_OPS or (can_fold(node) and all(
+                not name or name in constant or TYPE_ONLY_INPUTS.get(node.op_type) == i
+                for i, name in enumerate(node.input))):
             constant.update(node.output)
         elif node.op_type not in NORMALISERS:
             reason = "its inputs are not compile-time constants" if node.op_type in FOLD_ONLY else ""
@@ -399,8 +403,9 @@ class Importer:
         values = [self.graph.values[i] if i else None for i in inputs]
         if node.op_type in SHAPE_OPS:
             self._fold_shape(node, values[0], outputs)
-        elif can_fold(node) and all(v is None or v.is_const for v in values):
-            self._fold(node, name, [v.const if v is not None else None for v in values], outputs)
+        elif can_fold(node) and all(v is None or v.is_const or TYPE_ONLY_INPUTS.get(node.op_type) == i
+                                    for i, v in enumerate(values)):
+            self._fold(node, name, [_fold_input(v) for v in values], outputs)
         else:
             normalise = NORMALISERS.get(node.op_type)
             if normalise is None:
@@ -476,6 +481,13 @@ class Importer:
 
 
 _ONNX_NAMES = {"f64": "double", "f16": "float16", "i16": "int16", "u16": "uint16", "u32": "uint32", "u64": "uint64"}
+
+
+def _fold_input(value: Value | None) -> np.ndarray | None:
+    """A constant's data; for a type-only input, zeros of its dtype and shape."""
+    if value is None or value.is_const:
+        return None if value is None else value.const
+    return np.zeros(value.shape, dtype=numpy_dtype(value.dtype))
 
 
 def _dense(sparse: onnx.SparseTensorProto, to_array) -> np.ndarray:
