@@ -18,6 +18,7 @@ import onnx
 from compiler.errors import ModelError, UnsupportedOpError, UnsupportedTypeError
 from compiler.ir import Node, Value, dtype_name
 from compiler.ops import OPS, ShapeError
+from isa.dtypes import DType
 
 if TYPE_CHECKING:
     from compiler.frontend.onnx_import import Importer
@@ -30,6 +31,8 @@ _IR_DTYPES = {
     onnx.TensorProto.BOOL: "bool",
 }
 _ONNX_TYPES = {name: elem_type for elem_type, name in _IR_DTYPES.items()}
+# The dtypes the accelerator computes with or stores (isa/dtypes.py); the importer refuses the others.
+SUPPORTED_DTYPES = frozenset(d.name.lower() for d in DType)
 
 
 def onnx_type_name(elem_type: int) -> str:

@@ -28,14 +28,14 @@ import onnx
 import onnx.external_data_helper
 import onnx.inliner
 
-from compiler.errors import InputShapeError, ModelError, UnsupportedOpError, UnsupportedTypeError
-from compiler.frontend.context import NodeContext, array_dtype, ir_dtype, known_dtype, onnx_type_name
+from compiler.errors import ModelError, UnsupportedOpError, UnsupportedTypeError
+from compiler.frontend.context import SUPPORTED_DTYPES, NodeContext, array_dtype, ir_dtype, known_dtype, onnx_type_name
 from compiler.frontend.folding import can_fold, fold_node
+from compiler.frontend.input_shapes import dims_text, resolve_input_shapes, set_input_shapes
 from compiler.frontend.normalise_nn import NORMALISERS as _NN
 from compiler.frontend.normalise_tensor import NORMALISERS as _TENSOR
 from compiler.ir import Graph, Node, Value, numpy_dtype
 from compiler.verify import verify
-from isa.dtypes import DType
 
 NORMALISERS = {**_TENSOR, **_NN}
 # Always compile-time constants, given static shapes.
@@ -44,8 +44,6 @@ SHAPE_OPS = frozenset({"Shape", "Size"})
 FOLD_ONLY = frozenset({"Constant", "ConstantOfShape", "Range", "NonZero", "OneHot", "EyeLike"})
 # Inputs whose data a fold does not need, only their dtype or shape (which are static).
 TYPE_ONLY_INPUTS = {"CastLike": 1, "EyeLike": 0}
-# The dtypes the accelerator computes with or stores (isa/dtypes.py); others are refused.
-SUPPORTED_DTYPES = frozenset(d.name.lower() for d in DType)
 
 ModelSource = str | Path | bytes | onnx.ModelProto
 
@@ -79,11 +77,11 @@ def import_model(model: ModelSource, input_shapes: Mapping[str, Iterable[int]] |
     problems = _scan(model.graph, opsets)
     if problems:
         raise UnsupportedOpError(*problems[0])
-    shapes = _input_shapes(model.graph, dict(input_shapes or {}))
+    shapes = resolve_input_shapes(model.graph, dict(input_shapes or {}))
     if shapes:
         if not owned:
             model = _copy(model)
-        _set_input_shapes(model.graph, shapes)
+        set_input_shapes(model.graph, shapes)
     _guard_shape_inference(model.graph, source)
     try:
         inferred = onnx.shape_inference.infer_shapes(_without_large_initializers(model), check_type=True,
@@ -227,84 +225,6 @@ def _scan(graph: onnx.GraphProto, opsets: dict[str, int]) -> list[tuple[str, str
 def node_name(node: onnx.NodeProto, index: int) -> str:
     """The node's name, or `OpType_index` for nameless nodes (index among the live nodes)."""
     return node.name or f"{node.op_type}_{index}"
-
-
-# Input shapes -------------------------------------------------------------------------------------
-def _input_shapes(graph: onnx.GraphProto, bindings: dict[str, Iterable[int]]) -> dict[str, list[int]]:
-    """The static shape of every model input that needs one set (empty if the model's are all static already)."""
-    initializers = {t.name for t in graph.initializer} | {t.values.name for t in graph.sparse_initializer}
-    inputs = [value for value in graph.input if value.name not in initializers]
-    names = [value.name for value in inputs]
-    for name in bindings:
-        if name not in names:
-            raise InputShapeError(f"input shape given for {name!r}, which is not an input of the model "
-                                  f"(inputs: {', '.join(names) or 'none'})")
-    shapes = {value.name: _model_dims(value) for value in inputs}
-    symbols: dict[str, int] = {}
-    bound = {name: _binding(name, binding) for name, binding in bindings.items()}
-    for name, dims in bound.items():
-        model_dims = shapes[name]
-        if model_dims is not None and len(model_dims) != len(dims):
-            raise InputShapeError(f"input shape {_dims(dims)} for {name!r} has rank {len(dims)}; the model's "
-                                  f"input has rank {len(model_dims)} ({_dims(model_dims)})")
-        for axis, (dim, size) in enumerate(zip(model_dims or dims, dims, strict=False)):
-            if model_dims is not None and isinstance(dim, int) and dim != size:
-                raise InputShapeError(f"input shape {_dims(dims)} for {name!r}: dimension {axis} is {dim} in the "
-                                      "model")
-            if isinstance(dim, str) and symbols.setdefault(dim, size) != size:
-                raise InputShapeError(f"input shape {_dims(dims)} for {name!r} binds {dim!r} to {size}, another "
-                                      f"binding gives {symbols[dim]}")
-    resolved = {}
-    for name, model_dims in shapes.items():
-        if name in bound:
-            resolved[name] = bound[name]
-            continue
-        if model_dims is None:
-            raise InputShapeError(f"input {name!r} has no shape in the model; give it one with --input-shape")
-        for axis, dim in enumerate(model_dims):
-            if not isinstance(dim, int) and dim not in symbols:
-                example = ",".join(str(d) if isinstance(d, int) else "N" for d in model_dims)
-                raise InputShapeError(f"input {name!r} has a dynamic dimension {axis}" + (f" ({dim!r})" if dim else "")
-                                      + f" in {_dims(model_dims)}; bind it with --input-shape {name}={example}")
-        resolved[name] = [dim if isinstance(dim, int) else symbols[dim] for dim in model_dims]
-    return {name: dims for name, dims in resolved.items() if dims != shapes[name]}
-
-
-def _model_dims(value: onnx.ValueInfoProto) -> list[int | str | None] | None:
-    """The input's dims as the model gives them: ints, symbol names, None (unknown); None without a shape.
-
-    Also refuses inputs of types the accelerator does not take."""
-    if not value.type.HasField("tensor_type"):
-        raise UnsupportedTypeError(value.name, value.type.WhichOneof("value") or "unknown", "model input")
-    tensor = value.type.tensor_type
-    if known_dtype(tensor.elem_type) not in SUPPORTED_DTYPES:
-        raise UnsupportedTypeError(value.name, onnx_type_name(tensor.elem_type), "model input")
-    if not tensor.HasField("shape"):
-        return None
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim]
-
-
-def _set_input_shapes(graph: onnx.GraphProto, shapes: dict[str, list[int]]) -> None:
-    for value in graph.input:
-        if value.name in shapes:
-            shape = value.type.tensor_type.shape
-            shape.ClearField("dim")
-            for size in shapes[value.name]:
-                shape.dim.add().dim_value = size
-
-
-def _binding(name: str, binding: Iterable[int]) -> list[int]:
-    try:
-        dims = [int(d) for d in binding]
-    except (TypeError, ValueError):
-        raise InputShapeError(f"input shape for {name!r} must be a list of integers, not {binding!r}") from None
-    if any(d < 1 for d in dims):
-        raise InputShapeError(f"input shape {_dims(dims)} for {name!r} has a dimension below 1")
-    return dims
-
-
-def _dims(dims) -> str:
-    return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
 
 
 def _value_types(graph: onnx.GraphProto) -> dict[str, tuple[int, tuple[int, ...] | None]]:
@@ -452,9 +372,9 @@ class Importer:
                 continue
             expected = known_dtype(elem_type) or onnx_type_name(elem_type)
             if value.dtype != expected or (dims is not None and tuple(value.shape) != dims):
-                onnx_shape = _dims(dims) if dims is not None else "[?]"
+                onnx_shape = dims_text(dims) if dims is not None else "[?]"
                 raise ModelError(f"node {name!r} ({node.op_type}): output {output!r} is {value.dtype}"
-                                 f"{_dims(value.shape)} by acc's rules but {expected}{onnx_shape} by onnx's shape "
+                                 f"{dims_text(value.shape)} by acc's rules but {expected}{onnx_shape} by onnx's shape "
                                  "inference")
 
     def _outputs(self, names: list[str]) -> None:
