@@ -181,7 +181,7 @@ def to_text(graph: Graph, full_constants: bool = True) -> str:
         if names:
             text += " {" + ", ".join(f"{a}={_format_attr(node.attrs[a])}" for a in names) + "}"
         if node.name:
-            text += f"  @{_quote_name(node.name)}"
+            text += f"  @{_quote_node_name(node.name)}"
         lines.append(text)
     for name in graph.outputs:
         lines.append(f"  output {_ref(name)}")
@@ -193,6 +193,11 @@ _NAME = r"[A-Za-z0-9_./\-]+"
 
 def _quote_name(name: str) -> str:
     return name if re.fullmatch(_NAME, name) else '"' + name.replace('"', "'") + '"'
+
+
+def _quote_node_name(name: str) -> str:
+    """After @ a bare name must read as one name token: "7_relu" would read as a number and a name."""
+    return name if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_./\-]*", name) else '"' + name.replace('"', "'") + '"'
 
 
 def _ref(name: str) -> str:

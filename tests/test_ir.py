@@ -116,3 +116,18 @@ graph g
     assert [node.op for node in graph.nodes] == ["TopK"]
     assert "i" in graph.values and "dead" not in graph.values
     verify(graph)
+
+
+def test_node_names_that_do_not_read_as_one_name_are_quoted():
+    graph = parse(VALID_RELU)
+    for name in ("7_relu", "0", "-1", "/model/layer.0/Relu", "with space"):
+        graph.nodes[0].name = name
+        assert parse(to_text(graph)).nodes[0].name == name
+
+
+VALID_RELU = """\
+graph g
+  input %x: f32[2]
+  %y: f32[2] = Relu(%x)
+  output %y
+"""
