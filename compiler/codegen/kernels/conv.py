@@ -74,14 +74,41 @@ class ConvShape:
     out: tuple[int, int]
     source: View  # the padded input, NCHW
 
-    def patch(self, n: int, channel: int, kt: int, kh: int, kw: int, oh0: int, nrows: int, ow0: int,
-              ncols: int) -> View:
-        """Input pixels of kernel position (kh, kw) for output rows oh0.., columns ow0.., kt channels."""
+    @property
+    def k_total(self) -> int:
+        """The reduction length: kernel positions x input channels, ordered (kh, kw, channel)."""
+        return self.kernel[0] * self.kernel[1] * self.cin_group
+
+    def k_tiles(self, rows: int) -> list[tuple[int, int, list[tuple[int, int, int, int]]]]:
+        """Tiles of at most `rows` reduction indices: (first index, length, pieces), each piece
+        (row in the tile, kh, kw, first channel, channels) one kernel position's channel run.
+        Packing positions into a tile keeps the array full when there are few channels."""
+        tiles = []
+        for k0 in range(0, self.k_total, rows):
+            kt = min(rows, self.k_total - k0)
+            pieces = []
+            index = k0
+            while index < k0 + kt:
+                position, channel = divmod(index, self.cin_group)
+                count = min(self.cin_group - channel, k0 + kt - index)
+                kh, kw = divmod(position, self.kernel[1])
+                pieces.append((index - k0, kh, kw, channel, count))
+                index += count
+            tiles.append((k0, kt, pieces))
+        return tiles
+
+    def load_patch(self, ctx: CodegenContext, local: int, n: int, group: int, pieces, oh0: int, nrows: int,
+                   ow0: int, ncols: int) -> None:
+        """The input pixels of a K tile for output rows oh0.., columns ow0..: a dense [kt, pixels] tile."""
         _, _, height, width = self.source.shape
-        row = oh0 * self.strides[0] + kh * self.dilations[0]
-        col = ow0 * self.strides[1] + kw * self.dilations[1]
-        return View(self.source.at(n).addr + (channel * height * width + row * width + col) * 4, DType.F32,
-                    (kt, nrows, ncols), (height * width, self.strides[0] * width, self.strides[1]))
+        pixels = nrows * ncols
+        for row, kh, kw, channel, count in pieces:
+            first_row = oh0 * self.strides[0] + kh * self.dilations[0]
+            first_col = ow0 * self.strides[1] + kw * self.dilations[1]
+            first = group * self.cin_group + channel
+            window = View(self.source.at(n).addr + (first * height * width + first_row * width + first_col) * 4,
+                          DType.F32, (count, nrows, ncols), (height * width, self.strides[0] * width, self.strides[1]))
+            ctx.dma_in(local + row * pixels * 4, window)
 
 
 def conv_kernel(ctx: CodegenContext, node: Node) -> None:
@@ -100,61 +127,70 @@ def conv_kernel(ctx: CodegenContext, node: Node) -> None:
                       tuple(attrs.get("strides", [1, 1])), tuple(attrs.get("dilations", [1, 1])), tuple(out.shape[2:]),
                       padded(ctx, x, tuple(attrs.get("pads", [0, 0, 0, 0])), 0.0))
     bias = ctx.view(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
-    grouped = filters.reshape(groups, shape.cout_group, cin_group, kernel_h, kernel_w)
+    # [group, K, cout] with K ordered (kh, kw, channel), as the K tiles are.
+    by_k = filters.reshape(groups, shape.cout_group, cin_group, kernel_h, kernel_w).transpose(0, 3, 4, 2, 1) \
+        .reshape(groups, shape.k_total, shape.cout_group)
     # Rows streamed per matmul: output channels (patch stationary) or pixels (filters stationary).
     rows_patch_stationary = min(shape.cout_group, config.acc_bytes // (2 * config.array_cols * 4))
     rows_filter_stationary = min(shape.out[0] * shape.out[1], 65535, config.acc_bytes // (2 * 4 * shape.cout_group),
                                  config.spad_bytes // (4 * 4 * (config.array_rows + shape.cout_group)))
     if rows_filter_stationary > rows_patch_stationary:
-        arranged = ctx.constant(grouped.transpose(0, 3, 4, 2, 1), DType.F32, node.inputs[1] + ".conv_kn")
+        arranged = ctx.constant(by_k, DType.F32, node.inputs[1] + ".conv_kn")
         filters_stationary(ctx, shape, arranged, bias, out, rows_filter_stationary)
     else:
-        arranged = ctx.constant(grouped.transpose(0, 3, 4, 1, 2), DType.F32, node.inputs[1] + ".conv")
+        arranged = ctx.constant(by_k.transpose(0, 2, 1), DType.F32, node.inputs[1] + ".conv_nk")
         patch_stationary(ctx, shape, arranged, bias, out)
 
 
 def filters_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, bias: View | None, out: View,
                        max_pixels: int) -> None:
-    """Filter tiles [cin, cout] stay in the array while a block of pixels streams through.
+    """Filter tiles [K, cout] stay in the array while a block of pixels streams through.
 
-    A pixel block's patch [cin, pixels] is loaded densely and turned into rows
-    [pixels, cin] on the vector unit (a strided copy); the accumulator holds the block's
-    results for every output channel [pixels, cout], stored to NCHW by a strided DMA."""
+    A pixel block's patch [K, pixels] is loaded densely and turned into rows [pixels, K]
+    on the vector unit (a strided copy); the accumulator holds the block's results for
+    every output channel [pixels, cout], turned back into NCHW rows [cout, pixels] on the
+    vector unit and stored with one DMA. A group's filters stay on chip when they fit."""
     config = ctx.config
     rows, cols = config.array_rows, config.array_cols
     out_h, out_w = shape.out
     cout_group = shape.cout_group
     blocks = pixel_tiles(out_h, out_w, max_pixels)
     largest = max(nrows * ncols for _, nrows, _, ncols in blocks)
-    steps = [(kh, kw, c0, min(rows, shape.cin_group - c0)) for kh in range(shape.kernel[0])
-             for kw in range(shape.kernel[1]) for c0 in range(0, shape.cin_group, rows)]
+    k_tiles = shape.k_tiles(rows)
     cout_blocks = [(j0, min(cols, cout_group - j0)) for j0 in range(0, cout_group, cols)]
     spad, acc = ctx.scratchpad(), ctx.accumulator()
     patches = [spad.alloc(rows * largest * 4) for _ in range(2)]
     transposed = [spad.alloc(rows * largest * 4) for _ in range(2)]
-    filter_tiles = [spad.alloc(rows * cols * 4) for _ in range(2)]
     outputs = [spad.alloc(cout_group * largest * 4) for _ in range(2)]
     bias_column = spad.alloc(cout_group * 4) if bias is not None else None
     results = [acc.alloc(largest * cout_group * 4) for _ in range(2)]
+    resident = shape.k_total * cout_group * 4 <= spad.free
+    filter_base = spad.alloc(shape.k_total * cout_group * 4) if resident else None
+    filter_tiles = None if resident else [spad.alloc(rows * cols * 4) for _ in range(2)]
     count = block_count = 0
     for n in range(shape.batch):
         for group in range(shape.groups):
             first_channel = group * cout_group
             if bias is not None:
                 ctx.dma_in(bias_column, bias.window(0, first_channel, first_channel + cout_group))
+            if resident and (n == 0 or shape.groups > 1):
+                ctx.dma_in(filter_base, filters.at(group))
             for oh0, nrows, ow0, ncols in blocks:
                 pixels = nrows * ncols
                 result, output = results[block_count % 2], outputs[block_count % 2]
                 block_count += 1
-                for index, (kh, kw, c0, kt) in enumerate(steps):
+                for index, (k0, kt, pieces) in enumerate(k_tiles):
                     patch, rows_tile = patches[count % 2], transposed[count % 2]
-                    ctx.dma_in(patch, shape.patch(n, group * shape.cin_group + c0, kt, kh, kw, oh0, nrows, ow0, ncols))
+                    shape.load_patch(ctx, patch, n, group, pieces, oh0, nrows, ow0, ncols)
                     ctx.emitter.emit("vmov", dtype=DType.F32, dst=rows_tile, dst_rs=kt, a=patch, a_rs=1, a_cs=pixels,
                                      rows=pixels, cols=kt)
                     for j0, nt in cout_blocks:
-                        filter_tile = filter_tiles[count % 2]
-                        ctx.dma_in(filter_tile, filters.at(group, kh, kw).window(0, c0, c0 + kt).window(1, j0, j0 + nt))
-                        ctx.emitter.emit("load_weights", dtype=DType.F32, addr=filter_tile, k=kt, n=nt, stride=nt)
+                        if resident:
+                            filter_tile, stride = filter_base + (k0 * cout_group + j0) * 4, cout_group
+                        else:
+                            filter_tile, stride = filter_tiles[count % 2], nt
+                            ctx.dma_in(filter_tile, filters.at(group).window(0, k0, k0 + kt).window(1, j0, j0 + nt))
+                        ctx.emitter.emit("load_weights", dtype=DType.F32, addr=filter_tile, k=kt, n=nt, stride=stride)
                         ctx.emitter.emit("matmul", dtype=DType.F32, a=rows_tile, a_rs=kt, m=pixels,
                                          c=result + j0 * 4, c_rs=cout_group, accumulate=int(index > 0))
                         count += 1
@@ -169,69 +205,52 @@ def filters_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, bia
 
 
 def patch_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, bias: View | None, out: View) -> None:
-    """Patch tiles [cin, pixels] stay in the array while the filters' rows [cout, cin] stream."""
+    """Patch tiles [K, pixels] stay in the array while the filters' rows [cout, K] stream; the
+    accumulator collects [cout, pixels], NCHW rows. An output-channel block's filters stay on
+    chip when they fit."""
     config = ctx.config
-    batch, groups, cin_group, cout_group = shape.batch, shape.groups, shape.cin_group, shape.cout_group
-    kernel_h, kernel_w = shape.kernel
-    out_h, out_w = shape.out
-    filter_view = filters
     rows, cols = config.array_rows, config.array_cols
-    steps = [(kh, kw, c0, min(rows, cin_group - c0)) for kh in range(kernel_h) for kw in range(kernel_w)
-             for c0 in range(0, cin_group, rows)]
-    tiles = pixel_tiles(out_h, out_w, cols)
+    cout_group = shape.cout_group
+    k_tiles = shape.k_tiles(rows)
+    tiles = pixel_tiles(shape.out[0], shape.out[1], cols)
     spad, acc = ctx.scratchpad(), ctx.accumulator()
-    x_buffers = [spad.alloc(rows * cols * 4) for _ in range(2)]
+    patches = [spad.alloc(rows * cols * 4) for _ in range(2)]
     m_tile = max(1, min(cout_group, config.acc_bytes // (2 * cols * 4), 65535))
-    # Keep a whole output-channel block's filters on chip when they fit; else stream them per step.
-    per_row = sum(kt for _, _, _, kt in steps) * 4
-    budget = spad.free - 2 * m_tile * 4 - 1024
-    resident = m_tile * per_row <= budget
+    resident = m_tile * shape.k_total * 4 <= spad.free - 2 * m_tile * 4 - 1024
     if not resident:
         m_tile = max(1, min(m_tile, (spad.free // 2 - 2 * m_tile * 4 - 1024) // (rows * 4)))
-        resident = False
     bias_buffer = spad.alloc(m_tile * 4) if bias is not None else None
-    if resident:
-        w_base = spad.alloc(m_tile * per_row)
-    else:
-        w_buffers = [spad.alloc(m_tile * rows * 4) for _ in range(2)]
+    filter_base = spad.alloc(m_tile * shape.k_total * 4) if resident else None
+    filter_tiles = None if resident else [spad.alloc(m_tile * rows * 4) for _ in range(2)]
     c_buffers = [acc.alloc(m_tile * cols * 4) for _ in range(2)]
-    count = 0
-    tile_count = 0
-    for n in range(batch):
-        for group in range(groups):
+    count = tile_count = 0
+    for n in range(shape.batch):
+        for group in range(shape.groups):
             for m0 in range(0, cout_group, m_tile):
                 mt = min(m_tile, cout_group - m0)
-                w_addresses = []
+                first_channel = group * cout_group + m0
                 if resident:
-                    offset = w_base
-                    for kh, kw, c0, kt in steps:
-                        ctx.dma_in(offset, filter_view.at(group, kh, kw).window(0, m0, m0 + mt).window(1, c0, c0 + kt))
-                        w_addresses.append(offset)
-                        offset += mt * kt * 4
+                    ctx.dma_in(filter_base, filters.at(group).window(0, m0, m0 + mt))
                 if bias is not None:
-                    first_channel = group * cout_group + m0
                     ctx.dma_in(bias_buffer, bias.window(0, first_channel, first_channel + mt))
                 for oh0, nrows, ow0, ncols in tiles:
                     pixels = nrows * ncols
                     c_tile = c_buffers[tile_count % 2]
                     tile_count += 1
-                    for index, (kh, kw, c0, kt) in enumerate(steps):
-                        x_tile = x_buffers[count % 2]
-                        ctx.dma_in(x_tile, shape.patch(n, group * cin_group + c0, kt, kh, kw, oh0, nrows, ow0, ncols))
+                    for index, (k0, kt, pieces) in enumerate(k_tiles):
+                        patch = patches[count % 2]
+                        shape.load_patch(ctx, patch, n, group, pieces, oh0, nrows, ow0, ncols)
                         if resident:
-                            w_tile = w_addresses[index]
+                            filter_rows, stride = filter_base + k0 * 4, shape.k_total
                         else:
-                            w_tile = w_buffers[count % 2]
-                            ctx.dma_in(w_tile, filter_view.at(group, kh, kw).window(0, m0, m0 + mt)
-                                       .window(1, c0, c0 + kt))
-                        ctx.emitter.emit("load_weights", dtype=DType.F32, addr=x_tile, k=kt, n=pixels, stride=pixels)
-                        ctx.emitter.emit("matmul", dtype=DType.F32, a=w_tile, a_rs=kt, m=mt, c=c_tile, c_rs=pixels,
-                                         accumulate=int(index > 0))
+                            filter_rows, stride = filter_tiles[count % 2], kt
+                            ctx.dma_in(filter_rows, filters.at(group).window(0, m0, m0 + mt).window(1, k0, k0 + kt))
+                        ctx.emitter.emit("load_weights", dtype=DType.F32, addr=patch, k=kt, n=pixels, stride=pixels)
+                        ctx.emitter.emit("matmul", dtype=DType.F32, a=filter_rows, a_rs=stride, m=mt, c=c_tile,
+                                         c_rs=pixels, accumulate=int(index > 0))
                         count += 1
                     if bias is not None:
                         ctx.emitter.emit("vadd", dtype=DType.F32, dst=c_tile, dst_rs=pixels, a=c_tile, a_rs=pixels,
                                          b=bias_buffer, b_rs=1, b_cs=0, rows=mt, cols=pixels)
-                    first_channel = group * cout_group + m0
-                    target = out.at(n).window(0, first_channel, first_channel + mt).window(1, oh0, oh0 + nrows) \
-                        .window(2, ow0, ow0 + ncols)
-                    ctx.dma_out(c_tile, target)
+                    ctx.dma_out(c_tile, out.at(n).window(0, first_channel, first_channel + mt)
+                                .window(1, oh0, oh0 + nrows).window(2, ow0, ow0 + ncols))
