@@ -195,6 +195,14 @@ def _describe(error: BaseException) -> str:
     return text if len(text) <= MESSAGE_LIMIT else text[:MESSAGE_LIMIT] + " ..."
 
 
+def _signature(values) -> str:
+    """Shapes and dtypes, e.g. '[(3, 4) float32, () int64]'."""
+    try:
+        return "[" + ", ".join(f"{np.shape(v)} {getattr(v, 'dtype', type(v).__name__)}" for v in values) + "]"
+    except TypeError:
+        return type(values).__name__
+
+
 def run_case(case: Case, config: str = "edge") -> Outcome:
     """Compile and simulate one case in this process and classify the result."""
     import runtime.backend as acc_backend
@@ -220,7 +228,8 @@ def run_case(case: Case, config: str = "edge") -> Outcome:
             try:
                 Runner.assert_similar_outputs(expected, list(outputs), rtol=case.rtol, atol=case.atol)
             except Exception as error:  # AssertionError, or outputs that cannot even be compared
-                outcome.status, outcome.message = "wrong", _describe(error)
+                outcome.status = "wrong"
+                outcome.message = f"got {_signature(outputs)}, expected {_signature(expected)}: {_describe(error)}"
                 break
         else:
             outcome.status = "passed"
@@ -417,7 +426,7 @@ def short_message(message: str, limit: int = 160) -> str:
             break
         if line:
             lines.append(line)
-    text = "; ".join(lines)
+    text = "; ".join(lines).replace(":; ", ": ")
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
