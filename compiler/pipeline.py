@@ -17,7 +17,7 @@ import onnx
 from compiler.codegen import generate
 from compiler.frontend import import_model
 from compiler.ir import Graph, to_text
-from compiler.passes.simplify import fold_batchnorm_into_conv, remove_identities
+from compiler.passes.simplify import decompose_batchnorm, fold_batchnorm_into_conv, remove_identities
 from compiler.verify import verify
 from isa.config import AcceleratorConfig, load_config
 from isa.program import Program
@@ -27,6 +27,7 @@ Pass = Callable[[Graph], Graph]
 PASSES: list[tuple[str, Pass, int]] = [
     ("remove_identities", remove_identities, 0),
     ("fold_batchnorm_into_conv", fold_batchnorm_into_conv, 1),
+    ("decompose_batchnorm", decompose_batchnorm, 0),
 ]
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 
 from compiler.ir import parse, to_text
-from compiler.passes.simplify import fold_batchnorm_into_conv, remove_identities
+from compiler.passes.simplify import decompose_batchnorm, fold_batchnorm_into_conv, remove_identities
 from compiler.verify import verify
 
 
@@ -89,3 +89,33 @@ def test_fold_batchnorm_result_matches_unfolded_numerics():
     new_weight = folded.values["w.bn"].const.reshape(2)
     new_bias = folded.values["z.bias"].const
     np.testing.assert_allclose(x[None, :] * new_weight[:, None] + new_bias[:, None], expected, rtol=1e-6)
+
+
+BN_ALONE = """
+graph g
+  input %x: f32[1, 2, 2, 2]
+  const %scale: f32[2] = [0.5, 2.0]
+  const %shift: f32[2] = [0.25, 0.0]
+  const %mean: f32[2] = [1.0, 2.0]
+  const %var: f32[2] = [3.0, 15.0]
+  %z: f32[1, 2, 2, 2] = BatchNormalization(%x, %scale, %shift, %mean, %var) {epsilon=1.0}  @bn
+  output %z
+"""
+# s = [0.25, 0.5]; t = shift - mean * s = [0.0, -1.0]
+BN_ALONE_AFTER = """
+graph g
+  input %x: f32[1, 2, 2, 2]
+  const %z.scale: f32[2, 1, 1] = [0.25, 0.5]
+  const %z.shift: f32[2, 1, 1] = [0.0, -1.0]
+  %z.scaled: f32[1, 2, 2, 2] = Mul(%x, %z.scale)  @bn/mul
+  %z: f32[1, 2, 2, 2] = Add(%z.scaled, %z.shift)  @bn
+  output %z
+"""
+
+
+def test_decompose_batchnorm():
+    assert run_pass(decompose_batchnorm, BN_ALONE) == same(BN_ALONE_AFTER)
+
+
+def test_decompose_batchnorm_changes_nothing_without_batchnorm():
+    assert run_pass(decompose_batchnorm, IDENTITY_AFTER) == same(IDENTITY_AFTER)

@@ -137,7 +137,7 @@ class CodegenContext:
     def constant(self, data: np.ndarray, dtype: DType, name: str = "") -> View:
         """Place compile-time data (a weight, or a table a kernel derives from one) in DRAM."""
         array = np.ascontiguousarray(np.asarray(data).astype(dtype.numpy))
-        key = (dtype, array.shape, hashlib.sha256(array.data).digest())
+        key = (dtype, array.shape, hashlib.sha256(array.reshape(-1).view(np.uint8)).digest())
         if key in self._constant_cache:
             return self._constant_cache[key]
         view = self.allocate(array.shape, dtype)

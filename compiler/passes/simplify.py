@@ -1,10 +1,10 @@
-"""Simplifications that change no result: drop identities, fold inference BatchNorm into Conv."""
+"""Simplifications that change no result: drop identities, fold or decompose inference BatchNorm."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from compiler.ir import Graph
+from compiler.ir import Graph, Node, Value
 
 
 def remove_identities(graph: Graph) -> Graph:
@@ -61,3 +61,35 @@ def fold_batchnorm_into_conv(graph: Graph) -> Graph:
         graph.nodes = [n for n in graph.nodes if id(n) not in removed]
         graph.prune()
     return graph
+
+
+def decompose_batchnorm(graph: Graph) -> Graph:
+    """BatchNormalization(x, scale, bias, mean, var) with constant parameters becomes
+    Mul(x, s) then Add(., t) with s = scale / sqrt(var + epsilon), t = bias - mean * s,
+    shaped [C, 1, ..., 1] to broadcast over the channel axis (axis 1).
+
+    Runs after fold_batchnorm_into_conv, for the normalisations that follow no Conv
+    (DenseNet's pre-activation blocks); a BatchNormalization with run-time parameters is
+    left for the code generator to refuse."""
+    nodes = []
+    for node in graph.nodes:
+        params = [graph.values.get(name) for name in node.inputs[1:5]]
+        if node.op != "BatchNormalization" or not all(p is not None and p.is_const for p in params):
+            nodes.append(node)
+            continue
+        x = graph.values[node.inputs[0]]
+        scale, shift, mean, variance = (p.const.astype(np.float64) for p in params)
+        factor = scale / np.sqrt(variance + float(node.attrs.get("epsilon", 1e-5)))
+        offset = shift - mean * factor
+        broadcast = (-1,) + (1,) * (len(x.shape) - 2)
+        dtype = np.float32 if x.dtype == "f32" else params[0].const.dtype
+        factor_name = graph.fresh_name(node.outputs[0] + ".scale")
+        graph.const(factor_name, factor.reshape(broadcast).astype(dtype))
+        offset_name = graph.fresh_name(node.outputs[0] + ".shift")
+        graph.const(offset_name, offset.reshape(broadcast).astype(dtype))
+        scaled = graph.fresh_name(node.outputs[0] + ".scaled")
+        graph.add_value(Value(scaled, x.dtype, x.shape))
+        nodes.append(Node("Mul", [node.inputs[0], factor_name], [scaled], {}, node.name + "/mul" if node.name else ""))
+        nodes.append(Node("Add", [scaled, offset_name], [node.outputs[0]], {}, node.name))
+    graph.nodes = nodes
+    return graph.prune()
