@@ -55,6 +55,8 @@ def summary(stats: dict, outputs: dict[str, np.ndarray]) -> str:
         finite = value[np.isfinite(value)] if value.dtype.kind == "f" else value
         span = f"min {finite.min():.6g} max {finite.max():.6g}" if finite.size else "no finite values"
         lines.append(f"  {name:<20} {str(value.dtype):<8} {str(list(value.shape)):<20} {span}")
+        if value.size <= 16:  # small outputs (class scores) are worth seeing whole
+            lines.append("    " + np.array2string(value.reshape(-1), precision=4, max_line_width=100))
     cycles = stats["cycles"]
     lines.append(f"cycles: {cycles} ({stats['time_us']:.3f} us)   roofline bound: {stats['roofline_cycles']:.0f}   "
                  f"efficiency: {stats['roofline_efficiency']:.3f}")
