@@ -269,11 +269,12 @@ class _Worker:
         self.process.start()
         child.close()
         self.case: Case | None = None
+        self.index = -1  # of the case in run_cases' list
         self.started = 0.0
         self.deadline = 0.0
 
-    def give(self, case: Case, timeout: float) -> None:
-        self.case, self.started, self.deadline = case, time.monotonic(), time.monotonic() + timeout
+    def give(self, index: int, case: Case, timeout: float) -> None:
+        self.index, self.case, self.started, self.deadline = index, case, time.monotonic(), time.monotonic() + timeout
         self.connection.send(case)
 
     def kill(self) -> None:
@@ -306,10 +307,9 @@ def run_cases(cases: list[Case], config: str = "edge", jobs: int = 2, timeout: f
     pending = deque(sorted(range(len(cases)), key=lambda i: cases[i].suite != "light"))
     workers = [_Worker(context, config, memory_limit_gb) for _ in range(max(1, min(jobs, len(cases))))]
     outcomes: dict[int, Outcome] = {}
-    index_of = {id(case): i for i, case in enumerate(cases)}
 
     def finish(worker: _Worker, outcome: Outcome) -> None:
-        outcomes[index_of[id(worker.case)]] = outcome
+        outcomes[worker.index] = outcome
         worker.case = None
         if progress:
             progress(outcome, len(outcomes), len(cases))
@@ -318,8 +318,8 @@ def run_cases(cases: list[Case], config: str = "edge", jobs: int = 2, timeout: f
         while len(outcomes) < len(cases):
             for worker in workers:
                 if worker.case is None and pending:
-                    case = cases[pending.popleft()]
-                    worker.give(case, light_timeout if case.suite == "light" else timeout)
+                    index = pending.popleft()
+                    worker.give(index, cases[index], light_timeout if cases[index].suite == "light" else timeout)
             busy = [worker for worker in workers if worker.case is not None]
             ready = wait([worker.connection for worker in busy],
                          timeout=max(0.0, min(worker.deadline for worker in busy) - time.monotonic()))
