@@ -136,7 +136,7 @@ class CodegenContext:
 
     def constant(self, data: np.ndarray, dtype: DType, name: str = "") -> View:
         """Place compile-time data (a weight, or a table a kernel derives from one) in DRAM."""
-        array = np.ascontiguousarray(np.asarray(data).astype(dtype.numpy))
+        array = np.asarray(data).astype(dtype.numpy, order="C")  # keeps rank 0, unlike ascontiguousarray
         key = (dtype, array.shape, hashlib.sha256(array.reshape(-1).view(np.uint8)).digest())
         if key in self._constant_cache:
             return self._constant_cache[key]

@@ -14,7 +14,6 @@ import math
 from collections.abc import Callable
 
 from compiler.frontend.context import NodeContext, ir_dtype
-from compiler.frontend.normalise_tensor import sorted_axes
 
 NORMALISERS: dict[str, Callable[[NodeContext], None]] = {}
 
@@ -206,7 +205,10 @@ def _emit_resize(ctx: NodeContext, mode: str, scales: list[float] | None, sizes:
                  **attrs) -> None:
     shape = ctx.shape(0)
     rank = len(shape)
-    axes = list(range(rank)) if axes is None else sorted_axes(ctx, axes, rank)
+    # scales and sizes follow the order the axes are given in, which need not be sorted
+    axes = list(range(rank)) if axes is None else [ctx.axis(a, rank, "axes") for a in axes]
+    if len(set(axes)) != len(axes):
+        raise ctx.invalid(f"axes={list(axes)} name an axis twice")
     full_scales, full_sizes = [1.0] * rank, list(shape)
     given = sizes if sizes is not None else scales
     if given is None:

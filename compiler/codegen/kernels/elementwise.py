@@ -214,6 +214,8 @@ def _compute_dtype(node: Node, dtypes: list[DType]) -> DType:
 
 def elementwise_kernel(ctx: CodegenContext, node: Node) -> None:
     out = ctx.view(node.outputs[0])
+    if out.size == 0:
+        return  # nothing to compute
     names = [name for name in node.inputs if name]
     ins = [ctx.view(name) for name in names]
     for name in names + node.outputs[:1]:

@@ -412,6 +412,9 @@ class NormaliseOp(SegmentOp):
         return y
 
 
+SMALLEST_NORMAL = float(np.finfo(np.float32).tiny)
+
+
 class LpNormaliseOp(SegmentOp):
     """x / ||x||_p along the axis, p = 1 or 2."""
 
@@ -430,6 +433,9 @@ class LpNormaliseOp(SegmentOp):
     def finish(self, step, s):
         if self.p == 2:
             s.builder().into(s["norm"], "sqrt", s["norm"])
+        # A zero slice has a zero norm: 0 / 0 would be NaN where ONNX wants 0, and with the norm
+        # raised to the smallest normal float the quotient is 0 (every element is 0).
+        s.builder().into(s["norm"], "max", s["norm"], SMALLEST_NORMAL)
 
     def output(self, chunk, s):
         return chunk.builder().binary("div", chunk.x, chunk.per_segment(s["norm"]))
