@@ -79,3 +79,26 @@ def test_pool(config, op, x_shape, attrs):
     expected = reference(op, x, attrs, {})
     actual = simulate(op, x, attrs, {}, expected.shape, config)
     np.testing.assert_allclose(actual, expected, rtol=1e-6, atol=1e-6)
+
+
+CONV_TRANSPOSE_CASES = [
+    ((1, 3, 4, 5), (3, 2, 3, 3), dict(strides=[2, 2])),
+    ((1, 4, 5, 5), (4, 3, 3, 3), dict(strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 1])),
+    ((2, 4, 3, 4), (4, 2, 2, 3), dict(strides=[1, 2], dilations=[2, 1], group=2, pads=[0, 1, 1, 0])),
+    ((1, 2, 6, 6), (2, 3, 3, 3), dict(pads=[2, 2, 2, 2])),  # padding larger than the kernel reach: cropping
+    ((1, 3, 7), (3, 2, 3), dict(strides=[3])),
+]
+
+
+@pytest.mark.parametrize("config", ["tiny", "edge"])
+@pytest.mark.parametrize("x_shape,w_shape,attrs", CONV_TRANSPOSE_CASES)
+def test_conv_transpose(config, x_shape, w_shape, attrs):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    groups = attrs.get("group", 1)
+    initializers = {"W": rng.standard_normal(w_shape).astype(np.float32),
+                    "b": rng.standard_normal(w_shape[1] * groups).astype(np.float32)}
+    expected = reference("ConvTranspose", x, attrs, initializers)
+    actual = simulate("ConvTranspose", x, dict(attrs, kernel_shape=list(w_shape[2:])), initializers, expected.shape,
+                      config)
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())

@@ -4,7 +4,7 @@ Ops listed in ALIASES need no instructions: their output is their input's DRAM, 
 with another shape.
 """
 
-from compiler.codegen.kernels.conv import conv_kernel
+from compiler.codegen.kernels.conv import conv_kernel, conv_transpose_kernel
 from compiler.codegen.kernels.elementwise import RECIPES, elementwise_kernel
 from compiler.codegen.kernels.matmul import gemm_kernel, matmul_kernel
 from compiler.codegen.kernels.pool import pool_kernel
@@ -14,5 +14,6 @@ ALIASES = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"}
 
 KERNELS = {op: elementwise_kernel for op in RECIPES}
 KERNELS.update({"MatMul": matmul_kernel, "Gemm": gemm_kernel})
-KERNELS.update({"Conv": conv_kernel, "MaxPool": pool_kernel, "AveragePool": pool_kernel})
+KERNELS.update({"Conv": conv_kernel, "ConvTranspose": conv_transpose_kernel, "MaxPool": pool_kernel,
+                "AveragePool": pool_kernel})
 KERNELS.update(ROW_KERNELS)

@@ -58,7 +58,8 @@ def as_2d(node: Node, x: View, out: View, attrs: dict):
     out4 = View(out.addr, out.dtype, out.shape[:2] + (1,) + out.shape[2:], out.strides[:2] + (0,) + out.strides[2:])
     pads = attrs.get("pads", [0, 0])
     attrs = dict(attrs, kernel_shape=[1] + list(attrs["kernel_shape"]), strides=[1] + list(attrs.get("strides", [1])),
-                 dilations=[1] + list(attrs.get("dilations", [1])), pads=[0, pads[0], 0, pads[1]])
+                 dilations=[1] + list(attrs.get("dilations", [1])), pads=[0, pads[0], 0, pads[1]],
+                 output_padding=[0] + list(attrs.get("output_padding", [0])))
     return x4, out4, attrs
 
 
@@ -100,19 +101,19 @@ class ConvShape:
     def load_patch(self, ctx: CodegenContext, local: int, n: int, group: int, pieces, oh0: int, nrows: int,
                    ow0: int, ncols: int) -> None:
         """The input pixels of a K tile for output rows oh0.., columns ow0..: a dense [kt, pixels] tile."""
-        _, _, height, width = self.source.shape
         pixels = nrows * ncols
+        _, channel_stride, row_stride, col_stride = self.source.strides
         for row, kh, kw, channel, count in pieces:
             first_row = oh0 * self.strides[0] + kh * self.dilations[0]
             first_col = ow0 * self.strides[1] + kw * self.dilations[1]
             first = group * self.cin_group + channel
-            window = View(self.source.at(n).addr + (first * height * width + first_row * width + first_col) * 4,
-                          DType.F32, (count, nrows, ncols), (height * width, self.strides[0] * width, self.strides[1]))
+            offset = first * channel_stride + first_row * row_stride + first_col * col_stride
+            window = View(self.source.at(n).addr + offset * 4, DType.F32, (count, nrows, ncols),
+                          (channel_stride, self.strides[0] * row_stride, self.strides[1] * col_stride))
             ctx.dma_in(local + row * pixels * 4, window)
 
 
 def conv_kernel(ctx: CodegenContext, node: Node) -> None:
-    config = ctx.config
     weight = ctx.graph.values[node.inputs[1]]
     if not weight.is_const:
         raise unsupported(node, "filters computed at run time")
@@ -121,11 +122,55 @@ def conv_kernel(ctx: CodegenContext, node: Node) -> None:
     if x.dtype != DType.F32 or out.dtype != DType.F32:
         raise unsupported(node, f"{x.dtype.asm_name} convolution is not supported yet")
     filters = weight.const.reshape(weight.shape[0], weight.shape[1], *attrs["kernel_shape"])
+    source = padded(ctx, x, tuple(attrs.get("pads", [0, 0, 0, 0])), 0.0)
+    convolve(ctx, node, source, filters, int(attrs.get("group", 1)), tuple(attrs.get("strides", [1, 1])),
+             tuple(attrs.get("dilations", [1, 1])), out)
+
+
+def conv_transpose_kernel(ctx: CodegenContext, node: Node) -> None:
+    """ConvTranspose as a stride-1 Conv of the input spread out with zeros (stride - 1 between
+    pixels) and padded by dilation * (kernel - 1) - pads (cropped where that is negative),
+    with the filters flipped and their in/out channels swapped per group."""
+    weight = ctx.graph.values[node.inputs[1]]
+    if not weight.is_const:
+        raise unsupported(node, "filters computed at run time")
+    x, out, attrs = as_2d(node, ctx.view(node.inputs[0]), ctx.view(node.outputs[0]),
+                          dict(node.attrs, kernel_shape=list(weight.shape[2:])))
+    if x.dtype != DType.F32 or out.dtype != DType.F32:
+        raise unsupported(node, f"{x.dtype.asm_name} convolution is not supported yet")
     groups = int(attrs.get("group", 1))
+    kernel = list(attrs["kernel_shape"])
+    strides, dilations = list(attrs.get("strides", [1, 1])), list(attrs.get("dilations", [1, 1]))
+    pads = list(attrs.get("pads", [0, 0, 0, 0]))
+    output_padding = list(attrs.get("output_padding", [0, 0]))
+    if len(output_padding) == 1:
+        output_padding = [0] + output_padding
+    cin, cout_group = weight.shape[0], weight.shape[1]
+    filters = weight.const.reshape(groups, cin // groups, cout_group, *kernel)[..., ::-1, ::-1] \
+        .transpose(0, 2, 1, 3, 4).reshape(groups * cout_group, cin // groups, *kernel)
+    batch, channels, height, width = x.shape
+    begin = [dilations[i] * (kernel[i] - 1) - pads[i] for i in range(2)]
+    end = [dilations[i] * (kernel[i] - 1) - pads[2 + i] + output_padding[i] for i in range(2)]
+    spread = [(height - 1) * strides[0] + 1, (width - 1) * strides[1] + 1]
+    full = ctx.allocate((batch, channels, spread[0] + max(begin[0], 0) + max(end[0], 0),
+                         spread[1] + max(begin[1], 0) + max(end[1], 0)), DType.F32)
+    dram_ops.fill(ctx, full, 0.0)
+    top, left = max(begin[0], 0), max(begin[1], 0)
+    dram_ops.copy(ctx, x, full.window(2, top, top + spread[0], strides[0]).window(3, left, left + spread[1],
+                                                                                 strides[1]))
+    # Negative padding crops: the convolution reads a window of the spread-out input.
+    source = full.window(2, max(-begin[0], 0), full.shape[2] - max(-end[0], 0)) \
+        .window(3, max(-begin[1], 0), full.shape[3] - max(-end[1], 0))
+    convolve(ctx, node, source, filters, groups, (1, 1), tuple(dilations), out)
+
+
+def convolve(ctx: CodegenContext, node: Node, source: View, filters, groups: int, strides: tuple[int, int],
+             dilations: tuple[int, int], out: View) -> None:
+    """out = conv(source, filters) for a padded NCHW source and constant filters [cout, cin/group, kh, kw]."""
+    config = ctx.config
     cout, cin_group, kernel_h, kernel_w = filters.shape
-    shape = ConvShape(x.shape[0], groups, cin_group, cout // groups, (kernel_h, kernel_w),
-                      tuple(attrs.get("strides", [1, 1])), tuple(attrs.get("dilations", [1, 1])), tuple(out.shape[2:]),
-                      padded(ctx, x, tuple(attrs.get("pads", [0, 0, 0, 0])), 0.0))
+    shape = ConvShape(source.shape[0], groups, cin_group, cout // groups, (kernel_h, kernel_w), strides, dilations,
+                      tuple(out.shape[2:]), source)
     bias = ctx.view(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
     # [group, K, cout] with K ordered (kh, kw, channel), as the K tiles are.
     by_k = filters.reshape(groups, shape.cout_group, cin_group, kernel_h, kernel_w).transpose(0, 3, 4, 2, 1) \
