@@ -9,7 +9,6 @@ wrote, for the hazard check. Timing is not modelled here (see runtime/simulator.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -27,17 +26,16 @@ class OperandError(Exception):
     turns it into a SimulationError naming the instruction."""
 
 
-@dataclass(frozen=True)
 class Access:
     """The elements one operand touches: `shape` elements of `size` bytes at `address`, `strides`
     (in elements) apart, in `memory`."""
 
-    memory: str
-    address: int
-    shape: tuple[int, ...]
-    strides: tuple[int, ...]
-    size: int
-    write: bool = False
+    __slots__ = ("memory", "address", "shape", "strides", "size", "write")
+
+    def __init__(self, memory: str, address: int, shape: tuple[int, ...], strides: tuple[int, ...], size: int,
+                 write: bool = False):
+        self.memory, self.address, self.shape, self.strides, self.size, self.write = \
+            memory, address, shape, strides, size, write
 
     @property
     def offsets(self) -> np.ndarray:
@@ -140,7 +138,7 @@ def _nested_without_overlap(shape, strides) -> bool:
 
 
 def _written(access: Access) -> Access:
-    return dataclasses.replace(access, write=True)
+    return Access(access.memory, access.address, access.shape, access.strides, access.size, True)
 
 
 # Numerics -------------------------------------------------------------------------------------

@@ -43,6 +43,9 @@ from runtime.hazards import Hazard, HazardChecker
 from runtime.machine import DRAM, EXEC, LOCAL, Machine, OperandError
 
 ENGINE_NAMES = [engine.name.lower() for engine in Engine]
+ENGINE_COUNT = len(Engine)
+ENGINE_RANGE = range(ENGINE_COUNT)
+LOAD, MATRIX, VECTOR, STORE = (int(engine) for engine in (Engine.LOAD, Engine.MATRIX, Engine.VECTOR, Engine.STORE))
 
 
 @dataclass
@@ -178,7 +181,7 @@ def run(program: Program, inputs: dict[str, np.ndarray] | None = None, *, check_
     for index, instruction in enumerate(program.instructions):
         if instruction.mnemonic == "end":
             break
-        queues[instruction.engine].append(index)
+        queues[int(instruction.engine)].append(index)
 
     checker = HazardChecker({DRAM: machine.dram.size, LOCAL: machine.local.size}, len(Engine)) \
         if check_hazards else None
@@ -199,56 +202,74 @@ def run(program: Program, inputs: dict[str, np.ndarray] | None = None, *, check_
     total = 0
 
     def earliest_start(engine: int):
-        """(start, needs_token) of the engine's next instruction, or None if it must wait for a token."""
+        """When the engine's next instruction can start, or None while it waits for a token."""
         instruction = program.instructions[queues[engine][heads[engine]]]
         earliest = next_issue[engine]
-        wait = instruction["wait"]
+        wait = instruction.fields["wait"]
         if wait:
             heap = tokens.get(wait)
             if not heap:
                 return None
             earliest = max(earliest, heap[0][0])
-        if engine == Engine.MATRIX:
+        if engine == MATRIX:
             return matrix.start(instruction, earliest)
-        if instruction.mnemonic == "sync":
+        if instruction.definition.mnemonic == "sync":
             return max(earliest, completed[engine])
         return earliest
 
+    # Each engine's candidate start is cached; it changes only when that engine runs an
+    # instruction or a token of the semaphore its next instruction waits on comes or goes.
+    unknown = object()
+    candidates = [unknown] * ENGINE_COUNT
+
+    def head_wait(engine: int) -> int:
+        if heads[engine] >= len(queues[engine]):
+            return -1
+        return program.instructions[queues[engine][heads[engine]]].fields["wait"]
+
     while True:
         best = None
-        for engine in Engine:
+        best_engine = -1
+        for engine in ENGINE_RANGE:
             if heads[engine] < len(queues[engine]):
-                start = earliest_start(engine)
-                if start is not None and (best is None or start < best[0]):
-                    best = (start, engine)
+                start = candidates[engine]
+                if start is unknown:
+                    start = candidates[engine] = earliest_start(engine)
+                if start is not None and (best is None or start < best):
+                    best, best_engine = start, engine
         if best is None:
-            blocked = [queues[e][heads[e]] for e in Engine if heads[e] < len(queues[e])]
+            blocked = [queues[e][heads[e]] for e in ENGINE_RANGE if heads[e] < len(queues[e])]
             if not blocked:
                 break
             index = blocked[0]
             raise SimulationError(
                 f"deadlock: waits on semaphore {program.instructions[index]['wait']}, which no running "
                 f"instruction will signal", index, _disassemble(program, index))
+        best = (best, best_engine)
         start, engine = best
         index = queues[engine][heads[engine]]
         heads[engine] += 1
         instruction = program.instructions[index]
-        wait = instruction["wait"]
+        wait = instruction.fields["wait"]
+        candidates[engine] = unknown
         if wait:
             _, _, token_clock = heapq.heappop(tokens[wait])
             np.maximum(clocks[engine], token_clock, out=clocks[engine])
+            for other in ENGINE_RANGE:
+                if head_wait(other) == wait:
+                    candidates[other] = unknown
         try:
             effects = EXEC[instruction.mnemonic](machine, instruction)
         except OperandError as err:
             raise SimulationError(str(err), index, _disassemble(program, index)) from None
         latency = latencies[index]
-        if engine in (Engine.LOAD, Engine.STORE) and instruction.mnemonic != "sync":
+        if (engine == LOAD or engine == STORE) and instruction.definition.mnemonic != "sync":
             transfer_start = max(start + config.dma_latency, dram_channel_free)
             end = transfer_start + latency - config.dma_latency
             dram_channel_free = end
             next_issue[engine] = start + 1
             busy_from, engine_busy = transfer_start, end - transfer_start  # cycles its data is on the channel
-        elif engine == Engine.MATRIX:
+        elif engine == MATRIX:
             end, engine_busy = matrix.issue(instruction, start, latency)
             busy_from = start
             next_issue[engine] = start
@@ -263,10 +284,13 @@ def run(program: Program, inputs: dict[str, np.ndarray] | None = None, *, check_
         clocks[engine][engine] = done_count[engine]
         if checker is not None:
             checker.record(index, engine, clocks[engine], effects.accesses)
-        if instruction["signal"]:
+        signal = instruction.fields["signal"]
+        if signal:
             order += 1
-            heapq.heappush(tokens.setdefault(instruction["signal"], []),
-                           (completed[engine], order, clocks[engine].copy()))
+            heapq.heappush(tokens.setdefault(signal, []), (completed[engine], order, clocks[engine].copy()))
+            for other in ENGINE_RANGE:
+                if head_wait(other) == signal:
+                    candidates[other] = unknown
         if effects.macs:
             macs[effects.macs_dtype] = macs.get(effects.macs_dtype, 0) + effects.macs
         dram_read += effects.dram_read
