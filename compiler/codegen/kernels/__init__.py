@@ -7,6 +7,7 @@ with another shape.
 from compiler.codegen.kernels.conv import conv_kernel, conv_transpose_kernel
 from compiler.codegen.kernels.elementwise import RECIPES, elementwise_kernel
 from compiler.codegen.kernels.matmul import gemm_kernel, matmul_kernel
+from compiler.codegen.kernels.movement import MOVEMENT_KERNELS
 from compiler.codegen.kernels.pool import pool_kernel
 from compiler.codegen.kernels.rows import ROW_KERNELS
 
@@ -17,3 +18,4 @@ KERNELS.update({"MatMul": matmul_kernel, "Gemm": gemm_kernel})
 KERNELS.update({"Conv": conv_kernel, "ConvTranspose": conv_transpose_kernel, "MaxPool": pool_kernel,
                 "AveragePool": pool_kernel})
 KERNELS.update(ROW_KERNELS)
+KERNELS.update(MOVEMENT_KERNELS)
