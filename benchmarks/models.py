@@ -94,6 +94,22 @@ def _onnxruntime(path: Path, inputs: dict, threads: int) -> tuple[float, list]:
     return best, outputs
 
 
+def sample_inputs(program) -> dict[str, np.ndarray]:
+    """Seeded inputs of the right shapes and dtypes; token ids, masks and segment ids for a text model."""
+    rng = np.random.default_rng(0)
+    inputs = {}
+    for t in program.inputs:
+        if t.dtype.is_float:
+            inputs[t.name] = rng.standard_normal(t.shape).astype(t.dtype.numpy)
+        elif t.name == "attention_mask":
+            inputs[t.name] = np.ones(t.shape, dtype=t.dtype.numpy)
+        elif t.name == "token_type_ids":
+            inputs[t.name] = np.zeros(t.shape, dtype=t.dtype.numpy)
+        else:
+            inputs[t.name] = rng.integers(1000, 30000, t.shape).astype(t.dtype.numpy)
+    return inputs
+
+
 def benchmark(name: str, path: Path, shapes: dict, config: str) -> dict:
     from isa import binfile
 
@@ -101,9 +117,7 @@ def benchmark(name: str, path: Path, shapes: dict, config: str) -> dict:
         target = os.path.join(scratch, "model.bin")
         compiled, _, compile_rss = _child(_COMPILE.format(path=str(path), config=config, shapes=shapes, target=target))
         program = binfile.load(target)
-        rng = np.random.default_rng(0)
-        inputs = {t.name: (rng.standard_normal(t.shape).astype(t.dtype.numpy) if t.dtype.is_float
-                           else rng.integers(0, 100, t.shape).astype(t.dtype.numpy)) for t in program.inputs}
+        inputs = sample_inputs(program)
         np.savez(os.path.join(scratch, "in.npz"), **inputs)
         simulated, _, simulate_rss = _child(_SIMULATE.format(target=target, inputs=os.path.join(scratch, "in.npz"),
                                                              outputs=os.path.join(scratch, "out.npz")))

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from compiler.codegen import dram_ops
 from compiler.codegen.context import CodegenContext, View, unsupported
+from compiler.codegen.kernels.movement import Stager
 from compiler.ir import Node
 from isa.dtypes import DType
 
@@ -43,8 +43,9 @@ def padded(ctx: CodegenContext, x: View, pads: tuple[int, int, int, int], value:
     if (height, width) == (h, w):
         return x
     result = ctx.allocate((n, c, height, width), x.dtype)
-    dram_ops.fill(ctx, result, value)
-    dram_ops.copy(ctx, x, result.window(2, top, top + h).window(3, left, left + w))
+    stager = Stager(ctx, fill_elements=result.size)
+    stager.fill(result, value)
+    stager.copy(x, result.window(2, top, top + h).window(3, left, left + w))
     return result
 
 
@@ -154,10 +155,10 @@ def conv_transpose_kernel(ctx: CodegenContext, node: Node) -> None:
     spread = [(height - 1) * strides[0] + 1, (width - 1) * strides[1] + 1]
     full = ctx.allocate((batch, channels, spread[0] + max(begin[0], 0) + max(end[0], 0),
                          spread[1] + max(begin[1], 0) + max(end[1], 0)), DType.F32)
-    dram_ops.fill(ctx, full, 0.0)
+    stager = Stager(ctx, fill_elements=full.size)
+    stager.fill(full, 0.0)
     top, left = max(begin[0], 0), max(begin[1], 0)
-    dram_ops.copy(ctx, x, full.window(2, top, top + spread[0], strides[0]).window(3, left, left + spread[1],
-                                                                                 strides[1]))
+    stager.copy(x, full.window(2, top, top + spread[0], strides[0]).window(3, left, left + spread[1], strides[1]))
     # Negative padding crops: the convolution reads a window of the spread-out input.
     source = full.window(2, max(-begin[0], 0), full.shape[2] - max(-end[0], 0)) \
         .window(3, max(-begin[1], 0), full.shape[3] - max(-end[1], 0))
