@@ -254,7 +254,8 @@ def run(program: Program, inputs: dict[str, np.ndarray] | None = None, *, check_
         candidates[engine] = unknown
         if wait:
             _, _, token_clock = heapq.heappop(tokens[wait])
-            np.maximum(clocks[engine], token_clock, out=clocks[engine])
+            if checker is not None:  # vector clocks serve only the hazard check
+                np.maximum(clocks[engine], token_clock, out=clocks[engine])
             for other in ENGINE_RANGE:
                 if head_wait(other) == wait:
                     candidates[other] = unknown
@@ -281,13 +282,14 @@ def run(program: Program, inputs: dict[str, np.ndarray] | None = None, *, check_
         busy_until[engine] = max(busy_until[engine], busy_from + engine_busy)
         completed[engine] = max(completed[engine], end)
         done_count[engine] += 1
-        clocks[engine][engine] = done_count[engine]
         if checker is not None:
+            clocks[engine][engine] = done_count[engine]
             checker.record(index, engine, clocks[engine], effects.accesses)
         signal = instruction.fields["signal"]
         if signal:
             order += 1
-            heapq.heappush(tokens.setdefault(signal, []), (completed[engine], order, clocks[engine].copy()))
+            token_clock = clocks[engine].copy() if checker is not None else None
+            heapq.heappush(tokens.setdefault(signal, []), (completed[engine], order, token_clock))
             for other in ENGINE_RANGE:
                 if head_wait(other) == signal:
                     candidates[other] = unknown
