@@ -22,6 +22,7 @@ class DType(enum.IntEnum):
     I32 = 4
     I64 = 5  # storage only: model I/O, DMA and vcvt
     BOOL = 6  # storage only: one byte, 0 or 1
+    F16 = 7  # storage only: IEEE half precision, converted by vcvt (computed in fp32)
 
     @property
     def size(self) -> int:
@@ -33,7 +34,7 @@ class DType(enum.IntEnum):
 
     @property
     def is_float(self) -> bool:
-        return self in (DType.F32, DType.BF16)
+        return self in (DType.F32, DType.BF16, DType.F16)
 
     @property
     def asm_name(self) -> str:
@@ -54,7 +55,8 @@ class DType(enum.IntEnum):
         raise ValueError(f"no accelerator dtype for numpy {np.dtype(dtype)}")
 
 
-_SIZES = {DType.F32: 4, DType.BF16: 2, DType.I8: 1, DType.U8: 1, DType.I32: 4, DType.I64: 8, DType.BOOL: 1}
+_SIZES = {DType.F32: 4, DType.BF16: 2, DType.I8: 1, DType.U8: 1, DType.I32: 4, DType.I64: 8, DType.BOOL: 1,
+          DType.F16: 2}
 _NUMPY = {
     DType.F32: np.dtype(np.float32),
     DType.BF16: np.dtype(ml_dtypes.bfloat16),
@@ -63,8 +65,9 @@ _NUMPY = {
     DType.I32: np.dtype(np.int32),
     DType.I64: np.dtype(np.int64),
     DType.BOOL: np.dtype(np.bool_),
+    DType.F16: np.dtype(np.float16),
 }
 
 INT_RANGES = {DType.I8: (-128, 127), DType.U8: (0, 255), DType.I32: (-(2**31), 2**31 - 1),
               DType.I64: (-(2**63), 2**63 - 1), DType.BOOL: (0, 1)}
-STORAGE_ONLY = (DType.I64, DType.BOOL)  # no arithmetic; moved by DMA and converted by vcvt
+STORAGE_ONLY = (DType.I64, DType.BOOL, DType.F16)  # no arithmetic; moved by DMA and converted by vcvt

@@ -39,8 +39,8 @@ fails when this file is stale).
   row, `x_cs = 0` one column (one value per row). Results are written densely along a
   row (`dst_rs` apart) and may not write one element twice.
 - **Element types** (3-bit `dtype`): f32 = 0, bf16 = 1, i8 = 2, u8 = 3, i32 = 4, and the
-  storage-only i64 = 5 and bool = 6 (one byte, 0 or 1), which DMA moves and `vcvt`
-  converts but nothing computes on. bf16 is the upper half of an fp32; rounding to it is
+  storage-only i64 = 5, bool = 6 (one byte, 0 or 1) and f16 = 7 (IEEE half), which DMA
+  moves and `vcvt` converts but nothing computes on. bf16 is the upper half of an fp32; rounding to it is
   to nearest, ties to even.
 - **Numerics.** Float vector operations are computed in float64 from the operands'
   values and rounded once to fp32 (then to bf16 for bf16 results), which for + - * /

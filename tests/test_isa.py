@@ -261,7 +261,7 @@ def test_integer_immediate_out_of_int32_names_the_field(value):
 
 @pytest.mark.parametrize(("mnemonic", "values", "message"), [
     ("vadd", {"dtype": len(DType)}, "field 'dtype'"),
-    ("vcvt", {"src_dtype": 7}, "field 'src_dtype'"),
+    ("vcvt", {"src_dtype": len(DType)}, "field 'src_dtype'"),
     ("sync", {"engine": 4}, "field 'engine'"),
     ("dma_load", {"esize": 3}, "field 'esize'"),
     ("dma_load", {"esize": 8}, "field 'esize'"),

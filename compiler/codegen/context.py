@@ -23,7 +23,7 @@ from isa.program import Constant
 DRAM_ALIGN = 64
 LOCAL_ALIGN = 64
 IR_TO_DTYPE = {"f32": DType.F32, "bf16": DType.BF16, "i8": DType.I8, "u8": DType.U8, "i32": DType.I32,
-               "i64": DType.I64, "bool": DType.BOOL}
+               "i64": DType.I64, "bool": DType.BOOL, "f16": DType.F16}
 # Widest value each DMA field holds (isa/spec.py): counts 16 bits; strides ds0 16, ds1 24, ds2 32, ls1 16, ls2 24.
 MAX_COUNT = (1 << 16) - 1
 MAX_DS = ((1 << 16) - 1, (1 << 24) - 1, (1 << 32) - 1)

@@ -199,7 +199,7 @@ def _compute_dtype(node: Node, dtypes: list[DType]) -> DType:
         raise unsupported(node, f"the accelerator computes it on floats only, not "
                                 f"{', '.join(sorted(d.asm_name for d in kinds))}")
     if node.op in FLOAT_ONLY or any(d.is_float for d in kinds):
-        if not kinds <= {DType.F32, DType.BF16}:
+        if not kinds <= {DType.F32, DType.BF16, DType.F16}:
             raise unsupported(node, f"mixed input types {sorted(d.asm_name for d in kinds)}")
         return DType.F32
     if len(kinds) != 1:
@@ -276,6 +276,8 @@ def elementwise_kernel(ctx: CodegenContext, node: Node) -> None:
                 builder = TileBuilder(ctx, rt, ct, buffers, compute)
                 if node.op != "Cast":
                     tiles = [t if t.dtype == compute else builder.convert(t, compute) for t in tiles]
+                elif tiles[0].dtype is DType.F16 and not out.dtype.is_float:
+                    tiles = [builder.convert(tiles[0], DType.F32)]  # truncation below needs arithmetic
                 result = RECIPES[node.op](builder, tiles, node.attrs)
                 if node.op == "Cast" and result.dtype.is_float and not out.dtype.is_float:
                     # ONNX casts floats to integers by truncation toward zero.
