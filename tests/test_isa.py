@@ -306,9 +306,13 @@ def test_decode_refuses_invalid_dtype_codes(mnemonic):
     for f in definition.fields:
         if f.kind is not FieldKind.DTYPE:
             continue
-        for code in range(len(DType), 1 << f.width):
-            with pytest.raises(EncodingError, match=f"{mnemonic}: field '{f.name}': {code} is not a dtype"):
-                decode(_bytes(_word(definition.opcode, **{f.name: code})))
+        for code in range(1 << f.width):
+            word = _bytes(_word(definition.opcode, **{f.name: code}))
+            if code < len(DType):  # every defined code decodes to its dtype ...
+                assert decode(word)[f.name] is DType(code)
+            else:  # ... and a code no dtype has is refused
+                with pytest.raises(EncodingError, match=f"{mnemonic}: field '{f.name}': {code} is not a dtype"):
+                    decode(word)
 
 
 def test_decode_refuses_esize_code_3():
