@@ -177,11 +177,17 @@ def run(program: Program, inputs: dict[str, np.ndarray] | None = None, *, check_
         machine.dram[t.dram:t.dram + t.nbytes] = np.ascontiguousarray(inputs[t.name]).view(np.uint8).reshape(-1)
 
     latencies = program_latencies(program)
+    instructions = program.instructions
     queues: list[list[int]] = [[] for _ in Engine]
-    for index, instruction in enumerate(program.instructions):
+    for index, instruction in enumerate(instructions):
         if instruction.mnemonic == "end":
             break
         queues[int(instruction.engine)].append(index)
+    # Per instruction, what the loop needs, read once.
+    waits = [i.fields["wait"] for i in instructions]
+    signals = [i.fields["signal"] for i in instructions]
+    is_sync = [i.definition.mnemonic == "sync" for i in instructions]
+    executors = [EXEC[i.definition.mnemonic] for i in instructions]
 
     checker = HazardChecker({DRAM: machine.dram.size, LOCAL: machine.local.size}, len(Engine)) \
         if check_hazards else None
@@ -189,7 +195,8 @@ def run(program: Program, inputs: dict[str, np.ndarray] | None = None, *, check_
     done_count = [0] * len(Engine)
     tokens: dict[int, list] = {}  # semaphore -> heap of (time, order, clock)
     order = 0
-    heads = [0] * len(Engine)
+    positions = [0] * len(Engine)  # position of each engine's next instruction in its queue
+    heads = [queue[0] if queue else -1 for queue in queues]  # index of each engine's next instruction, -1: none
     next_issue = [0] * len(Engine)  # in-order issue per engine
     completed = [0] * len(Engine)  # latest completion per engine (signals wait for it)
     busy = [0] * len(Engine)  # cycles in the union of each engine's busy intervals
@@ -200,20 +207,22 @@ def run(program: Program, inputs: dict[str, np.ndarray] | None = None, *, check_
     dram_read = dram_written = 0
     events: list[Event] = []
     total = 0
+    dma_latency = config.dma_latency
 
     def earliest_start(engine: int):
         """When the engine's next instruction can start, or None while it waits for a token."""
-        instruction = program.instructions[queues[engine][heads[engine]]]
+        index = heads[engine]
         earliest = next_issue[engine]
-        wait = instruction.fields["wait"]
+        wait = waits[index]
         if wait:
             heap = tokens.get(wait)
             if not heap:
                 return None
-            earliest = max(earliest, heap[0][0])
+            if heap[0][0] > earliest:
+                earliest = heap[0][0]
         if engine == MATRIX:
-            return matrix.start(instruction, earliest)
-        if instruction.definition.mnemonic == "sync":
+            return matrix.start(instructions[index], earliest)
+        if is_sync[index]:
             return max(earliest, completed[engine])
         return earliest
 
@@ -222,51 +231,52 @@ def run(program: Program, inputs: dict[str, np.ndarray] | None = None, *, check_
     unknown = object()
     candidates = [unknown] * ENGINE_COUNT
 
-    def head_wait(engine: int) -> int:
-        if heads[engine] >= len(queues[engine]):
-            return -1
-        return program.instructions[queues[engine][heads[engine]]].fields["wait"]
+    def forget_waiters(semaphore: int) -> None:
+        for other in ENGINE_RANGE:
+            if heads[other] >= 0 and waits[heads[other]] == semaphore:
+                candidates[other] = unknown
 
     while True:
         best = None
-        best_engine = -1
-        for engine in ENGINE_RANGE:
-            if heads[engine] < len(queues[engine]):
-                start = candidates[engine]
+        engine = -1
+        for candidate_engine in ENGINE_RANGE:
+            if heads[candidate_engine] >= 0:
+                start = candidates[candidate_engine]
                 if start is unknown:
-                    start = candidates[engine] = earliest_start(engine)
+                    start = candidates[candidate_engine] = earliest_start(candidate_engine)
                 if start is not None and (best is None or start < best):
-                    best, best_engine = start, engine
+                    best, engine = start, candidate_engine
         if best is None:
-            blocked = [queues[e][heads[e]] for e in ENGINE_RANGE if heads[e] < len(queues[e])]
+            blocked = [heads[e] for e in ENGINE_RANGE if heads[e] >= 0]
             if not blocked:
                 break
             index = blocked[0]
             raise SimulationError(
-                f"deadlock: waits on semaphore {program.instructions[index]['wait']}, which no running "
-                f"instruction will signal", index, _disassemble(program, index))
-        best = (best, best_engine)
-        start, engine = best
-        index = queues[engine][heads[engine]]
-        heads[engine] += 1
-        instruction = program.instructions[index]
-        wait = instruction.fields["wait"]
+                f"deadlock: waits on semaphore {waits[index]}, which no running instruction will signal",
+                index, _disassemble(program, index))
+        start = best
+        index = heads[engine]
+        positions[engine] += 1
+        queue = queues[engine]
+        heads[engine] = queue[positions[engine]] if positions[engine] < len(queue) else -1
         candidates[engine] = unknown
+        wait = waits[index]
         if wait:
             _, _, token_clock = heapq.heappop(tokens[wait])
             if checker is not None:  # vector clocks serve only the hazard check
                 np.maximum(clocks[engine], token_clock, out=clocks[engine])
-            for other in ENGINE_RANGE:
-                if head_wait(other) == wait:
-                    candidates[other] = unknown
+            forget_waiters(wait)
+        instruction = instructions[index]
         try:
-            effects = EXEC[instruction.mnemonic](machine, instruction)
+            effects = executors[index](machine, instruction)
         except OperandError as err:
             raise SimulationError(str(err), index, _disassemble(program, index)) from None
         latency = latencies[index]
-        if (engine == LOAD or engine == STORE) and instruction.definition.mnemonic != "sync":
-            transfer_start = max(start + config.dma_latency, dram_channel_free)
-            end = transfer_start + latency - config.dma_latency
+        if (engine == LOAD or engine == STORE) and not is_sync[index]:
+            transfer_start = start + dma_latency
+            if dram_channel_free > transfer_start:
+                transfer_start = dram_channel_free
+            end = transfer_start + latency - dma_latency
             dram_channel_free = end
             next_issue[engine] = start + 1
             busy_from, engine_busy = transfer_start, end - transfer_start  # cycles its data is on the channel
@@ -278,26 +288,28 @@ def run(program: Program, inputs: dict[str, np.ndarray] | None = None, *, check_
             end = start + latency
             busy_from, engine_busy = start, latency
             next_issue[engine] = end
-        busy[engine] += max(0, busy_from + engine_busy - max(busy_from, busy_until[engine]))
-        busy_until[engine] = max(busy_until[engine], busy_from + engine_busy)
-        completed[engine] = max(completed[engine], end)
+        busy_end = busy_from + engine_busy
+        if busy_end > busy_until[engine]:
+            busy[engine] += busy_end - max(busy_from, busy_until[engine])
+            busy_until[engine] = busy_end
+        if end > completed[engine]:
+            completed[engine] = end
         done_count[engine] += 1
         if checker is not None:
             clocks[engine][engine] = done_count[engine]
             checker.record(index, engine, clocks[engine], effects.accesses)
-        signal = instruction.fields["signal"]
+        signal = signals[index]
         if signal:
             order += 1
             token_clock = clocks[engine].copy() if checker is not None else None
             heapq.heappush(tokens.setdefault(signal, []), (completed[engine], order, token_clock))
-            for other in ENGINE_RANGE:
-                if head_wait(other) == signal:
-                    candidates[other] = unknown
+            forget_waiters(signal)
         if effects.macs:
             macs[effects.macs_dtype] = macs.get(effects.macs_dtype, 0) + effects.macs
         dram_read += effects.dram_read
         dram_written += effects.dram_written
-        total = max(total, end)
+        if end > total:
+            total = end
         if keep_events:
             events.append(Event(index, engine, start, end))
 
