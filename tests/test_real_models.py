@@ -22,7 +22,8 @@ FP32 = TOLERANCES["fp32"]
 
 
 def check(model: onnx.ModelProto, config: str, inputs: dict | None = None, input_shapes: dict | None = None):
-    program = compile(model, config, input_shapes=input_shapes)
+    # The verifier runs after import and after every pass.
+    program = compile(model, config, input_shapes=input_shapes, verify_each=True)
     if inputs is None:
         rng = np.random.default_rng(1)
         inputs = {t.name: rng.standard_normal(t.shape).astype(np.float32) for t in program.inputs}
