@@ -119,3 +119,30 @@ def test_decompose_batchnorm():
 
 def test_decompose_batchnorm_changes_nothing_without_batchnorm():
     assert run_pass(decompose_batchnorm, IDENTITY_AFTER) == same(IDENTITY_AFTER)
+
+
+def test_batchnorm_at_O0_and_O1_matches_onnxruntime():
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from compiler.pipeline import compile
+    from runtime.simulator import run
+
+    rng = np.random.default_rng(0)
+    params = {"W": rng.standard_normal((4, 3, 3, 3)), "b": rng.standard_normal(4), "scale": rng.uniform(0.5, 2, 4),
+              "shift": rng.standard_normal(4), "mean": rng.standard_normal(4), "var": rng.uniform(0.5, 2, 4)}
+    inits = [helper.make_tensor(k, TensorProto.FLOAT, v.shape, v.astype(np.float32).ravel()) for k, v in params.items()]
+    nodes = [helper.make_node("Conv", ["x", "W", "b"], ["y"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["y", "scale", "shift", "mean", "var"], ["z"], epsilon=1e-3),
+             helper.make_node("Relu", ["z"], ["r"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, (1, 3, 6, 6))],
+                              [helper.make_tensor_value_info("r", TensorProto.FLOAT, (1, 4, 6, 6))], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.standard_normal((1, 3, 6, 6)).astype(np.float32)
+    expected = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    counts = {}
+    for level in (0, 1):
+        program = compile(model, "edge", opt_level=level, verify_each=True)
+        counts[level] = len(program.instructions)
+        np.testing.assert_allclose(run(program, {"x": x}).outputs["r"], expected, rtol=1e-5, atol=1e-5)
+    assert counts[1] < counts[0]  # -O1 folds the BatchNormalization into the Conv
