@@ -56,6 +56,12 @@ class Instruction:
             _field_bits(f, fields[name], dtype)  # refuse now what could not be encoded later
         self.fields = fields
 
+    def set_sync(self, wait: int, signal: int) -> None:
+        """Set the semaphore fields in place (for the instruction's creator, before anyone shares it)."""
+        for name, value in (("wait", wait), ("signal", signal)):
+            _field_bits(_HEADER_FIELDS[name], value, DType.F32)
+            self.fields[name] = value
+
     def with_sync(self, wait: int, signal: int) -> Instruction:
         """The same instruction with other semaphore fields."""
         copy = Instruction.__new__(Instruction)

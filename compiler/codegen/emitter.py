@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import bisect
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -42,15 +41,17 @@ def pair_semaphore(producer: int, consumer: int) -> int:
     return 1 + producer * (ENGINES - 1) + (consumer if consumer < producer else consumer - 1)
 
 
-@dataclass
 class _Item:
-    instruction: Instruction
-    engine: int
-    node: str | None
-    before: list[Instruction] = field(default_factory=list)  # syncs that take extra tokens
-    after: list[Instruction] = field(default_factory=list)  # syncs that give extra tokens
-    signal: int = 0
-    wait: int = 0
+    """One emitted instruction and the synchronisation it gets (lists made only when needed:
+    a large model has millions of items)."""
+
+    __slots__ = ("instruction", "engine", "node", "before", "after", "signal", "wait")
+
+    def __init__(self, instruction: Instruction, engine: int, node: str | None):
+        self.instruction, self.engine, self.node = instruction, engine, node
+        self.before: list[Instruction] | None = None  # syncs that take extra tokens
+        self.after: list[Instruction] | None = None  # syncs that give extra tokens
+        self.signal = self.wait = 0
 
 
 class Emitter:
@@ -150,11 +151,12 @@ class Emitter:
             if producer_item.signal == 0:
                 producer_item.signal = semaphore
             else:
-                producer_item.after.append(Instruction("sync", engine=Engine(producer), signal=semaphore))
+                producer_item.after = (producer_item.after or []) + [
+                    Instruction("sync", engine=Engine(producer), signal=semaphore)]
             if item.wait == 0:
                 item.wait = semaphore
             else:
-                item.before.append(Instruction("sync", engine=Engine(engine), wait=semaphore))
+                item.before = (item.before or []) + [Instruction("sync", engine=Engine(engine), wait=semaphore)]
             for other, known in enumerate(self.clock_at[producer][seq - 1]):
                 if known > clock[other]:
                     clock[other] = known
@@ -177,12 +179,14 @@ class Emitter:
         code: list[Instruction] = []
         nodes: list[str | None] = []
         for item in self.items:
-            for sync in item.before:
+            for sync in item.before or ():
                 code.append(sync)
                 nodes.append(item.node)
-            code.append(item.instruction.with_sync(item.wait, item.signal))
+            # The instruction is the emitter's own: give it its semaphores in place.
+            item.instruction.set_sync(item.wait, item.signal)
+            code.append(item.instruction)
             nodes.append(item.node)
-            for sync in item.after:
+            for sync in item.after or ():
                 code.append(sync)
                 nodes.append(item.node)
         code.append(Instruction("end"))
