@@ -1,4 +1,6 @@
-"""Conv, MaxPool and AveragePool kernels against onnxruntime, on tiny (tiling forced) and edge."""
+"""Conv, ConvTranspose, MaxPool and AveragePool kernels against onnxruntime, on tiny (tiling
+forced) and edge, with 1, 2 and 3 spatial axes, and with filters (and bias) that are
+graph inputs rather than constants: every program runs hazard-free."""
 
 import numpy as np
 import onnxruntime as ort
@@ -10,30 +12,56 @@ from compiler.ir import Graph, Node, Value
 from isa.config import load_config
 from runtime.simulator import run
 
+CONFIGS = ["tiny", "edge"]
 
-def reference(op: str, x: np.ndarray, attrs: dict, initializers: dict) -> np.ndarray:
+
+def reference(op: str, values: dict, attrs: dict, runtime: set) -> np.ndarray:
+    """onnxruntime's result for one node whose inputs are `values` in order; those named in
+    `runtime` (and the first) are graph inputs, the rest initializers."""
+    feeds = {name: value for i, (name, value) in enumerate(values.items()) if i == 0 or name in runtime}
     inits = [helper.make_tensor(name, TensorProto.FLOAT, value.shape, value.ravel()) for name, value in
-             initializers.items()]
-    node = helper.make_node(op, ["x", *initializers], ["y"], **attrs)
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+             values.items() if name not in feeds]
+    node = helper.make_node(op, list(values), ["y"], **attrs)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(name, TensorProto.FLOAT, value.shape)
+                                            for name, value in feeds.items()],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
-    return ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    return ort.InferenceSession(model.SerializeToString()).run(None, feeds)[0]
 
 
-def simulate(op: str, x: np.ndarray, attrs: dict, initializers: dict, shape, config: str) -> np.ndarray:
+def simulate(op: str, values: dict, attrs: dict, runtime: set, shape, config: str) -> np.ndarray:
+    """The same node compiled for `config` and simulated with the hazard check."""
     graph = Graph()
-    graph.add_value(Value("x", "f32", x.shape))
-    graph.inputs = ["x"]
-    for name, value in initializers.items():
-        graph.const(name, value)
+    feeds = {name: value for i, (name, value) in enumerate(values.items()) if i == 0 or name in runtime}
+    for name, value in values.items():
+        if name in feeds:
+            graph.add_value(Value(name, "f32", value.shape))
+            graph.inputs.append(name)
+        else:
+            graph.const(name, value)
     graph.add_value(Value("y", "f32", shape))
     graph.outputs = ["y"]
-    graph.nodes = [Node(op, ["x", *initializers], ["y"], attrs, "node")]
-    result = run(generate(graph, load_config(config)), {"x": x}, check_hazards=True)
+    graph.nodes = [Node(op, list(values), ["y"], attrs, "node")]
+    result = run(generate(graph, load_config(config)), feeds, check_hazards=True)
     assert not result.hazards
     assert result.stats["cycles"] >= result.stats["roofline_cycles"]
     return result.outputs["y"]
+
+
+def check(op: str, values: dict, attrs: dict, config: str, runtime: set = frozenset(), ir_attrs: dict | None = None,
+          tolerance: float = 1e-5) -> None:
+    expected = reference(op, values, attrs, runtime)
+    actual = simulate(op, values, ir_attrs or attrs, runtime, expected.shape, config)
+    np.testing.assert_allclose(actual, expected, rtol=tolerance, atol=tolerance * max(np.abs(expected).max(), 1))
+
+
+def conv_values(seed: int, x_shape, w_shape, bias_channels: int | None) -> dict:
+    rng = np.random.default_rng(seed)
+    values = {"x": rng.standard_normal(x_shape).astype(np.float32),
+              "W": rng.standard_normal(w_shape).astype(np.float32)}
+    if bias_channels:
+        values["b"] = rng.standard_normal(bias_channels).astype(np.float32)
+    return values
 
 
 CONV_CASES = [
@@ -43,20 +71,68 @@ CONV_CASES = [
     ((1, 8, 6, 6), (8, 1, 3, 3), dict(pads=[1, 1, 1, 1], strides=[2, 2], group=8), False),
     ((1, 6, 5, 17), (4, 6, 1, 1), dict(), True),
     ((2, 3, 15), (4, 3, 3), dict(pads=[1, 1], strides=[2]), True),
+    # 3-D: filters stationary (wide depth slices), patch stationary (more output channels than
+    # a slice has pixels), strides/dilations/asymmetric pads with groups, depthwise.
+    ((1, 3, 5, 6, 7), (4, 3, 3, 3, 3), dict(pads=[1, 1, 1, 1, 1, 1]), True),
+    ((1, 8, 3, 8, 10), (12, 8, 3, 3, 3), dict(pads=[1, 1, 1, 1, 1, 1]), False),
+    ((1, 4, 4, 3, 3), (16, 4, 2, 2, 2), dict(), True),
+    ((2, 4, 6, 5, 7), (6, 2, 2, 3, 2), dict(pads=[0, 1, 1, 1, 0, 2], strides=[2, 1, 2], dilations=[1, 2, 1],
+                                            group=2), True),
+    ((1, 6, 4, 5, 5), (6, 1, 3, 3, 3), dict(pads=[1, 1, 1, 1, 1, 1], strides=[1, 2, 2], group=6), True),
 ]
 
 
-@pytest.mark.parametrize("config", ["tiny", "edge"])
+@pytest.mark.parametrize("config", CONFIGS)
 @pytest.mark.parametrize("x_shape,w_shape,attrs,bias", CONV_CASES)
 def test_conv(config, x_shape, w_shape, attrs, bias):
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal(x_shape).astype(np.float32)
-    initializers = {"W": rng.standard_normal(w_shape).astype(np.float32)}
-    if bias:
-        initializers["b"] = rng.standard_normal(w_shape[0]).astype(np.float32)
-    expected = reference("Conv", x, attrs, initializers)
-    actual = simulate("Conv", x, attrs, initializers, expected.shape, config)
-    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    check("Conv", conv_values(0, x_shape, w_shape, w_shape[0] if bias else None), attrs, config)
+
+
+CONV_TRANSPOSE_CASES = [
+    ((1, 3, 4, 5), (3, 2, 3, 3), dict(strides=[2, 2])),
+    ((1, 4, 5, 5), (4, 3, 3, 3), dict(strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 1])),
+    ((2, 4, 3, 4), (4, 2, 2, 3), dict(strides=[1, 2], dilations=[2, 1], group=2, pads=[0, 1, 1, 0])),
+    ((1, 2, 6, 6), (2, 3, 3, 3), dict(pads=[2, 2, 2, 2])),  # padding larger than the kernel reach: cropping
+    ((1, 3, 7), (3, 2, 3), dict(strides=[3])),
+    ((1, 2, 3, 4, 3), (2, 3, 2, 3, 3), dict(strides=[2, 1, 2], pads=[0, 1, 1, 1, 0, 0], output_padding=[1, 0, 1])),
+    ((1, 4, 3, 3, 4), (4, 2, 3, 2, 2), dict(strides=[1, 2, 2], dilations=[2, 1, 1], group=2)),
+]
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("x_shape,w_shape,attrs", CONV_TRANSPOSE_CASES)
+def test_conv_transpose(config, x_shape, w_shape, attrs):
+    values = conv_values(2, x_shape, w_shape, w_shape[1] * attrs.get("group", 1))
+    check("ConvTranspose", values, attrs, config, ir_attrs=dict(attrs, kernel_shape=list(w_shape[2:])))
+
+
+# Filters (and bias) that are graph inputs: arranged on the accelerator at run time, in
+# both orientations (patch stationary: [group, cout, K]; filters stationary: [group, K, cout]).
+RUNTIME_CASES = [
+    ("Conv", (1, 3, 9, 11), (5, 3, 3, 3), dict(pads=[1, 1, 1, 1]), {"W"}),
+    ("Conv", (1, 3, 9, 11), (5, 3, 3, 3), dict(pads=[1, 1, 1, 1]), {"b"}),
+    ("Conv", (2, 4, 10, 7), (6, 2, 3, 2), dict(pads=[0, 1, 2, 0], strides=[2, 1], dilations=[1, 2], group=2),
+     {"W", "b"}),
+    ("Conv", (1, 6, 2, 3), (16, 6, 1, 1), dict(), {"W", "b"}),  # [cout, cin] is already arranged: no copy
+    ("Conv", (1, 16, 6, 3), (24, 16, 3, 3), dict(pads=[1, 1, 1, 1]), {"W"}),  # more output channels than pixels
+    ("Conv", (2, 3, 15), (4, 3, 3), dict(pads=[1, 1], strides=[2]), {"W", "b"}),
+    ("Conv", (1, 4, 4, 5, 6), (6, 2, 2, 3, 2), dict(pads=[0, 1, 1, 1, 0, 1], strides=[1, 2, 1], group=2),
+     {"W", "b"}),
+    ("ConvTranspose", (1, 3, 4, 5), (3, 2, 3, 3), dict(strides=[2, 2]), {"W"}),
+    ("ConvTranspose", (2, 4, 3, 4), (4, 2, 2, 3), dict(strides=[1, 2], dilations=[2, 1], group=2, pads=[0, 1, 1, 0]),
+     {"W", "b"}),
+    ("ConvTranspose", (1, 3, 7), (3, 2, 3), dict(strides=[3]), {"W", "b"}),
+    ("ConvTranspose", (1, 8, 2, 2), (8, 24, 2, 2), dict(), {"W"}),  # more output channels than pixels
+    ("ConvTranspose", (1, 2, 3, 4, 3), (2, 3, 2, 3, 3), dict(strides=[2, 1, 2], output_padding=[1, 0, 1]), {"W"}),
+]
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("op,x_shape,w_shape,attrs,runtime", RUNTIME_CASES)
+def test_filters_at_run_time(config, op, x_shape, w_shape, attrs, runtime):
+    channels = w_shape[0] if op == "Conv" else w_shape[1] * attrs.get("group", 1)
+    values = conv_values(3, x_shape, w_shape, channels)
+    check(op, values, attrs, config, runtime=runtime, ir_attrs=dict(attrs, kernel_shape=list(w_shape[2:])))
 
 
 POOL_CASES = [
@@ -69,36 +145,19 @@ POOL_CASES = [
                                         count_include_pad=1)),
     ("AveragePool", (1, 6, 7, 7), dict(kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1)),
     ("AveragePool", (1, 2, 9), dict(kernel_shape=[2], strides=[2])),
+    ("MaxPool", (1, 3, 5, 6, 7), dict(kernel_shape=[2, 3, 3], pads=[1, 1, 1, 0, 1, 1], strides=[2, 2, 2])),
+    ("MaxPool", (2, 2, 7, 6, 7), dict(kernel_shape=[2, 2, 3], strides=[2, 2, 1], dilations=[2, 1, 2], ceil_mode=1)),
+    ("AveragePool", (1, 4, 4, 6, 6), dict(kernel_shape=[2, 2, 2], strides=[2, 2, 2])),
+    ("AveragePool", (1, 3, 5, 6, 7), dict(kernel_shape=[3, 2, 3], pads=[1, 0, 1, 1, 1, 0], strides=[2, 2, 2])),
+    ("AveragePool", (1, 3, 5, 6, 7), dict(kernel_shape=[3, 2, 3], pads=[1, 0, 1, 1, 1, 0], strides=[2, 2, 2],
+                                          count_include_pad=1)),
+    ("AveragePool", (1, 2, 7, 7, 6), dict(kernel_shape=[3, 3, 2], strides=[2, 2, 2], dilations=[1, 2, 1],
+                                          ceil_mode=1)),
 ]
 
 
-@pytest.mark.parametrize("config", ["tiny", "edge"])
+@pytest.mark.parametrize("config", CONFIGS)
 @pytest.mark.parametrize("op,x_shape,attrs", POOL_CASES)
 def test_pool(config, op, x_shape, attrs):
     x = np.random.default_rng(1).standard_normal(x_shape).astype(np.float32)
-    expected = reference(op, x, attrs, {})
-    actual = simulate(op, x, attrs, {}, expected.shape, config)
-    np.testing.assert_allclose(actual, expected, rtol=1e-6, atol=1e-6)
-
-
-CONV_TRANSPOSE_CASES = [
-    ((1, 3, 4, 5), (3, 2, 3, 3), dict(strides=[2, 2])),
-    ((1, 4, 5, 5), (4, 3, 3, 3), dict(strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 1])),
-    ((2, 4, 3, 4), (4, 2, 2, 3), dict(strides=[1, 2], dilations=[2, 1], group=2, pads=[0, 1, 1, 0])),
-    ((1, 2, 6, 6), (2, 3, 3, 3), dict(pads=[2, 2, 2, 2])),  # padding larger than the kernel reach: cropping
-    ((1, 3, 7), (3, 2, 3), dict(strides=[3])),
-]
-
-
-@pytest.mark.parametrize("config", ["tiny", "edge"])
-@pytest.mark.parametrize("x_shape,w_shape,attrs", CONV_TRANSPOSE_CASES)
-def test_conv_transpose(config, x_shape, w_shape, attrs):
-    rng = np.random.default_rng(2)
-    x = rng.standard_normal(x_shape).astype(np.float32)
-    groups = attrs.get("group", 1)
-    initializers = {"W": rng.standard_normal(w_shape).astype(np.float32),
-                    "b": rng.standard_normal(w_shape[1] * groups).astype(np.float32)}
-    expected = reference("ConvTranspose", x, attrs, initializers)
-    actual = simulate("ConvTranspose", x, dict(attrs, kernel_shape=list(w_shape[2:])), initializers, expected.shape,
-                      config)
-    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    check(op, {"x": x}, attrs, config, tolerance=1e-6)

@@ -1,27 +1,36 @@
-"""Conv on the systolic array in NCHW, with the input patch as the stationary operand.
+"""Conv on the systolic array in NCDHW, with the input patch as the stationary operand.
 
-For one kernel position (kh, kw) and a block of input channels, the pixels an output
-tile needs form a strided window of the (padded) input, `X[cin, pixels]`, which one DMA
-brings in densely; it is loaded into the array as the weight tile (K = channels, N =
-pixels). The streamed rows are the filter taps `W[cout, cin]` of that kernel position,
-and the accumulator collects `Y[cout, pixels]`: exactly NCHW rows, stored with one DMA.
-Summing over kernel positions and channel blocks is the matmul's accumulate flag.
+Convolutions of one, two and three spatial axes are all handled as 3-D (depth, height,
+width); the missing leading axes have size one. For one kernel position (kd, kh, kw) and a
+block of input channels, the pixels an output tile needs form a strided window of the
+(padded) input, `X[cin, pixels]`, which one DMA brings in densely; it is loaded into the
+array as the weight tile (K = channels, N = pixels). The streamed rows are the filter taps
+`W[cout, cin]` of that kernel position, and the accumulator collects `Y[cout, pixels]`:
+exactly NCHW rows, stored with one DMA. Summing over kernel positions and channel blocks
+is the matmul's accumulate flag. Pixel tiles lie within one output depth slice: whole
+output rows when a row is narrower than the array, else row segments.
 
-Filters are rearranged at compile time to [group, kh, kw, cout, cin]; when one output
-channel block's filters fit the scratchpad they are loaded once and stay there for every
-pixel tile. Padding is materialised once in DRAM (zeros around a copy of the input).
-Pixel tiles are whole output rows when a row is narrower than the array, else row
-segments.
+The filters are arranged as [group, K, cout] or [group, cout, K], K ordered (kd, kh, kw,
+channel) as the K tiles are: at compile time when they are a constant, else on the
+accelerator by a (transposing) copy into a scratch DRAM tensor. When one output channel
+block's filters fit the scratchpad they are loaded once and stay there for every pixel
+tile. Padding is materialised once in DRAM (zeros around a copy of the input).
+ConvTranspose is a stride-1 convolution of the input spread out with zeros; instead of
+flipping its filters, each kernel position's patch is read at the mirrored position.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from compiler.codegen.context import CodegenContext, View, unsupported
+import numpy as np
+
+from compiler.codegen.context import CodegenContext, View, merge_dims, unsupported
 from compiler.codegen.kernels.movement import Stager
 from compiler.ir import Node
 from isa.dtypes import DType
+
+SPATIAL = 3  # every kernel here works on (depth, height, width)
 
 
 def pixel_tiles(out_h: int, out_w: int, width: int) -> list[tuple[int, int, int, int]]:
@@ -32,36 +41,45 @@ def pixel_tiles(out_h: int, out_w: int, width: int) -> list[tuple[int, int, int,
     return [(oh, 1, ow, min(width, out_w - ow)) for oh in range(out_h) for ow in range(0, out_w, width)]
 
 
-def padded(ctx: CodegenContext, x: View, pads: tuple[int, int, int, int], value: float,
-           min_size: tuple[int, int] = (0, 0)) -> View:
-    """x (N, C, H, W) surrounded by `value`: pads = (top, left, bottom, right); the result is at
-    least `min_size` high and wide (ceil-mode pooling reads past the explicit padding)."""
-    top, left, bottom, right = pads
-    n, c, h, w = x.shape
-    height = max(h + top + bottom, min_size[0])
-    width = max(w + left + right, min_size[1])
-    if (height, width) == (h, w):
+def padded(ctx: CodegenContext, x: View, pads, value: float, min_size: tuple[int, ...] | None = None) -> View:
+    """x (N, C, *spatial) surrounded by `value`: pads = the begins, then the ends, of each spatial
+    axis; the result is at least `min_size` along each (ceil-mode pooling reads past the
+    explicit padding)."""
+    spatial = len(x.shape) - 2
+    begins, ends = list(pads[:spatial]), list(pads[spatial:])
+    min_size = min_size or (0,) * spatial
+    sizes = tuple(max(n + b + e, m) for n, b, e, m in zip(x.shape[2:], begins, ends, min_size, strict=True))
+    if sizes == x.shape[2:]:
         return x
-    result = ctx.allocate((n, c, height, width), x.dtype)
+    result = ctx.allocate(x.shape[:2] + sizes, x.dtype)
     stager = Stager(ctx, fill_elements=result.size)
     stager.fill(result, value)
-    stager.copy(x, result.window(2, top, top + h).window(3, left, left + w))
+    inner = result
+    for axis, (begin, n) in enumerate(zip(begins, x.shape[2:], strict=True)):
+        inner = inner.window(2 + axis, begin, begin + n)
+    stager.copy(x, inner)
     return result
 
 
-def as_2d(node: Node, x: View, out: View, attrs: dict):
-    """1-D convolution and pooling as 2-D with a height of one."""
-    if len(x.shape) == 4:
-        return x, out, attrs
-    if len(x.shape) != 3:
-        raise unsupported(node, f"{len(x.shape) - 2}-D spatial input; only 1-D and 2-D are supported")
-    x4 = View(x.addr, x.dtype, x.shape[:2] + (1,) + x.shape[2:], x.strides[:2] + (0,) + x.strides[2:])
-    out4 = View(out.addr, out.dtype, out.shape[:2] + (1,) + out.shape[2:], out.strides[:2] + (0,) + out.strides[2:])
-    pads = attrs.get("pads", [0, 0])
-    attrs = dict(attrs, kernel_shape=[1] + list(attrs["kernel_shape"]), strides=[1] + list(attrs.get("strides", [1])),
-                 dilations=[1] + list(attrs.get("dilations", [1])), pads=[0, pads[0], 0, pads[1]],
-                 output_padding=[0] + list(attrs.get("output_padding", [0])))
-    return x4, out4, attrs
+def as_3d(node: Node, x: View, out: View, attrs: dict):
+    """1-D and 2-D convolution and pooling as 3-D, with leading spatial axes of size one."""
+    spatial = len(x.shape) - 2
+    if not 1 <= spatial <= SPATIAL:
+        raise unsupported(node, f"{spatial}-D spatial input; only 1-D, 2-D and 3-D are supported")
+    missing = SPATIAL - spatial
+    ones, zeros = [1] * missing, [0] * missing
+
+    def widen(view: View) -> View:
+        return View(view.addr, view.dtype, view.shape[:2] + (1,) * missing + view.shape[2:],
+                    view.strides[:2] + (0,) * missing + view.strides[2:])
+
+    pads = list(attrs.get("pads", [0] * (2 * spatial)))
+    attrs = dict(attrs, kernel_shape=ones + list(attrs["kernel_shape"]),
+                 strides=ones + list(attrs.get("strides", [1] * spatial)),
+                 dilations=ones + list(attrs.get("dilations", [1] * spatial)),
+                 pads=zeros + pads[:spatial] + zeros + pads[spatial:],
+                 output_padding=zeros + list(attrs.get("output_padding", [0] * spatial)))
+    return widen(x), widen(out), attrs
 
 
 @dataclass(frozen=True)
@@ -70,21 +88,34 @@ class ConvShape:
     groups: int
     cin_group: int
     cout_group: int
-    kernel: tuple[int, int]
-    strides: tuple[int, int]
-    dilations: tuple[int, int]
-    out: tuple[int, int]
-    source: View  # the padded input, NCHW
+    kernel: tuple[int, int, int]
+    strides: tuple[int, int, int]
+    dilations: tuple[int, int, int]
+    out: tuple[int, int, int]
+    source: View  # the padded input, NCDHW
+    mirrored: bool = False  # kernel position p reads the input at the position of kernel - 1 - p
 
     @property
     def k_total(self) -> int:
-        """The reduction length: kernel positions x input channels, ordered (kh, kw, channel)."""
-        return self.kernel[0] * self.kernel[1] * self.cin_group
+        """The reduction length: kernel positions x input channels, ordered (kd, kh, kw, channel)."""
+        return self.kernel[0] * self.kernel[1] * self.kernel[2] * self.cin_group
 
-    def k_tiles(self, rows: int) -> list[tuple[int, int, list[tuple[int, int, int, int]]]]:
+    @property
+    def slice_pixels(self) -> int:
+        """Output pixels of one depth slice: the most one pixel tile holds."""
+        return self.out[1] * self.out[2]
+
+    def pixel_tiles(self, width: int) -> list[tuple[int, int, int, int, int]]:
+        """(depth, first row, rows, first column, columns) of each tile of at most `width` output
+        pixels, each within one output depth slice."""
+        tiles = pixel_tiles(self.out[1], self.out[2], width)
+        return [(od, *tile) for od in range(self.out[0]) for tile in tiles]
+
+    def k_tiles(self, rows: int) -> list[tuple[int, int, list[tuple[int, tuple[int, int, int], int, int]]]]:
         """Tiles of at most `rows` reduction indices: (first index, length, pieces), each piece
-        (row in the tile, kh, kw, first channel, channels) one kernel position's channel run.
-        Packing positions into a tile keeps the array full when there are few channels."""
+        (row in the tile, kernel position (kd, kh, kw), first channel, channels) one kernel
+        position's channel run. Packing positions into a tile keeps the array full when there
+        are few channels."""
         tiles = []
         for k0 in range(0, self.k_total, rows):
             kt = min(rows, self.k_total - k0)
@@ -93,98 +124,130 @@ class ConvShape:
             while index < k0 + kt:
                 position, channel = divmod(index, self.cin_group)
                 count = min(self.cin_group - channel, k0 + kt - index)
-                kh, kw = divmod(position, self.kernel[1])
-                pieces.append((index - k0, kh, kw, channel, count))
+                kd, rest = divmod(position, self.kernel[1] * self.kernel[2])
+                pieces.append((index - k0, (kd, *divmod(rest, self.kernel[2])), channel, count))
                 index += count
             tiles.append((k0, kt, pieces))
         return tiles
 
-    def load_patch(self, ctx: CodegenContext, local: int, n: int, group: int, pieces, oh0: int, nrows: int,
+    def load_patch(self, ctx: CodegenContext, local: int, n: int, group: int, pieces, od: int, oh0: int, nrows: int,
                    ow0: int, ncols: int) -> None:
-        """The input pixels of a K tile for output rows oh0.., columns ow0..: a dense [kt, pixels] tile."""
+        """The input pixels of a K tile for output depth od, rows oh0.., columns ow0..: a dense
+        [kt, pixels] tile."""
         pixels = nrows * ncols
-        _, channel_stride, row_stride, col_stride = self.source.strides
-        for row, kh, kw, channel, count in pieces:
-            first_row = oh0 * self.strides[0] + kh * self.dilations[0]
-            first_col = ow0 * self.strides[1] + kw * self.dilations[1]
+        _, channel_stride, depth_stride, row_stride, col_stride = self.source.strides
+        for row, position, channel, count in pieces:
+            if self.mirrored:
+                position = tuple(k - 1 - p for k, p in zip(self.kernel, position, strict=True))
+            first_depth, first_row, first_col = (o * s + p * d for o, s, p, d in
+                                                 zip((od, oh0, ow0), self.strides, position, self.dilations,
+                                                     strict=True))
             first = group * self.cin_group + channel
-            offset = first * channel_stride + first_row * row_stride + first_col * col_stride
+            offset = (first * channel_stride + first_depth * depth_stride + first_row * row_stride
+                      + first_col * col_stride)
             window = View(self.source.at(n).addr + offset * 4, DType.F32, (count, nrows, ncols),
-                          (channel_stride, self.strides[0] * row_stride, self.strides[1] * col_stride))
+                          (channel_stride, self.strides[1] * row_stride, self.strides[2] * col_stride))
             ctx.dma_in(local + row * pixels * 4, window)
 
 
-def conv_kernel(ctx: CodegenContext, node: Node) -> None:
+def conv_filters(ctx: CodegenContext, node: Node, groups: int, kernel: tuple[int, int, int], transposed: bool):
+    """W as [group, cout/group, cin/group, kd, kh, kw]: a numpy array when it is a constant, else a
+    view of its DRAM. Conv's W is [cout, cin/group, k...], ConvTranspose's [cin, cout/group, k...]."""
     weight = ctx.graph.values[node.inputs[1]]
-    if not weight.is_const:
-        raise unsupported(node, "filters computed at run time")
-    x, out, attrs = as_2d(node, ctx.view(node.inputs[0]), ctx.view(node.outputs[0]),
+    first, second = weight.shape[:2]
+    shape = (groups, first // groups, second) + tuple(kernel)
+    if weight.is_const:
+        filters = np.asarray(weight.const).reshape(shape)
+    else:
+        view = ctx.view(node.inputs[1])
+        if view.dtype != DType.F32:
+            raise unsupported(node, f"{view.dtype.asm_name} filters are not supported yet")
+        filters = view.reshape_dense(shape)
+    return filters.transpose((0, 2, 1, 3, 4, 5)) if transposed else filters
+
+
+def arranged_filters(ctx: CodegenContext, node: Node, filters, perm: tuple[int, ...], shape: tuple[int, ...],
+                     suffix: str) -> View:
+    """filters.transpose(perm) as a dense DRAM tensor of `shape`: a constant made at compile time,
+    or the run-time filters copied into scratch DRAM by the accelerator (no copy when the
+    permuted view is already dense)."""
+    if isinstance(filters, np.ndarray):
+        return ctx.constant(filters.transpose(perm).reshape(shape), DType.F32, node.inputs[1] + suffix)
+    permuted = filters.transpose(perm)
+    if merge_dims(permuted.shape, permuted.strides)[1] == (1,):
+        return View.dense(permuted.addr, DType.F32, shape)
+    target = ctx.allocate(permuted.shape, DType.F32)
+    Stager(ctx).copy(permuted, target)
+    return target.reshape_dense(shape)
+
+
+def _checked(ctx: CodegenContext, node: Node):
+    weight = ctx.graph.values[node.inputs[1]]
+    x, out, attrs = as_3d(node, ctx.view(node.inputs[0]), ctx.view(node.outputs[0]),
                           dict(node.attrs, kernel_shape=list(weight.shape[2:])))
     if x.dtype != DType.F32 or out.dtype != DType.F32:
         raise unsupported(node, f"{x.dtype.asm_name} convolution is not supported yet")
-    filters = weight.const.reshape(weight.shape[0], weight.shape[1], *attrs["kernel_shape"])
-    source = padded(ctx, x, tuple(attrs.get("pads", [0, 0, 0, 0])), 0.0)
-    convolve(ctx, node, source, filters, int(attrs.get("group", 1)), tuple(attrs.get("strides", [1, 1])),
-             tuple(attrs.get("dilations", [1, 1])), out)
+    return x, out, attrs
+
+
+def conv_kernel(ctx: CodegenContext, node: Node) -> None:
+    x, out, attrs = _checked(ctx, node)
+    groups = int(attrs.get("group", 1))
+    kernel = tuple(attrs["kernel_shape"])
+    filters = conv_filters(ctx, node, groups, kernel, transposed=False)
+    source = padded(ctx, x, attrs["pads"], 0.0)
+    convolve(ctx, node, source, filters, groups, tuple(attrs["strides"]), tuple(attrs["dilations"]), out)
 
 
 def conv_transpose_kernel(ctx: CodegenContext, node: Node) -> None:
     """ConvTranspose as a stride-1 Conv of the input spread out with zeros (stride - 1 between
     pixels) and padded by dilation * (kernel - 1) - pads (cropped where that is negative),
-    with the filters flipped and their in/out channels swapped per group."""
-    weight = ctx.graph.values[node.inputs[1]]
-    if not weight.is_const:
-        raise unsupported(node, "filters computed at run time")
-    x, out, attrs = as_2d(node, ctx.view(node.inputs[0]), ctx.view(node.outputs[0]),
-                          dict(node.attrs, kernel_shape=list(weight.shape[2:])))
-    if x.dtype != DType.F32 or out.dtype != DType.F32:
-        raise unsupported(node, f"{x.dtype.asm_name} convolution is not supported yet")
+    with the filters' in/out channels swapped per group and their kernel positions mirrored."""
+    x, out, attrs = _checked(ctx, node)
     groups = int(attrs.get("group", 1))
-    kernel = list(attrs["kernel_shape"])
-    strides, dilations = list(attrs.get("strides", [1, 1])), list(attrs.get("dilations", [1, 1]))
-    pads = list(attrs.get("pads", [0, 0, 0, 0]))
-    output_padding = list(attrs.get("output_padding", [0, 0]))
-    if len(output_padding) == 1:
-        output_padding = [0] + output_padding
-    cin, cout_group = weight.shape[0], weight.shape[1]
-    filters = weight.const.reshape(groups, cin // groups, cout_group, *kernel)[..., ::-1, ::-1] \
-        .transpose(0, 2, 1, 3, 4).reshape(groups * cout_group, cin // groups, *kernel)
-    batch, channels, height, width = x.shape
-    begin = [dilations[i] * (kernel[i] - 1) - pads[i] for i in range(2)]
-    end = [dilations[i] * (kernel[i] - 1) - pads[2 + i] + output_padding[i] for i in range(2)]
-    spread = [(height - 1) * strides[0] + 1, (width - 1) * strides[1] + 1]
-    full = ctx.allocate((batch, channels, spread[0] + max(begin[0], 0) + max(end[0], 0),
-                         spread[1] + max(begin[1], 0) + max(end[1], 0)), DType.F32)
+    kernel, strides, dilations = attrs["kernel_shape"], attrs["strides"], attrs["dilations"]
+    pads, output_padding = attrs["pads"], attrs["output_padding"]
+    batch, channels = x.shape[:2]
+    begin = [dilations[i] * (kernel[i] - 1) - pads[i] for i in range(SPATIAL)]
+    end = [dilations[i] * (kernel[i] - 1) - pads[SPATIAL + i] + output_padding[i] for i in range(SPATIAL)]
+    spread = [(n - 1) * s + 1 for n, s in zip(x.shape[2:], strides, strict=True)]
+    full = ctx.allocate((batch, channels) + tuple(n + max(b, 0) + max(e, 0) for n, b, e in zip(spread, begin, end,
+                                                                                                 strict=True)),
+                        DType.F32)
     stager = Stager(ctx, fill_elements=full.size)
     stager.fill(full, 0.0)
-    top, left = max(begin[0], 0), max(begin[1], 0)
-    stager.copy(x, full.window(2, top, top + spread[0], strides[0]).window(3, left, left + spread[1], strides[1]))
-    # Negative padding crops: the convolution reads a window of the spread-out input.
-    source = full.window(2, max(-begin[0], 0), full.shape[2] - max(-end[0], 0)) \
-        .window(3, max(-begin[1], 0), full.shape[3] - max(-end[1], 0))
-    convolve(ctx, node, source, filters, groups, (1, 1), tuple(dilations), out)
+    target, source = full, full
+    for axis in range(SPATIAL):
+        first = max(begin[axis], 0)
+        target = target.window(2 + axis, first, first + spread[axis], strides[axis])
+        # Negative padding crops: the convolution reads a window of the spread-out input.
+        source = source.window(2 + axis, max(-begin[axis], 0), full.shape[2 + axis] - max(-end[axis], 0))
+    stager.copy(x, target)
+    filters = conv_filters(ctx, node, groups, tuple(kernel), transposed=True)
+    convolve(ctx, node, source, filters, groups, (1, 1, 1), tuple(dilations), out, mirrored=True)
 
 
-def convolve(ctx: CodegenContext, node: Node, source: View, filters, groups: int, strides: tuple[int, int],
-             dilations: tuple[int, int], out: View) -> None:
-    """out = conv(source, filters) for a padded NCHW source and constant filters [cout, cin/group, kh, kw]."""
+def convolve(ctx: CodegenContext, node: Node, source: View, filters, groups: int, strides: tuple[int, int, int],
+             dilations: tuple[int, int, int], out: View, mirrored: bool = False) -> None:
+    """out = conv(source, filters) for a padded NCDHW source and filters [group, cout/group,
+    cin/group, kd, kh, kw] (a constant array or a DRAM view)."""
     config = ctx.config
-    cout, cin_group, kernel_h, kernel_w = filters.shape
-    shape = ConvShape(source.shape[0], groups, cin_group, cout // groups, (kernel_h, kernel_w), strides, dilations,
-                      tuple(out.shape[2:]), source)
+    _, cout_group, cin_group, *kernel = filters.shape
+    shape = ConvShape(source.shape[0], groups, cin_group, cout_group, tuple(kernel), strides, dilations,
+                      tuple(out.shape[2:]), source, mirrored)
     bias = ctx.view(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
-    # [group, K, cout] with K ordered (kh, kw, channel), as the K tiles are.
-    by_k = filters.reshape(groups, shape.cout_group, cin_group, kernel_h, kernel_w).transpose(0, 3, 4, 2, 1) \
-        .reshape(groups, shape.k_total, shape.cout_group)
     # Rows streamed per matmul: output channels (patch stationary) or pixels (filters stationary).
     rows_patch_stationary = min(shape.cout_group, config.acc_bytes // (2 * config.array_cols * 4))
-    rows_filter_stationary = min(shape.out[0] * shape.out[1], 65535, config.acc_bytes // (2 * 4 * shape.cout_group),
+    rows_filter_stationary = min(shape.slice_pixels, 65535, config.acc_bytes // (2 * 4 * shape.cout_group),
                                  config.spad_bytes // (4 * 4 * (config.array_rows + shape.cout_group)))
     if rows_filter_stationary > rows_patch_stationary:
-        arranged = ctx.constant(by_k, DType.F32, node.inputs[1] + ".conv_kn")
+        # [group, K, cout] with K ordered (kd, kh, kw, channel), as the K tiles are.
+        arranged = arranged_filters(ctx, node, filters, (0, 3, 4, 5, 2, 1), (groups, shape.k_total, cout_group),
+                                    ".conv_kn")
         filters_stationary(ctx, shape, arranged, bias, out, rows_filter_stationary)
     else:
-        arranged = ctx.constant(by_k.transpose(0, 2, 1), DType.F32, node.inputs[1] + ".conv_nk")
+        arranged = arranged_filters(ctx, node, filters, (0, 1, 3, 4, 5, 2), (groups, cout_group, shape.k_total),
+                                    ".conv_nk")
         patch_stationary(ctx, shape, arranged, bias, out)
 
 
@@ -198,10 +261,9 @@ def filters_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, bia
     vector unit and stored with one DMA. A group's filters stay on chip when they fit."""
     config = ctx.config
     rows, cols = config.array_rows, config.array_cols
-    out_h, out_w = shape.out
     cout_group = shape.cout_group
-    blocks = pixel_tiles(out_h, out_w, max_pixels)
-    largest = max(nrows * ncols for _, nrows, _, ncols in blocks)
+    blocks = shape.pixel_tiles(max_pixels)
+    largest = max(nrows * ncols for _, _, nrows, _, ncols in blocks)
     k_tiles = shape.k_tiles(rows)
     cout_blocks = [(j0, min(cols, cout_group - j0)) for j0 in range(0, cout_group, cols)]
     spad, acc = ctx.scratchpad(), ctx.accumulator()
@@ -221,13 +283,13 @@ def filters_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, bia
                 ctx.dma_in(bias_column, bias.window(0, first_channel, first_channel + cout_group))
             if resident and (n == 0 or shape.groups > 1):
                 ctx.dma_in(filter_base, filters.at(group))
-            for oh0, nrows, ow0, ncols in blocks:
+            for od, oh0, nrows, ow0, ncols in blocks:
                 pixels = nrows * ncols
                 result, output = results[block_count % 2], outputs[block_count % 2]
                 block_count += 1
                 for index, (k0, kt, pieces) in enumerate(k_tiles):
                     patch, rows_tile = patches[count % 2], transposed[count % 2]
-                    shape.load_patch(ctx, patch, n, group, pieces, oh0, nrows, ow0, ncols)
+                    shape.load_patch(ctx, patch, n, group, pieces, od, oh0, nrows, ow0, ncols)
                     ctx.emitter.emit("vmov", dtype=DType.F32, dst=rows_tile, dst_rs=kt, a=patch, a_rs=1, a_cs=pixels,
                                      rows=pixels, cols=kt)
                     for j0, nt in cout_blocks:
@@ -247,7 +309,7 @@ def filters_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, bia
                     ctx.emitter.emit("vadd", dtype=DType.F32, dst=output, dst_rs=pixels, a=output, a_rs=pixels,
                                      b=bias_column, b_rs=1, b_cs=0, rows=cout_group, cols=pixels)
                 ctx.dma_out(output, out.at(n).window(0, first_channel, first_channel + cout_group)
-                            .window(1, oh0, oh0 + nrows).window(2, ow0, ow0 + ncols))
+                            .window(1, od, od + 1).window(2, oh0, oh0 + nrows).window(3, ow0, ow0 + ncols))
 
 
 def patch_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, bias: View | None, out: View) -> None:
@@ -258,7 +320,7 @@ def patch_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, bias:
     rows, cols = config.array_rows, config.array_cols
     cout_group = shape.cout_group
     k_tiles = shape.k_tiles(rows)
-    tiles = pixel_tiles(shape.out[0], shape.out[1], cols)
+    tiles = shape.pixel_tiles(cols)
     spad, acc = ctx.scratchpad(), ctx.accumulator()
     patches = [spad.alloc(rows * cols * 4) for _ in range(2)]
     m_tile = max(1, min(cout_group, config.acc_bytes // (2 * cols * 4), 65535))
@@ -279,13 +341,13 @@ def patch_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, bias:
                     ctx.dma_in(filter_base, filters.at(group).window(0, m0, m0 + mt))
                 if bias is not None:
                     ctx.dma_in(bias_buffer, bias.window(0, first_channel, first_channel + mt))
-                for oh0, nrows, ow0, ncols in tiles:
+                for od, oh0, nrows, ow0, ncols in tiles:
                     pixels = nrows * ncols
                     c_tile = c_buffers[tile_count % 2]
                     tile_count += 1
                     for index, (k0, kt, pieces) in enumerate(k_tiles):
                         patch = patches[count % 2]
-                        shape.load_patch(ctx, patch, n, group, pieces, oh0, nrows, ow0, ncols)
+                        shape.load_patch(ctx, patch, n, group, pieces, od, oh0, nrows, ow0, ncols)
                         if resident:
                             filter_rows, stride = filter_base + k0 * 4, shape.k_total
                         else:
@@ -299,4 +361,4 @@ def patch_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, bias:
                         ctx.emitter.emit("vadd", dtype=DType.F32, dst=c_tile, dst_rs=pixels, a=c_tile, a_rs=pixels,
                                          b=bias_buffer, b_rs=1, b_cs=0, rows=mt, cols=pixels)
                     ctx.dma_out(c_tile, out.at(n).window(0, first_channel, first_channel + mt)
-                                .window(1, oh0, oh0 + nrows).window(2, ow0, ow0 + ncols))
+                                .window(1, od, od + 1).window(2, oh0, oh0 + nrows).window(3, ow0, ow0 + ncols))

@@ -1,18 +1,22 @@
-"""MaxPool and AveragePool on the vector unit, NCHW with channels as rows.
+"""MaxPool and AveragePool on the vector unit, NCDHW with channels as rows.
 
-For a block of channels and a tile of output pixels (whole rows when they fit), each
-kernel position's input window is one strided DMA into a dense [channels, pixels] tile,
-folded into the running result with vmax or vadd. The input is padded once in DRAM
-(-inf for max, 0 for average), far enough for ceil_mode's last window; average divides
-by a per-pixel count computed at compile time (count_include_pad or not).
+Pooling of one, two and three spatial axes is handled as 3-D (depth, height, width), the
+missing leading axes of size one. For a block of channels and a tile of output pixels
+(within one output depth slice; whole rows when they fit), each kernel position's input
+window is one strided DMA into a dense [channels, pixels] tile, folded into the running
+result with vmax or vadd. The input is padded once in DRAM (-inf for max, 0 for average),
+far enough for ceil_mode's last window; average divides by a per-pixel count computed at
+compile time (count_include_pad or not).
 """
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from compiler.codegen.context import CodegenContext, View, unsupported
-from compiler.codegen.kernels.conv import as_2d, padded, pixel_tiles
+from compiler.codegen.kernels.conv import SPATIAL, as_3d, padded, pixel_tiles
 from compiler.ir import Node
 from isa.dtypes import DType
 
@@ -29,31 +33,27 @@ def _window_counts(size: int, out: int, kernel: int, stride: int, dilation: int,
 
 def pool_kernel(ctx: CodegenContext, node: Node) -> None:
     is_max = node.op == "MaxPool"
-    x, out, attrs = as_2d(node, ctx.view(node.inputs[0]), ctx.view(node.outputs[0]), node.attrs)
+    x, out, attrs = as_3d(node, ctx.view(node.inputs[0]), ctx.view(node.outputs[0]), node.attrs)
     if len([o for o in node.outputs if o]) > 1:
         raise unsupported(node, "the Indices output of MaxPool")
     if x.dtype != DType.F32:
         raise unsupported(node, f"{x.dtype.asm_name} pooling is not supported yet")
-    kernel_h, kernel_w = attrs["kernel_shape"]
-    stride_h, stride_w = attrs.get("strides", [1, 1])
-    dilation_h, dilation_w = attrs.get("dilations", [1, 1])
-    top, left, bottom, right = attrs.get("pads", [0, 0, 0, 0])
-    batch, channels, height, width = x.shape
-    out_h, out_w = out.shape[2:]
-    needed = ((out_h - 1) * stride_h + (kernel_h - 1) * dilation_h + 1,
-              (out_w - 1) * stride_w + (kernel_w - 1) * dilation_w + 1)
-    source = padded(ctx, x, (top, left, bottom, right), -np.inf if is_max else 0.0, needed)
-    _, _, src_h, src_w = source.shape
+    kernel, strides, dilations, pads = attrs["kernel_shape"], attrs["strides"], attrs["dilations"], attrs["pads"]
+    batch, channels = x.shape[:2]
+    sizes, out_sizes = x.shape[2:], out.shape[2:]
+    _, out_h, out_w = out_sizes
+    needed = tuple((o - 1) * s + (k - 1) * d + 1 for o, s, k, d in zip(out_sizes, strides, kernel, dilations,
+                                                                       strict=True))
+    source = padded(ctx, x, pads, -np.inf if is_max else 0.0, needed)
     divisor = None
     if not is_max:
         include_pad = bool(attrs.get("count_include_pad", 0))
-        rows_count = _window_counts(height, out_h, kernel_h, stride_h, dilation_h, top,
-                                    -top if include_pad else 0, height + bottom if include_pad else height)
-        cols_count = _window_counts(width, out_w, kernel_w, stride_w, dilation_w, left,
-                                    -left if include_pad else 0, width + right if include_pad else width)
-        counts = rows_count[:, None] * cols_count[None, :]
-        if np.all(counts == kernel_h * kernel_w):
-            divisor = 1.0 / (kernel_h * kernel_w)
+        axes = [_window_counts(sizes[i], out_sizes[i], kernel[i], strides[i], dilations[i], pads[i],
+                               -pads[i] if include_pad else 0,
+                               sizes[i] + pads[SPATIAL + i] if include_pad else sizes[i]) for i in range(SPATIAL)]
+        counts = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
+        if np.all(counts == np.prod(kernel)):
+            divisor = 1.0 / int(np.prod(kernel))
         else:
             divisor = ctx.constant(1.0 / np.maximum(counts, 1), DType.F32, node.outputs[0] + ".divisor")
 
@@ -70,33 +70,37 @@ def pool_kernel(ctx: CodegenContext, node: Node) -> None:
     results = [spad.alloc(channel_tile * largest * 4) for _ in range(2)]
     windows = [spad.alloc(channel_tile * largest * 4) for _ in range(2)]
     divisors = [spad.alloc(largest * 4) for _ in range(2)]
+    _, channel_stride, depth_stride, row_stride, col_stride = source.strides
     count = 0
     for n in range(batch):
         for c0 in range(0, channels, channel_tile):
             ct = min(channel_tile, channels - c0)
-            for oh0, nrows, ow0, ncols in tiles:
-                pixels = nrows * ncols
-                result = results[count % 2]
-                first = True
-                for kh in range(kernel_h):
-                    for kw in range(kernel_w):
-                        row, col = oh0 * stride_h + kh * dilation_h, ow0 * stride_w + kw * dilation_w
-                        window = View(source.at(n).addr + (c0 * src_h * src_w + row * src_w + col) * 4, DType.F32,
-                                      (ct, nrows, ncols), (src_h * src_w, stride_h * src_w, stride_w))
+            for od in range(out_sizes[0]):
+                for oh0, nrows, ow0, ncols in tiles:
+                    pixels = nrows * ncols
+                    result = results[count % 2]
+                    first = True
+                    for position in itertools.product(*(range(k) for k in kernel)):
+                        depth, row, col = (o * s + p * d for o, s, p, d in
+                                           zip((od, oh0, ow0), strides, position, dilations, strict=True))
+                        offset = c0 * channel_stride + depth * depth_stride + row * row_stride + col * col_stride
+                        window = View(source.at(n).addr + offset * 4, DType.F32, (ct, nrows, ncols),
+                                      (channel_stride, strides[1] * row_stride, strides[2] * col_stride))
                         target = result if first else windows[count % 2]
                         ctx.dma_in(target, window)
                         if not first:
-                            ctx.emitter.emit("vmax" if is_max else "vadd", dtype=DType.F32, dst=result, dst_rs=pixels,
-                                             a=result, a_rs=pixels, b=target, b_rs=pixels, rows=ct, cols=pixels)
+                            ctx.emitter.emit("vmax" if is_max else "vadd", dtype=DType.F32, dst=result,
+                                             dst_rs=pixels, a=result, a_rs=pixels, b=target, b_rs=pixels, rows=ct,
+                                             cols=pixels)
                         first = False
-                tile_shape = dict(dtype=DType.F32, dst=result, dst_rs=pixels, a=result, a_rs=pixels, rows=ct,
-                                  cols=pixels)
-                if isinstance(divisor, float):
-                    ctx.emitter.emit("vmuli", imm=divisor, **tile_shape)
-                elif divisor is not None:
-                    row_divisor = divisors[count % 2]
-                    ctx.dma_in(row_divisor, divisor.window(0, oh0, oh0 + nrows).window(1, ow0, ow0 + ncols))
-                    ctx.emitter.emit("vmul", b=row_divisor, b_rs=0, b_cs=1, **tile_shape)
-                ctx.dma_out(result, out.at(n).window(0, c0, c0 + ct).window(1, oh0, oh0 + nrows)
-                            .window(2, ow0, ow0 + ncols))
-                count += 1
+                    tile_shape = dict(dtype=DType.F32, dst=result, dst_rs=pixels, a=result, a_rs=pixels, rows=ct,
+                                      cols=pixels)
+                    if isinstance(divisor, float):
+                        ctx.emitter.emit("vmuli", imm=divisor, **tile_shape)
+                    elif divisor is not None:
+                        row_divisor = divisors[count % 2]
+                        ctx.dma_in(row_divisor, divisor.at(od).window(0, oh0, oh0 + nrows).window(1, ow0, ow0 + ncols))
+                        ctx.emitter.emit("vmul", b=row_divisor, b_rs=0, b_cs=1, **tile_shape)
+                    ctx.dma_out(result, out.at(n).window(0, c0, c0 + ct).window(1, od, od + 1)
+                                .window(2, oh0, oh0 + nrows).window(3, ow0, ow0 + ncols))
+                    count += 1
