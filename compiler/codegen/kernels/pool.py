@@ -15,7 +15,7 @@ import itertools
 
 import numpy as np
 
-from compiler.codegen.context import CodegenContext, View, unsupported
+from compiler.codegen.context import LOCAL_ALIGN, CodegenContext, View, unsupported
 from compiler.codegen.kernels.conv import SPATIAL, as_3d, padded, pixel_tiles
 from compiler.ir import Node
 from isa.dtypes import DType
@@ -60,13 +60,17 @@ def pool_kernel(ctx: CodegenContext, node: Node) -> None:
     spad = ctx.scratchpad()
     tiles = pixel_tiles(out_h, out_w, min(MAX_PIXELS, max(out_w, 1) * max(1, MAX_PIXELS // max(out_w, 1))))
     largest = max(nrows * ncols for _, nrows, _, ncols in tiles)
-    buffers_needed = 6  # two result tiles, two window tiles, two divisor rows
-    channel_tile = max(1, min(channels, 65535, spad.free // (buffers_needed * largest * 4)))
-    if channel_tile * largest * 4 * buffers_needed > spad.free:
-        largest = max(1, spad.free // (buffers_needed * 4))
-        tiles = pixel_tiles(out_h, out_w, largest)
+    # Two result tiles and two window tiles of [channels, pixels], two divisor rows of [pixels];
+    # each buffer may lose up to LOCAL_ALIGN bytes to alignment.
+    slack = 6 * LOCAL_ALIGN
+
+    def channels_that_fit(pixels: int) -> int:
+        return (spad.free - slack - 2 * pixels * 4) // (4 * pixels * 4)
+
+    while channels_that_fit(largest) < 1 and largest > 1:
+        tiles = pixel_tiles(out_h, out_w, max(1, largest // 2))
         largest = max(nrows * ncols for _, nrows, _, ncols in tiles)
-        channel_tile = max(1, spad.free // (buffers_needed * largest * 4))
+    channel_tile = max(1, min(channels, 65535, channels_that_fit(largest)))
     results = [spad.alloc(channel_tile * largest * 4) for _ in range(2)]
     windows = [spad.alloc(channel_tile * largest * 4) for _ in range(2)]
     divisors = [spad.alloc(largest * 4) for _ in range(2)]
