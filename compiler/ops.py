@@ -65,25 +65,18 @@ for _name, _doc in {
     "Erf": "the error function", "Sqrt": "square root", "Exp": "e**x", "Log": "natural logarithm",
     "Neg": "-x", "Abs": "|x|", "Reciprocal": "1 / x", "Floor": "round down", "Ceil": "round up",
     "Round": "round half to even", "Sign": "-1, 0 or 1", "Softplus": "log(1 + exp(x))", "Softsign": "x / (1 + |x|)",
-    "HardSwish": "x * max(0, min(1, x / 6 + 0.5))", "Mish": "x * tanh(softplus(x))", "Sin": "sine", "Cos": "cosine",
+    "HardSwish": "x * max(0, min(1, x / 6 + 0.5))", "Sin": "sine", "Cos": "cosine",
     "Tan": "tangent", "Asin": "arcsine", "Acos": "arccosine", "Atan": "arctangent", "Sinh": "hyperbolic sine",
     "Cosh": "hyperbolic cosine", "Asinh": "inverse hyperbolic sine", "Acosh": "inverse hyperbolic cosine",
     "Atanh": "inverse hyperbolic tangent", "Not": "logical not (bool)", "BitwiseNot": "bitwise not (integers)",
 }.items():
     _op(_name, 1, rules.unary, _doc)
 
-_op("IsNaN", 1, rules.predicate, "x is NaN (bool)")
-_op("IsInf", 1, rules.predicate, "x is +inf (detect_positive) or -inf (detect_negative) (bool)",
-    detect_negative=1, detect_positive=1)
 _op("LeakyRelu", 1, rules.unary, "x if x >= 0 else alpha * x", alpha=0.01)
 _op("HardSigmoid", 1, rules.unary, "max(0, min(1, alpha * x + beta))", alpha=0.2, beta=0.5)
 _op("Elu", 1, rules.unary, "x if x > 0 else alpha * (exp(x) - 1)", alpha=1.0)
-_op("Celu", 1, rules.unary, "max(0, x) + min(0, alpha * (exp(x / alpha) - 1))", alpha=1.0)
 _op("Selu", 1, rules.unary, "gamma * (x if x > 0 else alpha * (exp(x) - 1))",
     alpha=1.6732632423543772, gamma=1.0507009873554805)
-_op("ThresholdedRelu", 1, rules.unary, "x if x > alpha else 0", alpha=1.0)
-_op("Shrink", 1, rules.unary, "x - bias if x > lambd, x + bias if x < -lambd, else 0", bias=0.0, lambd=0.5)
-_op("Swish", 1, rules.unary, "x * sigmoid(alpha * x)", alpha=1.0)
 _op("Gelu", 1, rules.unary, 'x * Phi(x); approximate="tanh" uses the tanh formula', approximate="none")
 _op("Clip", 1, rules.unary, "min(max(x, min), max); the bounds are floats, -inf/inf when absent",
     min=-math.inf, max=math.inf)
@@ -126,8 +119,6 @@ _op("InstanceNormalization", 3, rules.instance_norm, "normalise each [n, c] over
     "scale and bias per channel", epsilon=1e-5)
 _op("LayerNormalization", (2, 3), rules.layer_norm, "normalise over the axes from `axis` on, then * scale + bias; "
     "outputs y, mean, inv_std_dev (only y may be used)", outputs=(1, 3), axis=REQUIRED, epsilon=1e-5)
-_op("RMSNormalization", 2, rules.layer_norm, "x / sqrt(mean(x**2 over the axes from `axis` on) + epsilon) "
-    "* scale", axis=REQUIRED, epsilon=1e-5)
 _op("LpNormalization", 1, rules.along_axis, "x / the p-norm (p 1 or 2) along axis", axis=REQUIRED, p=2)
 
 # Matrix products, softmax, reductions -------------------------------------------------------------
@@ -175,13 +166,10 @@ _op("Expand", 1, rules.expand, "broadcast to `shape` (the resolved output shape)
 _op("Tile", 1, rules.tile, "repeat repeats[i] times along axis i", repeats=REQUIRED)
 _op("Gather", 2, rules.gather, "take slices of data along axis at indices (negative indices count from the end)",
     axis=REQUIRED)
-_op("GatherElements", 2, rules.gather_elements, "out[i...] = data[i... with indices[i...] on axis]", axis=REQUIRED)
 _op("DepthToSpace", 1, rules.depth_to_space, "move channel blocks into blocksize x blocksize pixels (DCR or CRD)",
     blocksize=REQUIRED, mode="DCR")
 _op("SpaceToDepth", 1, rules.space_to_depth, "move blocksize x blocksize pixels into channels (DCR or CRD)",
     blocksize=REQUIRED, mode="DCR")
-_op("Trilu", 1, rules.trilu, "keep the upper (or lower) triangle of the last two axes from diagonal k",
-    upper=1, k=0)
 
 # Quantization -------------------------------------------------------------------------------------
 _op("QuantizeLinear", (2, 3), rules.quantize, "saturate(round_half_even(x / scale) + zero_point); scale and "

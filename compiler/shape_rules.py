@@ -81,10 +81,6 @@ def unary(attrs: dict, x: list) -> Result:
     return [(x[0].dtype, x[0].shape)]
 
 
-def predicate(attrs: dict, x: list) -> Result:
-    return [("bool", x[0].shape)]
-
-
 def binary(attrs: dict, x: list) -> Result:
     return [(_same_dtype(x), broadcast_shapes(*(v.shape for v in x)))]
 
@@ -432,15 +428,6 @@ def gather(attrs: dict, x: list) -> Result:
     return [(data.dtype, (*data.shape[:axis], *indices.shape, *data.shape[axis + 1:]))]
 
 
-def gather_elements(attrs: dict, x: list) -> Result:
-    data, indices = x
-    _axis(attrs, len(data.shape))
-    _check(len(indices.shape) == len(data.shape),
-           f"indices {_dims(indices.shape)} and data {_dims(data.shape)} differ in rank")
-    _check(indices.dtype in ("i32", "i64"), f"indices must be i32 or i64, not {indices.dtype}")
-    return [(data.dtype, indices.shape)]
-
-
 def depth_to_space(attrs: dict, x: list) -> Result:
     shape, block = x[0].shape, attrs["blocksize"]
     _check(len(shape) == 4 and block >= 1 and shape[1] % (block * block) == 0,
@@ -455,8 +442,3 @@ def space_to_depth(attrs: dict, x: list) -> Result:
            f"{_dims(shape)} does not rearrange with blocksize={block}")
     _check(attrs["mode"] in ("DCR", "CRD"), f"mode={attrs['mode']!r} is not DCR or CRD")
     return [(x[0].dtype, (shape[0], shape[1] * block * block, shape[2] // block, shape[3] // block))]
-
-
-def trilu(attrs: dict, x: list) -> Result:
-    _min_rank(x[0], 2)
-    return unary(attrs, x)

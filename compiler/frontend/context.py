@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from compiler.errors import ModelError, UnsupportedOpError, UnsupportedTypeError
-from compiler.ir import Node, Value, dtype_name
+from compiler.ir import Node, Value, dtype_name, numpy_dtype
 from compiler.ops import OPS, ShapeError
 from isa.dtypes import DType
 
@@ -172,6 +172,14 @@ class NodeContext:
     def emit_temp(self, op: str, inputs: list[str], base: str, **attrs: Any) -> str:
         """Emit a helper node whose one output gets a fresh name; returns that name."""
         return self.emit(op, inputs, [self.fresh(base)], **attrs)[0]
+
+    def step(self, op: str, *inputs: str, out: str = "", **attrs: Any) -> str:
+        """One node of a decomposition: `op` on `inputs` into `out` (a fresh name if empty); returns the output."""
+        return self.emit(op, list(inputs), [out or self.fresh(f"{self.name}.{op.lower()}")], **attrs)[0]
+
+    def scalar(self, value: float, dtype: str) -> str:
+        """A rank-0 constant of IR dtype `dtype`."""
+        return self.constant("", np.array(value, dtype=numpy_dtype(dtype)))
 
     def alias(self, output: str, source: str) -> None:
         """Output `output` is the value `source` (Identity, Dropout, a no-op reduction)."""

@@ -5,7 +5,9 @@ Same contract as normalise_tensor.py: one ONNX node of any supported opset in, i
 form out. The main rewrites: `auto_pad` becomes explicit `pads` (and ConvTranspose's
 `output_shape` too); window attributes get their rank-dependent defaults; opset < 13
 Softmax (which flattened to 2-D) becomes Flatten/Softmax/Reshape when the axis is not
-the last; Resize and Upsample get full-rank `scales` and `sizes`.
+the last; Resize and Upsample get full-rank `scales` and `sizes`; LpPool becomes an
+AveragePool of |x|**p. BatchNormalization with run-time statistics and LayerNormalization
+with its statistics used are decomposed by decompose_nn.py.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import math
 from collections.abc import Callable
 
 from compiler.frontend.context import NodeContext, ir_dtype
+from compiler.frontend.decompose_nn import batch_norm_at_run_time, check_stash_type, layer_norm_with_statistics
 
 NORMALISERS: dict[str, Callable[[NodeContext], None]] = {}
 
@@ -110,6 +113,23 @@ def _pool(ctx: NodeContext) -> None:
     ctx.emit(ctx.op_type, ctx.inputs[:1], ceil_mode=ceil_mode, **window, **extra)
 
 
+@_register("LpPool")
+def _lp_pool(ctx: NodeContext) -> None:
+    """(sum of |x|**p over the window) ** (1 / p): the sum is an AveragePool that counts the zero padding,
+    times the window size. (With ceil_mode a window may run past the padding and average fewer elements.)"""
+    if "kernel_shape" not in ctx.attrs:
+        raise ctx.invalid("kernel_shape is required")
+    if int(ctx.attrs.get("ceil_mode", 0)) and (ctx.attrs.get("auto_pad", "NOTSET") or "NOTSET") == "NOTSET":
+        raise ctx.unsupported("ceil_mode=1")
+    window = _window(ctx, list(ctx.attrs["kernel_shape"]))
+    dtype = ctx.value(0).dtype
+    p = ctx.scalar(float(ctx.attrs.get("p", 2)), dtype)
+    powers = ctx.step("Pow", ctx.step("Abs", ctx.inputs[0]), p)
+    mean = ctx.step("AveragePool", powers, ceil_mode=0, count_include_pad=1, **window)
+    total = ctx.step("Mul", mean, ctx.scalar(math.prod(window["kernel_shape"]), dtype))
+    ctx.step("Pow", total, ctx.scalar(1.0 / float(ctx.attrs.get("p", 2)), dtype), out=ctx.outputs[0])
+
+
 # Normalisation ------------------------------------------------------------------------------------
 @_register("BatchNormalization")
 def _batch_norm(ctx: NodeContext) -> None:
@@ -119,19 +139,20 @@ def _batch_norm(ctx: NodeContext) -> None:
                                               any(ctx.used(i) for i in range(1, len(ctx.outputs)))):
         raise ctx.unsupported("training mode")
     ctx.refuse_outputs_from(1, "training statistics")
+    if not all(ctx.value(i).is_const for i in range(1, 5)):
+        batch_norm_at_run_time(ctx)
+        return
     ctx.emit("BatchNormalization", ctx.inputs[:5], epsilon=float(ctx.attrs.get("epsilon", 1e-5)))
 
 
 @_register("LayerNormalization")
 def _layer_norm(ctx: NodeContext) -> None:
-    ctx.refuse_outputs_from(1, "Mean/InvStdDev")
+    """The fused kernel computes Y only; with Mean or InvStdDev used, the doc's equations instead."""
+    if ctx.used(1) or ctx.used(2):
+        layer_norm_with_statistics(ctx)
+        return
+    check_stash_type(ctx)
     ctx.emit("LayerNormalization", ctx.inputs[:3], axis=ctx.axis(ctx.attrs.get("axis", -1), ctx.rank(0)),
-             epsilon=float(ctx.attrs.get("epsilon", 1e-5)))
-
-
-@_register("RMSNormalization")
-def _rms_norm(ctx: NodeContext) -> None:
-    ctx.emit("RMSNormalization", ctx.inputs[:2], axis=ctx.axis(ctx.attrs.get("axis", -1), ctx.rank(0)),
              epsilon=float(ctx.attrs.get("epsilon", 1e-5)))
 
 

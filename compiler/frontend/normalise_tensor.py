@@ -37,11 +37,11 @@ def _copy_attrs(ctx: NodeContext, op: str) -> dict:
 
 
 @_register("Relu", "Sigmoid", "Tanh", "Erf", "Sqrt", "Exp", "Log", "Neg", "Abs", "Reciprocal", "Floor", "Ceil",
-           "Round", "Sign", "Softplus", "Softsign", "HardSwish", "Mish", "Sin", "Cos", "Tan", "Asin", "Acos", "Atan",
-           "Sinh", "Cosh", "Asinh", "Acosh", "Atanh", "Not", "BitwiseNot", "IsNaN", "IsInf", "LeakyRelu",
-           "HardSigmoid", "Elu", "Celu", "Selu", "Swish", "ThresholdedRelu", "Shrink", "Gelu", "Mod", "BitShift",
-           "BitwiseAnd", "BitwiseOr", "BitwiseXor", "Sum", "Max", "Min", "Mean", "Where", "MatMul",
-           "DepthToSpace", "SpaceToDepth", "GlobalAveragePool", "GlobalMaxPool", "LRN", "InstanceNormalization")
+           "Round", "Sign", "Softplus", "Softsign", "HardSwish", "Sin", "Cos", "Tan", "Asin", "Acos", "Atan",
+           "Sinh", "Cosh", "Asinh", "Acosh", "Atanh", "Not", "BitwiseNot", "LeakyRelu", "HardSigmoid", "Elu", "Selu",
+           "Gelu", "Mod", "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "Sum", "Max", "Min", "Mean", "Where",
+           "MatMul", "DepthToSpace", "SpaceToDepth", "GlobalAveragePool", "GlobalMaxPool", "LRN",
+           "InstanceNormalization")
 def _same_form(ctx: NodeContext) -> None:
     """Ops whose IR form is the ONNX form (legacy attributes such as consumed_inputs dropped)."""
     ctx.emit(ctx.op_type, list(ctx.inputs), **_copy_attrs(ctx, ctx.op_type))
@@ -312,17 +312,6 @@ def _pad(ctx: NodeContext) -> None:
 @_register("Gather")
 def _gather(ctx: NodeContext) -> None:
     ctx.emit("Gather", ctx.inputs[:2], axis=ctx.axis(ctx.attrs.get("axis", 0), ctx.rank(0)))
-
-
-@_register("GatherElements")
-def _gather_elements(ctx: NodeContext) -> None:
-    ctx.emit("GatherElements", ctx.inputs[:2], axis=ctx.axis(ctx.attrs.get("axis", 0), ctx.rank(0)))
-
-
-@_register("Trilu")
-def _trilu(ctx: NodeContext) -> None:
-    k = ctx.optional_const(1, "k")
-    ctx.emit("Trilu", ctx.inputs[:1], upper=ctx.attrs.get("upper", 1), k=0 if k is None else int(k.reshape(-1)[0]))
 
 
 # Reductions ---------------------------------------------------------------------------------------

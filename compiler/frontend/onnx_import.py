@@ -30,6 +30,10 @@ import onnx.inliner
 
 from compiler.errors import ModelError, UnsupportedOpError, UnsupportedTypeError
 from compiler.frontend.context import SUPPORTED_DTYPES, NodeContext, array_dtype, ir_dtype, known_dtype, onnx_type_name
+from compiler.frontend.decompose_nn import NORMALISERS as _LOSSES_AND_NORMS
+from compiler.frontend.decompose_recurrent import NORMALISERS as _RECURRENT
+from compiler.frontend.decompose_tensor import NORMALISERS as _ELEMENTWISE_AND_MOVEMENT
+from compiler.frontend.decompose_transformer import NORMALISERS as _TRANSFORMER
 from compiler.frontend.folding import can_fold, fold_node
 from compiler.frontend.input_shapes import dims_text, resolve_input_shapes, set_input_shapes
 from compiler.frontend.normalise_nn import NORMALISERS as _NN
@@ -37,11 +41,11 @@ from compiler.frontend.normalise_tensor import NORMALISERS as _TENSOR
 from compiler.ir import Graph, Node, Value, numpy_dtype
 from compiler.verify import verify
 
-NORMALISERS = {**_TENSOR, **_NN}
+NORMALISERS = {**_TENSOR, **_NN, **_ELEMENTWISE_AND_MOVEMENT, **_LOSSES_AND_NORMS, **_TRANSFORMER, **_RECURRENT}
 # Always compile-time constants, given static shapes.
 SHAPE_OPS = frozenset({"Shape", "Size"})
 # Supported only when their inputs are constants (their output shapes depend on data).
-FOLD_ONLY = frozenset({"Constant", "ConstantOfShape", "Range", "NonZero", "OneHot", "EyeLike"})
+FOLD_ONLY = frozenset({"Constant", "ConstantOfShape", "Range", "NonZero", "EyeLike"})
 # Inputs whose data a fold does not need, only their dtype or shape (which are static).
 TYPE_ONLY_INPUTS = {"CastLike": 1, "EyeLike": 0}
 
