@@ -309,6 +309,27 @@ def test_gather_elements(axis, index_shape):
     check("GatherElements", {"data": data, "indices": const(indices)}, ["y"], 13, axis=axis)
 
 
+@pytest.mark.parametrize("data_shape, index_shape, batch_dims", [
+    ((4, 5), (3, 2), 0), ((4, 5, 6), (2, 3, 1), 0), ((3, 4, 5), (3, 2, 1), 1), ((3, 4, 5), (3, 2), 1),
+    ((4, 5, 6), (2,), 0), ((2, 3, 4, 5), (2, 3, 2, 1), 2),
+])
+def test_gather_nd(data_shape, index_shape, batch_dims):
+    data = randn(*data_shape)
+    sizes = np.array(data_shape[batch_dims:batch_dims + index_shape[-1]])
+    indices = (RNG.integers(0, 1 << 30, size=index_shape) % (2 * sizes) - sizes).astype(np.int64)  # negative too
+    check("GatherND", {"data": data, "indices": indices}, ["y"], 13, batch_dims=batch_dims)
+    check("GatherND", {"data": data, "indices": const(indices)}, ["y"], 13, batch_dims=batch_dims)
+
+
+@pytest.mark.parametrize("time_axis, batch_axis", [(0, 1), (1, 0)])
+def test_reverse_sequence(time_axis, batch_axis):
+    x = randn(5, 4, 3) if time_axis == 0 else randn(4, 5, 3)
+    lens = np.array([5, 1, 3, 0], np.int64)
+    attrs = {"time_axis": time_axis, "batch_axis": batch_axis}
+    check("ReverseSequence", {"x": x, "sequence_lens": lens}, ["y"], 10, **attrs)
+    check("ReverseSequence", {"x": x, "sequence_lens": const(lens)}, ["y"], 10, **attrs)
+
+
 def test_gather_elements_out_of_range_index_stops_the_run():
     proto = model("GatherElements", {"data": randn(3, 4), "indices": np.zeros((3, 4), np.int64)}, ["y"], 13, axis=1)
     bad = np.zeros((3, 4), np.int64)
@@ -339,6 +360,25 @@ def test_center_crop_pad(shape, axes):
     attrs = {"axes": axes} if axes else {}
     check("CenterCropPad", {"x": randn(14, 8, 3), "shape": const(np.array(shape, np.int64))}, ["y"], 18,
           reference="onnx" if axes else "ort", **attrs)
+
+
+@pytest.mark.parametrize("size", [[2, 3, 5, 6], [2, 3, 4, 5, 2]])
+@pytest.mark.parametrize("align_corners", [0, 1])
+def test_affine_grid(size, align_corners):
+    spatial = len(size) - 2
+    theta = randn(2, spatial, spatial + 1)
+    check("AffineGrid", {"theta": theta, "size": const(np.array(size, np.int64))}, ["grid"], 20,
+          align_corners=align_corners)
+
+
+def test_affine_grid_single_position_is_the_centre():
+    """One pixel along an axis sits at 0 with or without align_corners, as in PyTorch's affine_grid."""
+    identity = np.array([[[1, 0, 0], [0, 1, 0]]], np.float32)
+    for align_corners in (0, 1):
+        proto = model("AffineGrid", {"theta": identity, "size": const(np.array([1, 1, 3, 1]))}, ["grid"], 20,
+                      align_corners=align_corners)
+        grid = run(compiler.compile(proto, "edge"), {"theta": identity}).outputs["grid"]
+        np.testing.assert_array_equal(grid[0, :, 0, 0], 0.0)  # x: the single column
 
 
 @pytest.mark.parametrize("attrs", [

@@ -6,9 +6,11 @@
 - IsNaN and IsInf: comparisons.
 - Trilu: a Where on a compile-time constant triangle (or, for types the vector unit does
   not select on, a Gather of each element or of a 0).
-- GatherElements: a Gather from the data flattened to 1-D at computed flat positions.
+- GatherElements, GatherND and ReverseSequence: a Gather from the data flattened (to 1-D,
+  or to rows) at computed positions.
 - OneHot: an Equal of the indices against a constant iota, then a Where of the two values.
 - CenterCropPad: one Pad, negative pads cropping.
+- AffineGrid: a MatMul of the constant grid of positions by theta.
 """
 
 from __future__ import annotations
@@ -141,43 +143,132 @@ def _trilu(ctx: NodeContext) -> None:
 
 @_register("GatherElements")
 def _gather_elements(ctx: NodeContext) -> None:
-    """out[p] = data[p with indices[p] on axis], as a Gather from data flattened to 1-D: the flat position is
-    indices[p] * stride(axis) plus a constant for the other coordinates of p.
-
-    Run-time indices are computed in int32: negative ones wrap, and one outside [-s, s) becomes a position past
-    the flattened data, which stops the run as Gather's out-of-range indices do."""
     data, indices = ctx.value(0), ctx.value(1)
     rank = len(data.shape)
     axis = ctx.axis(ctx.attrs.get("axis", 0), rank)
-    others = [a for a in range(rank) if a != axis]
-    if len(indices.shape) != rank or any(indices.shape[a] > data.shape[a] for a in others):
+    if len(indices.shape) != rank or any(indices.shape[a] > data.shape[a] for a in range(rank) if a != axis):
         raise ctx.invalid(f"indices {list(indices.shape)} do not fit data {list(data.shape)} on axes other than {axis}")
+    if indices.is_const:
+        _gather_along(ctx, indices.const.astype(np.int64), axis)
+    else:
+        _gather_along(ctx, _as_int32(ctx, indices.name), axis)
+
+
+def _gather_along(ctx: NodeContext, index: np.ndarray | str, axis: int) -> None:
+    """out[p] = data[p with index[p] on axis] (GatherElements), as a Gather from data flattened to 1-D: the
+    flat position is index[p] * stride(axis) plus a constant for the other coordinates of p.
+
+    `index` is an array, or the name of an int32 value computed at run time: negative indices wrap, and one
+    outside [-s, s) becomes a position past the flattened data, which stops the run as Gather's
+    out-of-range indices do."""
+    data = ctx.value(0)
+    rank, size = len(data.shape), data.shape[axis]
     if data.size >= 2**31:
         raise ctx.unsupported(f"{data.size} elements: flat positions are computed in int32")
+    shape = index.shape if isinstance(index, np.ndarray) else ctx.importer.graph.values[index].shape
     strides = [math.prod(data.shape[a + 1:]) for a in range(rank)]
-    size = data.shape[axis]
-    coordinates = np.indices(indices.shape, dtype=np.int64)
-    base = np.zeros(indices.shape, dtype=np.int64)
-    for a in others:
-        base += coordinates[a] * strides[a]
+    coordinates = np.indices(shape, dtype=np.int64)
+    base = np.zeros(shape, dtype=np.int64)
+    for a in range(rank):
+        if a != axis:
+            base += coordinates[a] * strides[a]
     flat_data = ctx.step("Reshape", data.name, shape=[data.size])
-    if indices.is_const:
-        index = indices.const.astype(np.int64)
+    if isinstance(index, np.ndarray):
         if ((index < -size) | (index >= size)).any():
             raise ctx.invalid(f"an index is outside [{-size}, {size}) on axis {axis}")
         positions = ctx.constant("", base + np.where(index < 0, index + size, index) * strides[axis])
     else:
-        index = indices.name if indices.dtype == "i32" else ctx.step("Cast", indices.name, to="i32")
-        negative = ctx.step("Less", index, ctx.scalar(0, "i32"))
-        index = ctx.step("Where", negative, ctx.step("Add", index, ctx.scalar(size, "i32")), index)
-        inside = ctx.step("And", ctx.step("Not", ctx.step("Less", index, ctx.scalar(0, "i32"))),
-                          ctx.step("Less", index, ctx.scalar(size, "i32")))
+        index, inside = _wrapped(ctx, index, size)
         if strides[axis] != 1:
             index = ctx.step("Mul", index, ctx.scalar(strides[axis], "i32"))
         if base.any():
             index = ctx.step("Add", index, ctx.constant("", base.astype(np.int32)))
         positions = ctx.step("Where", inside, index, ctx.scalar(data.size, "i32"))
     ctx.step("Gather", flat_data, positions, out=ctx.outputs[0], axis=0)
+
+
+@_register("ReverseSequence")
+def _reverse_sequence(ctx: NodeContext) -> None:
+    """GatherElements along the time axis at lens[b] - 1 - t where t < lens[b], else t."""
+    shape = ctx.shape(0)
+    rank = len(shape)
+    time_axis = ctx.axis(ctx.attrs.get("time_axis", 0), rank, "time_axis")
+    batch_axis = ctx.axis(ctx.attrs.get("batch_axis", 1), rank, "batch_axis")
+    if time_axis == batch_axis or ctx.shape(1) != (shape[batch_axis],):
+        raise ctx.invalid(f"time_axis {time_axis}, batch_axis {batch_axis} and sequence_lens {list(ctx.shape(1))} "
+                          f"do not fit input {list(shape)}")
+    along = [1] * rank
+    along[time_axis] = shape[time_axis]
+    steps = np.arange(shape[time_axis]).reshape(along)
+    across = [1] * rank
+    across[batch_axis] = shape[batch_axis]
+    lengths = ctx.value(1)
+    if lengths.is_const:
+        lens = lengths.const.astype(np.int64).reshape(across)
+        _gather_along(ctx, np.broadcast_to(np.where(steps < lens, lens - 1 - steps, steps), shape), time_axis)
+        return
+    lens = ctx.step("Reshape", _as_int32(ctx, lengths.name), shape=across)
+    steps = ctx.constant("", steps.astype(np.int32))
+    reversed_steps = ctx.step("Sub", ctx.step("Sub", lens, ctx.scalar(1, "i32")), steps)
+    index = ctx.step("Where", ctx.step("Less", steps, lens), reversed_steps, steps)
+    _gather_along(ctx, ctx.step("Expand", index, shape=list(shape)), time_axis)
+
+
+def _as_int32(ctx: NodeContext, name: str) -> str:
+    return name if ctx.importer.graph.values[name].dtype == "i32" else ctx.step("Cast", name, to="i32")
+
+
+def _wrapped(ctx: NodeContext, index: str, size: int) -> tuple[str, str]:
+    """An int32 index into an axis of `size` with negative ones wrapped, and whether it is inside [0, size)."""
+    index = ctx.step("Where", ctx.step("Less", index, ctx.scalar(0, "i32")),
+                     ctx.step("Add", index, ctx.scalar(size, "i32")), index)
+    inside = ctx.step("And", ctx.step("Not", ctx.step("Less", index, ctx.scalar(0, "i32"))),
+                      ctx.step("Less", index, ctx.scalar(size, "i32")))
+    return index, inside
+
+
+@_register("GatherND")
+def _gather_nd(ctx: NodeContext) -> None:
+    """Slices of data at index tuples, as a Gather of rows: data becomes [batch * indexed positions, rest]
+    and each tuple (plus its batch) one row number. Run-time indices are computed as GatherElements's."""
+    data, indices = ctx.value(0), ctx.value(1)
+    batch_dims = int(ctx.attrs.get("batch_dims", 0))
+    depth = indices.shape[-1] if indices.shape else 0
+    if not (batch_dims < min(len(data.shape), len(indices.shape)) and 1 <= depth <= len(data.shape) - batch_dims
+            and indices.shape[:batch_dims] == data.shape[:batch_dims]):
+        raise ctx.invalid(f"indices {list(indices.shape)} with batch_dims={batch_dims} do not index data "
+                          f"{list(data.shape)}")
+    if data.size >= 2**31:
+        raise ctx.unsupported(f"{data.size} elements: positions are computed in int32")
+    sizes = data.shape[batch_dims:batch_dims + depth]
+    strides = [math.prod(sizes[i + 1:]) for i in range(depth)]
+    tuples = math.prod(indices.shape[:-1])
+    per_batch = math.prod(indices.shape[batch_dims:-1])
+    positions_per_batch = math.prod(sizes)
+    batch_start = (np.arange(tuples) // per_batch * positions_per_batch).reshape(indices.shape[:-1])
+    rows = ctx.step("Reshape", data.name, shape=[data.size // math.prod(data.shape[batch_dims + depth:]),
+                                                  math.prod(data.shape[batch_dims + depth:])])
+    if indices.is_const:
+        index = indices.const.astype(np.int64)
+        if ((index < -np.array(sizes)) | (index >= np.array(sizes))).any():
+            raise ctx.invalid(f"an index tuple is outside the data's axes {list(sizes)}")
+        index = np.where(index < 0, index + np.array(sizes), index)
+        positions = ctx.constant("", batch_start + (index * np.array(strides)).sum(axis=-1))
+    else:
+        index = _as_int32(ctx, indices.name)
+        position, valid = ctx.constant("", batch_start.astype(np.int32)), None
+        starts, ends = [0] * len(indices.shape), list(indices.shape)
+        for i, size in enumerate(sizes):
+            component = ctx.step("Slice", index, starts=starts[:-1] + [i], ends=ends[:-1] + [i + 1],
+                                 axes=list(range(len(indices.shape))), steps=[1] * len(indices.shape))
+            component, inside = _wrapped(ctx, ctx.step("Squeeze", component, axes=[len(indices.shape) - 1]), size)
+            if strides[i] != 1:
+                component = ctx.step("Mul", component, ctx.scalar(strides[i], "i32"))
+            position = ctx.step("Add", position, component)
+            valid = inside if valid is None else ctx.step("And", valid, inside)
+        positions = ctx.step("Where", valid, position, ctx.scalar(data.size, "i32"))
+    gathered = ctx.step("Gather", rows, positions, axis=0)
+    ctx.step("Reshape", gathered, out=ctx.outputs[0], shape=list(indices.shape[:-1] + data.shape[batch_dims + depth:]))
 
 
 @_register("OneHot")
@@ -195,7 +286,7 @@ def _one_hot(ctx: NodeContext) -> None:
     values = ctx.value(2)
     if values.shape != (2,):
         raise ctx.invalid(f"values {list(values.shape)} is not [off_value, on_value]")
-    index = ctx.inputs[0] if ctx.value(0).dtype == "i32" else ctx.step("Cast", ctx.inputs[0], to="i32")
+    index = _as_int32(ctx, ctx.inputs[0])
     negative = ctx.step("Less", index, ctx.scalar(0, "i32"))
     index = ctx.step("Where", negative, ctx.step("Add", index, ctx.scalar(depth, "i32")), index)
     positions = np.arange(depth, dtype=np.int32).reshape([depth if a == axis else 1 for a in range(rank)])
@@ -226,3 +317,27 @@ def _center_crop_pad(ctx: NodeContext) -> None:
         ctx.alias(ctx.outputs[0], ctx.inputs[0])
         return
     ctx.step("Pad", ctx.inputs[0], out=ctx.outputs[0], pads=pads, value=0.0)
+
+
+@_register("AffineGrid")
+def _affine_grid(ctx: NodeContext) -> None:
+    """grid[n, (d,) h, w] = theta[n] @ (x, y, (z,) 1): one MatMul of the constant homogeneous positions
+    [(D *) H * W, spatial + 1] by theta^T. Positions run from -1 to 1: the corner pixels' centres with
+    align_corners, else the centres of `size` equal cells."""
+    theta = ctx.value(0)
+    sizes = ctx.ints(1, "size") or []
+    spatial = len(sizes) - 2
+    if spatial not in (2, 3) or theta.shape[1:] != (spatial, spatial + 1) or theta.shape[0] != sizes[0]:
+        raise ctx.invalid(f"theta {list(theta.shape)} and size {sizes} are not a 2-D or 3-D affine grid")
+    if theta.dtype != "f32":
+        raise ctx.unsupported(f"{theta.dtype} theta: the MatMul kernel computes f32 only")
+    dims = sizes[2:]
+    corners = ctx.attrs.get("align_corners", 0)
+    # A single position is 0 either way, as in PyTorch's affine_grid, which the spec points to (with
+    # align_corners, onnx's reference gives -1 and onnxruntime 1)
+    axes = [np.linspace(-1, 1, n) if corners and n > 1 else (np.arange(n) * 2 + 1) / n - 1 for n in dims]
+    mesh = np.meshgrid(*axes, indexing="ij")  # (z,) y, x over (D,) H, W
+    positions = np.stack([*mesh[::-1], np.ones(dims)], axis=-1).reshape(-1, spatial + 1)
+    transposed = ctx.step("Transpose", theta.name, perm=[0, 2, 1])
+    grid = ctx.step("MatMul", ctx.constant("", positions.astype(np.float32)), transposed)
+    ctx.step("Reshape", grid, out=ctx.outputs[0], shape=[sizes[0], *dims, spatial])
