@@ -412,6 +412,15 @@ def test_a_non_constant_operand_is_unsupported_and_says_why():
         import_model(model)
 
 
+def test_a_compile_time_op_of_run_time_inputs_names_the_input():
+    """The message runtime.backend looks for to compile such a model once it has the input's value."""
+    model = make([helper.make_node("Range", ["start", "limit", "delta"], ["y"], name="r")],
+                  [("start", F, []), ("delta", F, [])], [("y", F, [None])], [("limit", np.array(5, np.float32))])
+    with pytest.raises(UnsupportedOpError, match=r"^unsupported op 'Range' \(node 'r', opset 17\): its input %start "
+                                                 r"is not a compile-time constant$"):
+        import_model(model)
+
+
 def test_unsupported_uses_of_supported_ops():
     indices = make([helper.make_node("MaxPool", ["x"], ["y", "i"], kernel_shape=[2], name="pool")],
                    [("x", F, [1, 1, 4])], [("y", F, [1, 1, 3]), ("i", I64, [1, 1, 3])])

@@ -45,7 +45,8 @@ NORMALISERS = {**_TENSOR, **_NN, **_ELEMENTWISE_AND_MOVEMENT, **_LOSSES_AND_NORM
 # Always compile-time constants, given static shapes.
 SHAPE_OPS = frozenset({"Shape", "Size"})
 # Supported only when their inputs are constants (their output shapes depend on data).
-FOLD_ONLY = frozenset({"Constant", "ConstantOfShape", "Range", "NonZero", "EyeLike"})
+FOLD_ONLY = frozenset({"Constant", "ConstantOfShape", "Range", "NonZero", "EyeLike", "HannWindow", "HammingWindow",
+                       "BlackmanWindow"})
 # Inputs whose data a fold does not need, only their dtype or shape (which are static).
 TYPE_ONLY_INPUTS = {"CastLike": 1, "EyeLike": 0}
 
@@ -221,9 +222,18 @@ def _scan(graph: onnx.GraphProto, opsets: dict[str, int]) -> list[tuple[str, str
                 for i, name in enumerate(node.input))):
             constant.update(node.output)
         elif node.op_type not in NORMALISERS:
-            reason = "its inputs are not compile-time constants" if node.op_type in FOLD_ONLY else ""
+            reason = _not_constant(node.op_type, [name if name and name not in constant else "" for name in node.input])
             problems.append((node.op_type, node_name(node, index), opset, reason))
     return problems
+
+
+def _not_constant(op_type: str, variables: list[str]) -> str:
+    """Why a FOLD_ONLY node cannot be imported: its first input that is not a compile-time constant ("" for
+    other ops). The message is the one `ctx.const` gives, which tells runtime.backend to specialise on it."""
+    if op_type not in FOLD_ONLY:
+        return ""
+    name = next((name for i, name in enumerate(variables) if name and TYPE_ONLY_INPUTS.get(op_type) != i), "")
+    return f"its input %{name} is not a compile-time constant" if name else "its inputs are not compile-time constants"
 
 
 def node_name(node: onnx.NodeProto, index: int) -> str:
@@ -333,7 +343,8 @@ class Importer:
         else:
             normalise = NORMALISERS.get(node.op_type)
             if normalise is None:
-                reason = "its inputs are not compile-time constants" if node.op_type in FOLD_ONLY else ""
+                reason = _not_constant(node.op_type, [v.name if v is not None and not v.is_const else ""
+                                                      for v in values])
                 raise UnsupportedOpError(node.op_type, name, self.opset, reason)
             since = onnx.defs.get_schema(node.op_type, self.opset, "").since_version
             normalise(NodeContext(self, node, name, self.opset, since, inputs, outputs))
