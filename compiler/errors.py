@@ -26,13 +26,17 @@ class UnsupportedOpError(AccError, NotImplementedError):
     ``unsupported op 'NonMaxSuppression' (node 'nms_1', opset 17)``, followed by the
     reason when the op is supported in general but not this use of it."""
 
-    def __init__(self, op_type: str, node_name: str, opset: int | None = None, reason: str = ""):
+    def __init__(self, op_type: str, node_name: str, opset: int | None = None, reason: str = "",
+                 needs_constant: str | None = None):
         self.op_type, self.node_name, self.opset, self.reason = op_type, node_name, opset, reason
+        # The value the compiler would need as a compile-time constant, when that is the only obstacle:
+        # runtime.backend then compiles once run() brings it.
+        self.needs_constant = needs_constant
         where = f"node {node_name!r}" + (f", opset {opset}" if opset is not None else "")
         super().__init__(f"unsupported op {op_type!r} ({where})" + (f": {reason}" if reason else ""))
 
     def __reduce__(self):
-        return type(self), (self.op_type, self.node_name, self.opset, self.reason)
+        return type(self), (self.op_type, self.node_name, self.opset, self.reason, self.needs_constant)
 
 
 class UnsupportedTypeError(UnsupportedOpError):
@@ -42,7 +46,7 @@ class UnsupportedTypeError(UnsupportedOpError):
         self.tensor, self.dtype, self.where = tensor, dtype, where
         message = f"unsupported data type {dtype} of tensor {tensor!r}" + (f" ({where})" if where else "")
         AccError.__init__(self, message)
-        self.op_type, self.node_name, self.opset, self.reason = None, None, None, ""
+        self.op_type, self.node_name, self.opset, self.reason, self.needs_constant = None, None, None, "", None
 
     def __reduce__(self):
         return type(self), (self.tensor, self.dtype, self.where)

@@ -13,14 +13,7 @@ from compiler.codegen.kernels import ALIASES, KERNELS
 from compiler.errors import UnsupportedOpError
 from compiler.frontend import import_model, unsupported_ops
 from compiler.frontend import supported_ops as importable_ops
-from compiler.frontend.decompose_nn import NORMALISERS as _DECOMPOSED_NN
-from compiler.frontend.decompose_recurrent import NORMALISERS as _DECOMPOSED_RECURRENT
-from compiler.frontend.decompose_tensor import NORMALISERS as _DECOMPOSED_TENSOR
-from compiler.frontend.decompose_transformer import NORMALISERS as _DECOMPOSED_TRANSFORMER
-from compiler.frontend.onnx_import import FOLD_ONLY, SHAPE_OPS
-
-# ONNX ops the importer expresses in other IR ops, each of which has a kernel.
-DECOMPOSED = set(_DECOMPOSED_NN) | set(_DECOMPOSED_RECURRENT) | set(_DECOMPOSED_TENSOR) | set(_DECOMPOSED_TRANSFORMER)
+from compiler.frontend.onnx_import import DECOMPOSED, FOLD_ONLY, SHAPE_OPS
 
 # ONNX ops whose IR form is another op (the importer rewrites them) or nothing at all.
 REWRITTEN = {"Dropout": "removed at inference", "BatchNormalization": "folded into Conv, or Mul and Add",

@@ -62,16 +62,6 @@ class Instruction:
             _field_bits(_HEADER_FIELDS[name], value, DType.F32)
             self.fields[name] = value
 
-    def with_sync(self, wait: int, signal: int) -> Instruction:
-        """The same instruction with other semaphore fields."""
-        copy = Instruction.__new__(Instruction)
-        copy.definition = self.definition
-        copy.fields = dict(self.fields)
-        for name, value in (("wait", wait), ("signal", signal)):
-            _field_bits(_HEADER_FIELDS[name], value, DType.F32)
-            copy.fields[name] = value
-        return copy
-
     @property
     def mnemonic(self) -> str:
         return self.definition.mnemonic

@@ -61,10 +61,8 @@ def footprint(instruction: Instruction, config: AcceleratorConfig) -> list[Span]
     rows, cols = f["rows"], f["cols"]
     dtype: DType = f["dtype"]
     spans = []
-    if name in ("vrsum", "vrmax", "vrmin"):
+    if name in ("vrsum", "vrmax", "vrmin"):  # one result per row, dst_rs apart
         spans.append(_span(LOCAL, f["dst"], dtype.size, (rows,), (f["dst_rs"],), True))
-    elif name == "vreq":
-        spans.append(_span(LOCAL, f["dst"], dtype.size, (rows, cols), (f["dst_rs"], 1), True))
     else:
         spans.append(_span(LOCAL, f["dst"], dtype.size, (rows, cols), (f["dst_rs"], 1), True))
     operand_dtypes = {"a": dtype, "b": dtype, "c": dtype}

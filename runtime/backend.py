@@ -18,8 +18,6 @@ run-time input of the program.
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import onnx
 from onnx.backend.base import Backend, BackendRep
@@ -27,7 +25,6 @@ from onnx.backend.base import Backend, BackendRep
 from isa.program import Program
 from runtime.simulator import run
 
-_NEEDS_CONSTANT = re.compile(r"input %(\S+) is not a compile-time constant")
 MAX_SPECIALISATIONS = 8
 
 
@@ -95,10 +92,9 @@ def _compile_binding(model: onnx.ModelProto, options: dict, values: dict[str, np
                           opt_level=options.get("opt_level", 1), input_shapes=options.get("input_shapes"))
         return program, None
     except UnsupportedOpError as err:
-        match = _NEEDS_CONSTANT.search(str(err))
         graph_inputs = {i.name for i in model.graph.input}
-        if match and match.group(1) in graph_inputs and match.group(1) not in values:
-            return None, match.group(1)
+        if err.needs_constant in graph_inputs and err.needs_constant not in values:
+            return None, err.needs_constant
         raise
 
 

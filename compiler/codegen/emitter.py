@@ -161,18 +161,6 @@ class Emitter:
                 if known > clock[other]:
                     clock[other] = known
 
-    def fence_all(self) -> None:
-        """Make every engine wait for everything emitted so far (used between independent programs)."""
-        for engine in range(ENGINES):
-            others = [len(self.by_engine[e]) for e in range(ENGINES)]
-            if any(others[e] > self.clock[engine][e] for e in range(ENGINES) if e != engine):
-                item = _Item(Instruction("sync", engine=Engine(engine)), engine, self.current_node)
-                self._order_after(item, engine, others)
-                self.items.append(item)
-                self.by_engine[engine].append(len(self.items) - 1)
-                self.clock[engine][engine] = len(self.by_engine[engine])
-                self.clock_at[engine].append(tuple(self.clock[engine]))
-
     # Output ---------------------------------------------------------------------------------
     def finish(self) -> tuple[list[Instruction], list[DebugRange]]:
         """The instructions in program order, ending with `end`, and the node of each range."""

@@ -35,6 +35,18 @@ _ONNX_TYPES = {name: elem_type for elem_type, name in _IR_DTYPES.items()}
 SUPPORTED_DTYPES = frozenset(d.name.lower() for d in DType)
 
 
+class Normalisers(dict):
+    """ONNX op type -> the function that imports it; `register` is the decorator that fills it."""
+
+    def register(self, *ops: str):
+        def decorate(function):
+            for op in ops:
+                self[op] = function
+            return function
+
+        return decorate
+
+
 def onnx_type_name(elem_type: int) -> str:
     """'float16' for TensorProto.FLOAT16: how messages name an ONNX element type."""
     try:
@@ -112,7 +124,7 @@ class NodeContext:
             raise self.invalid(f"the {what} input (input {index}) is missing")
         value = self.value(index)
         if not value.is_const:
-            raise self.unsupported(f"the {what} input %{value.name} is not a compile-time constant")
+            raise self.unsupported(f"the {what} input %{value.name} is not a compile-time constant", value.name)
         return value.const
 
     def optional_const(self, index: int, what: str) -> np.ndarray | None:
@@ -133,8 +145,8 @@ class NodeContext:
         return int(axis) % rank
 
     # Errors ----------------------------------------------------------------------------------------
-    def unsupported(self, reason: str = "") -> UnsupportedOpError:
-        return UnsupportedOpError(self.op_type, self.name, self.opset, reason)
+    def unsupported(self, reason: str = "", needs_constant: str | None = None) -> UnsupportedOpError:
+        return UnsupportedOpError(self.op_type, self.name, self.opset, reason, needs_constant)
 
     def invalid(self, reason: str) -> ModelError:
         return ModelError(f"node {self.name!r} ({self.op_type}, opset {self.opset}): {reason}")

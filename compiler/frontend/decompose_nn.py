@@ -18,24 +18,17 @@ where the doc has none), in the same order of operations:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import numpy as np
 import onnx
 
-from compiler.frontend.context import NodeContext, known_dtype
+from compiler.frontend.context import NodeContext, Normalisers, known_dtype
 from compiler.frontend.normalise_tensor import reshape_to
 
-NORMALISERS: dict[str, Callable[[NodeContext], None]] = {}
+NORMALISERS = Normalisers()
+_register = NORMALISERS.register
 INT32 = np.iinfo(np.int32)
 
-
-def _register(*ops: str):
-    def decorate(function):
-        for op in ops:
-            NORMALISERS[op] = function
-        return function
-    return decorate
 
 
 # Normalisation ------------------------------------------------------------------------------------

@@ -16,25 +16,18 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import numpy as np
 
-from compiler.frontend.context import NodeContext
+from compiler.frontend.context import NodeContext, Normalisers
 from compiler.ir import numpy_dtype
 
-NORMALISERS: dict[str, Callable[[NodeContext], None]] = {}
+NORMALISERS = Normalisers()
+_register = NORMALISERS.register
 
 # The element-wise kernels select on these; other types (i64) move through dma_gather.
 SELECTABLE_DTYPES = frozenset({"f32", "bf16", "f16", "i32", "i8", "u8", "bool"})
 
-
-def _register(*ops: str):
-    def decorate(function):
-        for op in ops:
-            NORMALISERS[op] = function
-        return function
-    return decorate
 
 
 def _like(ctx: NodeContext, value: float) -> str:

@@ -13,20 +13,13 @@ with its statistics used are decomposed by decompose_nn.py.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
-from compiler.frontend.context import NodeContext, ir_dtype
+from compiler.frontend.context import NodeContext, Normalisers, ir_dtype
 from compiler.frontend.decompose_nn import batch_norm_at_run_time, check_stash_type, layer_norm_with_statistics
 
-NORMALISERS: dict[str, Callable[[NodeContext], None]] = {}
+NORMALISERS = Normalisers()
+_register = NORMALISERS.register
 
-
-def _register(*ops: str):
-    def decorate(function):
-        for op in ops:
-            NORMALISERS[op] = function
-        return function
-    return decorate
 
 
 # Windows: convolution and pooling -----------------------------------------------------------------

@@ -11,24 +11,17 @@ ops are in normalise_nn.py.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import numpy as np
 import onnx
 
-from compiler.frontend.context import NodeContext, ir_dtype
+from compiler.frontend.context import NodeContext, Normalisers, ir_dtype
 from compiler.ops import OPS
 from compiler.shape_rules import ShapeError, broadcast_shapes
 
-NORMALISERS: dict[str, Callable[[NodeContext], None]] = {}
+NORMALISERS = Normalisers()
+_register = NORMALISERS.register
 
-
-def _register(*ops: str):
-    def decorate(function):
-        for op in ops:
-            NORMALISERS[op] = function
-        return function
-    return decorate
 
 
 def _copy_attrs(ctx: NodeContext, op: str) -> dict:

@@ -41,7 +41,9 @@ from compiler.frontend.normalise_tensor import NORMALISERS as _TENSOR
 from compiler.ir import Graph, Node, Value, numpy_dtype
 from compiler.verify import verify
 
-NORMALISERS = {**_TENSOR, **_NN, **_ELEMENTWISE_AND_MOVEMENT, **_LOSSES_AND_NORMS, **_TRANSFORMER, **_RECURRENT}
+# Ops expressed in other IR ops (each of which has a kernel), and all the importer accepts.
+DECOMPOSED = {**_ELEMENTWISE_AND_MOVEMENT, **_LOSSES_AND_NORMS, **_TRANSFORMER, **_RECURRENT}
+NORMALISERS = {**_TENSOR, **_NN, **DECOMPOSED}
 # Always compile-time constants, given static shapes.
 SHAPE_OPS = frozenset({"Shape", "Size"})
 # Supported only when their inputs are constants (their output shapes depend on data).
@@ -222,18 +224,21 @@ def _scan(graph: onnx.GraphProto, opsets: dict[str, int]) -> list[tuple[str, str
                 for i, name in enumerate(node.input))):
             constant.update(node.output)
         elif node.op_type not in NORMALISERS:
-            reason = _not_constant(node.op_type, [name if name and name not in constant else "" for name in node.input])
-            problems.append((node.op_type, node_name(node, index), opset, reason))
+            reason, needed = _not_constant(node.op_type, [name if name and name not in constant else ""
+                                                          for name in node.input])
+            problems.append((node.op_type, node_name(node, index), opset, reason, needed))
     return problems
 
 
-def _not_constant(op_type: str, variables: list[str]) -> str:
-    """Why a FOLD_ONLY node cannot be imported: its first input that is not a compile-time constant ("" for
-    other ops). The message is the one `ctx.const` gives, which tells runtime.backend to specialise on it."""
+def _not_constant(op_type: str, variables: list[str]) -> tuple[str, str | None]:
+    """Why a FOLD_ONLY node cannot be imported, and the first input that is not a compile-time
+    constant (the one runtime.backend can specialise on); ("", None) for other ops."""
     if op_type not in FOLD_ONLY:
-        return ""
+        return "", None
     name = next((name for i, name in enumerate(variables) if name and TYPE_ONLY_INPUTS.get(op_type) != i), "")
-    return f"its input %{name} is not a compile-time constant" if name else "its inputs are not compile-time constants"
+    if not name:
+        return "its inputs are not compile-time constants", None
+    return f"its input %{name} is not a compile-time constant", name
 
 
 def node_name(node: onnx.NodeProto, index: int) -> str:
@@ -343,9 +348,9 @@ class Importer:
         else:
             normalise = NORMALISERS.get(node.op_type)
             if normalise is None:
-                reason = _not_constant(node.op_type, [v.name if v is not None and not v.is_const else ""
-                                                      for v in values])
-                raise UnsupportedOpError(node.op_type, name, self.opset, reason)
+                reason, needed = _not_constant(node.op_type, [v.name if v is not None and not v.is_const else ""
+                                                              for v in values])
+                raise UnsupportedOpError(node.op_type, name, self.opset, reason, needed)
             since = onnx.defs.get_schema(node.op_type, self.opset, "").since_version
             normalise(NodeContext(self, node, name, self.opset, since, inputs, outputs))
         self._check_outputs(node, name, outputs)

@@ -78,14 +78,10 @@ def matmul_views(ctx: CodegenContext, a: View, b: View, out: View, node: Node, *
                     ctx.emitter.emit("matmul", dtype=dtype, a=a_tile, a_rs=kt, m=mt, c=c_tile, c_rs=nt,
                                      accumulate=int(k0 > 0))
                     step += 1
-                tile_shape = dict(dtype=DType.F32, dst=c_tile, dst_rs=nt, a=c_tile, a_rs=nt, rows=mt, cols=nt)
-                if alpha != 1.0:
-                    ctx.emitter.emit("vmuli", imm=alpha, **tile_shape)
-                if bias_batch is not None:
-                    bias_tile = bias_buffers[tile % 2]
-                    ctx.dma_in(bias_tile, bias_batch.window(0, m0, m0 + mt).window(1, n0, n0 + nt))
-                    ctx.emitter.emit("vadd", b=bias_tile, b_rs=nt, **tile_shape)
-                ctx.dma_out(c_tile, out_batch.window(0, m0, m0 + mt).window(1, n0, n0 + nt))
+                block = (slice(m0, m0 + mt), slice(n0, n0 + nt))
+                bias_block = _block(bias_batch, block) if bias_batch is not None else None
+                _finish_tile(ctx, c_tile, _block(out_batch, block), alpha, bias_block,
+                             bias_buffers[tile % 2] if bias_buffers else None)
                 tile += 1
 
 
@@ -128,15 +124,31 @@ def _matmul_swapped(ctx: CodegenContext, a: View, b_transposed: View, out: View,
                 ctx.emitter.emit("matmul", dtype=dtype, a=b_tile, a_rs=kt, m=nt, c=c_tile, c_rs=mt,
                                  accumulate=int(k0 > 0))
                 step += 1
-            tile_shape = dict(dtype=DType.F32, dst=c_tile, dst_rs=mt, a=c_tile, a_rs=mt, rows=nt, cols=mt)
-            if alpha != 1.0:
-                ctx.emitter.emit("vmuli", imm=alpha, **tile_shape)
-            if bias is not None:
-                bias_tile = bias_buffers[tile % 2]
-                ctx.dma_in(bias_tile, bias.window(0, m0, m0 + mt).window(1, n0, n0 + nt).transpose((1, 0)))
-                ctx.emitter.emit("vadd", b=bias_tile, b_rs=mt, **tile_shape)
-            ctx.dma_out(c_tile, out.window(0, m0, m0 + mt).window(1, n0, n0 + nt).transpose((1, 0)))
+            # The accumulator holds out^T: the bias and the output are read through transposed views.
+            block = (slice(m0, m0 + mt), slice(n0, n0 + nt))
+            bias_block = _block(bias, block).transpose((1, 0)) if bias is not None else None
+            _finish_tile(ctx, c_tile, _block(out, block).transpose((1, 0)), alpha, bias_block,
+                         bias_buffers[tile % 2] if bias_buffers else None)
             tile += 1
+
+
+def _block(view: View, block: tuple[slice, slice]) -> View:
+    rows, cols = block
+    return view.window(0, rows.start, rows.stop).window(1, cols.start, cols.stop)
+
+
+def _finish_tile(ctx: CodegenContext, c_tile: int, target: View, alpha: float, bias: View | None,
+                 bias_tile: int | None) -> None:
+    """The epilogue of one [rows, cols] result tile in the accumulator: scale by alpha, add the
+    bias block (loaded into bias_tile), store to target."""
+    rows, cols = target.shape
+    tile_shape = dict(dtype=DType.F32, dst=c_tile, dst_rs=cols, a=c_tile, a_rs=cols, rows=rows, cols=cols)
+    if alpha != 1.0:
+        ctx.emitter.emit("vmuli", imm=alpha, **tile_shape)
+    if bias is not None:
+        ctx.dma_in(bias_tile, bias)
+        ctx.emitter.emit("vadd", b=bias_tile, b_rs=cols, **tile_shape)
+    ctx.dma_out(c_tile, target)
 
 
 def _unravel(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:
