@@ -161,7 +161,8 @@ def _windows(size: int, kernel: int, stride: int, begin: int, end: int, dilation
     return count
 
 
-def conv(attrs: dict, x: list) -> Result:
+def _conv_operands(attrs: dict, x: list):
+    """(data, weight, bias, spatial rank, kernel, strides, pads, dilations) of Conv and ConvTranspose."""
     data, weight, bias = x[0], x[1], x[2] if len(x) > 2 else None
     _min_rank(data, 3)
     spatial = len(data.shape) - 2
@@ -169,6 +170,11 @@ def conv(attrs: dict, x: list) -> Result:
            f"weight {_dims(weight.shape)} and input {_dims(data.shape)} differ in rank")
     kernel, strides, pads, dilations = _window(attrs, spatial)
     _check(tuple(kernel) == weight.shape[2:], f"kernel_shape={kernel} but the weight is {_dims(weight.shape)}")
+    return data, weight, bias, spatial, kernel, strides, pads, dilations
+
+
+def conv(attrs: dict, x: list) -> Result:
+    data, weight, bias, spatial, kernel, strides, pads, dilations = _conv_operands(attrs, x)
     group, channels, out_channels = attrs["group"], data.shape[1], weight.shape[0]
     _check(group >= 1 and channels % group == 0 and out_channels % group == 0,
            f"group={group} does not divide {channels} input and {out_channels} output channels")
@@ -184,14 +190,8 @@ def conv(attrs: dict, x: list) -> Result:
 
 
 def conv_transpose(attrs: dict, x: list) -> Result:
-    data, weight, bias = x[0], x[1], x[2] if len(x) > 2 else None
-    _min_rank(data, 3)
-    spatial = len(data.shape) - 2
-    _check(len(weight.shape) == len(data.shape),
-           f"weight {_dims(weight.shape)} and input {_dims(data.shape)} differ in rank")
-    kernel, strides, pads, dilations = _window(attrs, spatial)
+    data, weight, bias, spatial, kernel, strides, pads, dilations = _conv_operands(attrs, x)
     output_padding = _int_list(attrs, "output_padding", spatial)
-    _check(tuple(kernel) == weight.shape[2:], f"kernel_shape={kernel} but the weight is {_dims(weight.shape)}")
     group = attrs["group"]
     _check(group >= 1 and data.shape[1] % group == 0, f"group={group} does not divide {data.shape[1]} input channels")
     _check(weight.shape[0] == data.shape[1],

@@ -98,6 +98,10 @@ def _gelu(b: TileBuilder, x: Tile, approximate: str) -> Tile:
     return b.imm("mul", b.binary("mul", x, b.imm("add", erf, 1.0)), 0.5)
 
 
+def _unary(op: str):
+    return lambda b, xs, attrs: b.unary(op, xs[0])
+
+
 def _fold(op: str):
     def recipe(b: TileBuilder, xs: list[Tile], attrs: dict) -> Tile:
         result = xs[0] if len(xs) > 1 else b.unary("mov", xs[0])
@@ -133,21 +137,21 @@ RECIPES = {
     if a.get("alpha", 0.01) <= 1 else b.binary("min", xs[0], b.imm("mul", xs[0], a.get("alpha", 0.01))),
     "PRelu": lambda b, xs, a: b.select(b.imm("lt", xs[0], 0.0), b.binary("mul", xs[0], xs[1]), xs[0]),
     "Clip": lambda b, xs, a: b.unary("mov", _clip(b, xs[0], a.get("min", -math.inf), a.get("max", math.inf))),
-    "Sigmoid": lambda b, xs, a: b.unary("sigmoid", xs[0]),
+    "Sigmoid": _unary("sigmoid"),
     "HardSigmoid": lambda b, xs, a: _hard_sigmoid(b, xs[0], a.get("alpha", 0.2), a.get("beta", 0.5)),
     "HardSwish": lambda b, xs, a: b.binary("mul", xs[0], _hard_sigmoid(b, xs[0], 1.0 / 6.0, 0.5)),
-    "Tanh": lambda b, xs, a: b.unary("tanh", xs[0]),
-    "Exp": lambda b, xs, a: b.unary("exp", xs[0]),
-    "Log": lambda b, xs, a: b.unary("log", xs[0]),
-    "Sqrt": lambda b, xs, a: b.unary("sqrt", xs[0]),
-    "Reciprocal": lambda b, xs, a: b.unary("recip", xs[0]),
-    "Neg": lambda b, xs, a: b.unary("neg", xs[0]),
-    "Abs": lambda b, xs, a: b.unary("abs", xs[0]),
-    "Erf": lambda b, xs, a: b.unary("erf", xs[0]),
-    "Floor": lambda b, xs, a: b.unary("floor", xs[0]),
-    "Ceil": lambda b, xs, a: b.unary("ceil", xs[0]),
-    "Round": lambda b, xs, a: b.unary("round", xs[0]),
-    "Identity": lambda b, xs, a: b.unary("mov", xs[0]),
+    "Tanh": _unary("tanh"),
+    "Exp": _unary("exp"),
+    "Log": _unary("log"),
+    "Sqrt": _unary("sqrt"),
+    "Reciprocal": _unary("recip"),
+    "Neg": _unary("neg"),
+    "Abs": _unary("abs"),
+    "Erf": _unary("erf"),
+    "Floor": _unary("floor"),
+    "Ceil": _unary("ceil"),
+    "Round": _unary("round"),
+    "Identity": _unary("mov"),
     "Gelu": lambda b, xs, a: _gelu(b, xs[0], a.get("approximate", "none")),
     "Softplus": lambda b, xs, a: _softplus(b, xs[0]),
     "Softsign": lambda b, xs, a: b.binary("div", xs[0], b.imm("add", b.unary("abs", xs[0]), 1.0)),
