@@ -5,7 +5,7 @@ with another shape.
 """
 
 from compiler.codegen.kernels.conv import conv_kernel, conv_transpose_kernel
-from compiler.codegen.kernels.elementwise import RECIPES, elementwise_kernel
+from compiler.codegen.kernels.elementwise import RECIPES, dequantize_kernel, elementwise_kernel, quantize_kernel
 from compiler.codegen.kernels.matmul import gemm_kernel, matmul_kernel
 from compiler.codegen.kernels.movement import MOVEMENT_KERNELS
 from compiler.codegen.kernels.pool import pool_kernel
@@ -14,7 +14,8 @@ from compiler.codegen.kernels.rows import ROW_KERNELS
 ALIASES = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"}
 
 KERNELS = {op: elementwise_kernel for op in RECIPES}
-KERNELS.update({"MatMul": matmul_kernel, "Gemm": gemm_kernel})
+KERNELS.update({"MatMul": matmul_kernel, "Gemm": gemm_kernel, "QuantizeLinear": quantize_kernel,
+                "DequantizeLinear": dequantize_kernel})
 KERNELS.update({"Conv": conv_kernel, "ConvTranspose": conv_transpose_kernel, "MaxPool": pool_kernel,
                 "AveragePool": pool_kernel})
 KERNELS.update(ROW_KERNELS)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from compiler.codegen.context import CodegenContext, View, accelerator_dtype, unsupported
 from compiler.ir import Node
 from isa.dtypes import DType
@@ -69,6 +71,10 @@ class TileBuilder:
     def fill(self, value: float, dtype: DType | None = None) -> Tile:
         dtype = dtype or self.dtype
         return self._emit("vfill", self.temp(dtype), imm=float(value) if dtype.is_float else int(value))
+
+    def requantize(self, a: Tile, scale: Tile, zero_point: Tile, dtype: DType) -> Tile:
+        """saturate(round_half_even(a * scale) + zero_point) to i8/u8, from an i32 tile."""
+        return self._emit("vreq", self.temp(dtype), a=a, b=scale, c=zero_point)
 
     def convert(self, a: Tile, dtype: DType, dst: Tile | None = None) -> Tile:
         if a.dtype == dtype and dst is None:
@@ -218,23 +224,46 @@ def _compute_dtype(node: Node, dtypes: list[DType]) -> DType:
 
 def elementwise_kernel(ctx: CodegenContext, node: Node) -> None:
     out = ctx.view(node.outputs[0])
-    if out.size == 0:
-        return  # nothing to compute
     names = [name for name in node.inputs if name]
     ins = [ctx.view(name) for name in names]
     for name in names + node.outputs[:1]:
         accelerator_dtype(ctx.graph.values[name].dtype, name, f"{node.op} node {node.name!r}")
-    if node.op == "Cast":
-        compute = ins[0].dtype
-    else:
-        compute = _compute_dtype(node, [v.dtype for v in ins])
-    shape = out.shape or (1,)
+    compute = ins[0].dtype if node.op == "Cast" else _compute_dtype(node, [v.dtype for v in ins])
+    elementwise_views(ctx, ins, out, _node_body(node, compute, out.dtype), compute)
+
+
+def _node_body(node: Node, compute: DType, out_dtype: DType):
+    """The tile body of an element-wise node: its recipe, with the conversions around it."""
+
+    def body(builder: TileBuilder, tiles: list[Tile]) -> Tile:
+        if node.op != "Cast":
+            tiles = [t if t.dtype == compute else builder.convert(t, compute) for t in tiles]
+        elif tiles[0].dtype is DType.F16 and not out_dtype.is_float:
+            tiles = [builder.convert(tiles[0], DType.F32)]  # truncation below needs arithmetic
+        result = RECIPES[node.op](builder, tiles, node.attrs)
+        if node.op == "Cast" and result.dtype.is_float and not out_dtype.is_float:
+            # ONNX casts floats to integers by truncation toward zero.
+            result = builder.select(builder.imm("lt", result, 0.0), builder.unary("ceil", result),
+                                    builder.unary("floor", result))
+        if node.op in COMPARISONS:
+            result = builder.imm("ne", result, 0)  # exactly 0 or 1 before it becomes a bool
+        return result
+
+    return body
+
+
+def elementwise_views(ctx: CodegenContext, ins: list[View], out: View, body, compute: DType) -> None:
+    """out = body(ins) element by element, the inputs broadcast to out's shape (numpy rules).
+
+    `body(builder, tiles)` emits the vector instructions for one tile and returns the result
+    tile, in any dtype: it is converted to out's dtype on the way out (bool: from 0/1)."""
+    if out.size == 0:
+        return  # nothing to compute
     operands = [v.broadcast_to(out.shape) for v in ins]
     dims, strides = merge_joint(out.shape, [out.strides] + [v.strides for v in operands])
     rows_total = dims[-2] if len(dims) >= 2 else 1
     cols_total = dims[-1]
     outer_dims = dims[:-2]
-    del shape
     spad = ctx.scratchpad()
     widest = max([out.dtype.size] + [v.dtype.size for v in ins] + [4])
     buffers_per_tile = len(ins) + MAX_TEMPS + 2
@@ -247,6 +276,7 @@ def elementwise_kernel(ctx: CodegenContext, node: Node) -> None:
     for n in outer_dims:
         outer_count *= n
     tile_index = 0
+    out_dtype = DType.U8 if out.dtype is DType.BOOL else out.dtype
 
     def view_2d(view_strides: tuple[int, ...], base: View, outer_index: tuple[int, ...]) -> tuple[int, int, int]:
         offset = sum(i * s for i, s in zip(outer_index, view_strides[:-2], strict=False))
@@ -278,19 +308,8 @@ def elementwise_kernel(ctx: CodegenContext, node: Node) -> None:
                     tiles.append(Tile(local, load_dtype, cols_l if rows_l > 1 else 0, 1 if cols_l > 1 else 0))
                 out_local = buffers.pop()
                 builder = TileBuilder(ctx, rt, ct, buffers, compute)
-                if node.op != "Cast":
-                    tiles = [t if t.dtype == compute else builder.convert(t, compute) for t in tiles]
-                elif tiles[0].dtype is DType.F16 and not out.dtype.is_float:
-                    tiles = [builder.convert(tiles[0], DType.F32)]  # truncation below needs arithmetic
-                result = RECIPES[node.op](builder, tiles, node.attrs)
-                if node.op == "Cast" and result.dtype.is_float and not out.dtype.is_float:
-                    # ONNX casts floats to integers by truncation toward zero.
-                    result = builder.select(builder.imm("lt", result, 0.0), builder.unary("ceil", result),
-                                            builder.unary("floor", result))
-                out_dtype = DType.U8 if out.dtype is DType.BOOL else out.dtype
-                if node.op in COMPARISONS:
-                    result = builder.imm("ne", result, 0)  # exactly 0 or 1 before it becomes a bool
-                if out.dtype is DType.BOOL and node.op == "Cast":
+                result = body(builder, tiles)
+                if out.dtype is DType.BOOL:  # any non-zero is true
                     builder.convert(result, DType.BOOL, Tile(out_local, DType.BOOL, ct, 1))
                 elif result.dtype != out_dtype:
                     builder.convert(result, out_dtype, Tile(out_local, out_dtype, ct, 1))
@@ -300,3 +319,57 @@ def elementwise_kernel(ctx: CodegenContext, node: Node) -> None:
                 ctx.dma_out(out_local, View(out_addr + (r0 * out_sr + c0 * out_sc) * out.dtype.size, out_dtype,
                                             (rt, ct), (out_sr, out_sc)))
                 tile_index += 1
+
+
+def _per_axis(param: View, rank: int, axis: int) -> View:
+    """A scale or zero point (a scalar, or one value per index of `axis`) shaped to broadcast over a tensor."""
+    if param.size == 1:
+        return View(param.addr, param.dtype, (1,) * rank, (0,) * rank)
+    shape, strides = [1] * rank, [0] * rank
+    shape[axis], strides[axis] = param.size, 1
+    return View(param.addr, param.dtype, tuple(shape), tuple(strides))
+
+
+def _quant_params(ctx: CodegenContext, node: Node, zero_dtype: DType) -> tuple[View, View]:
+    rank = len(ctx.view(node.inputs[0]).shape)
+    axis = node.attrs.get("axis", 1)
+    scale = _per_axis(ctx.view(node.inputs[1]), rank, axis)
+    if len(node.inputs) > 2 and node.inputs[2]:
+        zero_point = ctx.view(node.inputs[2])
+    else:
+        zero_point = ctx.constant(np.zeros(1), zero_dtype, "zero_point.0")
+    return scale, _per_axis(zero_point, rank, axis)
+
+
+def quantize_kernel(ctx: CodegenContext, node: Node) -> None:
+    """QuantizeLinear: saturate(round_half_even(x / scale) + zero_point), as onnxruntime computes it
+    (an fp32 division, rounded to int32, the zero point added with saturation by `vreq`)."""
+    x, out = ctx.view(node.inputs[0]), ctx.view(node.outputs[0])
+    if not x.dtype.is_float:
+        raise unsupported(node, f"quantizing {x.dtype.asm_name}")
+    scale, zero_point = _quant_params(ctx, node, out.dtype)
+
+    def body(b: TileBuilder, tiles: list[Tile]) -> Tile:
+        x_tile, scale_tile, zero_tile = (b.convert(t, dtype) for t, dtype in
+                                         zip(tiles, (DType.F32, DType.F32, DType.I32), strict=True))
+        rounded = b.convert(b.binary("div", x_tile, scale_tile), DType.I32)
+        if out.dtype == DType.I32:
+            return b.binary("add", rounded, zero_tile)
+        return b.requantize(rounded, b.fill(1.0, DType.F32), zero_tile, out.dtype)
+
+    elementwise_views(ctx, [x, scale, zero_point], out, body, DType.F32)
+
+
+def dequantize_kernel(ctx: CodegenContext, node: Node) -> None:
+    """DequantizeLinear: (x - zero_point) * scale, the subtraction in int32 as onnxruntime does."""
+    x, out = ctx.view(node.inputs[0]), ctx.view(node.outputs[0])
+    if x.dtype not in (DType.I8, DType.U8, DType.I32):
+        raise unsupported(node, f"dequantizing {x.dtype.asm_name}")
+    scale, zero_point = _quant_params(ctx, node, x.dtype)
+
+    def body(b: TileBuilder, tiles: list[Tile]) -> Tile:
+        x_tile, scale_tile, zero_tile = tiles
+        centred = b.binary("sub", b.convert(x_tile, DType.I32), b.convert(zero_tile, DType.I32))
+        return b.binary("mul", b.convert(centred, DType.F32), b.convert(scale_tile, DType.F32))
+
+    elementwise_views(ctx, [x, scale, zero_point], out, body, DType.F32)
