@@ -8,6 +8,8 @@
   of a data type acc does not handle.
 - `InputShapeError`: an `--input-shape` binding that does not fit the model, or a
   dynamic dimension that no binding fixes.
+- `CalibrationError`: calibration samples that do not fit the model (unreadable, empty,
+  misnamed, of the wrong shape or dtype, not finite), or a model that fails on them.
 """
 
 from __future__ import annotations
@@ -54,3 +56,8 @@ class UnsupportedTypeError(UnsupportedOpError):
 
 class InputShapeError(AccError):
     """An input shape binding that names no input, has the wrong rank or contradicts the model."""
+
+
+class CalibrationError(AccError):
+    """Calibration samples that are unreadable, empty or do not fit the model's inputs, or a sample the model
+    fails on; the message names the array or sample and the problem."""
