@@ -17,6 +17,7 @@ import onnx
 from compiler.codegen import generate
 from compiler.frontend import import_model
 from compiler.ir import Graph, to_text
+from compiler.passes.quantized import fold_dequantized_constants, fuse_qdq
 from compiler.passes.simplify import decompose_batchnorm, fold_batchnorm_into_conv, remove_identities
 from compiler.verify import verify
 from isa.config import AcceleratorConfig, load_config
@@ -25,6 +26,8 @@ from isa.program import Program
 Pass = Callable[[Graph], Graph]
 
 PASSES: list[tuple[str, Pass, int]] = [
+    ("fuse_qdq", fuse_qdq, 0),
+    ("fold_dequantized_constants", fold_dequantized_constants, 0),
     ("remove_identities", remove_identities, 0),
     ("fold_batchnorm_into_conv", fold_batchnorm_into_conv, 1),
     ("decompose_batchnorm", decompose_batchnorm, 0),

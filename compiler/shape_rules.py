@@ -139,6 +139,33 @@ def _quant_params(attrs: dict, x: list) -> None:
                    f"{_dims(x[0].shape)}")
 
 
+def _quantized_product(attrs: dict, x: list, float_rule) -> Result:
+    """QLinearConv / QLinearMatMul: the float op's shape, integer operands, an i32 bias, out_dtype."""
+    data, weight, bias = x[0], x[1], x[2] if len(x) > 2 else None
+    _check(data.dtype in ("i8", "u8") and weight.dtype in ("i8", "u8"),
+           f"operands are {data.dtype} and {weight.dtype}, not i8/u8")
+    _check(bias is None or bias.dtype == "i32", f"bias is {bias.dtype if bias else ''}, not i32")
+    _check(attrs["out_dtype"] in ("i8", "u8", "i32"), f"out_dtype={attrs['out_dtype']!r} is not i8, u8 or i32")
+    _check(attrs["y_min"] <= attrs["y_max"], f"y_min={attrs['y_min']} > y_max={attrs['y_max']}")
+    as_float = [type(v)(v.name, "f32", v.shape) if v is not None else None for v in x]
+    ((_, shape),) = float_rule(attrs, as_float)
+    channels = shape[1] if float_rule is conv else shape[-1]
+    _check(len(attrs["w_scale"]) in (1, channels), f"w_scale has {len(attrs['w_scale'])} values for "
+                                                   f"{channels} output channels")
+    return [(attrs["out_dtype"], shape)]
+
+
+def qlinear_conv(attrs: dict, x: list) -> Result:
+    return _quantized_product(attrs, x, conv)
+
+
+def qlinear_matmul(attrs: dict, x: list) -> Result:
+    _check(len(x[1].shape) == 2, f"the weight {_dims(x[1].shape)} must be a matrix")
+    if len(x) > 2 and x[2] is not None:
+        _check(x[2].shape == (x[1].shape[1],), f"bias {_dims(x[2].shape)} is not [{x[1].shape[1]}]")
+    return _quantized_product(attrs, x, matmul)
+
+
 # Convolution and pooling ---------------------------------------------------------------------------
 def _window(attrs: dict, spatial: int) -> tuple[list[int], list[int], list[int], list[int]]:
     kernel = _int_list(attrs, "kernel_shape", spatial)

@@ -15,13 +15,17 @@ from onnx.reference import ReferenceEvaluator
 NONDETERMINISTIC = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
                               "Multinomial", "Bernoulli"})
 
+# DequantizeLinear of a constant stays a node: its integers and scale are what the integer
+# kernels take (compiler/passes/quantized.py folds the ones no fusion uses).
+KEPT_QUANTIZED = frozenset({"DequantizeLinear"})
+
 _EVALUATORS: dict[tuple, ReferenceEvaluator] = {}
 _CACHE_LIMIT = 512
 
 
 def can_fold(node: onnx.NodeProto) -> bool:
     """Deterministic default-domain ops without subgraphs can be evaluated once, at compile time."""
-    return (node.domain in ("", "ai.onnx") and node.op_type not in NONDETERMINISTIC
+    return (node.domain in ("", "ai.onnx") and node.op_type not in NONDETERMINISTIC | KEPT_QUANTIZED
             and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute))
 
 

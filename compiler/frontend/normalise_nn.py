@@ -283,3 +283,64 @@ def _dequantize(ctx: NodeContext) -> None:
             raise ctx.unsupported("output_dtype differs from the scale's dtype")
     ctx.emit("DequantizeLinear", ctx.inputs[:3], axis=_quant_axis(ctx))
 
+
+
+def _scalar_param(ctx: NodeContext, index: int, what: str, default: float = 0) -> float:
+    """A per-tensor scale or zero point (absent: `default`)."""
+    if not ctx.has(index):
+        return default
+    data = ctx.const(index, what)
+    if data.size != 1:
+        raise ctx.unsupported(f"a per-axis {what} ({data.size} values)")
+    return data.reshape(-1)[0].item()
+
+
+def _weight_params(ctx: NodeContext, scale_index: int | None, zero_index: int, channels: int) -> tuple[list, list]:
+    """w_scale (one value, or one per output channel) and w_zero_point as lists."""
+    scales = [1.0] if scale_index is None else [float(v) for v in ctx.const(scale_index, "w_scale").reshape(-1)]
+    zeros = [0] if not ctx.has(zero_index) else [int(v) for v in ctx.const(zero_index, "w_zero_point").reshape(-1)]
+    for what, values in (("w_scale", scales), ("w_zero_point", zeros)):
+        if len(values) not in (1, channels):
+            raise ctx.invalid(f"{what} has {len(values)} values for {channels} output channels")
+    return scales, zeros
+
+
+def _out_dtype(ctx: NodeContext, zero_index: int | None) -> str:
+    if zero_index is None:
+        return "i32"
+    return ctx.value(zero_index).dtype if ctx.has(zero_index) else "u8"
+
+
+@_register("QLinearConv", "ConvInteger")
+def _qlinear_conv(ctx: NodeContext) -> None:
+    """QLinearConv(x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, B) and ConvInteger(x, w, x_zp, w_zp)."""
+    linear = ctx.op_type == "QLinearConv"
+    x, w = (0, 3) if linear else (0, 1)
+    ctx.const(w, "weight")
+    kernel = list(ctx.attrs.get("kernel_shape") or ctx.shape(w)[2:])
+    scales, zeros = _weight_params(ctx, 4 if linear else None, 5 if linear else 3, ctx.shape(w)[0])
+    params = dict(x_scale=_scalar_param(ctx, 1, "x_scale", 1.0) if linear else 1.0,
+                  x_zero_point=int(_scalar_param(ctx, 2 if linear else 2, "x_zero_point")), w_scale=scales,
+                  w_zero_point=zeros, y_scale=_scalar_param(ctx, 6, "y_scale", 1.0) if linear else 1.0,
+                  y_zero_point=int(_scalar_param(ctx, 7, "y_zero_point")) if linear else 0,
+                  out_dtype=_out_dtype(ctx, 7 if linear else None))
+    inputs = [ctx.inputs[x], ctx.inputs[w]] + ([ctx.inputs[8]] if linear and ctx.has(8) else [])
+    ctx.emit("QLinearConv", inputs, group=int(ctx.attrs.get("group", 1)), **_window(ctx, kernel), **params)
+
+
+@_register("QLinearMatMul", "MatMulInteger")
+def _qlinear_matmul(ctx: NodeContext) -> None:
+    """QLinearMatMul(a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp) and MatMulInteger(a, b, a_zp, b_zp),
+    with b a constant matrix."""
+    linear = ctx.op_type == "QLinearMatMul"
+    b = 3 if linear else 1
+    weight = ctx.const(b, "b")
+    if weight.ndim != 2:
+        raise ctx.unsupported(f"a {weight.ndim}-D b (only a matrix)")
+    scales, zeros = _weight_params(ctx, 4 if linear else None, 5 if linear else 3, weight.shape[1])
+    params = dict(x_scale=_scalar_param(ctx, 1, "a_scale", 1.0) if linear else 1.0,
+                  x_zero_point=int(_scalar_param(ctx, 2, "a_zero_point")), w_scale=scales, w_zero_point=zeros,
+                  y_scale=_scalar_param(ctx, 6, "y_scale", 1.0) if linear else 1.0,
+                  y_zero_point=int(_scalar_param(ctx, 7, "y_zero_point")) if linear else 0,
+                  out_dtype=_out_dtype(ctx, 7 if linear else None))
+    ctx.emit("QLinearMatMul", [ctx.inputs[0], ctx.inputs[b]], **params)

@@ -9,13 +9,15 @@ from compiler.codegen.kernels.elementwise import RECIPES, dequantize_kernel, ele
 from compiler.codegen.kernels.matmul import gemm_kernel, matmul_kernel
 from compiler.codegen.kernels.movement import MOVEMENT_KERNELS
 from compiler.codegen.kernels.pool import pool_kernel
+from compiler.codegen.kernels.quantized import qlinear_conv_kernel, qlinear_matmul_kernel
 from compiler.codegen.kernels.rows import ROW_KERNELS
 
 ALIASES = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"}
 
 KERNELS = {op: elementwise_kernel for op in RECIPES}
 KERNELS.update({"MatMul": matmul_kernel, "Gemm": gemm_kernel, "QuantizeLinear": quantize_kernel,
-                "DequantizeLinear": dequantize_kernel})
+                "DequantizeLinear": dequantize_kernel, "QLinearConv": qlinear_conv_kernel,
+                "QLinearMatMul": qlinear_matmul_kernel})
 KERNELS.update({"Conv": conv_kernel, "ConvTranspose": conv_transpose_kernel, "MaxPool": pool_kernel,
                 "AveragePool": pool_kernel})
 KERNELS.update(ROW_KERNELS)

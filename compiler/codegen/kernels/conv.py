@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from compiler.codegen.context import CodegenContext, View, merge_dims, unsupported
+from compiler.codegen.kernels.epilogue import Finisher, Product
 from compiler.codegen.kernels.movement import Stager
 from compiler.ir import Node
 from isa.dtypes import DType
@@ -145,9 +146,10 @@ class ConvShape:
             first = group * self.cin_group + channel
             offset = (first * channel_stride + first_depth * depth_stride + first_row * row_stride
                       + first_col * col_stride)
-            window = View(self.source.at(n).addr + offset * 4, DType.F32, (count, nrows, ncols),
+            size = self.source.dtype.size
+            window = View(self.source.at(n).addr + offset * size, self.source.dtype, (count, nrows, ncols),
                           (channel_stride, self.strides[1] * row_stride, self.strides[2] * col_stride))
-            ctx.dma_in(local + row * pixels * 4, window)
+            ctx.dma_in(local + row * pixels * size, window)
 
 
 def conv_filters(ctx: CodegenContext, node: Node, groups: int, kernel: tuple[int, int, int], transposed: bool):
@@ -167,43 +169,54 @@ def conv_filters(ctx: CodegenContext, node: Node, groups: int, kernel: tuple[int
 
 
 def arranged_filters(ctx: CodegenContext, node: Node, filters, perm: tuple[int, ...], shape: tuple[int, ...],
-                     suffix: str) -> View:
+                     suffix: str, dtype: DType) -> View:
     """filters.transpose(perm) as a dense DRAM tensor of `shape`: a constant made at compile time,
     or the run-time filters copied into scratch DRAM by the accelerator (no copy when the
     permuted view is already dense)."""
     if isinstance(filters, np.ndarray):
-        return ctx.constant(filters.transpose(perm).reshape(shape), DType.F32, node.inputs[1] + suffix)
+        return ctx.constant(filters.transpose(perm).reshape(shape), dtype, node.inputs[1] + suffix)
     permuted = filters.transpose(perm)
     if merge_dims(permuted.shape, permuted.strides)[1] == (1,):
-        return View.dense(permuted.addr, DType.F32, shape)
-    target = ctx.allocate(permuted.shape, DType.F32)
+        return View.dense(permuted.addr, permuted.dtype, shape)
+    target = ctx.allocate(permuted.shape, permuted.dtype)
     Stager(ctx).copy(permuted, target)
     return target.reshape_dense(shape)
 
 
-def _checked(ctx: CodegenContext, node: Node):
+def _checked(ctx: CodegenContext, node: Node, product: Product):
     weight = ctx.graph.values[node.inputs[1]]
     x, out, attrs = as_3d(node, ctx.view(node.inputs[0]), ctx.view(node.outputs[0]),
                           dict(node.attrs, kernel_shape=list(weight.shape[2:])))
-    if x.dtype != DType.F32 or out.dtype != DType.F32:
-        raise unsupported(node, f"{x.dtype.asm_name} convolution is not supported yet")
+    if x.dtype != product.operand or out.dtype != product.out:
+        raise unsupported(node, f"{x.dtype.asm_name} -> {out.dtype.asm_name} convolution is not supported")
     return x, out, attrs
 
 
-def conv_kernel(ctx: CodegenContext, node: Node) -> None:
-    x, out, attrs = _checked(ctx, node)
+def _float_product(ctx: CodegenContext, node: Node) -> Product:
+    """f32 (or bf16 operands, with fp32 accumulation) and the f32 bias input."""
+    dtype = ctx.view(node.inputs[0]).dtype
+    bias = ctx.view(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
+    if dtype not in (DType.F32, DType.BF16):
+        raise unsupported(node, f"{dtype.asm_name} convolution")
+    return Product(dtype, bias=bias)
+
+
+def conv_kernel(ctx: CodegenContext, node: Node, product: Product | None = None) -> None:
+    product = product or _float_product(ctx, node)
+    x, out, attrs = _checked(ctx, node, product)
     groups = int(attrs.get("group", 1))
     kernel = tuple(attrs["kernel_shape"])
     filters = conv_filters(ctx, node, groups, kernel, transposed=False)
-    source = padded(ctx, x, attrs["pads"], 0.0)
-    convolve(ctx, node, source, filters, groups, tuple(attrs["strides"]), tuple(attrs["dilations"]), out)
+    source = padded(ctx, x, attrs["pads"], product.pad_value)
+    convolve(ctx, node, source, filters, groups, tuple(attrs["strides"]), tuple(attrs["dilations"]), out, product)
 
 
 def conv_transpose_kernel(ctx: CodegenContext, node: Node) -> None:
     """ConvTranspose as a stride-1 Conv of the input spread out with zeros (stride - 1 between
     pixels) and padded by dilation * (kernel - 1) - pads (cropped where that is negative),
     with the filters' in/out channels swapped per group and their kernel positions mirrored."""
-    x, out, attrs = _checked(ctx, node)
+    product = _float_product(ctx, node)
+    x, out, attrs = _checked(ctx, node, product)
     groups = int(attrs.get("group", 1))
     kernel, strides, dilations = attrs["kernel_shape"], attrs["strides"], attrs["dilations"]
     pads, output_padding = attrs["pads"], attrs["output_padding"]
@@ -213,7 +226,7 @@ def conv_transpose_kernel(ctx: CodegenContext, node: Node) -> None:
     spread = [(n - 1) * s + 1 for n, s in zip(x.shape[2:], strides, strict=True)]
     full = ctx.allocate((batch, channels) + tuple(n + max(b, 0) + max(e, 0) for n, b, e in zip(spread, begin, end,
                                                                                                  strict=True)),
-                        DType.F32)
+                        x.dtype)
     stager = Stager(ctx, fill_elements=full.size)
     stager.fill(full, 0.0)
     target, source = full, full
@@ -224,18 +237,18 @@ def conv_transpose_kernel(ctx: CodegenContext, node: Node) -> None:
         source = source.window(2 + axis, max(-begin[axis], 0), full.shape[2 + axis] - max(-end[axis], 0))
     stager.copy(x, target)
     filters = conv_filters(ctx, node, groups, tuple(kernel), transposed=True)
-    convolve(ctx, node, source, filters, groups, (1, 1, 1), tuple(dilations), out, mirrored=True)
+    convolve(ctx, node, source, filters, groups, (1, 1, 1), tuple(dilations), out, product, mirrored=True)
 
 
 def convolve(ctx: CodegenContext, node: Node, source: View, filters, groups: int, strides: tuple[int, int, int],
-             dilations: tuple[int, int, int], out: View, mirrored: bool = False) -> None:
+             dilations: tuple[int, int, int], out: View, product: Product, mirrored: bool = False) -> None:
     """out = conv(source, filters) for a padded NCDHW source and filters [group, cout/group,
-    cin/group, kd, kh, kw] (a constant array or a DRAM view)."""
+    cin/group, kd, kh, kw] (a constant array or a DRAM view), with `product`'s arithmetic."""
     config = ctx.config
     _, cout_group, cin_group, *kernel = filters.shape
     shape = ConvShape(source.shape[0], groups, cin_group, cout_group, tuple(kernel), strides, dilations,
                       tuple(out.shape[2:]), source, mirrored)
-    bias = ctx.view(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
+    size = product.operand.size
     # Rows streamed per matmul: output channels (patch stationary) or pixels (filters stationary).
     rows_patch_stationary = min(shape.cout_group, config.acc_bytes // (2 * config.array_cols * 4))
     rows_filter_stationary = min(shape.slice_pixels, 65535, config.acc_bytes // (2 * 4 * shape.cout_group),
@@ -243,22 +256,23 @@ def convolve(ctx: CodegenContext, node: Node, source: View, filters, groups: int
     if rows_filter_stationary > rows_patch_stationary:
         # [group, K, cout] with K ordered (kd, kh, kw, channel), as the K tiles are.
         arranged = arranged_filters(ctx, node, filters, (0, 3, 4, 5, 2, 1), (groups, shape.k_total, cout_group),
-                                    ".conv_kn")
-        filters_stationary(ctx, shape, arranged, bias, out, rows_filter_stationary)
+                                    ".conv_kn", product.weight_dtype)
+        filters_stationary(ctx, shape, arranged, product, out, rows_filter_stationary, size)
     else:
         arranged = arranged_filters(ctx, node, filters, (0, 1, 3, 4, 5, 2), (groups, cout_group, shape.k_total),
-                                    ".conv_nk")
-        patch_stationary(ctx, shape, arranged, bias, out)
+                                    ".conv_nk", product.weight_dtype)
+        patch_stationary(ctx, shape, arranged, product, out, size)
 
 
-def filters_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, bias: View | None, out: View,
-                       max_pixels: int) -> None:
+def filters_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, product: Product, out: View,
+                       max_pixels: int, size: int) -> None:
     """Filter tiles [K, cout] stay in the array while a block of pixels streams through.
 
     A pixel block's patch [K, pixels] is loaded densely and turned into rows [pixels, K]
     on the vector unit (a strided copy); the accumulator holds the block's results for
-    every output channel [pixels, cout], turned back into NCHW rows [cout, pixels] on the
-    vector unit and stored with one DMA. A group's filters stay on chip when they fit."""
+    every output channel [pixels, cout], finished (bias, requantization) and turned back
+    into NCHW rows [cout, pixels] on the vector unit, and stored with one DMA. A group's
+    filters stay on chip when they fit."""
     config = ctx.config
     rows, cols = config.array_rows, config.array_cols
     cout_group = shape.cout_group
@@ -267,52 +281,48 @@ def filters_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, bia
     k_tiles = shape.k_tiles(rows)
     cout_blocks = [(j0, min(cols, cout_group - j0)) for j0 in range(0, cout_group, cols)]
     spad, acc = ctx.scratchpad(), ctx.accumulator()
-    patches = [spad.alloc(rows * largest * 4) for _ in range(2)]
-    transposed = [spad.alloc(rows * largest * 4) for _ in range(2)]
-    outputs = [spad.alloc(cout_group * largest * 4) for _ in range(2)]
-    bias_column = spad.alloc(cout_group * 4) if bias is not None else None
+    patches = [spad.alloc(rows * largest * size) for _ in range(2)]
+    transposed = [spad.alloc(rows * largest * size) for _ in range(2)]
+    finisher = Finisher(ctx, product, spad, largest, cout_group, cout_group, transpose=True)
     results = [acc.alloc(largest * cout_group * 4) for _ in range(2)]
-    resident = shape.k_total * cout_group * 4 <= spad.free
-    filter_base = spad.alloc(shape.k_total * cout_group * 4) if resident else None
-    filter_tiles = None if resident else [spad.alloc(rows * cols * 4) for _ in range(2)]
+    wsize = product.weight_dtype.size
+    resident = shape.k_total * cout_group * wsize <= spad.free
+    filter_base = spad.alloc(shape.k_total * cout_group * wsize) if resident else None
+    filter_tiles = None if resident else [spad.alloc(rows * cols * wsize) for _ in range(2)]
     count = block_count = 0
     for n in range(shape.batch):
         for group in range(shape.groups):
             first_channel = group * cout_group
-            if bias is not None:
-                ctx.dma_in(bias_column, bias.window(0, first_channel, first_channel + cout_group))
             if resident and (n == 0 or shape.groups > 1):
                 ctx.dma_in(filter_base, filters.at(group))
             for od, oh0, nrows, ow0, ncols in blocks:
                 pixels = nrows * ncols
-                result, output = results[block_count % 2], outputs[block_count % 2]
+                result = results[block_count % 2]
                 block_count += 1
                 for index, (k0, kt, pieces) in enumerate(k_tiles):
                     patch, rows_tile = patches[count % 2], transposed[count % 2]
                     shape.load_patch(ctx, patch, n, group, pieces, od, oh0, nrows, ow0, ncols)
-                    ctx.emitter.emit("vmov", dtype=DType.F32, dst=rows_tile, dst_rs=kt, a=patch, a_rs=1, a_cs=pixels,
-                                     rows=pixels, cols=kt)
+                    ctx.emitter.emit("vmov", dtype=product.operand, dst=rows_tile, dst_rs=kt, a=patch, a_rs=1,
+                                     a_cs=pixels, rows=pixels, cols=kt)
                     for j0, nt in cout_blocks:
                         if resident:
-                            filter_tile, stride = filter_base + (k0 * cout_group + j0) * 4, cout_group
+                            filter_tile, stride = filter_base + (k0 * cout_group + j0) * wsize, cout_group
                         else:
                             filter_tile, stride = filter_tiles[count % 2], nt
                             ctx.dma_in(filter_tile, filters.at(group).window(0, k0, k0 + kt).window(1, j0, j0 + nt))
-                        ctx.emitter.emit("load_weights", dtype=DType.F32, addr=filter_tile, k=kt, n=nt, stride=stride)
-                        ctx.emitter.emit("matmul", dtype=DType.F32, a=rows_tile, a_rs=kt, m=pixels,
+                        ctx.emitter.emit("load_weights", dtype=product.weight_dtype, addr=filter_tile, k=kt, n=nt,
+                                         stride=stride)
+                        ctx.emitter.emit("matmul", dtype=product.operand, a=rows_tile, a_rs=kt, m=pixels,
                                          c=result + j0 * 4, c_rs=cout_group, accumulate=int(index > 0))
                         count += 1
-                # [pixels, cout] in the accumulator -> [cout, pixels], NCHW rows, on the vector unit.
-                ctx.emitter.emit("vmov", dtype=DType.F32, dst=output, dst_rs=pixels, a=result, a_rs=1,
-                                 a_cs=cout_group, rows=cout_group, cols=pixels)
-                if bias_column is not None:
-                    ctx.emitter.emit("vadd", dtype=DType.F32, dst=output, dst_rs=pixels, a=output, a_rs=pixels,
-                                     b=bias_column, b_rs=1, b_cs=0, rows=cout_group, cols=pixels)
-                ctx.dma_out(output, out.at(n).window(0, first_channel, first_channel + cout_group)
-                            .window(1, od, od + 1).window(2, oh0, oh0 + nrows).window(3, ow0, ow0 + ncols))
+                # [pixels, cout] in the accumulator -> [cout, pixels], NCHW rows.
+                finisher.finish(result, pixels, cout_group, False, first_channel,
+                                out.at(n).window(0, first_channel, first_channel + cout_group)
+                                .window(1, od, od + 1).window(2, oh0, oh0 + nrows).window(3, ow0, ow0 + ncols))
 
 
-def patch_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, bias: View | None, out: View) -> None:
+def patch_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, product: Product, out: View,
+                     size: int) -> None:
     """Patch tiles [K, pixels] stay in the array while the filters' rows [cout, K] stream; the
     accumulator collects [cout, pixels], NCHW rows. An output-channel block's filters stay on
     chip when they fit."""
@@ -322,14 +332,15 @@ def patch_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, bias:
     k_tiles = shape.k_tiles(rows)
     tiles = shape.pixel_tiles(cols)
     spad, acc = ctx.scratchpad(), ctx.accumulator()
-    patches = [spad.alloc(rows * cols * 4) for _ in range(2)]
+    patches = [spad.alloc(rows * cols * size) for _ in range(2)]
     m_tile = max(1, min(cout_group, config.acc_bytes // (2 * cols * 4), 65535))
-    resident = m_tile * shape.k_total * 4 <= spad.free - 2 * m_tile * 4 - 1024
+    finisher = Finisher(ctx, product, spad, m_tile, cols, m_tile)
+    wsize = product.weight_dtype.size
+    resident = m_tile * shape.k_total * wsize <= spad.free - 1024
     if not resident:
-        m_tile = max(1, min(m_tile, (spad.free // 2 - 2 * m_tile * 4 - 1024) // (rows * 4)))
-    bias_buffer = spad.alloc(m_tile * 4) if bias is not None else None
-    filter_base = spad.alloc(m_tile * shape.k_total * 4) if resident else None
-    filter_tiles = None if resident else [spad.alloc(m_tile * rows * 4) for _ in range(2)]
+        m_tile = max(1, min(m_tile, (spad.free // 2 - 1024) // (rows * wsize)))
+    filter_base = spad.alloc(m_tile * shape.k_total * wsize) if resident else None
+    filter_tiles = None if resident else [spad.alloc(m_tile * rows * wsize) for _ in range(2)]
     c_buffers = [acc.alloc(m_tile * cols * 4) for _ in range(2)]
     count = tile_count = 0
     for n in range(shape.batch):
@@ -339,8 +350,6 @@ def patch_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, bias:
                 first_channel = group * cout_group + m0
                 if resident:
                     ctx.dma_in(filter_base, filters.at(group).window(0, m0, m0 + mt))
-                if bias is not None:
-                    ctx.dma_in(bias_buffer, bias.window(0, first_channel, first_channel + mt))
                 for od, oh0, nrows, ow0, ncols in tiles:
                     pixels = nrows * ncols
                     c_tile = c_buffers[tile_count % 2]
@@ -349,16 +358,17 @@ def patch_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, bias:
                         patch = patches[count % 2]
                         shape.load_patch(ctx, patch, n, group, pieces, od, oh0, nrows, ow0, ncols)
                         if resident:
-                            filter_rows, stride = filter_base + k0 * 4, shape.k_total
+                            filter_rows, stride = filter_base + k0 * wsize, shape.k_total
                         else:
                             filter_rows, stride = filter_tiles[count % 2], kt
                             ctx.dma_in(filter_rows, filters.at(group).window(0, m0, m0 + mt).window(1, k0, k0 + kt))
-                        ctx.emitter.emit("load_weights", dtype=DType.F32, addr=patch, k=kt, n=pixels, stride=pixels)
-                        ctx.emitter.emit("matmul", dtype=DType.F32, a=filter_rows, a_rs=stride, m=mt, c=c_tile,
-                                         c_rs=pixels, accumulate=int(index > 0))
+                        # The patch is the stationary operand: with integer products it holds the
+                        # activations (u8 or i8) and the filters stream.
+                        ctx.emitter.emit("load_weights", dtype=product.operand, addr=patch, k=kt, n=pixels,
+                                         stride=pixels)
+                        ctx.emitter.emit("matmul", dtype=product.weight_dtype, a=filter_rows, a_rs=stride, m=mt,
+                                         c=c_tile, c_rs=pixels, accumulate=int(index > 0))
                         count += 1
-                    if bias is not None:
-                        ctx.emitter.emit("vadd", dtype=DType.F32, dst=c_tile, dst_rs=pixels, a=c_tile, a_rs=pixels,
-                                         b=bias_buffer, b_rs=1, b_cs=0, rows=mt, cols=pixels)
-                    ctx.dma_out(c_tile, out.at(n).window(0, first_channel, first_channel + mt)
-                                .window(1, od, od + 1).window(2, oh0, oh0 + nrows).window(3, ow0, ow0 + ncols))
+                    finisher.finish(c_tile, mt, pixels, True, first_channel,
+                                    out.at(n).window(0, first_channel, first_channel + mt)
+                                    .window(1, od, od + 1).window(2, oh0, oh0 + nrows).window(3, ow0, ow0 + ncols))

@@ -10,9 +10,12 @@ result out. Alternating buffers let the emitter overlap DMA with the array.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from compiler.codegen.context import CodegenContext, View, accelerator_dtype, unsupported
+from compiler.codegen.kernels.epilogue import Finisher, Product
 from compiler.ir import Node
 from isa.dtypes import DType
 
@@ -24,36 +27,47 @@ def _as_matrix_batches(view: View, batch_shape: tuple[int, ...]) -> View:
 
 
 def matmul_views(ctx: CodegenContext, a: View, b: View, out: View, node: Node, *, alpha: float = 1.0,
-                 bias: View | None = None, b_transposed: View | None = None) -> None:
-    """out[..., M, N] = alpha * a[..., M, K] @ b[..., K, N] (+ bias broadcast to [..., M, N]).
+                 bias: View | None = None, b_transposed: View | None = None, product: Product | None = None) -> None:
+    """out[..., M, N] = alpha * a[..., M, K] @ b[..., K, N] (+ bias broadcast to [..., M, N]), or
+    `product`'s arithmetic (integer operands, a per-column bias, requantization).
 
     b_transposed: b as a dense [N, K] tensor (constant weights), which makes the transposed
     orientation possible: used when more rows would stream that way (few rows of a)."""
     config = ctx.config
-    dtype = a.dtype
-    if dtype not in MATRIX_FLOAT or b.dtype != dtype or out.dtype != DType.F32:
-        raise unsupported(node, f"matmul of {a.dtype.asm_name} x {b.dtype.asm_name} -> {out.dtype.asm_name} "
-                                "is not supported yet")
+    if product is None:
+        if a.dtype not in MATRIX_FLOAT or b.dtype != a.dtype or out.dtype != DType.F32:
+            raise unsupported(node, f"matmul of {a.dtype.asm_name} x {b.dtype.asm_name} -> {out.dtype.asm_name} "
+                                    "is not supported yet")
+        product = Product(a.dtype, alpha=alpha)
+    if bias is not None:
+        bias = bias.broadcast_to(out.shape)
+        if all(s == 0 for s in bias.strides[:-1]):  # one value per output column: the epilogue's bias
+            product = replace(product, bias=View(bias.addr, bias.dtype, bias.shape[-1:], bias.strides[-1:]))
+            bias = None
+    alpha = product.alpha
+    if bias is not None:  # a matrix bias: alpha is applied before it, block by block
+        product = replace(product, alpha=1.0)
     if b_transposed is not None and len(out.shape) == 2:
-        n_chunk = _swapped_chunk(config, a.shape[0], dtype)
+        n_chunk = _swapped_chunk(config, a.shape[0], product.operand)
         m_tile = min(a.shape[0], config.acc_bytes // (2 * config.array_cols * 4))
         if min(out.shape[1], n_chunk) > m_tile and a.shape[0] <= 4 * config.array_cols:
-            _matmul_swapped(ctx, a, b_transposed, out, alpha, bias, n_chunk)
+            _matmul_swapped(ctx, a, b_transposed, out, product, bias, alpha, n_chunk)
             return
     batch_shape = out.shape[:-2]
     a, b = _as_matrix_batches(a, batch_shape), _as_matrix_batches(b, batch_shape)
-    if bias is not None:
-        bias = bias.broadcast_to(out.shape)
     m_total, k_total = a.shape[-2:]
     n_total = b.shape[-1]
     rows, cols = config.array_rows, config.array_cols
-    size = dtype.size
+    size, wsize = product.operand.size, product.weight_dtype.size
     spad, acc = ctx.scratchpad(), ctx.accumulator()
-    # Two result tiles fill at most the accumulator; two A slices and two B tiles share the scratchpad.
-    m_tile = max(1, min(m_total, config.acc_bytes // (2 * cols * 4), 65535,
-                        (spad.free // 2 - 2 * rows * cols * size - 4 * cols * 4) // (2 * rows * size)))
+    # Two result tiles fill at most the accumulator; two A slices and two B tiles share the scratchpad
+    # with the epilogue's buffers.
+    m_tile = max(1, min(m_total, config.acc_bytes // (2 * cols * 4), 65535))
+    reserve = Finisher.reserve_bytes(product, m_tile, cols, cols) + (2 * m_tile * cols * 4 if bias else 0)
+    m_tile = max(1, min(m_tile, (spad.free - reserve - 2 * rows * cols * wsize - 256) // (2 * rows * size)))
+    finisher = Finisher(ctx, product, spad, m_tile, cols, cols)
     a_buffers = [spad.alloc(m_tile * rows * size) for _ in range(2)]
-    b_buffers = [spad.alloc(rows * cols * size) for _ in range(2)]
+    b_buffers = [spad.alloc(rows * cols * wsize) for _ in range(2)]
     bias_buffers = [spad.alloc(m_tile * cols * 4) for _ in range(2)] if bias is not None else []
     c_buffers = [acc.alloc(m_tile * cols * 4) for _ in range(2)]
     step = tile = 0
@@ -74,14 +88,14 @@ def matmul_views(ctx: CodegenContext, a: View, b: View, out: View, node: Node, *
                     a_tile, b_tile = a_buffers[step % 2], b_buffers[step % 2]
                     ctx.dma_in(a_tile, a_batch.window(0, m0, m0 + mt).window(1, k0, k0 + kt))
                     ctx.dma_in(b_tile, b_batch.window(0, k0, k0 + kt).window(1, n0, n0 + nt))
-                    ctx.emitter.emit("load_weights", dtype=dtype, addr=b_tile, k=kt, n=nt, stride=nt)
-                    ctx.emitter.emit("matmul", dtype=dtype, a=a_tile, a_rs=kt, m=mt, c=c_tile, c_rs=nt,
+                    ctx.emitter.emit("load_weights", dtype=product.weight_dtype, addr=b_tile, k=kt, n=nt, stride=nt)
+                    ctx.emitter.emit("matmul", dtype=product.operand, a=a_tile, a_rs=kt, m=mt, c=c_tile, c_rs=nt,
                                      accumulate=int(k0 > 0))
                     step += 1
                 block = (slice(m0, m0 + mt), slice(n0, n0 + nt))
-                bias_block = _block(bias_batch, block) if bias_batch is not None else None
-                _finish_tile(ctx, c_tile, _block(out_batch, block), alpha, bias_block,
-                             bias_buffers[tile % 2] if bias_buffers else None)
+                if bias_batch is not None:
+                    _add_matrix_bias(ctx, c_tile, _block(bias_batch, block), bias_buffers[tile % 2], alpha)
+                finisher.finish(c_tile, mt, nt, False, n0, _block(out_batch, block))
                 tile += 1
 
 
@@ -92,23 +106,23 @@ def _swapped_chunk(config, m_total: int, dtype: DType) -> int:
                                                                                           dtype.size)))
 
 
-def _matmul_swapped(ctx: CodegenContext, a: View, b_transposed: View, out: View, alpha: float, bias: View | None,
-                    n_chunk: int) -> None:
+def _matmul_swapped(ctx: CodegenContext, a: View, b_transposed: View, out: View, product: Product,
+                    bias: View | None, alpha: float, n_chunk: int) -> None:
     """out^T = b^T @ a^T for a with few rows: a^T tiles [K, M] stay in the array (loaded transposed
     from a's rows), rows of b^T stream, and the accumulator holds out^T [N, M]."""
     config = ctx.config
-    dtype = a.dtype
-    size = dtype.size
+    size, wsize = product.operand.size, product.weight_dtype.size
     rows, cols = config.array_rows, config.array_cols
     m_total, k_total = a.shape
     n_total = b_transposed.shape[0]
-    if bias is not None:
-        bias = bias.broadcast_to(out.shape)
     spad, acc = ctx.scratchpad(), ctx.accumulator()
+    reserve = Finisher.reserve_bytes(product, n_chunk, cols, n_chunk) + (2 * n_chunk * cols * 4 if bias else 0)
+    n_chunk = max(1, min(n_chunk, (spad.free - reserve - 2 * cols * rows * size - 256) // (2 * rows * wsize)))
+    finisher = Finisher(ctx, product, spad, n_chunk, cols, n_chunk)
     a_buffers = [spad.alloc(cols * rows * size) for _ in range(2)]
-    b_buffers = [spad.alloc(n_chunk * rows * size) for _ in range(2)]
+    b_buffers = [spad.alloc(n_chunk * rows * wsize) for _ in range(2)]
     bias_buffers = [spad.alloc(n_chunk * cols * 4) for _ in range(2)] if bias is not None else []
-    c_buffers = [acc.alloc(n_chunk * cols * 4) for _ in range(2)]
+    c_buffers = [acc.alloc(n_chunk * min(cols, m_total) * 4) for _ in range(2)]
     step = tile = 0
     for m0 in range(0, m_total, cols):
         mt = min(cols, m_total - m0)
@@ -119,16 +133,18 @@ def _matmul_swapped(ctx: CodegenContext, a: View, b_transposed: View, out: View,
                 kt = min(rows, k_total - k0)
                 a_tile, b_tile = a_buffers[step % 2], b_buffers[step % 2]
                 ctx.dma_in(a_tile, a.window(0, m0, m0 + mt).window(1, k0, k0 + kt))
-                ctx.emitter.emit("load_weights", dtype=dtype, addr=a_tile, k=kt, n=mt, stride=kt, transpose=1)
+                ctx.emitter.emit("load_weights", dtype=product.operand, addr=a_tile, k=kt, n=mt, stride=kt,
+                                 transpose=1)
                 ctx.dma_in(b_tile, b_transposed.window(0, n0, n0 + nt).window(1, k0, k0 + kt))
-                ctx.emitter.emit("matmul", dtype=dtype, a=b_tile, a_rs=kt, m=nt, c=c_tile, c_rs=mt,
+                ctx.emitter.emit("matmul", dtype=product.weight_dtype, a=b_tile, a_rs=kt, m=nt, c=c_tile, c_rs=mt,
                                  accumulate=int(k0 > 0))
                 step += 1
             # The accumulator holds out^T: the bias and the output are read through transposed views.
             block = (slice(m0, m0 + mt), slice(n0, n0 + nt))
-            bias_block = _block(bias, block).transpose((1, 0)) if bias is not None else None
-            _finish_tile(ctx, c_tile, _block(out, block).transpose((1, 0)), alpha, bias_block,
-                         bias_buffers[tile % 2] if bias_buffers else None)
+            if bias is not None:
+                _add_matrix_bias(ctx, c_tile, _block(bias, block).transpose((1, 0)), bias_buffers[tile % 2],
+                                 alpha)
+            finisher.finish(c_tile, nt, mt, True, n0, _block(out, block).transpose((1, 0)))
             tile += 1
 
 
@@ -137,18 +153,14 @@ def _block(view: View, block: tuple[slice, slice]) -> View:
     return view.window(0, rows.start, rows.stop).window(1, cols.start, cols.stop)
 
 
-def _finish_tile(ctx: CodegenContext, c_tile: int, target: View, alpha: float, bias: View | None,
-                 bias_tile: int | None) -> None:
-    """The epilogue of one [rows, cols] result tile in the accumulator: scale by alpha, add the
-    bias block (loaded into bias_tile), store to target."""
-    rows, cols = target.shape
+def _add_matrix_bias(ctx: CodegenContext, c_tile: int, bias: View, bias_tile: int, alpha: float) -> None:
+    """alpha * tile + a bias that varies along both axes (Gemm's C as a matrix, loaded block by block)."""
+    rows, cols = bias.shape
     tile_shape = dict(dtype=DType.F32, dst=c_tile, dst_rs=cols, a=c_tile, a_rs=cols, rows=rows, cols=cols)
     if alpha != 1.0:
         ctx.emitter.emit("vmuli", imm=alpha, **tile_shape)
-    if bias is not None:
-        ctx.dma_in(bias_tile, bias)
-        ctx.emitter.emit("vadd", b=bias_tile, b_rs=cols, **tile_shape)
-    ctx.dma_out(c_tile, target)
+    ctx.dma_in(bias_tile, bias)
+    ctx.emitter.emit("vadd", b=bias_tile, b_rs=cols, **tile_shape)
 
 
 def _unravel(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:

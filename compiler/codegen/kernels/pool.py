@@ -18,7 +18,7 @@ import numpy as np
 from compiler.codegen.context import LOCAL_ALIGN, CodegenContext, View, unsupported
 from compiler.codegen.kernels.conv import SPATIAL, as_3d, padded, pixel_tiles
 from compiler.ir import Node
-from isa.dtypes import DType
+from isa.dtypes import INT_RANGES, DType
 
 MAX_PIXELS = 4096
 
@@ -36,15 +36,18 @@ def pool_kernel(ctx: CodegenContext, node: Node) -> None:
     x, out, attrs = as_3d(node, ctx.view(node.inputs[0]), ctx.view(node.outputs[0]), node.attrs)
     if len([o for o in node.outputs if o]) > 1:
         raise unsupported(node, "the Indices output of MaxPool")
-    if x.dtype != DType.F32:
-        raise unsupported(node, f"{x.dtype.asm_name} pooling is not supported yet")
+    # MaxPool also runs on quantized integers (the max commutes with dequantization).
+    if x.dtype != DType.F32 and not (is_max and x.dtype in (DType.I8, DType.U8)):
+        raise unsupported(node, f"{x.dtype.asm_name} {node.op} is not supported")
+    dtype = x.dtype
     kernel, strides, dilations, pads = attrs["kernel_shape"], attrs["strides"], attrs["dilations"], attrs["pads"]
     batch, channels = x.shape[:2]
     sizes, out_sizes = x.shape[2:], out.shape[2:]
     _, out_h, out_w = out_sizes
     needed = tuple((o - 1) * s + (k - 1) * d + 1 for o, s, k, d in zip(out_sizes, strides, kernel, dilations,
                                                                        strict=True))
-    source = padded(ctx, x, pads, -np.inf if is_max else 0.0, needed)
+    lowest = -np.inf if dtype.is_float else INT_RANGES[dtype][0]
+    source = padded(ctx, x, pads, lowest if is_max else 0.0, needed)
     divisor = None
     if not is_max:
         include_pad = bool(attrs.get("count_include_pad", 0))
@@ -88,16 +91,16 @@ def pool_kernel(ctx: CodegenContext, node: Node) -> None:
                         depth, row, col = (o * s + p * d for o, s, p, d in
                                            zip((od, oh0, ow0), strides, position, dilations, strict=True))
                         offset = c0 * channel_stride + depth * depth_stride + row * row_stride + col * col_stride
-                        window = View(source.at(n).addr + offset * 4, DType.F32, (ct, nrows, ncols),
+                        window = View(source.at(n).addr + offset * dtype.size, dtype, (ct, nrows, ncols),
                                       (channel_stride, strides[1] * row_stride, strides[2] * col_stride))
                         target = result if first else windows[count % 2]
                         ctx.dma_in(target, window)
                         if not first:
-                            ctx.emitter.emit("vmax" if is_max else "vadd", dtype=DType.F32, dst=result,
+                            ctx.emitter.emit("vmax" if is_max else "vadd", dtype=dtype, dst=result,
                                              dst_rs=pixels, a=result, a_rs=pixels, b=target, b_rs=pixels, rows=ct,
                                              cols=pixels)
                         first = False
-                    tile_shape = dict(dtype=DType.F32, dst=result, dst_rs=pixels, a=result, a_rs=pixels, rows=ct,
+                    tile_shape = dict(dtype=dtype, dst=result, dst_rs=pixels, a=result, a_rs=pixels, rows=ct,
                                       cols=pixels)
                     if isinstance(divisor, float):
                         ctx.emitter.emit("vmuli", imm=divisor, **tile_shape)

@@ -1,0 +1,148 @@
+"""The arithmetic of a matrix-unit kernel, and the end of each result tile.
+
+A `Product` says what a MatMul/Gemm/Conv kernel multiplies and what it produces: the
+operand dtype (f32, bf16, or i8/u8 with i8/u8 weights), the accumulator dtype (fp32, or
+int32 for integer operands), a per-channel bias, Gemm's alpha, and for quantized ops a
+`Requantization` to an i8/u8 output. `Finisher` turns one finished accumulator tile into
+output: bias added in place, then (integer outputs) `vreq` with the per-channel
+multiplier into an i8/u8 tile and a clamp, then the DMA out. The tile is physically dense
+[rows, cols] with the output channels along its rows or its columns; `transpose` stores
+it transposed through the vector unit (so the DMA writes whole rows).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from compiler.codegen.context import CodegenContext, LocalArena, View
+from isa.dtypes import INT_RANGES, DType
+
+INTEGER_OPERANDS = (DType.I8, DType.U8)
+
+
+@dataclass(frozen=True)
+class Requantization:
+    """int32 accumulator -> saturate(round_half_even(acc * multiplier[channel]) + zero_point), then
+    clamped to [low, high] (a fused Relu or Clip), as onnxruntime's QLinearConv requantizes."""
+
+    multiplier: View  # f32 [channels] or [1]: x_scale * w_scale[channel] / y_scale, in fp32
+    zero_point: int
+    dtype: DType  # I8 or U8
+    low: int
+    high: int
+
+
+@dataclass(frozen=True)
+class Product:
+    operand: DType  # the streamed and stationary operands (F32, BF16, I8/U8)
+    bias: View | None = None  # [channels]: f32, or i32 for integer products
+    alpha: float = 1.0
+    requant: Requantization | None = None
+    weights: DType | None = None  # when it differs from `operand` (u8 activations x i8 weights)
+    pad_value: float = 0.0  # the operand value that means zero (the zero point of quantized data)
+
+    @property
+    def integer(self) -> bool:
+        return self.operand in INTEGER_OPERANDS
+
+    @property
+    def accumulator(self) -> DType:
+        return DType.I32 if self.integer else DType.F32
+
+    @property
+    def weight_dtype(self) -> DType:
+        return self.weights or self.operand
+
+    @property
+    def out(self) -> DType:
+        return self.requant.dtype if self.requant else self.accumulator
+
+    @staticmethod
+    def float32() -> Product:
+        return Product(DType.F32)
+
+
+class Finisher:
+    """Epilogue buffers for tiles of up to `max_rows` x `max_cols` with up to `max_channels` channels."""
+
+    def __init__(self, ctx: CodegenContext, product: Product, spad: LocalArena, max_rows: int, max_cols: int,
+                 max_channels: int, transpose: bool = False):
+        self.ctx, self.product = ctx, product
+        elements = max_rows * max_cols
+        self.bias = spad.alloc(max_channels * 4) if product.bias is not None else None
+        requant = product.requant
+        self.multiplier = spad.alloc(max_channels * 4) if requant else None
+        self.zero_point = spad.alloc(4) if requant else None
+        out_size = product.out.size
+        # Integer outputs and transposed stores need a tile beside the accumulator's.
+        self.outputs = [spad.alloc(elements * out_size) for _ in range(2)] if requant or transpose else []
+        self.transpose = transpose
+        self.loaded: tuple[int, int] | None = None
+        self.count = 0
+        if requant:
+            zero = ctx.constant(np.array([requant.zero_point]), DType.I32, "zero_point")
+            ctx.dma_in(self.zero_point, zero)
+
+    @staticmethod
+    def reserve_bytes(product: Product, max_rows: int, max_cols: int, max_channels: int,
+                      transpose: bool = False) -> int:
+        """Scratchpad bytes the constructor takes (with alignment slack)."""
+        total = (max_channels * 4 + 64) if product.bias is not None else 0
+        if product.requant:
+            total += max_channels * 4 + 128
+        if product.requant or transpose:
+            total += 2 * (max_rows * max_cols * product.out.size + 64)
+        return total
+
+    def _load_channels(self, first: int, count: int) -> None:
+        if self.loaded == (first, count):
+            return
+        if self.bias is not None:
+            self.ctx.dma_in(self.bias, self.product.bias.window(0, first, first + count))
+        requant = self.product.requant
+        if requant:
+            multiplier = requant.multiplier
+            if multiplier.size == 1:
+                multiplier = View(multiplier.addr, multiplier.dtype, (count,), (0,))
+            else:
+                multiplier = multiplier.window(0, first, first + count)
+            self.ctx.dma_in(self.multiplier, multiplier)
+        self.loaded = (first, count)
+
+    def finish(self, tile: int, rows: int, cols: int, channels_on_rows: bool, first_channel: int,
+               target: View) -> None:
+        """The dense [rows, cols] accumulator tile at `tile` -> target ([rows, cols], or [cols, rows]
+        when transposing), channels first_channel.. along its rows or columns."""
+        product, emit = self.product, self.ctx.emitter.emit
+        acc = product.accumulator
+        shape = dict(rows=rows, cols=cols)
+        channels = rows if channels_on_rows else cols
+        per_channel = dict(b_rs=1, b_cs=0) if channels_on_rows else dict(b_rs=0, b_cs=1)
+        self._load_channels(first_channel, channels)
+        if product.alpha != 1.0:
+            emit("vmuli", dtype=acc, dst=tile, dst_rs=cols, a=tile, a_rs=cols, imm=product.alpha, **shape)
+        if self.bias is not None:
+            emit("vadd", dtype=acc, dst=tile, dst_rs=cols, a=tile, a_rs=cols, b=self.bias, **per_channel, **shape)
+        result, result_dtype = tile, acc
+        requant = product.requant
+        if requant:
+            result, result_dtype = self.outputs[self.count % 2], requant.dtype
+            scale = dict(b=self.multiplier, **per_channel)
+            emit("vreq", dtype=requant.dtype, dst=result, dst_rs=cols, a=tile, a_rs=cols, c=self.zero_point, c_rs=0,
+                 c_cs=0, **scale, **shape)
+            low, high = INT_RANGES[requant.dtype]
+            if requant.low > low:
+                emit("vmaxi", dtype=result_dtype, dst=result, dst_rs=cols, a=result, a_rs=cols, imm=requant.low,
+                     **shape)
+            if requant.high < high:
+                emit("vmini", dtype=result_dtype, dst=result, dst_rs=cols, a=result, a_rs=cols, imm=requant.high,
+                     **shape)
+        if self.transpose:
+            transposed = self.outputs[(self.count + 1) % 2] if requant else self.outputs[self.count % 2]
+            emit("vmov", dtype=result_dtype, dst=transposed, dst_rs=rows, a=result, a_rs=1, a_cs=cols, rows=cols,
+                 cols=rows)
+            result = transposed
+        self.count += 1
+        self.ctx.dma_out(result, target)
