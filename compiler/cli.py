@@ -22,6 +22,14 @@ def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
     return name, shape
 
 
+def parse_keep(text: str) -> tuple[str, str]:
+    """`node=bf16` -> ("node", "bf16")."""
+    name, sep, kept = text.rpartition("=")
+    if not sep or not name or kept not in ("fp32", "bf16"):
+        raise AccError(f"--keep-precision expects NODE=fp32 or NODE=bf16, got {text!r}")
+    return name, kept
+
+
 def _list_ops() -> int:
     from compiler.support import supported_ops
 
@@ -56,9 +64,27 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--list-ops", action="store_true", help="print the supported ops and exit")
     parser.add_argument("--dump-after", metavar="PASS", help="print the IR after this pass (see --list-passes)")
     parser.add_argument("--list-passes", action="store_true", help="print the pass pipeline and exit")
+    precision = parser.add_argument_group("precision")
+    precision.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32",
+                           help="fp32 (default); bf16 operands with fp32 accumulation; int8 post-training "
+                                "quantization (needs --calibration). A QDQ-quantized model is int8 in any mode")
+    precision.add_argument("--calibration", metavar="SAMPLES.npz",
+                           help="int8: sample inputs, one array per model input with the samples along axis 0")
+    precision.add_argument("--calibration-method", choices=["minmax", "percentile", "entropy", "mse"],
+                           default="minmax", help="int8: how activation ranges are chosen (default minmax)")
+    precision.add_argument("--per-channel", dest="per_channel", action="store_true", default=True,
+                           help="int8: weight scales per output channel (default)")
+    precision.add_argument("--per-tensor", dest="per_channel", action="store_false",
+                           help="int8: one weight scale per tensor")
+    precision.add_argument("--asymmetric", dest="symmetric", action="store_false", default=False,
+                           help="int8: activations uint8 with a zero point (default)")
+    precision.add_argument("--symmetric", dest="symmetric", action="store_true",
+                           help="int8: activations int8 with zero point 0")
+    precision.add_argument("--keep-precision", action="append", default=[], metavar="NODE=fp32|bf16,...",
+                           help="keep these nodes out of int8 (or, with bf16, in fp32); repeatable")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
-    from compiler.pipeline import compile, pass_names
+    from compiler.pipeline import Precision, compile, pass_names
 
     if args.list_ops:
         return _list_ops()
@@ -78,8 +104,14 @@ def _main(argv: list[str]) -> int:
         directory = Path(args.output).parent
         if str(directory) and not directory.is_dir():
             raise AccError(f"cannot write {args.output!r}: directory {str(directory)!r} does not exist")
+    if args.calibration and args.precision != "int8":
+        raise AccError("--calibration is only used with --precision int8")
+    keep = dict(parse_keep(text) for item in args.keep_precision for text in item.split(",") if text)
+    precision = Precision(args.precision, args.calibration, args.calibration_method, args.per_channel,
+                          args.symmetric, keep, progress=sys.stderr.isatty())
     program = compile(args.model, args.config, opt_level=args.opt_level, input_shapes=input_shapes,
-                      dump_after=args.dump_after)
+                      dump_after=args.dump_after, precision=precision,
+                      report=lambda line: print(line, file=sys.stderr))
     if args.output:
         binfile.save(program, args.output)
         print(f"{args.output}: {len(program.instructions)} instructions, {len(program.constants)} constants, "

@@ -9,9 +9,11 @@ Graph -> Graph (see compiler/passes/); the verifier runs after every pass when
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from compiler.codegen import generate
@@ -21,6 +23,7 @@ from compiler.passes.quantized import fold_dequantized_constants, fuse_qdq
 from compiler.passes.simplify import decompose_batchnorm, fold_batchnorm_into_conv, remove_identities
 from compiler.verify import verify
 from isa.config import AcceleratorConfig, load_config
+from isa.errors import AccError
 from isa.program import Program
 
 Pass = Callable[[Graph], Graph]
@@ -54,13 +57,87 @@ def run_passes(graph: Graph, opt_level: int = 1, dump_after: str | None = None, 
     return graph
 
 
+@dataclass(frozen=True)
+class Precision:
+    """What the matrix unit computes in.
+
+    fp32; bf16 (bf16 operands, fp32 accumulation); int8 (post-training quantization from
+    `calibration`, an .npz path or a list of feeds, by `method`; a model that is already
+    QDQ-quantized is compiled to int8 in any mode, with its own scales). `keep` maps node
+    names to "fp32" or "bf16": those nodes are not quantized (int8) or stay fp32 (bf16)."""
+
+    mode: str = "fp32"
+    calibration: str | Path | Sequence[Mapping[str, np.ndarray]] | None = None
+    method: str = "minmax"
+    per_channel: bool = True
+    symmetric: bool = False
+    keep: Mapping[str, str] = field(default_factory=dict)
+    progress: bool = False
+
+    def __post_init__(self):
+        if self.mode not in PRECISIONS:
+            raise AccError(f"precision {self.mode!r} is not one of {', '.join(PRECISIONS)}")
+        for node, kept in self.keep.items():
+            if kept not in ("fp32", "bf16"):
+                raise AccError(f"--keep-precision {node}={kept}: the precision must be fp32 or bf16")
+        if self.mode == "int8" and self.calibration is None:
+            raise AccError("int8 needs calibration samples (--calibration samples.npz)")
+
+
+PRECISIONS = ("fp32", "bf16", "int8")
+
+
+def quantize_for(model: str | Path | onnx.ModelProto | bytes, precision: Precision,
+                 input_shapes: dict[str, tuple[int, ...]] | None = None) -> onnx.ModelProto:
+    """The QDQ model that int8 compiles: calibrate on the samples, then insert the quantization."""
+    from compiler.frontend.onnx_import import _load
+    from compiler.quantize.calibration import collect_ranges, load_samples
+    from compiler.quantize.ptq import QuantOptions, quantize_model
+
+    loaded = _load(model).model
+    samples = precision.calibration
+    if isinstance(samples, (str, Path)):
+        samples = load_samples(samples, loaded, input_shapes)
+    ranges = collect_ranges(loaded, samples, precision.method, precision.progress)
+    options = QuantOptions(precision.per_channel, precision.symmetric, frozenset(precision.keep))
+    return quantize_model(loaded, ranges, options)
+
+
+def apply_precision(graph: Graph, precision: Precision) -> Graph:
+    """bf16 on the matrix ops the precision asks for (all but the kept ones in bf16 mode; the ones
+    kept as bf16 in int8 mode)."""
+    from compiler.passes.precision import to_bf16
+
+    if precision.mode == "bf16":
+        return to_bf16(graph, keep={name for name, kept in precision.keep.items() if kept == "fp32"})
+    matrix = {node.name for node in graph.nodes if node.op in ("Conv", "ConvTranspose", "MatMul", "Gemm")}
+    wanted = {name for name, kept in precision.keep.items() if kept == "bf16"}
+    return to_bf16(graph, keep=matrix - wanted)
+
+
 def compile(model: str | Path | onnx.ModelProto, config: str | Path | AcceleratorConfig | None = None, *,
             opt_level: int = 1, input_shapes: dict[str, tuple[int, ...]] | None = None,
-            dump_after: str | None = None, verify_each: bool = False) -> Program:
-    """Compile an ONNX model (path or ModelProto) for `config` (preset name, JSON path or config)."""
+            dump_after: str | None = None, verify_each: bool = False,
+            precision: Precision | str = "fp32", report: Callable[[str], None] | None = None) -> Program:
+    """Compile an ONNX model (path or ModelProto) for `config` (preset name, JSON path or config)
+    in `precision` (a Precision, or its mode name). `report` receives, for a quantized model, a
+    line on what runs in int8 and one on what stays float."""
     config = load_config(config)
+    precision = Precision(precision) if isinstance(precision, str) else precision
+    if precision.mode == "int8":
+        model = quantize_for(model, precision, input_shapes)
     graph = import_model(model, input_shapes)
     if verify_each:
         verify(graph)
     graph = run_passes(graph, opt_level, dump_after, verify_each)
-    return generate(graph, config)
+    if precision.mode == "bf16" or "bf16" in precision.keep.values():
+        graph = apply_precision(graph, precision)
+        if verify_each:
+            verify(graph)
+    program = generate(graph, config)
+    if report and program.precision == "int8":
+        from compiler.quantize.ptq import describe
+
+        for line in describe(graph):
+            report(line)
+    return program

@@ -72,6 +72,7 @@ def to_bytes(program: Program) -> bytes:
         "dram_bytes": program.dram_bytes,
         "host_steps": list(program.host_steps),
         "debug_tensors": [_tensor_to_json(t) for t in program.debug_tensors],
+        "precision": program.precision,
     }
     payloads = [
         (SECTION_CONFIG, program.config.to_json().encode()),
@@ -156,7 +157,8 @@ def _parse_sections(sections: dict[int, bytes]) -> Program:
         raise BinaryFormatError("the program does not finish with an 'end' instruction")
     meta = _parse_json(sections, SECTION_META)
     _expect(isinstance(meta, dict) and set(meta) == {"inputs", "outputs", "constants", "dram_bytes", "host_steps",
-                                                     "debug_tensors"}, "meta section has the wrong keys")
+                                                     "debug_tensors", "precision"}, "meta section has the wrong keys")
+    _expect(meta["precision"] in ("fp32", "bf16", "int8"), "meta: precision is not fp32, bf16 or int8")
     dram_bytes = meta["dram_bytes"]
     _expect(_is_int(dram_bytes) and 0 <= dram_bytes <= config.dram_bytes,
             "meta: dram_bytes is not a size within the config's DRAM")
@@ -182,7 +184,8 @@ def _parse_sections(sections: dict[int, bytes]) -> Program:
                 "debug: an entry is not [start, end, node] within the program")
         debug.append(DebugRange(entry[0], entry[1], entry[2]))
     debug_tensors = [_parse_tensor(entry, dram_bytes) for entry in _list(meta["debug_tensors"], "debug_tensors")]
-    return Program(config, instructions, inputs, outputs, constants, debug, dram_bytes, host_steps, debug_tensors)
+    return Program(config, instructions, inputs, outputs, constants, debug, dram_bytes, host_steps, debug_tensors,
+                   meta["precision"])
 
 
 def _is_int(value) -> bool:

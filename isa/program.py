@@ -67,6 +67,8 @@ class Program:
     host_steps: list[str] = field(default_factory=list)  # steps that run on the host; reported by acc-run
     # Intermediate tensors still in DRAM when the run ends, for per-layer comparison.
     debug_tensors: list[TensorInfo] = field(default_factory=list)
+    # What the matrix unit computes in: "fp32", "bf16" or "int8" (the lowest used); acc-run's tolerance.
+    precision: str = "fp32"
 
     def node_of(self, index: int) -> str | None:
         """The source node that instruction `index` was generated for, if recorded."""

@@ -118,11 +118,11 @@ def _main(argv: list[str]) -> int:
 
 
 def _compare(program: Program, reference, inputs, result, layers: bool) -> int:
-    tolerance = TOLERANCES["fp32"]
+    tolerance = TOLERANCES[program.precision]
     extra = [t.name for t in program.debug_tensors] if layers else None
     expected = reference_outputs(reference, inputs, extra)
-    print(f"comparison with onnxruntime (tolerance: max abs error <= {tolerance.rel:g} x max |reference|, "
-          f"cosine >= {tolerance.cosine}):")
+    print(f"comparison with onnxruntime ({program.precision} tolerance: max abs error <= {tolerance.rel:g} x "
+          f"max |reference|, cosine >= {tolerance.cosine}):")
     failed = False
     for t in program.outputs:
         if t.name not in expected:

@@ -43,7 +43,14 @@ def generate(graph: Graph, config: AcceleratorConfig) -> Program:
     kept = [_tensor(name, ctx.views[name], node.name or node.op) for node in graph.nodes for name in node.outputs
             if name and name in ctx.views and name not in graph.outputs]
     return Program(config, instructions, inputs, outputs, ctx.constants, debug, max(ctx.dram_end, 4),
-                   debug_tensors=kept)
+                   debug_tensors=kept, precision=_precision(graph))
+
+
+def _precision(graph: Graph) -> str:
+    """The lowest precision any matrix op computes in."""
+    operands = {graph.values[node.inputs[0]].dtype for node in graph.nodes
+                if node.op in ("Conv", "ConvTranspose", "MatMul", "Gemm", "QLinearConv", "QLinearMatMul")}
+    return "int8" if operands & {"i8", "u8"} else "bf16" if "bf16" in operands else "fp32"
 
 
 def _tensor(name: str, view: View, node: str = "") -> TensorInfo:

@@ -1,0 +1,220 @@
+"""Post-training static quantization: an fp32 ONNX model + calibrated ranges -> a QDQ ONNX model.
+
+acc quantizes the way onnxruntime's `quantize_static` writes its QDQ format, so that its own
+models and onnxruntime's take one path through the compiler (the importer, then
+`fuse_qdq`, compiler/passes/quantized.py) and the QDQ model can be run by onnxruntime to
+see what quantization costs:
+
+- every Conv, MatMul and Gemm with constant weights (and not kept in float by the user)
+  gets int8 weights, per output channel (or per tensor), symmetric in [-127, 127];
+  a bias becomes int32 at scale x_scale * w_scale;
+- its activation input is quantized per tensor: uint8 with a zero point (asymmetric,
+  the default) or int8 with zero point 0 (symmetric), over the calibrated range widened
+  to include 0;
+- its output is quantized after a Relu or Clip that alone follows it (the activation then
+  becomes the requantization's clamp), unless it is a graph output;
+- MaxPool, Reshape, Flatten, Transpose, Squeeze and Unsqueeze of a quantized tensor are
+  quantized with their input's parameters, so they run on the integers.
+
+A quantized tensor t is followed by QuantizeLinear -> DequantizeLinear, and every
+consumer of t reads the dequantized copy; ops without an int8 kernel thus run in float
+between a DequantizeLinear and a QuantizeLinear, which `describe` reports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from compiler.quantize.calibration import TensorRange
+
+MATRIX_OPS = ("Conv", "MatMul", "Gemm")
+PROPAGATED = ("MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze")
+ACTIVATIONS = ("Relu", "Clip")
+
+
+@dataclass(frozen=True)
+class QuantOptions:
+    per_channel: bool = True
+    symmetric: bool = False  # activations: int8 with zero point 0, else uint8 with a zero point
+    keep: Collection[str] = ()  # node names that stay float
+
+
+@dataclass(frozen=True)
+class _Params:
+    scale: float
+    zero_point: int
+    dtype: int  # onnx.TensorProto.UINT8 or INT8
+
+
+def activation_params(value_range: TensorRange, symmetric: bool) -> _Params:
+    """Per-tensor parameters for a calibrated range (0 always representable, as onnxruntime does)."""
+    low, high = min(float(value_range.low), 0.0), max(float(value_range.high), 0.0)
+    if symmetric:
+        bound = max(-low, high)
+        scale = bound / 127.0 if bound > 0 else 1.0
+        return _Params(float(np.float32(scale)), 0, onnx.TensorProto.INT8)
+    scale = (high - low) / 255.0 if high > low else 1.0
+    scale = float(np.float32(scale))
+    zero_point = int(np.clip(np.rint(-low / scale), 0, 255))
+    return _Params(scale, zero_point, onnx.TensorProto.UINT8)
+
+
+def quantize_weights(weights: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 in [-127, 127]: (integers, float32 scales), per slice along `axis` or per tensor."""
+    weights = weights.astype(np.float32)
+    if axis is None:
+        bound = np.abs(weights).max(keepdims=True).reshape(1)
+    else:
+        moved = np.moveaxis(weights, axis, 0).reshape(weights.shape[axis], -1)
+        bound = np.abs(moved).max(axis=1) if moved.size else np.zeros(weights.shape[axis], np.float32)
+    scales = np.where(bound > 0, bound / 127.0, 1.0).astype(np.float32)
+    shape = [1] * weights.ndim
+    if axis is not None:
+        shape[axis] = -1
+    integers = np.clip(np.rint(weights / scales.reshape(shape)), -127, 127).astype(np.int8)
+    return integers, scales
+
+
+class _Rewriter:
+    def __init__(self, model: onnx.ModelProto, ranges: Mapping[str, TensorRange], options: QuantOptions):
+        self.model, self.ranges, self.options = model, ranges, options
+        graph = model.graph
+        self.initializers = {t.name: t for t in graph.initializer}
+        self.outputs = {o.name for o in graph.output}
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        for node in graph.node:
+            for name in node.input:
+                self.consumers.setdefault(name, []).append(node)
+        self.params: dict[str, _Params] = {}  # tensor -> its quantization
+        self.new_initializers: list[onnx.TensorProto] = []
+        self.inserted: dict[str, list[onnx.NodeProto]] = {}  # after which tensor's producer
+        self.renames: dict[str, str] = {}  # tensor -> its dequantized copy
+
+    def quantize_tensor(self, name: str, params: _Params | None = None) -> bool:
+        if name in self.params:
+            return True
+        if name in self.outputs or name in self.initializers:
+            return False
+        if params is None:
+            if name not in self.ranges:
+                return False
+            params = activation_params(self.ranges[name], self.options.symmetric)
+        self.params[name] = params
+        scale = self._constant(f"{name}_scale", np.array(params.scale, np.float32))
+        zero = self._constant(f"{name}_zero_point",
+                              np.array(params.zero_point, np.uint8 if params.dtype == onnx.TensorProto.UINT8
+                                       else np.int8))
+        quantized, dequantized = f"{name}_QuantizeLinear_Output", f"{name}_DequantizeLinear_Output"
+        self.inserted[name] = [
+            helper.make_node("QuantizeLinear", [name, scale, zero], [quantized], f"{name}_QuantizeLinear"),
+            helper.make_node("DequantizeLinear", [quantized, scale, zero], [dequantized], f"{name}_DequantizeLinear")]
+        self.renames[name] = dequantized
+        return True
+
+    def _constant(self, name: str, data: np.ndarray) -> str:
+        self.new_initializers.append(numpy_helper.from_array(data, name))
+        return name
+
+    def quantize_matrix(self, node: onnx.NodeProto) -> bool:
+        weight_name = node.input[1]
+        if weight_name not in self.initializers or node.input[0] in self.initializers:
+            return False
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        weights = numpy_helper.to_array(self.initializers[weight_name])
+        if node.op_type == "Conv":
+            axis = 0
+        elif node.op_type == "MatMul":
+            if weights.ndim != 2:
+                return False
+            axis = 1
+        else:
+            if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
+                return False
+            axis = 0 if attrs.get("transB", 0) else 1
+        if not self.quantize_tensor(node.input[0]):
+            return False
+        integers, scales = quantize_weights(weights, axis if self.options.per_channel else None)
+        w_scale = self._constant(f"{weight_name}_scale", scales if scales.size > 1 else scales.reshape(()))
+        w_zero = self._constant(f"{weight_name}_zero_point", np.zeros(scales.shape if scales.size > 1 else (),
+                                                                      np.int8))
+        w_int = self._constant(f"{weight_name}_quantized", integers)
+        dequantized = f"{weight_name}_DequantizeLinear_Output"
+        extra = [helper.make_node("DequantizeLinear", [w_int, w_scale, w_zero], [dequantized],
+                                  f"{weight_name}_DequantizeLinear", axis=axis)]
+        node.input[1] = dequantized
+        if len(node.input) > 2 and node.input[2] in self.initializers:
+            bias = numpy_helper.to_array(self.initializers[node.input[2]]).astype(np.float64)
+            bias_scale = (np.float32(self.params[node.input[0]].scale) * scales).astype(np.float32)
+            integer_bias = np.clip(np.rint(bias / bias_scale.astype(np.float64)), -(2**31), 2**31 - 1).astype(np.int32)
+            b_scale = self._constant(f"{node.input[2]}_scale", bias_scale if bias_scale.size > 1 else
+                                     bias_scale.reshape(()))
+            b_int = self._constant(f"{node.input[2]}_quantized", integer_bias)
+            b_dequantized = f"{node.input[2]}_DequantizeLinear_Output"
+            extra.append(helper.make_node("DequantizeLinear", [b_int, b_scale], [b_dequantized],
+                                          f"{node.input[2]}_DequantizeLinear", axis=0))
+            node.input[2] = b_dequantized
+        self.inserted.setdefault("", []).extend(extra)
+        # The output, after an activation that alone follows it.
+        output = node.output[0]
+        users = self.consumers.get(output, [])
+        if len(users) == 1 and users[0].op_type in ACTIVATIONS and output not in self.outputs:
+            output = users[0].output[0]
+        self.quantize_tensor(output)
+        return True
+
+    def propagate(self, node: onnx.NodeProto) -> None:
+        source = node.input[0]
+        if source in self.params and len(node.output) == 1:
+            self.quantize_tensor(node.output[0], self.params[source])
+
+    def run(self) -> onnx.ModelProto:
+        graph = self.model.graph
+        for node in graph.node:
+            if node.name in self.options.keep:
+                continue
+            if node.op_type in MATRIX_OPS:
+                self.quantize_matrix(node)
+            elif node.op_type in PROPAGATED:
+                self.propagate(node)
+        nodes = list(self.inserted.get("", []))
+        for name in (i.name for i in graph.input):
+            nodes.extend(self.inserted.get(name, []))
+        for node in graph.node:
+            node.input[:] = [self.renames.get(name, name) for name in node.input]
+            nodes.append(node)
+            for output in node.output:
+                nodes.extend(self.inserted.get(output, []))
+        del graph.node[:]
+        graph.node.extend(nodes)
+        graph.initializer.extend(self.new_initializers)
+        return self.model
+
+
+def quantize_model(model: onnx.ModelProto, ranges: Mapping[str, TensorRange],
+                   options: QuantOptions = QuantOptions()) -> onnx.ModelProto:
+    """A QDQ copy of `model` (opset raised to 13 at least, for per-axis QuantizeLinear)."""
+    quantized = onnx.ModelProto()
+    quantized.CopyFrom(model)
+    for opset in quantized.opset_import:
+        if opset.domain in ("", "ai.onnx") and opset.version < 13:
+            opset.version = 13
+    return _Rewriter(quantized, ranges, options).run()
+
+
+def describe(graph) -> list[str]:
+    """What runs in integers and what stays float in a compiled graph (compiler.ir.Graph)."""
+    integer, floating = {}, {}
+    for node in graph.nodes:
+        if node.op in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        dtypes = {graph.values[name].dtype for name in node.inputs[:1] if name}
+        target = integer if dtypes & {"i8", "u8"} else floating
+        target[node.op] = target.get(node.op, 0) + 1
+    lines = ["int8: " + (", ".join(f"{count} {op}" for op, count in sorted(integer.items())) or "nothing")]
+    lines.append("float: " + (", ".join(f"{count} {op}" for op, count in sorted(floating.items())) or "nothing"))
+    return lines
