@@ -38,6 +38,17 @@ def _same_dtype(values: Sequence[Value | None], what: str = "inputs") -> str:
     return dtypes[0]
 
 
+def _product_dtype(operands: Sequence[Value], bias: Value | None) -> str:
+    """The result dtype of a matrix product (Conv, ConvTranspose, Gemm, MatMul): the operands'
+    dtype, except that bf16 operands accumulate in fp32 and give f32, as the matrix unit
+    does; a bias has the result's dtype."""
+    dtype = _same_dtype(operands)
+    result = "f32" if dtype == "bf16" else dtype
+    if bias is not None:
+        _check(bias.dtype == result, f"the bias is {bias.dtype}, the product of {dtype} operands is {result}")
+    return result
+
+
 def _int_list(attrs: dict, name: str, length: int | None = None) -> list[int]:
     value = attrs[name]
     _check(isinstance(value, (list, tuple)) and all(isinstance(v, int) for v in value),
@@ -210,7 +221,7 @@ def conv(attrs: dict, x: list) -> Result:
            f"the input {_dims(data.shape)} has {channels}")
     if bias is not None:
         _check(bias.shape == (out_channels,), f"bias {_dims(bias.shape)} is not [{out_channels}]")
-    dtype = _same_dtype([data, weight, bias])
+    dtype = _product_dtype([data, weight], bias)
     out = [_windows(data.shape[2 + i], kernel[i], strides[i], pads[i], pads[spatial + i], dilations[i], False)
            for i in range(spatial)]
     return [(dtype, (data.shape[0], out_channels, *out))]
@@ -226,7 +237,7 @@ def conv_transpose(attrs: dict, x: list) -> Result:
     out_channels = weight.shape[1] * group
     if bias is not None:
         _check(bias.shape == (out_channels,), f"bias {_dims(bias.shape)} is not [{out_channels}]")
-    dtype = _same_dtype([data, weight, bias])
+    dtype = _product_dtype([data, weight], bias)
     out = [strides[i] * (data.shape[2 + i] - 1) + output_padding[i] + (kernel[i] - 1) * dilations[i] + 1
            - pads[i] - pads[spatial + i] for i in range(spatial)]
     _check(all(d >= 0 for d in out), f"output spatial size {out} is negative")
@@ -303,7 +314,7 @@ def gemm(attrs: dict, x: list) -> Result:
                     f"(transB={attrs['transB']}) do not multiply")
     if c is not None:
         _check(broadcast_shapes(c.shape, (m, n)) == (m, n), f"C {_dims(c.shape)} does not broadcast to [{m}, {n}]")
-    return [(_same_dtype(x), (m, n))]
+    return [(_product_dtype([a, b], c), (m, n))]
 
 
 def matmul(attrs: dict, x: list) -> Result:
@@ -317,7 +328,7 @@ def matmul(attrs: dict, x: list) -> Result:
         shape = shape[:-2] + shape[-1:]
     if len(b) == 1:
         shape = shape[:-1]
-    return [(_same_dtype(x), shape)]
+    return [(_product_dtype(x, None), shape)]
 
 
 # Reductions --------------------------------------------------------------------------------------

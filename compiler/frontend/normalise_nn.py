@@ -57,14 +57,23 @@ def _window(ctx: NodeContext, kernel: list[int], auto_pad: str | None = None) ->
     return {"kernel_shape": list(kernel), "strides": strides, "pads": pads, "dilations": dilations}
 
 
+def refuse_bf16_product(ctx: NodeContext) -> None:
+    """ONNX's bf16 matrix products give bf16; the IR's (the matrix unit's) accumulate in fp32 and give
+    f32. A bf16 model is refused; an f32 model gets bf16 operands from compiler/passes/precision.py."""
+    if ctx.value(0).dtype == "bf16":
+        raise ctx.unsupported("bf16 inputs: compile the f32 model with --precision bf16 instead")
+
+
 @_register("Conv")
 def _conv(ctx: NodeContext) -> None:
+    refuse_bf16_product(ctx)
     kernel = list(ctx.attrs.get("kernel_shape") or ctx.shape(1)[2:])
     ctx.emit("Conv", ctx.inputs[:3], group=int(ctx.attrs.get("group", 1)), **_window(ctx, kernel))
 
 
 @_register("ConvTranspose")
 def _conv_transpose(ctx: NodeContext) -> None:
+    refuse_bf16_product(ctx)
     kernel = list(ctx.attrs.get("kernel_shape") or ctx.shape(1)[2:])
     spatial = ctx.rank(0) - 2
     output_padding = list(ctx.attrs.get("output_padding") or [0] * spatial)
@@ -158,8 +167,15 @@ def _lp_norm(ctx: NodeContext) -> None:
 
 
 # Matrix products and softmax ----------------------------------------------------------------------
+@_register("MatMul")
+def _matmul(ctx: NodeContext) -> None:
+    refuse_bf16_product(ctx)
+    ctx.emit("MatMul", list(ctx.inputs))
+
+
 @_register("Gemm")
 def _gemm(ctx: NodeContext) -> None:
+    refuse_bf16_product(ctx)
     ctx.emit("Gemm", ctx.inputs[:3] if ctx.has(2) else ctx.inputs[:2],
              alpha=float(ctx.attrs.get("alpha", 1.0)), beta=float(ctx.attrs.get("beta", 1.0)),
              transA=int(ctx.attrs.get("transA", 0)), transB=int(ctx.attrs.get("transB", 0)))

@@ -33,7 +33,7 @@ def _copy_attrs(ctx: NodeContext, op: str) -> dict:
            "Round", "Sign", "Softplus", "Softsign", "HardSwish", "Sin", "Cos", "Tan", "Asin", "Acos", "Atan",
            "Sinh", "Cosh", "Asinh", "Acosh", "Atanh", "Not", "BitwiseNot", "LeakyRelu", "HardSigmoid", "Elu", "Selu",
            "Gelu", "Mod", "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "Sum", "Max", "Min", "Mean", "Where",
-           "MatMul", "DepthToSpace", "SpaceToDepth", "GlobalAveragePool", "GlobalMaxPool", "LRN",
+           "DepthToSpace", "SpaceToDepth", "GlobalAveragePool", "GlobalMaxPool", "LRN",
            "InstanceNormalization")
 def _same_form(ctx: NodeContext) -> None:
     """Ops whose IR form is the ONNX form (legacy attributes such as consumed_inputs dropped)."""

@@ -162,7 +162,7 @@ def conv_filters(ctx: CodegenContext, node: Node, groups: int, kernel: tuple[int
         filters = np.asarray(weight.const).reshape(shape)
     else:
         view = ctx.view(node.inputs[1])
-        if view.dtype != DType.F32:
+        if view.dtype not in (DType.F32, DType.BF16):  # bf16 with bf16 data (the shape rule)
             raise unsupported(node, f"{view.dtype.asm_name} filters are not supported yet")
         filters = view.reshape_dense(shape)
     return filters.transpose((0, 2, 1, 3, 4, 5)) if transposed else filters
