@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from compiler.frontend.context import NodeContext, Normalisers, ir_dtype
 from compiler.frontend.decompose_nn import batch_norm_at_run_time, check_stash_type, layer_norm_with_statistics
 
@@ -277,8 +279,19 @@ def _quant_axis(ctx: NodeContext) -> int:
     return axis % rank if rank and -rank <= axis < rank else 0
 
 
+def _check_scale(ctx: NodeContext) -> None:
+    """A constant scale must be positive and finite (a QDQ model's inconsistency, named)."""
+    if ctx.has(1) and ctx.value(1).is_const:
+        scale = ctx.value(1).const.astype(np.float64)
+        bad = ~(np.isfinite(scale) & (scale > 0))
+        if np.any(bad):
+            raise ctx.invalid(f"scale %{ctx.inputs[1]} has {int(bad.sum())} value(s) that are not positive and "
+                              f"finite (first: {scale.reshape(-1)[np.argmax(bad.reshape(-1))]})")
+
+
 @_register("QuantizeLinear")
 def _quantize(ctx: NodeContext) -> None:
+    _check_scale(ctx)
     if ctx.attrs.get("block_size", 0):
         raise ctx.unsupported("blocked quantization (block_size)")
     if ctx.attrs.get("output_dtype", 0):
@@ -292,6 +305,7 @@ def _quantize(ctx: NodeContext) -> None:
 
 @_register("DequantizeLinear")
 def _dequantize(ctx: NodeContext) -> None:
+    _check_scale(ctx)
     if ctx.attrs.get("block_size", 0):
         raise ctx.unsupported("blocked quantization (block_size)")
     if ctx.attrs.get("output_dtype", 0):
