@@ -10,6 +10,7 @@ wrote, for the hazard check. Timing is not modelled here (see runtime/simulator.
 from __future__ import annotations
 
 import math
+import mmap
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,7 +44,7 @@ class Access:
         return self.address + _element_offsets(self.shape, self.strides) * self.size
 
 
-@dataclass
+@dataclass(slots=True)
 class Effects:
     accesses: list[Access]
     macs: int = 0
@@ -56,8 +57,9 @@ class Machine:
     def __init__(self, config: AcceleratorConfig, dram_bytes: int):
         self.config = config
         # Rounded up to whole words so that every typed view covers all of it.
-        self.dram = np.zeros(max(4, -(-dram_bytes // 4) * 4), dtype=np.uint8)
+        self.dram = _zeroed_bytes(max(4, -(-dram_bytes // 4) * 4))
         self.local = np.zeros(config.local_bytes, dtype=np.uint8)
+        self._spad_bytes, self._acc_base, self._local_bytes = config.spad_bytes, config.acc_base, config.local_bytes
         self.weights: np.ndarray | None = None  # float64 K x N: the array's active weights
         self.weights_dtype: DType | None = None
 
@@ -72,28 +74,71 @@ class Machine:
         return self.config.acc_base, self.config.local_bytes, "accumulator"
 
     def tile(self, memory: str, address: int, dtype_or_size, shape: tuple[int, ...],
-             strides: tuple[int, ...], what: str, need: str | None = None) -> tuple[np.ndarray, Access]:
-        """A strided view of `shape` elements at `address` (strides in elements), checked."""
-        dtype = _NUMPY[dtype_or_size] if isinstance(dtype_or_size, DType) else _UINT[dtype_or_size]
+             strides: tuple[int, ...], what: str, need: str | None = None,
+             write: bool = False) -> tuple[np.ndarray, Access]:
+        """A strided view of `shape` elements at `address` (strides in elements), checked; the
+        Access says the operand is written when `write`."""
+        # The hot path of the simulator: the common 1-, 2- and 3-dimensional shapes are
+        # spelled out rather than looped over.
+        dtype = _NUMPY[dtype_or_size] if dtype_or_size.__class__ is DType else _UINT[dtype_or_size]
         size = dtype.itemsize
-        if min(shape) < 1:
-            raise OperandError(f"{what}: a dimension of {shape} is zero")
+        rank = len(shape)
+        if rank == 3:
+            n2, n1, n0 = shape
+            s2, s1, s0 = strides
+            if n2 < 1 or n1 < 1 or n0 < 1:
+                raise OperandError(f"{what}: a dimension of {shape} is zero")
+            span = (n2 - 1) * s2 + (n1 - 1) * s1 + (n0 - 1) * s0
+            byte_strides = (s2 * size, s1 * size, s0 * size)
+        elif rank == 2:
+            n1, n0 = shape
+            s1, s0 = strides
+            if n1 < 1 or n0 < 1:
+                raise OperandError(f"{what}: a dimension of {shape} is zero")
+            span = (n1 - 1) * s1 + (n0 - 1) * s0
+            byte_strides = (s1 * size, s0 * size)
+        else:
+            if min(shape) < 1:
+                raise OperandError(f"{what}: a dimension of {shape} is zero")
+            span = sum((n - 1) * s for n, s in zip(shape, strides, strict=True))
+            byte_strides = tuple(s * size for s in strides)
         if address % size:
             raise OperandError(f"{what}: address {address:#x} is not aligned to {size} bytes")
-        last = address + sum((n - 1) * s for n, s in zip(shape, strides, strict=True)) * size + size
+        last = address + span * size + size
         if memory == DRAM:
-            start, end, region = 0, self.dram.size, "DRAM"
+            buffer = self.dram
+            start, end, region = 0, buffer.size, "DRAM"
         else:
-            start, end, region = self.region(address)
+            buffer = self.local
+            if address < self._spad_bytes:
+                start, end, region = 0, self._spad_bytes, "scratchpad"
+            else:
+                start, end, region = self._acc_base, self._local_bytes, "accumulator"
             if need is not None and region != need:
                 raise OperandError(f"{what}: address {address:#x} is in the {region}, must be in the {need}")
         if address < start or last > end:
             raise OperandError(f"{what}: bytes {address:#x}..{last:#x} run past the end of the {region} "
                                f"({end:#x})")
         # A view straight onto the memory's buffer: the checks above keep it inside.
-        tile = np.ndarray(shape, dtype, buffer=self.memory(memory), offset=address,
-                          strides=tuple(s * size for s in strides))
-        return tile, Access(memory, address, shape, strides, size)
+        tile = np.ndarray(shape, dtype, buffer, address, byte_strides)  # positional: twice as fast
+        return tile, Access(memory, address, shape, strides, size, write)
+
+
+_HUGE_PAGES_FROM = 8 << 20
+
+
+def _zeroed_bytes(size: int) -> np.ndarray:
+    """size zero bytes. A large memory is mapped with transparent huge pages where the OS offers
+    them: filling a model's weights into 4 KiB pages costs a page fault each, several times the copy."""
+    if size >= _HUGE_PAGES_FROM and hasattr(mmap, "MADV_HUGEPAGE"):
+        try:
+            mapped = mmap.mmap(-1, size)
+            mapped.madvise(mmap.MADV_HUGEPAGE)
+        except (OSError, ValueError):
+            pass
+        else:
+            return np.frombuffer(mapped, dtype=np.uint8)
+    return np.zeros(size, dtype=np.uint8)
 
 
 _UINT = {1: np.dtype(np.uint8), 2: np.dtype(np.uint16), 4: np.dtype(np.uint32)}
@@ -127,6 +172,28 @@ def _check_no_self_overlap(access: Access, what: str, region_bytes: int) -> None
 def _nested_without_overlap(shape, strides) -> bool:
     """True when each dimension steps past the whole extent of the dimensions inside it (the
     common dense case); False means "check element by element"."""
+    if len(shape) == 3:  # the loop below, unrolled for the DMA's three dimensions
+        n2, n1, n0 = shape
+        s2, s1, s0 = strides
+        extent = 1
+        if n0 != 1:
+            if s0 < 1:
+                return False
+            extent = s0 * (n0 - 1) + 1
+        if n1 != 1:
+            if s1 < extent:
+                return False
+            extent = s1 * (n1 - 1) + extent
+        return n2 == 1 or s2 >= extent
+    if len(shape) == 2:  # and for the vector unit's two
+        n1, n0 = shape
+        s1, s0 = strides
+        extent = 1
+        if n0 != 1:
+            if s0 < 1:
+                return False
+            extent = s0 * (n0 - 1) + 1
+        return n1 == 1 or s1 >= extent
     extent = 1  # elements spanned by the inner dimensions
     for n, stride in zip(reversed(shape), reversed(strides), strict=True):
         if n == 1:
@@ -228,30 +295,34 @@ def exec_nothing(machine: Machine, i: Instruction) -> Effects:
     return Effects([])
 
 
-def _dma_views(machine: Machine, i: Instruction):
+def _dma_views(machine: Machine, i: Instruction, load: bool):
+    """The DRAM and local views of a DMA; `load`: the local one is written, else the DRAM one."""
     f = i.fields
+    esize = f["esize"]
     shape = (f["n2"], f["n1"], f["n0"])
-    dram, dram_access = machine.tile(DRAM, f["dram"], f["esize"], shape, (f["ds2"], f["ds1"], f["ds0"]), "dram")
-    local, local_access = machine.tile(LOCAL, f["local"], f["esize"], shape, (f["ls2"], f["ls1"], 1), "local")
+    dram, dram_access = machine.tile(DRAM, f["dram"], esize, shape, (f["ds2"], f["ds1"], f["ds0"]), "dram",
+                                     write=not load)
+    local, local_access = machine.tile(LOCAL, f["local"], esize, shape, (f["ls2"], f["ls1"], 1), "local",
+                                       write=load)
     return dram, dram_access, local, local_access
 
 
 def exec_dma_load(machine: Machine, i: Instruction) -> Effects:
     """for i2 < n2, i1 < n1, i0 < n0: local[local + (i2*ls2 + i1*ls1 + i0)*esize]
     = dram[dram + (i2*ds2 + i1*ds1 + i0*ds0)*esize] (esize bytes each)"""
-    dram, dram_access, local, local_access = _dma_views(machine, i)
+    dram, dram_access, local, local_access = _dma_views(machine, i, True)
     _check_no_self_overlap(local_access, "local", machine.local.size)
     local[...] = dram
-    return Effects([dram_access, _written(local_access)], dram_read=dram.size * i["esize"])
+    return Effects([dram_access, local_access], 0, None, dram.size * local_access.size)
 
 
 def exec_dma_store(machine: Machine, i: Instruction) -> Effects:
     """for i2 < n2, i1 < n1, i0 < n0: dram[dram + (i2*ds2 + i1*ds1 + i0*ds0)*esize]
     = local[local + (i2*ls2 + i1*ls1 + i0)*esize] (esize bytes each)"""
-    dram, dram_access, local, local_access = _dma_views(machine, i)
+    dram, dram_access, local, local_access = _dma_views(machine, i, False)
     _check_no_self_overlap(dram_access, "dram", machine.dram.size)
-    dram[...] = local.copy()
-    return Effects([local_access, _written(dram_access)], dram_written=dram.size * i["esize"])
+    dram[...] = local  # two memories: the source cannot overlap the destination
+    return Effects([local_access, dram_access], 0, None, 0, dram.size * local_access.size)
 
 
 def _gather_indices(machine: Machine, i: Instruction) -> tuple[np.ndarray, Access]:
@@ -298,6 +369,8 @@ def exec_dma_scatter(machine: Machine, i: Instruction) -> Effects:
 
 
 MATRIX_DTYPES = (DType.I8, DType.U8, DType.BF16, DType.F32)
+_MATRIX_DTYPE_SET = frozenset(MATRIX_DTYPES)
+_INTEGER_OPERANDS = frozenset((DType.I8, DType.U8))
 
 
 def exec_load_weights(machine: Machine, i: Instruction) -> Effects:
@@ -305,7 +378,7 @@ def exec_load_weights(machine: Machine, i: Instruction) -> Effects:
     + i)*size]); W becomes the array's weights for the next matmuls"""
     f = i.fields
     dtype = f["dtype"]
-    if dtype not in MATRIX_DTYPES:
+    if dtype not in _MATRIX_DTYPE_SET:
         raise OperandError(f"the matrix unit takes i8, u8, bf16 or f32 weights, not {dtype.asm_name}")
     if not 1 <= f["k"] <= machine.config.array_rows or not 1 <= f["n"] <= machine.config.array_cols:
         raise OperandError(f"a {f['k']}x{f['n']} weight tile does not fit the "
@@ -327,39 +400,49 @@ def exec_matmul(machine: Machine, i: Instruction) -> Effects:
     l)*size; integers exact into int32 (wrapping), floats summed in float64 and rounded to fp32"""
     f = i.fields
     dtype = f["dtype"]
-    if machine.weights is None:
+    weights = machine.weights
+    if weights is None:
         raise OperandError("matmul before any load_weights")
-    if dtype not in MATRIX_DTYPES:
+    if dtype not in _MATRIX_DTYPE_SET:
         raise OperandError(f"the matrix unit takes i8, u8, bf16 or f32 activations, not {dtype.asm_name}")
-    integer = dtype in (DType.I8, DType.U8)
-    if integer != (machine.weights_dtype in (DType.I8, DType.U8)) or (not integer and dtype != machine.weights_dtype):
-        raise OperandError(f"{dtype.asm_name} activations with {machine.weights_dtype.asm_name} weights")
-    k, n = machine.weights.shape
-    a, a_access = machine.tile(LOCAL, f["a"], dtype, (f["m"], k), (f["a_rs"], 1), "a", need="scratchpad")
-    out_dtype = DType.I32 if integer else DType.F32
-    c, c_access = machine.tile(LOCAL, f["c"], out_dtype, (f["m"], n), (f["c_rs"], 1), "c", need="accumulator")
+    integer = dtype in _INTEGER_OPERANDS
+    weights_dtype = machine.weights_dtype
+    if integer != (weights_dtype in _INTEGER_OPERANDS) or (not integer and dtype != weights_dtype):
+        raise OperandError(f"{dtype.asm_name} activations with {weights_dtype.asm_name} weights")
+    k, n = weights.shape
+    m = f["m"]
+    a, a_access = machine.tile(LOCAL, f["a"], dtype, (m, k), (f["a_rs"], 1), "a", need="scratchpad")
+    c, c_access = machine.tile(LOCAL, f["c"], DType.I32 if integer else DType.F32, (m, n), (f["c_rs"], 1), "c",
+                               need="accumulator")
     _check_no_self_overlap(c_access, "c", machine.local.size)
     # float64 BLAS is exact for integer products: |sum| <= 4095 * 2**16 < 2**53.
-    product = to_float64(a) @ machine.weights
-    accesses = [a_access]
+    product = a.astype(np.float64) @ weights
     if f["accumulate"]:
-        accesses.append(c_access)
-        product = product + to_float64(c)
-    c[...] = wrap_int(product, DType.I32) if integer else product.astype(np.float32)
-    accesses.append(_written(c_access))
-    return Effects(accesses, macs=f["m"] * k * n, macs_dtype=dtype)
+        accesses = [a_access, c_access, _written(c_access)]
+        product += c  # in float64, as product + to_float64(c)
+    else:
+        accesses = [a_access, _written(c_access)]
+    if integer:
+        c[...] = wrap_int(product, DType.I32)
+    else:
+        c[...] = product  # the assignment rounds to fp32 as astype(np.float32) does
+    return Effects(accesses, m * k * n, dtype)
+
+
+_STRIDE_FIELDS = {name: (f"{name}_rs", f"{name}_cs") for name in ("a", "b", "c")}
 
 
 def _operand(machine: Machine, i: Instruction, name: str, dtype: DType, rows: int, cols: int):
     f = i.fields
-    return machine.tile(LOCAL, f[name], dtype, (rows, cols), (f[f"{name}_rs"], f[f"{name}_cs"]), name)
+    row_stride, col_stride = _STRIDE_FIELDS[name]
+    return machine.tile(LOCAL, f[name], dtype, (rows, cols), (f[row_stride], f[col_stride]), name)
 
 
 def _destination(machine: Machine, i: Instruction, dtype: DType, rows: int, cols: int):
     f = i.fields
-    view, access = machine.tile(LOCAL, f["dst"], dtype, (rows, cols), (f["dst_rs"], 1), "dst")
+    view, access = machine.tile(LOCAL, f["dst"], dtype, (rows, cols), (f["dst_rs"], 1), "dst", write=True)
     _check_no_self_overlap(access, "dst", machine.local.size)
-    return view, _written(access)
+    return view, access
 
 
 def _vector(name: str):
@@ -370,17 +453,17 @@ def _vector(name: str):
         dtype, rows, cols = f["dtype"], f["rows"], f["cols"]
         dst, dst_access = _destination(machine, i, dtype, rows, cols)  # bounds the work before computing
         a, a_access = _operand(machine, i, "a", dtype, rows, cols)
-        accesses = [a_access]
-        operands = [a]
-        if i.definition.format == "v3":
+        form = i.definition.format
+        if form == "v3":
             b, b_access = _operand(machine, i, "b", dtype, rows, cols)
-            operands.append(b)
-            accesses.append(b_access)
-        elif i.definition.format == "vi":
-            operands.append(np.full((rows, cols), f["imm"], dtype=np.float64 if dtype.is_float else np.int64))
-        result = elementwise(name, dtype, *operands)
-        dst[...] = result
-        return Effects(accesses + [dst_access])
+            dst[...] = elementwise(name, dtype, a, b)
+            return Effects([a_access, b_access, dst_access])
+        if form == "vi":
+            imm = np.full((rows, cols), f["imm"], dtype=np.float64 if dtype.is_float else np.int64)
+            dst[...] = elementwise(name, dtype, a, imm)
+        else:
+            dst[...] = elementwise(name, dtype, a)
+        return Effects([a_access, dst_access])
 
     exec_vector.__doc__ = f"element-wise {name}; see the ISA table"
     return exec_vector

@@ -30,12 +30,13 @@ DRAM channel.
 from __future__ import annotations
 
 import heapq
+import operator
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from isa.dtypes import DType
-from isa.encoding import Instruction, instruction_latency
+from isa.encoding import instruction_latency
 from isa.errors import InputError, InternalError, SimulationError
 from isa.program import Program, TensorInfo
 from isa.spec import Engine
@@ -67,43 +68,9 @@ class RunResult:
     tensors: dict[str, np.ndarray] = field(default_factory=dict)  # debug tensors, with keep_tensors
 
 
-class _MatrixPipeline:
-    """Timing state of the systolic array (see the module docstring)."""
-
-    def __init__(self, config):
-        self.config = config
-        self.stream_free = 0  # when the array can accept the next activation row
-        self.drained = 0  # when every issued matmul has written its results
-        self.weights_ready = 0  # when the newest load_weights has finished shifting in
-        self.new_weights = False  # a load_weights not yet used by a matmul
-        self.shadow_free = 0  # double buffering: when the shadow registers may be overwritten
-        self.loader_free = 0
-
-    def start(self, instruction: Instruction, earliest: int) -> int:
-        if instruction.mnemonic == "load_weights":
-            if self.config.weight_double_buffer:
-                return max(earliest, self.shadow_free, self.loader_free)
-            return max(earliest, self.drained, self.loader_free)
-        if instruction.mnemonic == "matmul":
-            return max(earliest, self.stream_free, self.weights_ready if self.new_weights else 0)
-        return max(earliest, self.drained, self.loader_free)  # sync: a fence
-
-    def issue(self, instruction: Instruction, start: int, latency: int) -> tuple[int, int]:
-        """Record the instruction; returns (end, busy cycles)."""
-        end = start + latency
-        if instruction.mnemonic == "load_weights":
-            self.loader_free = self.weights_ready = end
-            self.new_weights = True
-            return end, latency
-        if instruction.mnemonic == "matmul":
-            streaming = instruction["m"] * self.config.row_cycles(instruction["dtype"])
-            if self.new_weights:
-                self.shadow_free = start  # the shadow weights became active: the next load may begin
-                self.new_weights = False
-            self.stream_free = start + streaming
-            self.drained = max(self.drained, end)
-            return end, streaming
-        return end, latency
+# The kinds of matrix-engine instruction, for its timing (see the module docstring).
+_LOAD_WEIGHTS, _MATMUL, _FENCE = 0, 1, 2
+_MATRIX_KINDS = {"load_weights": _LOAD_WEIGHTS, "matmul": _MATMUL}
 
 
 def _disassemble(program: Program, index: int) -> str:
@@ -147,14 +114,47 @@ def _describe(t: TensorInfo) -> str:
 
 def program_latencies(program: Program) -> list[int]:
     """Every instruction's latency by the ISA table (evaluated once per distinct instruction)."""
+    config = program.config
     by_fields: dict = {}
     latencies = []
+    relevant_by_mnemonic: dict = {}  # mnemonic -> fields -> the values that can change the latency
     for instruction in program.instructions:
-        key = (instruction.mnemonic, tuple(instruction.fields.values()))
-        if key not in by_fields:
-            by_fields[key] = instruction_latency(instruction, program.config)
-        latencies.append(by_fields[key])
+        definition = instruction.definition
+        mnemonic = definition.mnemonic
+        if mnemonic in relevant_by_mnemonic:
+            relevant = relevant_by_mnemonic[mnemonic]
+        else:
+            relevant = relevant_by_mnemonic[mnemonic] = _latency_fields(definition)
+        key = (mnemonic, relevant(instruction.fields))
+        latency = by_fields.get(key)
+        if latency is None:
+            latency = by_fields[key] = instruction_latency(instruction, config)
+        latencies.append(latency)
     return latencies
+
+
+_DMA_TRANSFER_FIELDS = ("esize", "n0", "n1", "n2", "ds0", "ds1", "ds2")
+
+
+def _latency_fields(definition):
+    """fields -> the values of the fields that instruction_latency reads for instructions of
+    `definition`: those its formula names, for a DMA those of the transfer, for the matrix
+    engine the dtype (of row_cycles). Instructions that differ only in other fields
+    (addresses, semaphores) have the same latency, so the formula is evaluated once for them.
+    A formula with nested code (whose names co_names does not list) keys on every field."""
+    code = compile(definition.latency, definition.mnemonic, "eval")
+    if any(hasattr(constant, "co_names") for constant in code.co_consts):
+        return lambda fields: tuple(fields.values())
+    names = set(code.co_names)
+    if definition.format == "dma":
+        names.update(_DMA_TRANSFER_FIELDS)
+    if definition.engine is Engine.MATRIX:
+        names.add("dtype")
+    relevant = sorted(f.name for f in definition.fields if f.name in names)
+    if not relevant:
+        return lambda fields: ()
+    getter = operator.itemgetter(*relevant)
+    return getter if len(relevant) > 1 else lambda fields: (getter(fields),)
 
 
 def roofline_cycles(config, macs_by_dtype: dict[DType, int], dram_bytes: int) -> float:
@@ -178,16 +178,31 @@ def run(program: Program, inputs: dict[str, np.ndarray] | None = None, *, check_
 
     latencies = program_latencies(program)
     instructions = program.instructions
-    queues: list[list[int]] = [[] for _ in Engine]
-    for index, instruction in enumerate(instructions):
-        if instruction.mnemonic == "end":
-            break
-        queues[int(instruction.engine)].append(index)
-    # Per instruction, what the loop needs, read once.
+    # Per instruction, what the loop needs, read once (up to the first `end`, where dispatch stops).
     waits = [i.fields["wait"] for i in instructions]
-    signals = [i.fields["signal"] for i in instructions]
-    is_sync = [i.definition.mnemonic == "sync" for i in instructions]
-    executors = [EXEC[i.definition.mnemonic] for i in instructions]
+    queues: list[list[int]] = [[] for _ in Engine]
+    plan: list[tuple] = []  # per instruction: (signal, is_sync, executor, latency)
+    # The matrix engine's instructions: what kind (below), and a matmul's streaming cycles.
+    matrix_kind: dict[int, int] = {}
+    streaming: dict[int, int] = {}
+    row_cycles: dict = {}
+    for index, instruction in enumerate(instructions):
+        definition = instruction.definition
+        mnemonic = definition.mnemonic
+        if mnemonic == "end":
+            break
+        fields = instruction.fields
+        engine = definition.engine
+        engine = int(engine if engine is not None else instruction.engine)
+        queues[engine].append(index)
+        plan.append((fields["signal"], mnemonic == "sync", EXEC[mnemonic], latencies[index]))
+        if engine == MATRIX:
+            kind = matrix_kind[index] = _MATRIX_KINDS.get(mnemonic, _FENCE)
+            if kind == _MATMUL:
+                dtype = fields["dtype"]
+                if dtype not in row_cycles:
+                    row_cycles[dtype] = config.row_cycles(dtype)
+                streaming[index] = fields["m"] * row_cycles[dtype]
 
     checker = HazardChecker({DRAM: machine.dram.size, LOCAL: machine.local.size}, len(Engine)) \
         if check_hazards else None
@@ -202,50 +217,67 @@ def run(program: Program, inputs: dict[str, np.ndarray] | None = None, *, check_
     busy = [0] * len(Engine)  # cycles in the union of each engine's busy intervals
     busy_until = [0] * len(Engine)
     dram_channel_free = 0
-    matrix = _MatrixPipeline(config)
     macs: dict[DType, int] = {}
     dram_read = dram_written = 0
     events: list[Event] = []
     total = 0
     dma_latency = config.dma_latency
-
-    def earliest_start(engine: int):
-        """When the engine's next instruction can start, or None while it waits for a token."""
-        index = heads[engine]
-        earliest = next_issue[engine]
-        wait = waits[index]
-        if wait:
-            heap = tokens.get(wait)
-            if not heap:
-                return None
-            if heap[0][0] > earliest:
-                earliest = heap[0][0]
-        if engine == MATRIX:
-            return matrix.start(instructions[index], earliest)
-        if is_sync[index]:
-            return max(earliest, completed[engine])
-        return earliest
+    # The systolic array's timing state (see the module docstring).
+    double_buffer = config.weight_double_buffer
+    stream_free = 0  # when the array can accept the next activation row
+    drained = 0  # when every issued matmul has written its results
+    weights_ready = 0  # when the newest load_weights has finished shifting in
+    new_weights = False  # a load_weights not yet used by a matmul
+    shadow_free = 0  # double buffering: when the shadow registers may be overwritten
+    loader_free = 0
 
     # Each engine's candidate start is cached; it changes only when that engine runs an
     # instruction or a token of the semaphore its next instruction waits on comes or goes.
-    unknown = object()
-    candidates = [unknown] * ENGINE_COUNT
-
-    def forget_waiters(semaphore: int) -> None:
-        for other in ENGINE_RANGE:
-            if heads[other] >= 0 and waits[heads[other]] == semaphore:
-                candidates[other] = unknown
+    unknown = -1
+    candidates = [unknown] * ENGINE_COUNT  # start time, None while waiting for a token, or unknown
+    engines = ENGINE_RANGE
+    matrix_engine, vector_engine = MATRIX, VECTOR
+    heappop, heappush = heapq.heappop, heapq.heappush
 
     while True:
         best = None
         engine = -1
-        for candidate_engine in ENGINE_RANGE:
-            if heads[candidate_engine] >= 0:
-                start = candidates[candidate_engine]
-                if start is unknown:
-                    start = candidates[candidate_engine] = earliest_start(candidate_engine)
-                if start is not None and (best is None or start < best):
-                    best, engine = start, candidate_engine
+        for candidate_engine in engines:
+            index = heads[candidate_engine]
+            if index < 0:
+                continue
+            start = candidates[candidate_engine]
+            if start == unknown:
+                # When the engine's next instruction can start, or None while it waits for a token.
+                start = next_issue[candidate_engine]
+                wait = waits[index]
+                if wait:
+                    heap = tokens.get(wait)
+                    if not heap:
+                        candidates[candidate_engine] = None
+                        continue
+                    if heap[0][0] > start:
+                        start = heap[0][0]
+                if candidate_engine == matrix_engine:
+                    kind = matrix_kind[index]
+                    if kind == _MATMUL:
+                        if stream_free > start:
+                            start = stream_free
+                        if new_weights and weights_ready > start:
+                            start = weights_ready
+                    else:  # load_weights waits for its registers; a fence for everything
+                        ready = shadow_free if kind == _LOAD_WEIGHTS and double_buffer else drained
+                        if ready > start:
+                            start = ready
+                        if loader_free > start:
+                            start = loader_free
+                elif plan[index][1] and completed[candidate_engine] > start:
+                    start = completed[candidate_engine]
+                candidates[candidate_engine] = start
+            elif start is None:
+                continue
+            if best is None or start < best:
+                best, engine = start, candidate_engine
         if best is None:
             blocked = [heads[e] for e in ENGINE_RANGE if heads[e] >= 0]
             if not blocked:
@@ -256,23 +288,47 @@ def run(program: Program, inputs: dict[str, np.ndarray] | None = None, *, check_
                 index, _disassemble(program, index))
         start = best
         index = heads[engine]
-        positions[engine] += 1
+        position = positions[engine] = positions[engine] + 1
         queue = queues[engine]
-        heads[engine] = queue[positions[engine]] if positions[engine] < len(queue) else -1
+        heads[engine] = queue[position] if position < len(queue) else -1
         candidates[engine] = unknown
         wait = waits[index]
         if wait:
-            _, _, token_clock = heapq.heappop(tokens[wait])
+            _, _, token_clock = heappop(tokens[wait])
             if checker is not None:  # vector clocks serve only the hazard check
                 np.maximum(clocks[engine], token_clock, out=clocks[engine])
-            forget_waiters(wait)
-        instruction = instructions[index]
+            for other in engines:  # the engines waiting on this semaphore see one token fewer
+                if heads[other] >= 0 and waits[heads[other]] == wait:
+                    candidates[other] = unknown
+        signal, sync, executor, latency = plan[index]
         try:
-            effects = executors[index](machine, instruction)
+            effects = executor(machine, instructions[index])
         except OperandError as err:
             raise SimulationError(str(err), index, _disassemble(program, index)) from None
-        latency = latencies[index]
-        if (engine == LOAD or engine == STORE) and not is_sync[index]:
+        if engine == matrix_engine:
+            end = start + latency
+            kind = matrix_kind[index]
+            if kind == _LOAD_WEIGHTS:
+                loader_free = weights_ready = end
+                new_weights = True
+                engine_busy = latency
+            elif kind == _MATMUL:
+                engine_busy = streaming[index]
+                if new_weights:
+                    shadow_free = start  # the shadow weights became active: the next load may begin
+                    new_weights = False
+                stream_free = start + engine_busy
+                if end > drained:
+                    drained = end
+            else:
+                engine_busy = latency
+            busy_from = start
+            next_issue[engine] = start
+        elif engine == vector_engine or sync:
+            end = start + latency
+            busy_from, engine_busy = start, latency
+            next_issue[engine] = end
+        else:  # load/store
             transfer_start = start + dma_latency
             if dram_channel_free > transfer_start:
                 transfer_start = dram_channel_free
@@ -280,17 +336,9 @@ def run(program: Program, inputs: dict[str, np.ndarray] | None = None, *, check_
             dram_channel_free = end
             next_issue[engine] = start + 1
             busy_from, engine_busy = transfer_start, end - transfer_start  # cycles its data is on the channel
-        elif engine == MATRIX:
-            end, engine_busy = matrix.issue(instruction, start, latency)
-            busy_from = start
-            next_issue[engine] = start
-        else:
-            end = start + latency
-            busy_from, engine_busy = start, latency
-            next_issue[engine] = end
         busy_end = busy_from + engine_busy
         if busy_end > busy_until[engine]:
-            busy[engine] += busy_end - max(busy_from, busy_until[engine])
+            busy[engine] += busy_end - (busy_from if busy_from > busy_until[engine] else busy_until[engine])
             busy_until[engine] = busy_end
         if end > completed[engine]:
             completed[engine] = end
@@ -298,12 +346,13 @@ def run(program: Program, inputs: dict[str, np.ndarray] | None = None, *, check_
         if checker is not None:
             clocks[engine][engine] = done_count[engine]
             checker.record(index, engine, clocks[engine], effects.accesses)
-        signal = signals[index]
         if signal:
             order += 1
             token_clock = clocks[engine].copy() if checker is not None else None
-            heapq.heappush(tokens.setdefault(signal, []), (completed[engine], order, token_clock))
-            forget_waiters(signal)
+            heappush(tokens.setdefault(signal, []), (completed[engine], order, token_clock))
+            for other in engines:  # the engines waiting on this semaphore see a new token
+                if heads[other] >= 0 and waits[heads[other]] == signal:
+                    candidates[other] = unknown
         if effects.macs:
             macs[effects.macs_dtype] = macs.get(effects.macs_dtype, 0) + effects.macs
         dram_read += effects.dram_read
