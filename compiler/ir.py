@@ -80,6 +80,9 @@ class Graph:
     nodes: list[Node] = field(default_factory=list)
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
+    # Quantized tensor -> (the float tensor it quantizes, scale, zero point): recorded by
+    # compiler/passes/quantized.py so that int8 results can be compared with the float model's.
+    quantized_from: dict[str, tuple[str, float, int]] = field(default_factory=dict)
 
     def add_value(self, value: Value) -> Value:
         self.values[value.name] = value

@@ -55,6 +55,8 @@ def _tensor_to_json(t: TensorInfo) -> dict:
         entry["axis"] = t.axis
     if t.node:
         entry["node"] = t.node
+    if t.source:
+        entry["source"] = t.source
     return entry
 
 
@@ -211,7 +213,7 @@ def _list(value, what: str) -> list:
 
 def _parse_tensor(entry, dram_bytes: int) -> TensorInfo:
     _expect(isinstance(entry, dict) and {"name", "shape", "dtype", "dram"} <= set(entry)
-            and set(entry) <= {"name", "shape", "dtype", "dram", "scale", "zero_point", "axis", "node"},
+            and set(entry) <= {"name", "shape", "dtype", "dram", "scale", "zero_point", "axis", "node", "source"},
             "meta: malformed tensor entry")
     name = entry["name"]
     _expect(isinstance(name, str) and name != "", "meta: tensor name must be a non-empty string")
@@ -227,12 +229,13 @@ def _parse_tensor(entry, dram_bytes: int) -> TensorInfo:
     _expect(isinstance(scale, list) and isinstance(zero_point, list) and len(scale) == len(zero_point)
             and all(isinstance(s, (int, float)) and not isinstance(s, bool) and _finite_float(s) for s in scale)
             and all(_is_int(z) for z in zero_point), f"meta: tensor {name!r} has invalid quantization parameters")
-    node = entry.get("node", "")
-    _expect(isinstance(node, str), f"meta: tensor {name!r}: node must be a string")
+    node, source = entry.get("node", ""), entry.get("source", "")
+    _expect(isinstance(node, str) and isinstance(source, str), f"meta: tensor {name!r}: node and source must be "
+                                                                "strings")
     axis = entry.get("axis")
     _expect(axis is None or (_is_int(axis) and 0 <= axis < max(len(shape), 1)), f"meta: tensor {name!r}: bad axis")
     tensor = TensorInfo(name, tuple(shape), dtype, entry["dram"], tuple(float(s) for s in scale),
-                        tuple(zero_point), axis, node)
+                        tuple(zero_point), axis, node, source)
     _expect(_is_int(tensor.dram) and tensor.dram >= 0 and tensor.dram % dtype.size == 0
             and tensor.dram + tensor.nbytes <= dram_bytes, f"meta: tensor {name!r} lies outside DRAM or is misaligned")
     return tensor

@@ -27,6 +27,7 @@ class TensorInfo:
     zero_point: tuple[int, ...] = ()
     axis: int | None = None  # the channel axis of per-channel parameters
     node: str = ""  # for a debug tensor: the source node that produced it
+    source: str = ""  # for a quantized debug tensor: the float tensor of the model it quantizes
 
     @property
     def size(self) -> int:

@@ -15,7 +15,14 @@ from isa.assembly import disassemble_instruction
 from isa.cli_common import ArgumentParser, atomic_write, run_tool
 from isa.errors import InputError
 from isa.program import Program
-from runtime.compare import TOLERANCES, compare_arrays, first_divergence, load_reference, reference_outputs
+from runtime.compare import (
+    TOLERANCES,
+    compare_arrays,
+    first_divergence,
+    layer_tensors,
+    load_reference,
+    reference_outputs,
+)
 from runtime.simulator import prepare_inputs, run
 from runtime.trace import trace_json
 
@@ -119,7 +126,7 @@ def _main(argv: list[str]) -> int:
 
 def _compare(program: Program, reference, inputs, result, layers: bool) -> int:
     tolerance = TOLERANCES[program.precision]
-    extra = [t.name for t in program.debug_tensors] if layers else None
+    extra = [name for t in program.debug_tensors for name in (t.name, t.source) if name] if layers else None
     expected = reference_outputs(reference, inputs, extra)
     print(f"comparison with onnxruntime ({program.precision} tolerance: max abs error <= {tolerance.rel:g} x "
           f"max |reference|, cosine >= {tolerance.cosine}):")
@@ -133,8 +140,8 @@ def _compare(program: Program, reference, inputs, result, layers: bool) -> int:
         print(comparison.line())
         failed |= not comparison.passed
     if layers:
-        order = [(t.node or t.name, t.name) for t in program.debug_tensors]
-        compared, first = first_divergence(order, result.tensors, expected, tolerance)
+        order, actual = layer_tensors(program.debug_tensors, result.tensors, expected)
+        compared, first = first_divergence(order, actual, expected, tolerance)
         print(f"per layer ({len(compared)} tensors compared):")
         for node, comparison in compared:
             print(f"  {node[:28]:<28}" + comparison.line()[2:])

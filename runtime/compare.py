@@ -102,6 +102,26 @@ def reference_outputs(model: onnx.ModelProto, inputs: dict[str, np.ndarray],
     return dict(zip(names, session.run(names, feeds), strict=True))
 
 
+def layer_tensors(debug_tensors, tensors: dict[str, np.ndarray], expected: dict[str, np.ndarray]):
+    """(node, reference tensor name) in program order, and the program's values under those names.
+
+    A tensor the reference model has is compared as it is; a quantized tensor the reference
+    lacks (an fp32 model against an int8 program) is dequantized with its scale and zero point
+    and compared with the float tensor it quantizes."""
+    order, actual = [], {}
+    for t in debug_tensors:
+        if t.name not in tensors:
+            continue
+        if t.name in expected or not (t.source and t.scale):
+            order.append((t.node or t.name, t.name))
+            actual[t.name] = tensors[t.name]
+        else:
+            order.append((t.node or t.name, t.source))
+            integers = tensors[t.name].astype(np.int64) - t.zero_point[0]
+            actual[t.source] = (integers.astype(np.float32) * np.float32(t.scale[0])).astype(np.float32)
+    return order, actual
+
+
 def first_divergence(layers: list[tuple[str, str]], actual: dict[str, np.ndarray], expected: dict[str, np.ndarray],
                      tolerance: Tolerance) -> tuple[list[tuple[str, Comparison]], tuple[str, Comparison] | None]:
     """Compare each (node, tensor) in program order; returns all comparisons and the first failing one."""

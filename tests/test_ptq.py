@@ -130,3 +130,23 @@ def test_cli_bad_calibration_is_one_clean_line(tmp_path, capsys, setup, args, me
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err and message in lines[0], err
     assert not out.exists()
+
+
+def test_compare_layers_dequantizes_int8_tensors_against_the_fp32_model(tmp_path, capsys):
+    """Issue 4 item 6: each int8 layer is dequantized and compared with the fp32 model's tensor."""
+    from runtime.cli import main as run_main
+
+    calibration = tmp_path / "samples.npz"
+    x_train = load_split("cnn")[0]
+    np.savez(calibration, image=x_train[:64].astype(np.float32))
+    np.save(tmp_path / "x.npy", x_train[100:101].astype(np.float32))
+    code, err, out = _compile_cli(tmp_path, capsys, "--precision", "int8", "--calibration", str(calibration))
+    assert code == 0, err
+    code = run_main([str(out), "--input", str(tmp_path / "x.npy"), "--compare", str(MODELS["cnn"][0]),
+                     "--compare-layers"])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    layers = [line for line in text.splitlines() if "cosine" in line and "Relu_output_0" in line]
+    assert len(layers) == 3  # the three convolutions, each compared after its fused Relu
+    assert all(float(line.split("cosine")[1].split()[0]) > 0.999 for line in layers)
+    assert "no layer diverges" in text

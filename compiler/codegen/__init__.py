@@ -37,11 +37,11 @@ def generate(graph: Graph, config: AcceleratorConfig) -> Program:
         with ctx.emitter.node(node.name or f"{node.op}:{node.outputs[0]}"):
             KERNELS[node.op](ctx, node)
     instructions, debug = ctx.emitter.finish()
-    inputs = [_tensor(name, ctx.views[name]) for name in graph.inputs]
-    outputs = [_tensor(name, ctx.views[name]) for name in graph.outputs]
+    inputs = [_tensor(graph, name, ctx.views[name]) for name in graph.inputs]
+    outputs = [_tensor(graph, name, ctx.views[name]) for name in graph.outputs]
     # Every node output keeps its own DRAM (no reuse yet), so all of them can be compared.
-    kept = [_tensor(name, ctx.views[name], node.name or node.op) for node in graph.nodes for name in node.outputs
-            if name and name in ctx.views and name not in graph.outputs]
+    kept = [_tensor(graph, name, ctx.views[name], node.name or node.op) for node in graph.nodes
+            for name in node.outputs if name and name in ctx.views and name not in graph.outputs]
     return Program(config, instructions, inputs, outputs, ctx.constants, debug, max(ctx.dram_end, 4),
                    debug_tensors=kept, precision=_precision(graph))
 
@@ -53,5 +53,9 @@ def _precision(graph: Graph) -> str:
     return "int8" if operands & {"i8", "u8"} else "bf16" if "bf16" in operands else "fp32"
 
 
-def _tensor(name: str, view: View, node: str = "") -> TensorInfo:
+def _tensor(graph: Graph, name: str, view: View, node: str = "") -> TensorInfo:
+    """A tensor's entry; a quantized one carries its scale, zero point and the float tensor it stands for."""
+    if name in graph.quantized_from:
+        source, scale, zero_point = graph.quantized_from[name]
+        return TensorInfo(name, view.shape, view.dtype, view.addr, (scale,), (zero_point,), node=node, source=source)
     return TensorInfo(name, view.shape, view.dtype, view.addr, node=node)

@@ -220,6 +220,11 @@ class _Fuser:
 
 
 def fuse_qdq(graph: Graph) -> Graph:
+    for node in graph.nodes:
+        params = quant_params(graph, node) if node.op == "QuantizeLinear" else None
+        if params is not None and params.per_tensor:
+            graph.quantized_from[node.outputs[0]] = (node.inputs[0], float(params.scale[0]),
+                                                     int(params.zero_point[0]))
     fuser = _Fuser(graph)
     for node in graph.nodes:
         if id(node) in fuser.removed or id(node) in fuser.replaced:
