@@ -80,8 +80,12 @@ def _main(argv: list[str]) -> int:
                            help="int8: activations uint8 with a zero point (default)")
     precision.add_argument("--symmetric", dest="symmetric", action="store_true",
                            help="int8: activations int8 with zero point 0")
-    precision.add_argument("--keep-precision", action="append", default=[], metavar="NODE=fp32|bf16,...",
-                           help="keep these nodes out of int8 (or, with bf16, in fp32); repeatable")
+    precision.add_argument("--keep-precision", action="append", default=[], metavar="NODE=fp32|bf16,...|auto",
+                           help="keep these nodes out of int8 (or, with bf16, in fp32); repeatable. 'auto' "
+                                "(int8): keep the most sensitive matrix nodes in bf16 until --auto-cosine is met")
+    precision.add_argument("--auto-cosine", type=float, default=0.99, metavar="COSINE",
+                           help="with --keep-precision auto: the worst cosine of any float output against the "
+                                "fp32 model on the calibration samples (default 0.99)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
     from compiler.pipeline import Precision, compile, pass_names
@@ -106,9 +110,14 @@ def _main(argv: list[str]) -> int:
             raise AccError(f"cannot write {args.output!r}: directory {str(directory)!r} does not exist")
     if args.calibration and args.precision != "int8":
         raise AccError("--calibration is only used with --precision int8")
-    keep = dict(parse_keep(text) for item in args.keep_precision for text in item.split(",") if text)
+    entries = [text for item in args.keep_precision for text in item.split(",") if text]
+    auto = "auto" in entries
+    if auto and args.precision != "int8":
+        raise AccError("--keep-precision auto is only used with --precision int8")
+    keep = dict(parse_keep(text) for text in entries if text != "auto")
     precision = Precision(args.precision, args.calibration, args.calibration_method, args.per_channel,
-                          args.symmetric, keep, progress=sys.stderr.isatty())
+                          args.symmetric, keep, progress=sys.stderr.isatty(),
+                          auto_cosine=args.auto_cosine if auto else None)
     program = compile(args.model, args.config, opt_level=args.opt_level, input_shapes=input_shapes,
                       dump_after=args.dump_after, precision=precision,
                       report=lambda line: print(line, file=sys.stderr))

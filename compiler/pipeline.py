@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +73,9 @@ class Precision:
     symmetric: bool = False
     keep: Mapping[str, str] = field(default_factory=dict)
     progress: bool = False
+    # int8: keep the most sensitive matrix nodes in bf16 until every float output's cosine with
+    # the fp32 model reaches this on the calibration samples (None: no automatic choice).
+    auto_cosine: float | None = None
 
     def __post_init__(self):
         if self.mode not in PRECISIONS:
@@ -88,11 +91,13 @@ PRECISIONS = ("fp32", "bf16", "int8")
 
 
 def quantize_for(model: str | Path | onnx.ModelProto | bytes, precision: Precision,
-                 input_shapes: dict[str, tuple[int, ...]] | None = None) -> onnx.ModelProto:
-    """The QDQ model that int8 compiles: calibrate on the samples, then insert the quantization."""
+                 input_shapes: dict[str, tuple[int, ...]] | None = None,
+                 report: Callable[[str], None] | None = None) -> tuple[onnx.ModelProto, Precision]:
+    """The QDQ model that int8 compiles (calibrate on the samples, then insert the quantization),
+    and the precision with the automatically kept nodes added to `keep` as bf16."""
     from compiler.frontend.onnx_import import _load
     from compiler.quantize.calibration import collect_ranges, load_samples
-    from compiler.quantize.ptq import QuantOptions, quantize_model
+    from compiler.quantize.ptq import QuantOptions, choose_kept, quantize_model
 
     loaded = _load(model).model
     samples = precision.calibration
@@ -100,7 +105,14 @@ def quantize_for(model: str | Path | onnx.ModelProto | bytes, precision: Precisi
         samples = load_samples(samples, loaded, input_shapes)
     ranges = collect_ranges(loaded, samples, precision.method, precision.progress)
     options = QuantOptions(precision.per_channel, precision.symmetric, frozenset(precision.keep))
-    return quantize_model(loaded, ranges, options)
+    if precision.auto_cosine is not None:
+        kept, before, after = choose_kept(loaded, ranges, samples, options, precision.auto_cosine, report)
+        if report:
+            report(f"mixed precision: {len(kept)} matrix node(s) kept in bf16; worst output cosine on the "
+                   f"calibration set {before:.5f} -> {after:.5f} (target {precision.auto_cosine})")
+        precision = replace(precision, keep={**precision.keep, **{name: "bf16" for name in kept}})
+        options = QuantOptions(precision.per_channel, precision.symmetric, frozenset(precision.keep))
+    return quantize_model(loaded, ranges, options), precision
 
 
 def apply_precision(graph: Graph, precision: Precision) -> Graph:
@@ -125,7 +137,7 @@ def compile(model: str | Path | onnx.ModelProto, config: str | Path | Accelerato
     config = load_config(config)
     precision = Precision(precision) if isinstance(precision, str) else precision
     if precision.mode == "int8":
-        model = quantize_for(model, precision, input_shapes)
+        model, precision = quantize_for(model, precision, input_shapes, report)
     graph = import_model(model, input_shapes)
     if verify_each:
         verify(graph)

@@ -11,8 +11,9 @@ see what quantization costs:
 - its activation input is quantized per tensor: uint8 with a zero point (asymmetric,
   the default) or int8 with zero point 0 (symmetric), over the calibrated range widened
   to include 0;
-- its output is quantized after a Relu or Clip that alone follows it (the activation then
-  becomes the requantization's clamp), unless it is a graph output;
+- its output is quantized (after a Relu or Clip that alone follows it, which then becomes
+  the requantization's clamp) when every reader is an int8 op, directly or through the ops
+  below; otherwise the int32 accumulator is dequantized exactly, with no 8-bit rounding;
 - MaxPool, Reshape, Flatten, Transpose, Squeeze and Unsqueeze of a quantized tensor are
   quantized with their input's parameters, so they run on the integers.
 
@@ -33,6 +34,7 @@ from onnx import helper, numpy_helper
 from compiler.quantize.calibration import TensorRange
 
 MATRIX_OPS = ("Conv", "MatMul", "Gemm")
+SCORING_SAMPLES = 8  # calibration samples the automatic mixed precision scores on
 PROPAGATED = ("MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze")
 ACTIVATIONS = ("Relu", "Clip")
 
@@ -159,13 +161,27 @@ class _Rewriter:
                                           f"{node.input[2]}_DequantizeLinear", axis=0))
             node.input[2] = b_dequantized
         self.inserted.setdefault("", []).extend(extra)
-        # The output, after an activation that alone follows it.
+        # The output, after an activation that alone follows it, when what reads it computes on
+        # integers; else the int32 accumulator is dequantized exactly (no rounding to 8 bits).
         output = node.output[0]
         users = self.consumers.get(output, [])
         if len(users) == 1 and users[0].op_type in ACTIVATIONS and output not in self.outputs:
             output = users[0].output[0]
-        self.quantize_tensor(output)
+            users = self.consumers.get(output, [])
+        if users and all(self.integer_consumer(user, output) for user in users):
+            self.quantize_tensor(output)
         return True
+
+    def integer_consumer(self, node: onnx.NodeProto, tensor: str) -> bool:
+        """Whether `node` reads `tensor` as the activation of an int8 op (or passes it on to one)."""
+        if node.name in self.options.keep:
+            return False
+        if node.op_type in MATRIX_OPS:
+            return node.input[0] == tensor and len(node.input) > 1 and node.input[1] in self.initializers
+        if node.op_type in PROPAGATED:
+            users = self.consumers.get(node.output[0], [])
+            return bool(users) and all(self.integer_consumer(user, node.output[0]) for user in users)
+        return False
 
     def propagate(self, node: onnx.NodeProto) -> None:
         source = node.input[0]
@@ -218,3 +234,67 @@ def describe(graph) -> list[str]:
     lines = ["int8: " + (", ".join(f"{count} {op}" for op, count in sorted(integer.items())) or "nothing")]
     lines.append("float: " + (", ".join(f"{count} {op}" for op, count in sorted(floating.items())) or "nothing"))
     return lines
+
+
+def quantized_matrix_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the matrix nodes a QDQ model computes in int8 (their weights are dequantized integers)."""
+    dequantized = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    return [n.name for n in model.graph.node
+            if n.op_type in MATRIX_OPS and len(n.input) > 1 and n.input[1] in dequantized]
+
+
+def choose_kept(model: onnx.ModelProto, ranges: Mapping[str, TensorRange], samples, options: QuantOptions,
+                target: float, report=None) -> tuple[list[str], float, float]:
+    """Automatic mixed precision: the matrix nodes to keep out of int8 (most sensitive first) so
+    that every float output's cosine with the fp32 model reaches `target` on `samples`.
+
+    Sensitivity is measured with onnxruntime on the QDQ model (graph rewrites off, which
+    computes what acc computes) on the first SCORING_SAMPLES samples: the cosine gained by
+    keeping each node alone. Nodes are then
+    kept greedily in that order until the target is met (or all are kept). Returns (kept,
+    cosine before, cosine after); kept nodes are scored in fp32 (they run in bf16 on acc)."""
+    import onnxruntime
+
+    samples = list(samples)[:SCORING_SAMPLES]
+    options_plain = onnxruntime.SessionOptions()
+    options_plain.log_severity_level = 3
+    reference = onnxruntime.InferenceSession(model.SerializeToString(), options_plain,
+                                             providers=["CPUExecutionProvider"])
+    float_outputs = [o.name for o in reference.get_outputs() if o.type == "tensor(float)"]
+    expected = [reference.run(float_outputs, dict(feed)) for feed in samples]
+
+    def score(keep: Collection[str]) -> float:
+        quantized = quantize_model(model, ranges, QuantOptions(options.per_channel, options.symmetric,
+                                                               frozenset(options.keep) | set(keep)))
+        session_options = onnxruntime.SessionOptions()
+        session_options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+        session_options.log_severity_level = 3
+        session = onnxruntime.InferenceSession(quantized.SerializeToString(), session_options,
+                                               providers=["CPUExecutionProvider"])
+        worst = 1.0
+        for feed, wanted in zip(samples, expected, strict=True):
+            for got, ref in zip(session.run(float_outputs, dict(feed)), wanted, strict=True):
+                worst = min(worst, _cosine(got, ref))
+        return worst
+
+    before = score(())
+    if before >= target:
+        return [], before, before
+    candidates = [name for name in quantized_matrix_nodes(quantize_model(model, ranges, options))]
+    gains = sorted(((score([name]) - before, name) for name in candidates), key=lambda pair: -pair[0])
+    kept: list[str] = []
+    after = before
+    for _, name in gains:
+        kept.append(name)
+        after = score(kept)
+        if report:
+            report(f"mixed precision: keeping {name} (cosine {after:.5f})")
+        if after >= target:
+            break
+    return kept, before, after
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    norms = np.linalg.norm(a) * np.linalg.norm(b)
+    return float(a @ b / norms) if norms > 0 else float(np.array_equal(a, b))
