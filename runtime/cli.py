@@ -90,6 +90,8 @@ def _main(argv: list[str]) -> int:
                         help="run onnxruntime on the same inputs and compare every output (exit 1 on FAIL)")
     parser.add_argument("--compare-layers", action="store_true",
                         help="with --compare: compare every intermediate tensor and name the first node that diverges")
+    parser.add_argument("--layers", action="store_true",
+                        help="print per source node: cycles, MACs, DRAM bytes, utilization, compute- or memory-bound")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
@@ -108,6 +110,8 @@ def _main(argv: list[str]) -> int:
         verdict = _compare(program, reference, inputs, result, args.compare_layers)
     if args.output:
         _save_npz(args.output, result.outputs)
+    if args.layers:
+        print(layer_table(result.stats["layers"]))
     if args.stats:
         atomic_write(args.stats, json.dumps(result.stats, indent=2, sort_keys=True) + "\n")
     if args.trace:
@@ -151,6 +155,15 @@ def _compare(program: Program, reference, inputs, result, layers: bool) -> int:
             print(f"first divergence: node {first[0]!r} (output {first[1].name!r})")
     print("RESULT: " + ("FAIL" if failed else "PASS"))
     return EXIT_CHECK_FAILED if failed else 0
+
+
+def layer_table(layers: list[dict]) -> str:
+    """The per-layer figures of a run's stats as an aligned table, in program order."""
+    lines = [f"{'node':<36} {'cycles':>10} {'MACs':>12} {'DRAM bytes':>11} {'util':>6} {'eff':>6}  bound"]
+    for layer in layers:
+        lines.append(f"{layer['node'][:36]:<36} {layer['cycles']:>10,} {layer['macs']:>12,} {layer['dram_bytes']:>11,} "
+                     f"{layer['utilization']:>6.2f} {layer['efficiency']:>6.2f}  {layer['bound']}")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

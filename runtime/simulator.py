@@ -204,6 +204,19 @@ def run(program: Program, inputs: dict[str, np.ndarray] | None = None, *, check_
                     row_cycles[dtype] = config.row_cycles(dtype)
                 streaming[index] = fields["m"] * row_cycles[dtype]
 
+    # Per source node (model.bin's debug ranges): first start, last end, MACs, compute-bound cycles, DRAM bytes.
+    layer_names = [entry.node for entry in program.debug]
+    layer_of = [-1] * len(plan)
+    for number, entry in enumerate(program.debug):
+        for index in range(entry.start, min(entry.end, len(plan))):
+            layer_of[index] = number
+    layer_start = [None] * len(layer_names)
+    layer_end = [0] * len(layer_names)
+    layer_macs = [0] * len(layer_names)
+    layer_compute = [0.0] * len(layer_names)
+    layer_bytes = [0] * len(layer_names)
+    peak = {dtype: config.peak_macs_per_cycle(dtype) for dtype in (DType.I8, DType.U8, DType.BF16, DType.F32)}
+
     checker = HazardChecker({DRAM: machine.dram.size, LOCAL: machine.local.size}, len(Engine)) \
         if check_hazards else None
     clocks = np.zeros((len(Engine), len(Engine)), dtype=np.int64)  # vector clocks, per engine
@@ -357,6 +370,16 @@ def run(program: Program, inputs: dict[str, np.ndarray] | None = None, *, check_
             macs[effects.macs_dtype] = macs.get(effects.macs_dtype, 0) + effects.macs
         dram_read += effects.dram_read
         dram_written += effects.dram_written
+        layer = layer_of[index]
+        if layer >= 0:
+            if layer_start[layer] is None:
+                layer_start[layer] = start
+            if end > layer_end[layer]:
+                layer_end[layer] = end
+            if effects.macs:
+                layer_macs[layer] += effects.macs
+                layer_compute[layer] += effects.macs / peak[effects.macs_dtype]
+            layer_bytes[layer] += effects.dram_read + effects.dram_written
         if end > total:
             total = end
         if keep_events:
@@ -381,11 +404,24 @@ def run(program: Program, inputs: dict[str, np.ndarray] | None = None, *, check_
         "instructions": sum(done_count),
         "time_us": total / config.clock_mhz,
         "host_steps": list(program.host_steps),
+        "layers": [_layer_stats(config, name, first, last, layer_macs[n], layer_compute[n], layer_bytes[n])
+                   for n, (name, first, last) in enumerate(zip(layer_names, layer_start, layer_end, strict=True))
+                   if first is not None],
     }
     if checker is not None:
         stats["hazards"] = len(checker.hazards)
     tensors = {t.name: _read_tensor(machine, t) for t in program.debug_tensors} if keep_tensors else {}
     return RunResult(outputs, stats, events, checker.hazards if checker else [], tensors)
+
+
+def _layer_stats(config, node: str, first: int, last: int, layer_macs: int, compute: float, nbytes: int) -> dict:
+    """One source node's figures: its instructions ran from `first` to `last` (layers overlap when
+    the engines pipeline them); its roofline is the larger of its compute and DRAM bounds."""
+    memory = nbytes / config.dram_bytes_per_cycle
+    cycles = max(last - first, 1)
+    return {"node": node, "start": first, "cycles": cycles, "macs": layer_macs, "dram_bytes": nbytes,
+            "roofline_cycles": max(compute, memory), "bound": "compute" if compute >= memory else "memory",
+            "utilization": compute / cycles, "efficiency": max(compute, memory) / cycles}
 
 
 def _read_tensor(machine: Machine, t: TensorInfo) -> np.ndarray:

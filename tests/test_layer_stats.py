@@ -1,0 +1,43 @@
+"""Per-layer figures of a run (stats["layers"], acc-run --layers): attribution and the roofline per layer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from compiler.pipeline import compile
+from runtime.cli import main as run_main
+from runtime.simulator import run
+
+CNN = Path(__file__).parent.parent / "models" / "digits" / "digits_cnn.onnx"
+
+
+@pytest.mark.parametrize("config", ["tiny", "edge"])
+def test_layers_account_for_the_run(config):
+    program = compile(CNN, config, input_shapes={"image": (1, 1, 8, 8)})
+    stats = run(program, None).stats
+    layers = stats["layers"]
+    assert [layer["node"] for layer in layers] == [entry.node for entry in program.debug]
+    assert sum(layer["macs"] for layer in layers) == stats["macs"]
+    assert sum(layer["dram_bytes"] for layer in layers) == stats["dram_bytes_read"] + stats["dram_bytes_written"]
+    for layer in layers:
+        # No layer beats its own roofline, and a layer without MACs is memory-bound.
+        assert 0 < layer["efficiency"] <= 1.0 + 1e-9
+        assert layer["cycles"] >= layer["roofline_cycles"]
+        assert layer["bound"] == ("compute" if layer["macs"] and layer["utilization"] * layer["cycles"] >=
+                                  layer["dram_bytes"] / program.config.dram_bytes_per_cycle else "memory")
+        assert layer["start"] + layer["cycles"] <= stats["cycles"]
+
+
+def test_acc_run_prints_the_layer_table(tmp_path, capsys):
+    from isa import binfile
+
+    target = tmp_path / "cnn.bin"
+    binfile.save(compile(CNN, "edge", input_shapes={"image": (1, 1, 8, 8)}), target)
+    assert run_main([str(target), "--layers"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("node"))
+    rows = lines[header + 1:header + 10]
+    assert rows[0].startswith("/0/Conv") and rows[-1].startswith("/11/Gemm")
+    assert all(row.split()[-1] in ("compute", "memory") for row in rows)
