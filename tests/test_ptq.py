@@ -172,22 +172,24 @@ def test_automatic_mixed_precision_keeps_the_most_sensitive_nodes_in_bf16():
 
 
 @pytest.mark.slow
-def test_minilm_int8_sentence_embeddings():
-    """Issue 4: all-MiniLM-L6-v2 in int8, calibrated on 40 sentences, with the automatic mixed
-    precision at cosine 0.99: mean-pooled embeddings of 20 other sentences have cosine >= 0.99
-    against fp32 onnxruntime (measured: min 0.9939, mean 0.9951; pure int8 without kept nodes
-    reaches about 0.987)."""
+@pytest.mark.parametrize("mode, target", [("int8", 0.99), ("bf16", 0.999)])
+def test_minilm_sentence_embeddings(mode, target):
+    """Issue 4: all-MiniLM-L6-v2, mean-pooled embeddings of 20 sentences against fp32 onnxruntime.
+    int8: calibrated on 40 other sentences, with the automatic mixed precision at cosine 0.99
+    (measured: min 0.9939, mean 0.9951; all 36 MatMuls in int8 reach about 0.987). bf16:
+    measured min 0.99999."""
     from models.cache import minilm_onnx
     from models.minilm.sentences import CALIBRATION, EVALUATION, tokenize
 
     path = str(minilm_onnx(static=True))
-    program = compile(path, "edge", precision=Precision("int8", tokenize(CALIBRATION), auto_cosine=0.99))
-    assert program.precision == "int8"
+    precision = Precision("int8", tokenize(CALIBRATION), auto_cosine=0.99) if mode == "int8" else Precision(mode)
+    program = compile(path, "edge", precision=precision)
+    assert program.precision == mode
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     cosines = []
     for feed in tokenize(EVALUATION[:20]):
         expected = session.run(["sentence_embedding"], feed)[0][0]
         got = run(program, feed).outputs["sentence_embedding"][0]
         cosines.append(float(got @ expected / np.linalg.norm(got) / np.linalg.norm(expected)))
-    print(f"MiniLM int8: min cosine {min(cosines):.5f}, mean {np.mean(cosines):.5f}")
-    assert min(cosines) >= 0.99
+    print(f"MiniLM {mode}: min cosine {min(cosines):.5f}, mean {np.mean(cosines):.5f}")
+    assert min(cosines) >= target
