@@ -124,6 +124,12 @@ _op("LpNormalization", 1, rules.along_axis, "x / the p-norm (p 1 or 2) along axi
 # Matrix products, softmax, reductions -------------------------------------------------------------
 _op("Gemm", (2, 3), rules.gemm, "alpha * op(A) @ op(B) + beta * C, op = transpose if transA/transB; "
     "C broadcasts to [M, N]", alpha=1.0, beta=1.0, transA=0, transB=0)
+_EPILOGUE = dict(activation="", activation_params=[])
+_EPILOGUE_DOC = ("; then + Z (the result's shape) and the activation (Relu, or Clip with activation_params "
+                 "[min, max]), applied to each result tile on chip (compiler/passes/fuse_epilogue.py)")
+_op("FusedConv", (2, 4), rules.fused_conv, "Conv(X, W, B)" + _EPILOGUE_DOC, group=1, **_WINDOW, **_EPILOGUE)
+_op("FusedGemm", (2, 4), rules.fused_gemm, "Gemm(A, B, C)" + _EPILOGUE_DOC, alpha=1.0, beta=1.0, transA=0,
+    transB=0, **_EPILOGUE)
 _op("MatMul", 2, rules.matmul, "numpy matmul: batched, broadcasting batch axes, 1-D operands promoted")
 _op("Softmax", 1, rules.along_axis, "exp(x) / sum(exp(x)) along axis", axis=REQUIRED)
 _op("LogSoftmax", 1, rules.along_axis, "log(softmax(x)) along axis", axis=REQUIRED)

@@ -19,6 +19,7 @@ import onnx
 from compiler.codegen import generate
 from compiler.frontend import import_model
 from compiler.ir import Graph, to_text
+from compiler.passes.fuse_epilogue import fuse_epilogue
 from compiler.passes.quantized import fold_dequantized_constants, fuse_qdq
 from compiler.passes.simplify import decompose_batchnorm, fold_batchnorm_into_conv, remove_identities
 from compiler.verify import verify
@@ -34,6 +35,7 @@ PASSES: list[tuple[str, Pass, int]] = [
     ("remove_identities", remove_identities, 0),
     ("fold_batchnorm_into_conv", fold_batchnorm_into_conv, 1),
     ("decompose_batchnorm", decompose_batchnorm, 0),
+    ("fuse_epilogue", fuse_epilogue, 2),
 ]
 
 
@@ -118,11 +120,11 @@ def quantize_for(model: str | Path | onnx.ModelProto | bytes, precision: Precisi
 def apply_precision(graph: Graph, precision: Precision) -> Graph:
     """bf16 on the matrix ops the precision asks for (all but the kept ones in bf16 mode; the ones
     kept as bf16 in int8 mode)."""
-    from compiler.passes.precision import to_bf16
+    from compiler.passes.precision import MATRIX_OPS, to_bf16
 
     if precision.mode == "bf16":
         return to_bf16(graph, keep={name for name, kept in precision.keep.items() if kept == "fp32"})
-    matrix = {node.name for node in graph.nodes if node.op in ("Conv", "ConvTranspose", "MatMul", "Gemm")}
+    matrix = {node.name for node in graph.nodes if node.op in MATRIX_OPS}
     wanted = {name for name, kept in precision.keep.items() if kept == "bf16"}
     return to_bf16(graph, keep=matrix - wanted)
 

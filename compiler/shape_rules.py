@@ -227,6 +227,28 @@ def conv(attrs: dict, x: list) -> Result:
     return [(dtype, (data.shape[0], out_channels, *out))]
 
 
+EPILOGUE_ACTIVATIONS = ("", "Relu", "Clip")
+
+
+def _fused(base, own: int):
+    """The rule of a Fused* op: `base` on the first `own` inputs; an optional addend Z of the
+    result's shape and dtype after them; an activation from EPILOGUE_ACTIVATIONS."""
+
+    def rule(attrs: dict, x: list) -> Result:
+        _check(attrs["activation"] in EPILOGUE_ACTIVATIONS,
+               f"activation={attrs['activation']!r} is not one of {', '.join(map(repr, EPILOGUE_ACTIVATIONS))}")
+        _check(len(attrs["activation_params"]) == (2 if attrs["activation"] == "Clip" else 0),
+               f"activation_params={attrs['activation_params']} do not fit activation={attrs['activation']!r}")
+        ((dtype, shape),) = base(attrs, x[:own])
+        addend = x[own] if len(x) > own else None
+        if addend is not None:
+            _check(addend.shape == tuple(shape) and addend.dtype == dtype,
+                   f"Z {addend.dtype}{_dims(addend.shape)} is not the result's {dtype}{_dims(shape)}")
+        return [(dtype, shape)]
+
+    return rule
+
+
 def conv_transpose(attrs: dict, x: list) -> Result:
     data, weight, bias, spatial, kernel, strides, pads, dilations = _conv_operands(attrs, x)
     output_padding = _int_list(attrs, "output_padding", spatial)
@@ -480,3 +502,7 @@ def space_to_depth(attrs: dict, x: list) -> Result:
            f"{_dims(shape)} does not rearrange with blocksize={block}")
     _check(attrs["mode"] in ("DCR", "CRD"), f"mode={attrs['mode']!r} is not DCR or CRD")
     return [(x[0].dtype, (shape[0], shape[1] * block * block, shape[2] // block, shape[3] // block))]
+
+
+fused_conv = _fused(conv, 3)
+fused_gemm = _fused(gemm, 3)

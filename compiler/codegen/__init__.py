@@ -49,7 +49,8 @@ def generate(graph: Graph, config: AcceleratorConfig) -> Program:
 def _precision(graph: Graph) -> str:
     """The lowest precision any matrix op computes in."""
     operands = {graph.values[node.inputs[0]].dtype for node in graph.nodes
-                if node.op in ("Conv", "ConvTranspose", "MatMul", "Gemm", "QLinearConv", "QLinearMatMul")}
+                if node.op in ("Conv", "ConvTranspose", "MatMul", "Gemm", "FusedConv", "FusedGemm", "QLinearConv",
+                              "QLinearMatMul")}
     return "int8" if operands & {"i8", "u8"} else "bf16" if "bf16" in operands else "fp32"
 
 

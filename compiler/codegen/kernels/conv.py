@@ -21,12 +21,12 @@ flipping its filters, each kernel position's patch is read at the mirrored posit
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from compiler.codegen.context import CodegenContext, View, merge_dims, unsupported
-from compiler.codegen.kernels.epilogue import Finisher, Product
+from compiler.codegen.kernels.epilogue import Finisher, Product, epilogue_of
 from compiler.codegen.kernels.movement import Stager
 from compiler.ir import Node
 from isa.dtypes import DType
@@ -193,17 +193,20 @@ def _checked(ctx: CodegenContext, node: Node, product: Product):
 
 
 def _float_product(ctx: CodegenContext, node: Node) -> Product:
-    """f32 (or bf16 operands, with fp32 accumulation) and the f32 bias input."""
+    """f32 (or bf16 operands, with fp32 accumulation), the f32 bias input, and FusedConv's addend
+    and activation."""
     dtype = ctx.view(node.inputs[0]).dtype
     bias = ctx.view(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
     if dtype not in (DType.F32, DType.BF16):
         raise unsupported(node, f"{dtype.asm_name} convolution")
-    return Product(dtype, bias=bias)
+    return Product(dtype, bias=bias, **epilogue_of(ctx, node, 3))
 
 
 def conv_kernel(ctx: CodegenContext, node: Node, product: Product | None = None) -> None:
     product = product or _float_product(ctx, node)
     x, out, attrs = _checked(ctx, node, product)
+    if product.addend is not None:  # widened to 3-D like the output
+        product = replace(product, addend=View(product.addend.addr, product.addend.dtype, out.shape, out.strides))
     groups = int(attrs.get("group", 1))
     kernel = tuple(attrs["kernel_shape"])
     filters = conv_filters(ctx, node, groups, kernel, transposed=False)
@@ -276,6 +279,7 @@ def filters_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, pro
     config = ctx.config
     rows, cols = config.array_rows, config.array_cols
     cout_group = shape.cout_group
+    addend = product.addend
     blocks = shape.pixel_tiles(max_pixels)
     largest = max(nrows * ncols for _, _, nrows, _, ncols in blocks)
     k_tiles = shape.k_tiles(rows)
@@ -316,9 +320,9 @@ def filters_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, pro
                                          c=result + j0 * 4, c_rs=cout_group, accumulate=int(index > 0))
                         count += 1
                 # [pixels, cout] in the accumulator -> [cout, pixels], NCHW rows.
-                finisher.finish(result, pixels, cout_group, False, first_channel,
-                                out.at(n).window(0, first_channel, first_channel + cout_group)
-                                .window(1, od, od + 1).window(2, oh0, oh0 + nrows).window(3, ow0, ow0 + ncols))
+                where = (n, first_channel, cout_group, od, oh0, nrows, ow0, ncols)
+                finisher.finish(result, pixels, cout_group, False, first_channel, _output_block(out, *where),
+                                _output_block(addend, *where) if addend is not None else None)
 
 
 def patch_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, product: Product, out: View,
@@ -329,6 +333,7 @@ def patch_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, produ
     config = ctx.config
     rows, cols = config.array_rows, config.array_cols
     cout_group = shape.cout_group
+    addend = product.addend
     k_tiles = shape.k_tiles(rows)
     tiles = shape.pixel_tiles(cols)
     spad, acc = ctx.scratchpad(), ctx.accumulator()
@@ -369,6 +374,13 @@ def patch_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, produ
                         ctx.emitter.emit("matmul", dtype=product.weight_dtype, a=filter_rows, a_rs=stride, m=mt,
                                          c=c_tile, c_rs=pixels, accumulate=int(index > 0))
                         count += 1
-                    finisher.finish(c_tile, mt, pixels, True, first_channel,
-                                    out.at(n).window(0, first_channel, first_channel + mt)
-                                    .window(1, od, od + 1).window(2, oh0, oh0 + nrows).window(3, ow0, ow0 + ncols))
+                    where = (n, first_channel, mt, od, oh0, nrows, ow0, ncols)
+                    finisher.finish(c_tile, mt, pixels, True, first_channel, _output_block(out, *where),
+                                    _output_block(addend, *where) if addend is not None else None)
+
+
+def _output_block(view: View, n: int, first_channel: int, channels: int, od: int, oh0: int, nrows: int, ow0: int,
+                  ncols: int) -> View:
+    """Batch n, channels first_channel.., output depth od, rows oh0.., columns ow0.. of an NCDHW view."""
+    return (view.at(n).window(0, first_channel, first_channel + channels).window(1, od, od + 1)
+            .window(2, oh0, oh0 + nrows).window(3, ow0, ow0 + ncols))

@@ -12,11 +12,13 @@ it transposed through the vector unit (so the DMA writes whole rows).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from compiler.codegen.context import CodegenContext, LocalArena, View
+from compiler.ir import Node
 from isa.dtypes import INT_RANGES, DType
 
 INTEGER_OPERANDS = (DType.I8, DType.U8)
@@ -42,6 +44,9 @@ class Product:
     requant: Requantization | None = None
     weights: DType | None = None  # when it differs from `operand` (u8 activations x i8 weights)
     pad_value: float = 0.0  # the operand value that means zero (the zero point of quantized data)
+    addend: View | None = None  # FusedConv/FusedGemm's Z: the result's shape, added after the bias
+    activation: str = ""  # "", "Relu" or "Clip" (float results), after the addend
+    activation_params: tuple[float, ...] = ()
 
     @property
     def integer(self) -> bool:
@@ -78,6 +83,7 @@ class Finisher:
         out_size = product.out.size
         # Integer outputs and transposed stores need a tile beside the accumulator's.
         self.outputs = [spad.alloc(elements * out_size) for _ in range(2)] if requant or transpose else []
+        self.addends = [spad.alloc(elements * 4) for _ in range(2)] if product.addend is not None else []
         self.transpose = transpose
         self.loaded: tuple[int, int] | None = None
         self.count = 0
@@ -94,6 +100,8 @@ class Finisher:
             total += max_channels * 4 + 128
         if product.requant or transpose:
             total += 2 * (max_rows * max_cols * product.out.size + 64)
+        if product.addend is not None:
+            total += 2 * (max_rows * max_cols * 4 + 64)
         return total
 
     def _load_channels(self, first: int, count: int) -> None:
@@ -112,9 +120,10 @@ class Finisher:
         self.loaded = (first, count)
 
     def finish(self, tile: int, rows: int, cols: int, channels_on_rows: bool, first_channel: int,
-               target: View) -> None:
+               target: View, addend: View | None = None) -> None:
         """The dense [rows, cols] accumulator tile at `tile` -> target ([rows, cols], or [cols, rows]
-        when transposing), channels first_channel.. along its rows or columns."""
+        when transposing), channels first_channel.. along its rows or columns; `addend` is the
+        same block of the product's addend."""
         product, emit = self.product, self.ctx.emitter.emit
         acc = product.accumulator
         shape = dict(rows=rows, cols=cols)
@@ -139,10 +148,38 @@ class Finisher:
             if requant.high < high:
                 emit("vmini", dtype=result_dtype, dst=result, dst_rs=cols, a=result, a_rs=cols, imm=requant.high,
                      **shape)
+        out_rows, out_cols = rows, cols
         if self.transpose:
             transposed = self.outputs[(self.count + 1) % 2] if requant else self.outputs[self.count % 2]
             emit("vmov", dtype=result_dtype, dst=transposed, dst_rs=rows, a=result, a_rs=1, a_cs=cols, rows=cols,
                  cols=rows)
-            result = transposed
+            result, out_rows, out_cols = transposed, cols, rows
+        self._addend_and_activation(result, result_dtype, out_rows, out_cols, addend)
         self.count += 1
         self.ctx.dma_out(result, target)
+
+    def _addend_and_activation(self, result: int, dtype: DType, rows: int, cols: int, addend: View | None) -> None:
+        """result (dense [rows, cols], as stored) + the addend block, then the activation, in place."""
+        product, emit = self.product, self.ctx.emitter.emit
+        shape = dict(dtype=dtype, dst=result, dst_rs=cols, a=result, a_rs=cols, rows=rows, cols=cols)
+        if product.addend is not None:
+            buffer = self.addends[self.count % 2]
+            self.ctx.dma_in(buffer, addend)
+            emit("vadd", b=buffer, b_rs=cols, **shape)
+        if product.activation == "Relu":
+            emit("vmaxi", imm=0.0, **shape)
+        elif product.activation == "Clip":
+            low, high = product.activation_params
+            if low != -math.inf:
+                emit("vmaxi", imm=low, **shape)
+            if high != math.inf:
+                emit("vmini", imm=high, **shape)
+
+
+def epilogue_of(ctx: CodegenContext, node: Node, own: int) -> dict:
+    """A Fused* node's addend view (its input after the op's `own`) and activation, as Product fields."""
+    if not node.op.startswith("Fused"):
+        return {}
+    addend = ctx.view(node.inputs[own]) if len(node.inputs) > own and node.inputs[own] else None
+    return dict(addend=addend, activation=node.attrs.get("activation", ""),
+                activation_params=tuple(node.attrs.get("activation_params", ())))

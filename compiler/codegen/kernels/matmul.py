@@ -15,7 +15,7 @@ from dataclasses import replace
 import numpy as np
 
 from compiler.codegen.context import CodegenContext, View, accelerator_dtype, unsupported
-from compiler.codegen.kernels.epilogue import Finisher, Product
+from compiler.codegen.kernels.epilogue import Finisher, Product, epilogue_of
 from compiler.ir import Node
 from isa.dtypes import DType
 
@@ -95,7 +95,8 @@ def matmul_views(ctx: CodegenContext, a: View, b: View, out: View, node: Node, *
                 block = (slice(m0, m0 + mt), slice(n0, n0 + nt))
                 if bias_batch is not None:
                     _add_matrix_bias(ctx, c_tile, _block(bias_batch, block), bias_buffers[tile % 2], alpha)
-                finisher.finish(c_tile, mt, nt, False, n0, _block(out_batch, block))
+                addend = _block(product.addend.at(*index), block) if product.addend is not None else None
+                finisher.finish(c_tile, mt, nt, False, n0, _block(out_batch, block), addend)
                 tile += 1
 
 
@@ -144,7 +145,8 @@ def _matmul_swapped(ctx: CodegenContext, a: View, b_transposed: View, out: View,
             if bias is not None:
                 _add_matrix_bias(ctx, c_tile, _block(bias, block).transpose((1, 0)), bias_buffers[tile % 2],
                                  alpha)
-            finisher.finish(c_tile, nt, mt, True, n0, _block(out, block).transpose((1, 0)))
+            addend = _block(product.addend, block).transpose((1, 0)) if product.addend is not None else None
+            finisher.finish(c_tile, nt, mt, True, n0, _block(out, block).transpose((1, 0)), addend)
             tile += 1
 
 
@@ -234,4 +236,10 @@ def gemm_kernel(ctx: CodegenContext, node: Node) -> None:
     if b_value.is_const:
         stored = b_value.const if attrs.get("transB", 0) else b_value.const.T
         b_transposed = ctx.constant(stored, b.dtype, node.inputs[1] + (".T" if not attrs.get("transB", 0) else ""))
-    matmul_views(ctx, a, b, out, node, alpha=float(attrs.get("alpha", 1.0)), bias=bias, b_transposed=b_transposed)
+    product = None
+    if node.op == "FusedGemm":
+        if a.dtype not in MATRIX_FLOAT or b.dtype != a.dtype:
+            raise unsupported(node, f"FusedGemm of {a.dtype.asm_name} x {b.dtype.asm_name}")
+        product = Product(a.dtype, alpha=float(attrs.get("alpha", 1.0)), **epilogue_of(ctx, node, 3))
+    matmul_views(ctx, a, b, out, node, alpha=float(attrs.get("alpha", 1.0)), bias=bias, b_transposed=b_transposed,
+                 product=product)
