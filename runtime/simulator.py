@@ -88,7 +88,9 @@ def prepare_inputs(program: Program, inputs: dict[str, np.ndarray] | None, seed:
             if t.dtype.is_float:
                 made[t.name] = rng.standard_normal(t.shape).astype(t.dtype.numpy)
             else:
-                low, high = {DType.I8: (-128, 127), DType.U8: (0, 255), DType.I32: (-1000, 1000)}[t.dtype]
+                # i64 and bool inputs are mostly indices, token ids and masks: 0 and 1 index any axis.
+                low, high = {DType.I8: (-128, 127), DType.U8: (0, 255), DType.I32: (-1000, 1000), DType.I64: (0, 1),
+                             DType.BOOL: (0, 1)}.get(t.dtype, (0, 1))
                 made[t.name] = rng.integers(low, high, size=t.shape, endpoint=True).astype(t.dtype.numpy)
         return made
     expected = {t.name: t for t in program.inputs}
@@ -399,6 +401,8 @@ def run(program: Program, inputs: dict[str, np.ndarray] | None = None, *, check_
         "macs_by_dtype": {d.asm_name: n for d, n in sorted(macs.items())},
         "dram_bytes_read": dram_read,
         "dram_bytes_written": dram_written,
+        "dram_size": program.dram_bytes,
+        "activation_bytes": program.activation_bytes,
         "engines": {ENGINE_NAMES[e]: busy[e] for e in Engine},
         "utilization": {ENGINE_NAMES[e]: (busy[e] / total if total else 0.0) for e in Engine},
         "instructions": sum(done_count),

@@ -179,3 +179,21 @@ def test_if_and_error_directives(tmp_path, capsys):
     line = one_line_error(capsys, assemble_main([str(source), "-o", str(tmp_path / "c.bin")]))
     assert "check.s:3" in line and "M must be a multiple of 32" in line
     assert assemble_main([str(source), "-o", str(tmp_path / "c.bin"), "-D", "M=64"]) == 0
+
+
+def test_random_inputs_for_index_inputs_stay_in_range():
+    """Without --input, i64 inputs (token ids, indices) get 0 or 1, which index any axis."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from compiler.pipeline import compile as compile_model
+    from runtime.simulator import run
+
+    table = numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(3, 4), "table")
+    graph = helper.make_graph([helper.make_node("Gather", ["table", "ids"], ["y"])], "g",
+                              [helper.make_tensor_value_info("ids", TensorProto.INT64, [5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [5, 4])], [table])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    result = run(compile_model(model, "tiny"), None)
+    assert set(np.unique(result.outputs["y"][:, 0])) <= {0.0, 4.0}
