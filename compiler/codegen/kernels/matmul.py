@@ -117,9 +117,11 @@ def _matmul_swapped(ctx: CodegenContext, a: View, b_transposed: View, out: View,
     m_total, k_total = a.shape
     n_total = b_transposed.shape[0]
     spad, acc = ctx.scratchpad(), ctx.accumulator()
-    reserve = Finisher.reserve_bytes(product, n_chunk, cols, n_chunk) + (2 * n_chunk * cols * 4 if bias else 0)
+    # The finished out^T tiles are turned back on the vector unit, so that the store writes whole rows.
+    reserve = Finisher.reserve_bytes(product, n_chunk, cols, n_chunk, transpose=True) + \
+        (2 * n_chunk * cols * 4 if bias else 0)
     n_chunk = max(1, min(n_chunk, (spad.free - reserve - 2 * cols * rows * size - 256) // (2 * rows * wsize)))
-    finisher = Finisher(ctx, product, spad, n_chunk, cols, n_chunk)
+    finisher = Finisher(ctx, product, spad, n_chunk, cols, n_chunk, transpose=True)
     a_buffers = [spad.alloc(cols * rows * size) for _ in range(2)]
     b_buffers = [spad.alloc(n_chunk * rows * wsize) for _ in range(2)]
     bias_buffers = [spad.alloc(n_chunk * cols * 4) for _ in range(2)] if bias is not None else []
@@ -140,13 +142,14 @@ def _matmul_swapped(ctx: CodegenContext, a: View, b_transposed: View, out: View,
                 ctx.emitter.emit("matmul", dtype=product.weight_dtype, a=b_tile, a_rs=kt, m=nt, c=c_tile, c_rs=mt,
                                  accumulate=int(k0 > 0))
                 step += 1
-            # The accumulator holds out^T: the bias and the output are read through transposed views.
+            # The accumulator holds out^T: a matrix bias is read through a transposed view; the
+            # finisher transposes the result back before the addend, the activation and the store.
             block = (slice(m0, m0 + mt), slice(n0, n0 + nt))
             if bias is not None:
                 _add_matrix_bias(ctx, c_tile, _block(bias, block).transpose((1, 0)), bias_buffers[tile % 2],
                                  alpha)
-            addend = _block(product.addend, block).transpose((1, 0)) if product.addend is not None else None
-            finisher.finish(c_tile, nt, mt, True, n0, _block(out, block).transpose((1, 0)), addend)
+            addend = _block(product.addend, block) if product.addend is not None else None
+            finisher.finish(c_tile, nt, mt, True, n0, _block(out, block), addend)
             tile += 1
 
 
