@@ -2,11 +2,13 @@
 
 Pooling of one, two and three spatial axes is handled as 3-D (depth, height, width), the
 missing leading axes of size one. For a block of channels and a tile of output pixels
-(within one output depth slice; whole rows when they fit), each kernel position's input
-window is one strided DMA into a dense [channels, pixels] tile, folded into the running
-result with vmax or vadd. The input is padded once in DRAM (-inf for max, 0 for average),
-far enough for ceil_mode's last window; average divides by a per-pixel count computed at
-compile time (count_include_pad or not).
+(within one output depth slice; whole rows when they fit), each kernel (depth, row)
+position's input rows are one DMA of contiguous runs into a staging tile; the kernel's
+column positions are strided reads of it (column stride = the pooling stride), folded
+into the running [channels, pixels] result with vmax or vadd. The input is padded once
+in DRAM (-inf, or the integer minimum, for max; 0 for average), far enough for
+ceil_mode's last window; average divides by a per-pixel count computed at compile time
+(count_include_pad or not).
 """
 
 from __future__ import annotations
@@ -61,21 +63,32 @@ def pool_kernel(ctx: CodegenContext, node: Node) -> None:
             divisor = ctx.constant(1.0 / np.maximum(counts, 1), DType.F32, node.outputs[0] + ".divisor")
 
     spad = ctx.scratchpad()
+    esize = dtype.size
     tiles = pixel_tiles(out_h, out_w, min(MAX_PIXELS, max(out_w, 1) * max(1, MAX_PIXELS // max(out_w, 1))))
-    largest = max(nrows * ncols for _, nrows, _, ncols in tiles)
-    # Two result tiles and two window tiles of [channels, pixels], two divisor rows of [pixels];
-    # each buffer may lose up to LOCAL_ALIGN bytes to alignment.
+
+    def span(ncols: int) -> int:
+        """Input columns one kernel row of `ncols` output columns reads: contiguous, so one DMA burst."""
+        return (ncols - 1) * strides[2] + (kernel[2] - 1) * dilations[2] + 1
+
+    def largest_of(tiles) -> tuple[int, int]:
+        return (max(nrows * ncols for _, nrows, _, ncols in tiles),
+                max(nrows * span(ncols) for _, nrows, _, ncols in tiles))
+
+    # Two result tiles of [channels, pixels] and two staging tiles of [channels, rows, span], two
+    # divisor rows of [pixels]; each buffer may lose up to LOCAL_ALIGN bytes to alignment.
     slack = 6 * LOCAL_ALIGN
 
-    def channels_that_fit(pixels: int) -> int:
-        return (spad.free - slack - 2 * pixels * 4) // (4 * pixels * 4)
+    def channels_that_fit(pixels: int, staged: int) -> int:
+        return (spad.free - slack - 2 * pixels * 4) // (2 * (pixels + staged) * esize)
 
-    while channels_that_fit(largest) < 1 and largest > 1:
+    largest, staged = largest_of(tiles)
+    while channels_that_fit(largest, staged) < 1 and largest > 1:
         tiles = pixel_tiles(out_h, out_w, max(1, largest // 2))
-        largest = max(nrows * ncols for _, nrows, _, ncols in tiles)
-    channel_tile = max(1, min(channels, 65535, channels_that_fit(largest)))
-    results = [spad.alloc(channel_tile * largest * 4) for _ in range(2)]
-    windows = [spad.alloc(channel_tile * largest * 4) for _ in range(2)]
+        largest, staged = largest_of(tiles)
+    max_rows = max(nrows for _, nrows, _, _ in tiles)
+    channel_tile = max(1, min(channels, 65535 // max_rows, channels_that_fit(largest, staged)))
+    results = [spad.alloc(channel_tile * largest * esize) for _ in range(2)]
+    staging = [spad.alloc(channel_tile * staged * esize) for _ in range(2)]
     divisors = [spad.alloc(largest * 4) for _ in range(2)]
     _, channel_stride, depth_stride, row_stride, col_stride = source.strides
     count = 0
@@ -84,22 +97,27 @@ def pool_kernel(ctx: CodegenContext, node: Node) -> None:
             ct = min(channel_tile, channels - c0)
             for od in range(out_sizes[0]):
                 for oh0, nrows, ow0, ncols in tiles:
-                    pixels = nrows * ncols
+                    pixels, width = nrows * ncols, span(ncols)
                     result = results[count % 2]
                     first = True
-                    for position in itertools.product(*(range(k) for k in kernel)):
-                        depth, row, col = (o * s + p * d for o, s, p, d in
-                                           zip((od, oh0, ow0), strides, position, dilations, strict=True))
-                        offset = c0 * channel_stride + depth * depth_stride + row * row_stride + col * col_stride
-                        window = View(source.at(n).addr + offset * dtype.size, dtype, (ct, nrows, ncols),
-                                      (channel_stride, strides[1] * row_stride, strides[2] * col_stride))
-                        target = result if first else windows[count % 2]
-                        ctx.dma_in(target, window)
-                        if not first:
-                            ctx.emitter.emit("vmax" if is_max else "vadd", dtype=dtype, dst=result,
-                                             dst_rs=pixels, a=result, a_rs=pixels, b=target, b_rs=pixels, rows=ct,
-                                             cols=pixels)
-                        first = False
+                    # Per kernel (depth, row): the input rows it reads, each a contiguous run of
+                    # `width` columns, in one DMA; the kernel's columns are strided reads of it.
+                    for kd, kh in itertools.product(range(kernel[0]), range(kernel[1])):
+                        depth = od * strides[0] + kd * dilations[0]
+                        row = oh0 * strides[1] + kh * dilations[1]
+                        offset = c0 * channel_stride + depth * depth_stride + row * row_stride + ow0 * strides[2] * \
+                            col_stride
+                        stage = staging[(count + kd * kernel[1] + kh) % 2]
+                        ctx.dma_in(stage, View(source.at(n).addr + offset * esize, dtype, (ct, nrows, width),
+                                               (channel_stride, strides[1] * row_stride, col_stride)))
+                        for kw in range(kernel[2]):
+                            window = dict(a=stage + kw * dilations[2] * esize, a_rs=width, a_cs=strides[2])
+                            shape = dict(dtype=dtype, dst=result, dst_rs=ncols, rows=ct * nrows, cols=ncols)
+                            if first:
+                                ctx.emitter.emit("vmov", **window, **shape)
+                            else:
+                                ctx.emitter.emit("vmax" if is_max else "vadd", b=result, b_rs=ncols, **window, **shape)
+                            first = False
                     tile_shape = dict(dtype=dtype, dst=result, dst_rs=pixels, a=result, a_rs=pixels, rows=ct,
                                       cols=pixels)
                     if isinstance(divisor, float):
