@@ -131,12 +131,22 @@ class ConvShape:
             tiles.append((k0, kt, pieces))
         return tiles
 
+    def staging_bytes(self, rows: int, nrows: int, ncols: int) -> int:
+        """Scratchpad for a K tile's input rows read whole when the column stride is above 1 (0 otherwise)."""
+        if self.strides[2] == 1:
+            return 0
+        return rows * nrows * ((ncols - 1) * self.strides[2] + 1) * self.source.dtype.size
+
     def load_patch(self, ctx: CodegenContext, local: int, n: int, group: int, pieces, od: int, oh0: int, nrows: int,
-                   ow0: int, ncols: int) -> None:
+                   ow0: int, ncols: int, staging: int | None = None) -> None:
         """The input pixels of a K tile for output depth od, rows oh0.., columns ow0..: a dense
-        [kt, pixels] tile."""
+        [kt, pixels] tile. With a column stride above 1 and `staging` (staging_bytes of it), each
+        piece's input rows come in as contiguous runs and the vector unit picks every stride-th
+        column; a strided DMA would move one element per burst."""
         pixels = nrows * ncols
         _, channel_stride, depth_stride, row_stride, col_stride = self.source.strides
+        size = self.source.dtype.size
+        column_stride = self.strides[2]
         for row, position, channel, count in pieces:
             if self.mirrored:
                 position = tuple(k - 1 - p for k, p in zip(self.kernel, position, strict=True))
@@ -146,10 +156,18 @@ class ConvShape:
             first = group * self.cin_group + channel
             offset = (first * channel_stride + first_depth * depth_stride + first_row * row_stride
                       + first_col * col_stride)
-            size = self.source.dtype.size
-            window = View(self.source.at(n).addr + offset * size, self.source.dtype, (count, nrows, ncols),
-                          (channel_stride, self.strides[1] * row_stride, self.strides[2] * col_stride))
-            ctx.dma_in(local + row * pixels * size, window)
+            address = self.source.at(n).addr + offset * size
+            rows_apart = self.strides[1] * row_stride
+            if staging is None or column_stride == 1:
+                window = View(address, self.source.dtype, (count, nrows, ncols),
+                              (channel_stride, rows_apart, column_stride * col_stride))
+                ctx.dma_in(local + row * pixels * size, window)
+                continue
+            width = (ncols - 1) * column_stride + 1
+            ctx.dma_in(staging, View(address, self.source.dtype, (count, nrows, width),
+                                     (channel_stride, rows_apart, col_stride)))
+            ctx.emitter.emit("vmov", dtype=self.source.dtype, dst=local + row * pixels * size, dst_rs=ncols,
+                             a=staging, a_rs=width, a_cs=column_stride, rows=count * nrows, cols=ncols)
 
 
 def conv_filters(ctx: CodegenContext, node: Node, groups: int, kernel: tuple[int, int, int], transposed: bool):
@@ -288,6 +306,7 @@ def filters_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, pro
     patches = [spad.alloc(rows * largest * size) for _ in range(2)]
     transposed = [spad.alloc(rows * largest * size) for _ in range(2)]
     finisher = Finisher(ctx, product, spad, largest, cout_group, cout_group, transpose=True)
+    staging = _staging(spad, shape, rows, blocks)
     results = [acc.alloc(largest * cout_group * 4) for _ in range(2)]
     wsize = product.weight_dtype.size
     resident = shape.k_total * cout_group * wsize <= spad.free
@@ -305,7 +324,7 @@ def filters_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, pro
                 block_count += 1
                 for index, (k0, kt, pieces) in enumerate(k_tiles):
                     patch, rows_tile = patches[count % 2], transposed[count % 2]
-                    shape.load_patch(ctx, patch, n, group, pieces, od, oh0, nrows, ow0, ncols)
+                    shape.load_patch(ctx, patch, n, group, pieces, od, oh0, nrows, ow0, ncols, staging)
                     ctx.emitter.emit("vmov", dtype=product.operand, dst=rows_tile, dst_rs=kt, a=patch, a_rs=1,
                                      a_cs=pixels, rows=pixels, cols=kt)
                     for j0, nt in cout_blocks:
@@ -340,6 +359,7 @@ def patch_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, produ
     patches = [spad.alloc(rows * cols * size) for _ in range(2)]
     m_tile = max(1, min(cout_group, config.acc_bytes // (2 * cols * 4), 65535))
     finisher = Finisher(ctx, product, spad, m_tile, cols, m_tile)
+    staging = _staging(spad, shape, rows, tiles)
     wsize = product.weight_dtype.size
     resident = m_tile * shape.k_total * wsize <= spad.free - 1024
     if not resident:
@@ -361,7 +381,7 @@ def patch_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, produ
                     tile_count += 1
                     for index, (k0, kt, pieces) in enumerate(k_tiles):
                         patch = patches[count % 2]
-                        shape.load_patch(ctx, patch, n, group, pieces, od, oh0, nrows, ow0, ncols)
+                        shape.load_patch(ctx, patch, n, group, pieces, od, oh0, nrows, ow0, ncols, staging)
                         if resident:
                             filter_rows, stride = filter_base + k0 * wsize, shape.k_total
                         else:
@@ -384,3 +404,12 @@ def _output_block(view: View, n: int, first_channel: int, channels: int, od: int
     """Batch n, channels first_channel.., output depth od, rows oh0.., columns ow0.. of an NCDHW view."""
     return (view.at(n).window(0, first_channel, first_channel + channels).window(1, od, od + 1)
             .window(2, oh0, oh0 + nrows).window(3, ow0, ow0 + ncols))
+
+
+def _staging(spad, shape: ConvShape, rows: int, tiles) -> int | None:
+    """A staging tile for strided input rows (ConvShape.load_patch), when the stride needs one and
+    it takes at most a quarter of the free scratchpad; None otherwise (strided DMA)."""
+    need = max(shape.staging_bytes(rows, nrows, ncols) for *_, nrows, _, ncols in tiles)
+    if need == 0 or 4 * need > spad.free:
+        return None
+    return spad.alloc(need)
