@@ -1,0 +1,85 @@
+"""acc's compiled layers against SCALE-Sim 3.0.0's compute cycles (32x32 array, weight stationary).
+
+    python benchmarks/scalesim.py
+
+Each layer is one int8 op (QLinearMatMul or QLinearConv built with onnx.helper: one cycle per
+streamed row, as SCALE-Sim counts) compiled by acc for the edge config (32x32 array) with
+weight double-buffering off and on. Printed per layer: the matrix engine's span (first
+matrix instruction's start to the last one's end, fill and drain included, as SCALE-Sim's
+compute cycles are),
+SCALE-Sim's compute cycles (from the issue: SCALE-Sim 3.0.0, its weight-stationary
+dataflow, same array), their ratio, and the saving of double-buffering beside the overlap
+model's prediction (each weight tile's load, k cycles, hidden behind the previous tile's
+stream, except the first: (tiles - 1) * k).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+from onnx import TensorProto, helper, numpy_helper
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from compiler.pipeline import compile  # noqa: E402
+from isa.config import load_config  # noqa: E402
+from isa.spec import Engine  # noqa: E402
+from runtime.simulator import run  # noqa: E402
+
+MATRIX = int(Engine.MATRIX)
+
+# name -> (builder arguments, SCALE-Sim 3.0.0 compute cycles)
+LAYERS = {
+    "GEMM 256x256x256": (("gemm", 256, 256, 256), 22_399),
+    "GEMM M=128 K=384 N=1536": (("gemm", 128, 384, 1536), 127_871),
+    "conv 3x3, 56x56x64 -> 64": (("conv", 56, 64, 64, 3), 116_279),
+    "conv 1x1, 56x56x64 -> 256": (("conv", 56, 64, 256, 1), 51_679),
+}
+
+
+def _scalars(prefix: str, scale: float, zero: int, dtype) -> list:
+    return [numpy_helper.from_array(np.array(scale, np.float32), f"{prefix}_scale"),
+            numpy_helper.from_array(np.array(zero, dtype), f"{prefix}_zero")]
+
+
+def layer_model(kind: str, *dims: int):
+    rng = np.random.default_rng(0)
+    q = ["x", "x_scale", "x_zero", "w", "w_scale", "w_zero", "y_scale", "y_zero"]
+    inits = _scalars("x", 0.05, 0, np.int8) + _scalars("w", 0.01, 0, np.int8) + _scalars("y", 0.5, 0, np.int8)
+    if kind == "gemm":
+        m, k, n = dims
+        inits.append(numpy_helper.from_array(rng.integers(-127, 127, (k, n), dtype=np.int8), "w"))
+        node = helper.make_node("QLinearMatMul", q, ["y"])
+        x_shape, y_shape = [m, k], [m, n]
+    else:
+        size, cin, cout, kernel = dims
+        inits.append(numpy_helper.from_array(rng.integers(-127, 127, (cout, cin, kernel, kernel), dtype=np.int8), "w"))
+        node = helper.make_node("QLinearConv", q, ["y"], kernel_shape=[kernel, kernel], pads=[kernel // 2] * 4)
+        x_shape, y_shape = [1, cin, size, size], [1, cout, size, size]
+    graph = helper.make_graph([node], kind, [helper.make_tensor_value_info("x", TensorProto.INT8, x_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.INT8, y_shape)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def main() -> None:
+    edge = load_config("edge")
+    print("| layer | acc matrix cycles (no weight double-buffering) | SCALE-Sim | acc / SCALE-Sim | "
+          "with double-buffering | saving | predicted saving |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, ((kind, *dims), reference) in LAYERS.items():
+        busy, loads = {}, {}
+        for double in (False, True):
+            program = compile(layer_model(kind, *dims), edge.replace(weight_double_buffer=double))
+            events = [e for e in run(program, None, keep_events=True).events if e.engine == MATRIX]
+            busy[double] = max(e.end for e in events) - min(e.start for e in events)
+            loads[double] = [i.fields["k"] for i in program.instructions if i.definition.mnemonic == "load_weights"]
+        k_cycles = loads[False]
+        predicted = sum(k_cycles) - k_cycles[0]
+        print(f"| {name} | {busy[False]:,} | {reference:,} | {busy[False] / reference:.3f} | {busy[True]:,} | "
+              f"{busy[False] - busy[True]:,} | {predicted:,} |")
+
+
+if __name__ == "__main__":
+    main()
