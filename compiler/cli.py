@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from argparse import BooleanOptionalAction
 from pathlib import Path
 
 from isa import binfile
@@ -58,6 +59,9 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--config", default=None, help="preset (tiny, edge, server) or JSON file; default edge")
     parser.add_argument("-O", dest="opt_level", type=int, choices=[0, 1, 2], default=1,
                         help="optimisation level: -O0 only what correctness needs, -O1 (default), -O2")
+    parser.add_argument("--keep-intermediates", action=BooleanOptionalAction, default=None,
+                        help="give every intermediate tensor its own DRAM, kept for acc-run --compare-layers "
+                             "(default below -O2); --no-keep-intermediates reuses the DRAM of dead tensors")
     parser.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...",
                         help="bind an input's dynamic dimensions (repeatable)")
     parser.add_argument("--check", action="store_true", help="list every unsupported op of the model and exit")
@@ -119,8 +123,10 @@ def _main(argv: list[str]) -> int:
                           args.symmetric, keep, progress=sys.stderr.isatty(),
                           auto_cosine=args.auto_cosine if auto else None)
     program = compile(args.model, args.config, opt_level=args.opt_level, input_shapes=input_shapes,
-                      dump_after=args.dump_after, precision=precision,
+                      dump_after=args.dump_after, precision=precision, keep_intermediates=args.keep_intermediates,
                       report=lambda line: print(line, file=sys.stderr))
+    print(f"DRAM: {program.dram_bytes:,} bytes (activations at peak {program.activation_bytes:,}, "
+          f"constants {program.dram_bytes - program.activation_bytes:,})", file=sys.stderr)
     if args.output:
         binfile.save(program, args.output)
         print(f"{args.output}: {len(program.instructions)} instructions, {len(program.constants)} constants, "

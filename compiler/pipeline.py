@@ -132,10 +132,13 @@ def apply_precision(graph: Graph, precision: Precision) -> Graph:
 def compile(model: str | Path | onnx.ModelProto, config: str | Path | AcceleratorConfig | None = None, *,
             opt_level: int = 1, input_shapes: dict[str, tuple[int, ...]] | None = None,
             dump_after: str | None = None, verify_each: bool = False,
-            precision: Precision | str = "fp32", report: Callable[[str], None] | None = None) -> Program:
+            precision: Precision | str = "fp32", report: Callable[[str], None] | None = None,
+            keep_intermediates: bool | None = None) -> Program:
     """Compile an ONNX model (path or ModelProto) for `config` (preset name, JSON path or config)
     in `precision` (a Precision, or its mode name). `report` receives, for a quantized model, a
-    line on what runs in int8 and one on what stays float."""
+    line on what runs in int8 and one on what stays float. `keep_intermediates` (default: below
+    -O2) gives every intermediate tensor its own DRAM, for per-layer comparison; otherwise DRAM
+    of dead tensors is reused."""
     config = load_config(config)
     precision = Precision(precision) if isinstance(precision, str) else precision
     if precision.mode == "int8":
@@ -148,7 +151,7 @@ def compile(model: str | Path | onnx.ModelProto, config: str | Path | Accelerato
         graph = apply_precision(graph, precision)
         if verify_each:
             verify(graph)
-    program = generate(graph, config)
+    program = generate(graph, config, opt_level < 2 if keep_intermediates is None else keep_intermediates)
     if report and program.precision == "int8":
         from compiler.quantize.ptq import describe
 

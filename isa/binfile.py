@@ -75,6 +75,7 @@ def to_bytes(program: Program) -> bytes:
         "host_steps": list(program.host_steps),
         "debug_tensors": [_tensor_to_json(t) for t in program.debug_tensors],
         "precision": program.precision,
+        "activation_bytes": program.activation_bytes,
     }
     payloads = [
         (SECTION_CONFIG, program.config.to_json().encode()),
@@ -159,11 +160,14 @@ def _parse_sections(sections: dict[int, bytes]) -> Program:
         raise BinaryFormatError("the program does not finish with an 'end' instruction")
     meta = _parse_json(sections, SECTION_META)
     _expect(isinstance(meta, dict) and set(meta) == {"inputs", "outputs", "constants", "dram_bytes", "host_steps",
-                                                     "debug_tensors", "precision"}, "meta section has the wrong keys")
+                                                     "debug_tensors", "precision", "activation_bytes"},
+            "meta section has the wrong keys")
     _expect(meta["precision"] in ("fp32", "bf16", "int8"), "meta: precision is not fp32, bf16 or int8")
     dram_bytes = meta["dram_bytes"]
     _expect(_is_int(dram_bytes) and 0 <= dram_bytes <= config.dram_bytes,
             "meta: dram_bytes is not a size within the config's DRAM")
+    _expect(_is_int(meta["activation_bytes"]) and 0 <= meta["activation_bytes"] <= dram_bytes,
+            "meta: activation_bytes is not a size within the program's DRAM")
     inputs = [_parse_tensor(entry, dram_bytes) for entry in _list(meta["inputs"], "inputs")]
     outputs = [_parse_tensor(entry, dram_bytes) for entry in _list(meta["outputs"], "outputs")]
     names = [t.name for t in inputs + outputs]
@@ -187,7 +191,7 @@ def _parse_sections(sections: dict[int, bytes]) -> Program:
         debug.append(DebugRange(entry[0], entry[1], entry[2]))
     debug_tensors = [_parse_tensor(entry, dram_bytes) for entry in _list(meta["debug_tensors"], "debug_tensors")]
     return Program(config, instructions, inputs, outputs, constants, debug, dram_bytes, host_steps, debug_tensors,
-                   meta["precision"])
+                   meta["precision"], meta["activation_bytes"])
 
 
 def _is_int(value) -> bool:

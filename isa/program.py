@@ -70,6 +70,9 @@ class Program:
     debug_tensors: list[TensorInfo] = field(default_factory=list)
     # What the matrix unit computes in: "fp32", "bf16" or "int8" (the lowest used); acc-run's tolerance.
     precision: str = "fp32"
+    # The activations' DRAM (I/O, intermediates, kernels' scratch) at its peak: [0, activation_bytes)
+    # holds them, constants follow. Smaller than the sum of all activations when DRAM is reused.
+    activation_bytes: int = 0
 
     def node_of(self, index: int) -> str | None:
         """The source node that instruction `index` was generated for, if recorded."""

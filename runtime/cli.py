@@ -71,6 +71,7 @@ def summary(stats: dict, outputs: dict[str, np.ndarray]) -> str:
         f"{name} {busy} ({stats['utilization'][name]:.0%})" for name, busy in stats["engines"].items()))
     lines.append(f"MACs: {stats['macs']}   DRAM read: {stats['dram_bytes_read']} B   "
                  f"written: {stats['dram_bytes_written']} B   instructions: {stats['instructions']}")
+    lines.append(f"DRAM: {stats['dram_size']:,} B, activations at peak {stats['activation_bytes']:,} B")
     if stats["host_steps"]:
         lines.append("host steps (not on the accelerator): " + "; ".join(stats["host_steps"]))
     return "\n".join(lines)

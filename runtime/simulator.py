@@ -401,6 +401,8 @@ def run(program: Program, inputs: dict[str, np.ndarray] | None = None, *, check_
         "macs_by_dtype": {d.asm_name: n for d, n in sorted(macs.items())},
         "dram_bytes_read": dram_read,
         "dram_bytes_written": dram_written,
+        "dram_size": program.dram_bytes,
+        "activation_bytes": program.activation_bytes,
         "engines": {ENGINE_NAMES[e]: busy[e] for e in Engine},
         "utilization": {ENGINE_NAMES[e]: (busy[e] / total if total else 0.0) for e in Engine},
         "instructions": sum(done_count),

@@ -1,49 +1,77 @@
 """Code generation: a verified, legalised Graph -> a Program (instructions, constants, I/O, debug).
 
-Every value gets a DRAM region (constants in the constants section; ops in
-kernels.ALIASES share their input's region); each node's kernel emits its
-instructions under the node's name, and the emitter inserts the synchronisation.
+Every value gets a DRAM region from the DRAM plan (compiler/codegen/memory.py): constants
+in the constants region, placed when a kernel first reads them; ops in kernels.ALIASES
+share their input's region. Each node's kernel emits its instructions under the node's
+name, and the emitter inserts the synchronisation.
+
+With `keep_intermediates` every activation keeps its own DRAM to the end, so all of them
+can be compared layer by layer (model.bin lists them as debug tensors). Without it, an
+activation's DRAM is reused once its last reader has run (and kernels' scratch once its
+node has), and the debug tensors are only the ones whose DRAM nothing reused afterwards:
+they still hold their values when the program ends.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from compiler.codegen.context import CodegenContext, View, accelerator_dtype
 from compiler.codegen.kernels import ALIASES, KERNELS
+from compiler.codegen.memory import CONSTANTS_BASE, Lifetimes, aligned, relocate_constants
 from compiler.errors import UnsupportedOpError
 from compiler.ir import Graph
 from isa.config import AcceleratorConfig
 from isa.program import Program, TensorInfo
 
 
-def generate(graph: Graph, config: AcceleratorConfig) -> Program:
+def generate(graph: Graph, config: AcceleratorConfig, keep_intermediates: bool = True) -> Program:
     ctx = CodegenContext(config, graph)
+    reuse = not keep_intermediates
+    lifetimes = Lifetimes.of(graph, ALIASES)
+    placed: dict[str, int] = {}  # region root -> its block's index in the allocator's history
     for name in graph.inputs:
         value = graph.values[name]
         ctx.views[name] = ctx.allocate(value.shape, accelerator_dtype(value.dtype, name, "model input"))
-    used = {name for node in graph.nodes for name in node.inputs if name} | set(graph.outputs)
-    for value in graph.constants():
-        if value.name in used and value.name not in ctx.views:
-            ctx.views[value.name] = ctx.constant(value.const, accelerator_dtype(value.dtype, value.name), value.name)
-    for node in graph.nodes:
+        placed[name] = len(ctx.dram.history) - 1
+    for index, node in enumerate(graph.nodes):
         if node.op not in KERNELS and node.op not in ALIASES:
             raise UnsupportedOpError(node.op, node.name, None, "the code generator has no kernel for it yet")
         outputs = [graph.values[name] for name in node.outputs if name]
         if node.op in ALIASES:
-            source = ctx.views[node.inputs[0]]
+            source = ctx.view(node.inputs[0])
             ctx.views[outputs[0].name] = View.dense(source.addr, source.dtype, outputs[0].shape)
-            continue
-        for value in outputs:
-            ctx.views[value.name] = ctx.allocate(value.shape, accelerator_dtype(value.dtype, value.name, node.op))
-        with ctx.emitter.node(node.name or f"{node.op}:{node.outputs[0]}"):
-            KERNELS[node.op](ctx, node)
+        else:
+            for value in outputs:
+                ctx.views[value.name] = ctx.allocate(value.shape, accelerator_dtype(value.dtype, value.name, node.op))
+                placed[value.name] = len(ctx.dram.history) - 1
+            with ctx.emitter.node(node.name or f"{node.op}:{node.outputs[0]}"), ctx.node_scratch(reuse):
+                KERNELS[node.op](ctx, node)
+        if reuse:
+            for root in lifetimes.dies_after[index]:
+                ctx.free(ctx.views[root])
+    outputs = [_tensor(graph, name, ctx.view(name)) for name in graph.outputs]
     instructions, debug = ctx.emitter.finish()
+    activation_bytes = aligned(ctx.dram.end)
+    instructions, constants = relocate_constants(instructions, ctx.constants, activation_bytes)
+    outputs = [_relocated(t, activation_bytes) for t in outputs]
+    dram_bytes = activation_bytes + ctx.constants_end - CONSTANTS_BASE
+    if dram_bytes > config.dram_bytes:
+        raise MemoryError(f"the model needs more than the config's {config.dram_bytes} bytes of DRAM")
     inputs = [_tensor(graph, name, ctx.views[name]) for name in graph.inputs]
-    outputs = [_tensor(graph, name, ctx.views[name]) for name in graph.outputs]
-    # Every node output keeps its own DRAM (no reuse yet), so all of them can be compared.
+    overwritten = ctx.dram.overwritten()
     kept = [_tensor(graph, name, ctx.views[name], node.name or node.op) for node in graph.nodes
-            for name in node.outputs if name and name in ctx.views and name not in graph.outputs]
-    return Program(config, instructions, inputs, outputs, ctx.constants, debug, max(ctx.dram_end, 4),
-                   debug_tensors=kept, precision=_precision(graph))
+            for name in node.outputs if name in lifetimes.root and name not in graph.outputs
+            and not overwritten[placed[lifetimes.root[name]]]]
+    return Program(config, instructions, inputs, outputs, constants, debug, max(dram_bytes, 4),
+                   debug_tensors=kept, precision=_precision(graph), activation_bytes=activation_bytes)
+
+
+def _relocated(tensor: TensorInfo, activation_bytes: int) -> TensorInfo:
+    """A model output that is a constant, moved with the constants region."""
+    if tensor.dram < CONSTANTS_BASE:
+        return tensor
+    return replace(tensor, dram=tensor.dram - CONSTANTS_BASE + activation_bytes)
 
 
 def _precision(graph: Graph) -> str:

@@ -9,18 +9,19 @@ DRAM and a dense local tile, splitting where a stride or count exceeds its field
 from __future__ import annotations
 
 import hashlib
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from compiler.codegen.emitter import Emitter
+from compiler.codegen.memory import CONSTANTS_BASE, DramAllocator, aligned
 from compiler.errors import UnsupportedOpError, UnsupportedTypeError
 from compiler.ir import Graph, Node
 from isa.config import AcceleratorConfig
 from isa.dtypes import DType
 from isa.program import Constant
 
-DRAM_ALIGN = 64
 LOCAL_ALIGN = 64
 IR_TO_DTYPE = {"f32": DType.F32, "bf16": DType.BF16, "i8": DType.I8, "u8": DType.U8, "i32": DType.I32,
                "i64": DType.I64, "bool": DType.BOOL, "f16": DType.F16}
@@ -121,31 +122,62 @@ class CodegenContext:
         self.emitter = Emitter(config)
         self.views: dict[str, View] = {}
         self.constants: list[Constant] = []
-        self.dram_end = 0
+        self.dram = DramAllocator(min(config.dram_bytes, CONSTANTS_BASE))  # the activations
+        self.constants_end = CONSTANTS_BASE
+        self._scratch: list[int] | None = None
         self._constant_cache: dict[tuple, View] = {}
 
-    # DRAM plan -------------------------------------------------------------------------------
+    # DRAM plan (compiler/codegen/memory.py) ------------------------------------------------------
     def allocate(self, shape: tuple[int, ...], dtype: DType) -> View:
+        """DRAM for an activation; inside `node_scratch` it is freed when the node ends (with reuse on)."""
         nbytes = max(int(np.prod(shape, dtype=np.int64)) * dtype.size, 1)
-        address = -(-self.dram_end // DRAM_ALIGN) * DRAM_ALIGN
-        if address + nbytes > self.config.dram_bytes:
-            raise MemoryError(f"the model needs more than the config's {self.config.dram_bytes} bytes of DRAM")
-        self.dram_end = address + nbytes
+        address = self.dram.allocate(nbytes)
         self.emitter.register_dram(address, address + nbytes)
+        if self._scratch is not None:
+            self._scratch.append(address)
         return View.dense(address, dtype, tuple(shape))
 
+    def free(self, view: View) -> None:
+        """Give an activation's DRAM back: later allocations may reuse it."""
+        self.dram.free(view.addr)
+
+    @contextmanager
+    def node_scratch(self, reuse: bool):
+        """Collect the DRAM kernels allocate while one node is emitted, and free it afterwards if `reuse`."""
+        self._scratch = []
+        try:
+            yield
+        finally:
+            scratch, self._scratch = self._scratch, None
+        if reuse:
+            for address in scratch:
+                self.dram.free(address)
+
     def constant(self, data: np.ndarray, dtype: DType, name: str = "") -> View:
-        """Place compile-time data (a weight, or a table a kernel derives from one) in DRAM."""
+        """Place compile-time data (a weight, or a table a kernel derives from one) in the constants
+        region (at CONSTANTS_BASE until `relocate_constants` moves it after the activations)."""
         array = np.asarray(data).astype(dtype.numpy, order="C")  # keeps rank 0, unlike ascontiguousarray
         key = (dtype, array.shape, hashlib.sha256(array.reshape(-1).view(np.uint8)).digest())
         if key in self._constant_cache:
             return self._constant_cache[key]
-        view = self.allocate(array.shape, dtype)
+        address = aligned(self.constants_end)
+        self.constants_end = address + max(array.nbytes, 1)
+        if self.constants_end - CONSTANTS_BASE > min(self.config.dram_bytes, CONSTANTS_BASE):
+            raise MemoryError(f"the model needs more than the config's {self.config.dram_bytes} bytes of DRAM")
+        self.emitter.register_dram(address, self.constants_end)
+        view = View.dense(address, dtype, array.shape)
         self.constants.append(Constant(view.addr, array.tobytes(), name))
         self._constant_cache[key] = view
         return view
 
     def view(self, value_name: str) -> View:
+        """A value's DRAM; a constant is placed the first time a kernel reads it."""
+        if value_name not in self.views:
+            value = self.graph.values[value_name]
+            if not value.is_const:
+                raise KeyError(value_name)
+            self.views[value_name] = self.constant(value.const, accelerator_dtype(value.dtype, value_name),
+                                                   value_name)
         return self.views[value_name]
 
     # On-chip space, fresh for each kernel --------------------------------------------------------

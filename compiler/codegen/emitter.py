@@ -14,8 +14,9 @@ read, write after write) and makes the new instruction wait for it:
 - what an engine is already ordered after is tracked with vector clocks, so a
   dependency implied by an earlier one costs nothing.
 
-Local memory is tracked in 64-byte blocks, DRAM in the allocations the DRAM plan made;
-a span that covers more only adds dependencies, never loses one. Every program the
+Local memory is tracked in 64-byte blocks, DRAM in the allocations the DRAM plan made
+(an allocation that reuses dead tensors' DRAM inherits their history); a span that
+covers more only adds dependencies, never loses one. Every program the
 compiler emits is therefore free of hazards by construction.
 """
 
@@ -63,10 +64,12 @@ class Emitter:
         # Per engine: sequence number (1-based) of its last instruction writing / touching each block.
         self.local_write = np.zeros((ENGINES, blocks), dtype=np.int64)
         self.local_touch = np.zeros((ENGINES, blocks), dtype=np.int64)
-        # DRAM allocations, in increasing address order (the DRAM plan registers them as it makes
-        # them); slot 0 stands for any DRAM outside every allocation.
+        # DRAM allocations as sorted, disjoint ranges, each with the slot that tracks it (the DRAM
+        # plan registers them as it makes them); slot 0 stands for any DRAM outside every allocation.
         self.dram_starts: list[int] = []
         self.dram_ends: list[int] = []
+        self.dram_slots: list[int] = []
+        self.slot_count = 1
         self.dram_write = np.zeros((ENGINES, 64), dtype=np.int64)
         self.dram_touch = np.zeros((ENGINES, 64), dtype=np.int64)
         # Vector clocks: clock[e][f] = the last instruction of engine f that engine e is ordered after.
@@ -85,23 +88,38 @@ class Emitter:
 
     # Memory tracking ------------------------------------------------------------------------
     def register_dram(self, start: int, end: int) -> None:
-        """Track [start, end) as one allocation; allocations must come in increasing address order."""
-        if self.dram_starts and start < self.dram_ends[-1]:
-            raise ValueError("DRAM allocations must be registered in increasing, disjoint order")
-        self.dram_starts.append(start)
-        self.dram_ends.append(end)
-        if len(self.dram_starts) + 1 > self.dram_write.shape[1]:
+        """Track [start, end) as one allocation, in a new slot. Where it overlaps earlier
+        allocations (DRAM reused after their tensors died) the new slot starts with their
+        history, so its first access waits for the last accesses to the old tensors; what
+        is left of them keeps their slots."""
+        first = bisect.bisect_right(self.dram_ends, start)  # the first range ending after `start`
+        last = bisect.bisect_left(self.dram_starts, end)  # ranges [first, last) overlap
+        slot = self.slot_count
+        self.slot_count += 1
+        if slot >= self.dram_write.shape[1]:
             grow = np.zeros_like(self.dram_write)
             self.dram_write = np.concatenate([self.dram_write, grow], axis=1)
             self.dram_touch = np.concatenate([self.dram_touch, grow], axis=1)
+        pieces = []
+        if first < last:
+            old = self.dram_slots[first:last]
+            self.dram_write[:, slot] = self.dram_write[:, old].max(axis=1)
+            self.dram_touch[:, slot] = self.dram_touch[:, old].max(axis=1)
+            if self.dram_starts[first] < start:
+                pieces.append((self.dram_starts[first], start, self.dram_slots[first]))
+        pieces.append((start, end, slot))
+        if first < last and self.dram_ends[last - 1] > end:
+            pieces.append((end, self.dram_ends[last - 1], self.dram_slots[last - 1]))
+        self.dram_starts[first:last] = [p[0] for p in pieces]
+        self.dram_ends[first:last] = [p[1] for p in pieces]
+        self.dram_slots[first:last] = [p[2] for p in pieces]
 
     def _dram_slots(self, start: int, end: int) -> list[int]:
         """Slots of the allocations overlapping [start, end) (slot 0: DRAM outside every allocation)."""
-        index = max(bisect.bisect_right(self.dram_starts, start) - 1, 0)
+        index = bisect.bisect_right(self.dram_ends, start)
         slots = []
         while index < len(self.dram_starts) and self.dram_starts[index] < end:
-            if self.dram_ends[index] > start:
-                slots.append(index + 1)
+            slots.append(self.dram_slots[index])
             index += 1
         return slots or [0]
 
