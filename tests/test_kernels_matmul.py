@@ -44,3 +44,38 @@ def test_matmul_and_gemm(config, m, k, n, trans_b, bias, alpha, beta, op, batch)
     result = run(compile(model, config), {"x": x}, check_hazards=True)
     assert not result.hazards
     np.testing.assert_allclose(result.outputs["y"], expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("dtype", ["f32", "int8"])
+def test_one_row_streams_the_weights_in_few_chunks(dtype):
+    """A batch-1 fully connected layer (the transposed orientation) streams W^T in chunks as long
+    as the scratchpad allows: one matmul per K step, not one per output column."""
+    from onnx import numpy_helper
+
+    m, k, n = 1, 2048, 1000
+    rng = np.random.default_rng(0)
+    if dtype == "f32":
+        weights = numpy_helper.from_array(rng.standard_normal((k, n)).astype(np.float32), "w")
+        node, inputs, elem = helper.make_node("MatMul", ["x", "w"], ["y"]), [weights], TensorProto.FLOAT
+        out_elem = TensorProto.FLOAT
+    else:
+        weights = numpy_helper.from_array(rng.integers(-64, 63, (k, n), dtype=np.int8), "w")
+        scalars = [numpy_helper.from_array(np.array(v, t), name) for name, v, t in
+                   [("xs", 0.1, np.float32), ("xz", 3, np.uint8), ("ws", 0.01, np.float32), ("wz", 0, np.int8),
+                    ("ys", 2.0, np.float32), ("yz", 5, np.uint8)]]
+        node = helper.make_node("QLinearMatMul", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["y"])
+        inputs, elem, out_elem = [weights] + scalars, TensorProto.UINT8, TensorProto.UINT8
+    graph = helper.make_graph([node], "fc", [helper.make_tensor_value_info("x", elem, [m, k])],
+                              [helper.make_tensor_value_info("y", out_elem, [m, n])], inputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    program = compile(model, "edge")
+    matmuls = sum(i.definition.mnemonic == "matmul" for i in program.instructions)
+    assert matmuls <= 2 * k // 32
+    x = (rng.standard_normal((m, k)).astype(np.float32) if dtype == "f32"
+         else rng.integers(0, 255, (m, k), dtype=np.uint8))
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = run(program, {"x": x}).outputs["y"]
+    if dtype == "f32":
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-3)
+    else:
+        assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1

@@ -117,15 +117,20 @@ def _matmul_swapped(ctx: CodegenContext, a: View, b_transposed: View, out: View,
     m_total, k_total = a.shape
     n_total = b_transposed.shape[0]
     spad, acc = ctx.scratchpad(), ctx.accumulator()
-    # The finished out^T tiles are turned back on the vector unit, so that the store writes whole rows.
-    reserve = Finisher.reserve_bytes(product, n_chunk, cols, n_chunk, transpose=True) + \
-        (2 * n_chunk * cols * 4 if bias else 0)
-    n_chunk = max(1, min(n_chunk, (spad.free - reserve - 2 * cols * rows * size - 256) // (2 * rows * wsize)))
-    finisher = Finisher(ctx, product, spad, n_chunk, cols, n_chunk, transpose=True)
+    m_width = min(cols, m_total)
+
+    def scratchpad_bytes(chunk: int) -> int:
+        # The finished out^T tiles are turned back on the vector unit, so that the store writes whole rows.
+        return (Finisher.reserve_bytes(product, chunk, m_width, chunk, transpose=True) + 2 * cols * rows * size
+                + 2 * chunk * rows * wsize + (2 * chunk * m_width * 4 if bias is not None else 0) + 512)
+
+    while n_chunk > 1 and scratchpad_bytes(n_chunk) > spad.free:
+        n_chunk = max(1, n_chunk * 7 // 8)
+    finisher = Finisher(ctx, product, spad, n_chunk, m_width, n_chunk, transpose=True)
     a_buffers = [spad.alloc(cols * rows * size) for _ in range(2)]
     b_buffers = [spad.alloc(n_chunk * rows * wsize) for _ in range(2)]
-    bias_buffers = [spad.alloc(n_chunk * cols * 4) for _ in range(2)] if bias is not None else []
-    c_buffers = [acc.alloc(n_chunk * min(cols, m_total) * 4) for _ in range(2)]
+    bias_buffers = [spad.alloc(n_chunk * m_width * 4) for _ in range(2)] if bias is not None else []
+    c_buffers = [acc.alloc(n_chunk * m_width * 4) for _ in range(2)]
     step = tile = 0
     for m0 in range(0, m_total, cols):
         mt = min(cols, m_total - m0)
