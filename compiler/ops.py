@@ -190,3 +190,10 @@ _op("QLinearConv", (2, 3), rules.qlinear_conv, "Conv of quantized x [N, C, ...] 
     "(i8/u8) and an i32 bias [M]" + _REQUANT_DOC, group=1, **_WINDOW, **_QUANTIZED)
 _op("QLinearMatMul", (2, 3), rules.qlinear_matmul, "MatMul of quantized x [..., K] (i8/u8) with a constant "
     "matrix w [K, N] (i8/u8) and an i32 bias [N]" + _REQUANT_DOC, **_QUANTIZED)
+
+# Fusion -------------------------------------------------------------------------------------------
+_op("FusedElementwise", (1, None), rules.fused_elementwise, "a straight-line program of element-wise steps run "
+    "tile by tile on chip (compiler/passes/fuse_elementwise.py): `steps` is a list of strings `Op(a, b) {attrs}`, "
+    "each operand x<i> (input i), s<j> (step j's result) or _; the last step's result is the output, at the "
+    "broadcast shape of all inputs; every intermediate is what the unfused op would have stored",
+    steps=REQUIRED)

@@ -19,6 +19,7 @@ import onnx
 from compiler.codegen import generate
 from compiler.frontend import import_model
 from compiler.ir import Graph, to_text
+from compiler.passes.fuse_elementwise import fuse_elementwise
 from compiler.passes.fuse_epilogue import fuse_epilogue
 from compiler.passes.quantized import fold_dequantized_constants, fuse_qdq
 from compiler.passes.simplify import decompose_batchnorm, fold_batchnorm_into_conv, remove_identities
@@ -36,6 +37,7 @@ PASSES: list[tuple[str, Pass, int]] = [
     ("fold_batchnorm_into_conv", fold_batchnorm_into_conv, 1),
     ("decompose_batchnorm", decompose_batchnorm, 0),
     ("fuse_epilogue", fuse_epilogue, 2),
+    ("fuse_elementwise", fuse_elementwise, 2),
 ]
 
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
-from compiler.ir import DTYPES, Value
+from compiler.ir import DTYPES, IRParseError, Node, Value, _format_attr, _Reader, _tokens
 
 Shape = tuple[int, ...]
 Result = list[tuple[str, Shape]]
@@ -506,3 +508,115 @@ def space_to_depth(attrs: dict, x: list) -> Result:
 
 fused_conv = _fused(conv, 3)
 fused_gemm = _fused(gemm, 3)
+
+
+# Fused element-wise programs ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Step:
+    """One step of a FusedElementwise program: `op` (an element-wise IR op) with `attrs`, on
+    `operands` "x<i>" (the node's input i), "s<j>" (the result of step j < this one) or ""
+    (an absent optional input). Its text form is the IR's call syntax without the % and types:
+    `Add(s0, x2)`, `Clip(s1) {min=0.0, max=6.0}`, `QuantizeLinear(s2, x3, x4) {output_dtype="i8"}`."""
+
+    op: str
+    operands: tuple[str, ...]
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    def text(self) -> str:
+        from compiler.ops import OPS
+
+        text = f"{self.op}({', '.join(o or '_' for o in self.operands)})"
+        order = list(OPS[self.op].attrs) if self.op in OPS else []
+        names = sorted(self.attrs, key=lambda a: (order.index(a) if a in order else len(order), a))
+        if names:
+            text += " {" + ", ".join(f"{a}={_format_attr(self.attrs[a])}" for a in names) + "}"
+        return text
+
+    @staticmethod
+    def parse(text: str) -> Step:
+        try:
+            reader = _Reader(_tokens(text, 0), 0)
+            op = reader.take(kind="name")
+            reader.take("(")
+            operands = []
+            while reader.peek()[1] != ")":
+                operand = reader.take("_") if reader.peek()[1] == "_" else reader.take(kind="name")
+                operands.append("" if operand == "_" else operand)
+                if reader.peek()[1] != ")":
+                    reader.take(",")
+            reader.take(")")
+            attrs = {}
+            if reader.peek()[1] == "{":
+                reader.take("{")
+                while reader.peek()[1] != "}":
+                    key = reader.take(kind="name")
+                    reader.take("=")
+                    attrs[key] = reader.literal()
+                    if reader.peek()[1] == ",":
+                        reader.take(",")
+                reader.take("}")
+            if not reader.done():
+                raise IRParseError(f"unexpected {reader.peek()[1]!r}")
+        except IRParseError as error:
+            raise ShapeError(f"step {text!r} does not read: {str(error).removeprefix('line 0: ')}") from error
+        return Step(op, tuple(operands), attrs)
+
+
+def elementwise_steps(attrs: dict) -> list[Step]:
+    steps = attrs["steps"]
+    _check(isinstance(steps, list) and steps and all(isinstance(s, str) for s in steps),
+           f"steps must be a non-empty list of strings, not {steps!r}")
+    return [Step.parse(text) for text in steps]
+
+
+def step_types(steps: list[Step], x: list) -> list[tuple[str, Shape]]:
+    """(dtype, shape) of every step's result, each by its own op's rule; ShapeError naming the step
+    if one does not fit, reads an operand it should not, or is not element-wise."""
+    from compiler.ops import OPS, REQUIRED
+
+    results: list[Value] = []
+    for index, step in enumerate(steps):
+        where = f"step {index} ({step.text() if step.op in OPS else step.op})"
+        definition = OPS.get(step.op)
+        _check(definition is not None and step.op != "FusedElementwise" and definition.outputs[0] == 1,
+               f"{where}: {step.op!r} is not a single-result IR op")
+        operands = []
+        for operand in step.operands:
+            kind, number = operand[:1], operand[1:]
+            _check(operand == "" or (kind in ("x", "s") and number.isdigit()),
+                   f"{where}: operand {operand!r} is not x<input> or s<step>")
+            if operand == "":
+                operands.append(None)
+            elif kind == "x":
+                _check(int(number) < len(x) and x[int(number)] is not None, f"{where}: the node has no input {number}")
+                operands.append(x[int(number)])
+            else:
+                _check(int(number) < index, f"{where}: s{number} is not an earlier step")
+                operands.append(results[int(number)])
+        low, high = definition.inputs
+        _check(low <= len(operands) and (high is None or len(operands) <= high) and None not in operands[:low],
+               f"{where}: {len(operands)} operands do not fit {step.op}")
+        for name in step.attrs:
+            _check(name in definition.attrs, f"{where}: unknown attribute {name!r}")
+        for name, default in definition.attrs.items():
+            _check(default is not REQUIRED or name in step.attrs, f"{where}: missing required attribute {name!r}")
+        ((dtype, shape),) = definition.infer(Node(step.op, [], [], step.attrs), operands)[:1]
+        _check(tuple(shape) == broadcast_shapes(*(v.shape for v in operands if v is not None)),
+               f"{where}: {step.op} is not element-wise here")
+        results.append(Value(f"s{index}", dtype, tuple(shape)))
+    return [(v.dtype, v.shape) for v in results]
+
+
+def fused_elementwise(attrs: dict, x: list) -> Result:
+    """The result of the last step, which every input and every other step feeds, at the
+    broadcast shape of all inputs."""
+    steps = elementwise_steps(attrs)
+    types = step_types(steps, x)
+    used = {operand for step in steps for operand in step.operands}
+    unused = [f"x{i}" for i in range(len(x)) if f"x{i}" not in used] + \
+        [f"s{j}" for j in range(len(steps) - 1) if f"s{j}" not in used]
+    _check(not unused, f"{', '.join(unused)} feed no step")
+    shape = broadcast_shapes(*(v.shape for v in x if v is not None))
+    _check(tuple(types[-1][1]) == shape, f"the last step gives {_dims(types[-1][1])}, the inputs broadcast to "
+                                         f"{_dims(shape)}")
+    return [types[-1]]

@@ -5,7 +5,13 @@ with another shape.
 """
 
 from compiler.codegen.kernels.conv import conv_kernel, conv_transpose_kernel
-from compiler.codegen.kernels.elementwise import RECIPES, dequantize_kernel, elementwise_kernel, quantize_kernel
+from compiler.codegen.kernels.elementwise import (
+    RECIPES,
+    dequantize_kernel,
+    elementwise_kernel,
+    fused_elementwise_kernel,
+    quantize_kernel,
+)
 from compiler.codegen.kernels.matmul import gemm_kernel, matmul_kernel
 from compiler.codegen.kernels.movement import MOVEMENT_KERNELS
 from compiler.codegen.kernels.pool import pool_kernel
@@ -21,5 +27,6 @@ KERNELS.update({"MatMul": matmul_kernel, "Gemm": gemm_kernel, "QuantizeLinear": 
 KERNELS.update({"Conv": conv_kernel, "FusedConv": conv_kernel, "FusedGemm": gemm_kernel,
                 "ConvTranspose": conv_transpose_kernel, "MaxPool": pool_kernel,
                 "AveragePool": pool_kernel})
+KERNELS["FusedElementwise"] = fused_elementwise_kernel
 KERNELS.update(ROW_KERNELS)
 KERNELS.update(MOVEMENT_KERNELS)

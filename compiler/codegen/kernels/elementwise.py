@@ -18,6 +18,7 @@ import numpy as np
 
 from compiler.codegen.context import CodegenContext, View, accelerator_dtype, unsupported
 from compiler.ir import Node
+from compiler.shape_rules import Step, elementwise_steps, step_types
 from isa.dtypes import DType
 
 MAX_TEMPS = 10
@@ -252,11 +253,13 @@ def _node_body(node: Node, compute: DType, out_dtype: DType):
     return body
 
 
-def elementwise_views(ctx: CodegenContext, ins: list[View], out: View, body, compute: DType) -> None:
+def elementwise_views(ctx: CodegenContext, ins: list[View], out: View, body, compute: DType,
+                      temps: int = MAX_TEMPS) -> None:
     """out = body(ins) element by element, the inputs broadcast to out's shape (numpy rules).
 
     `body(builder, tiles)` emits the vector instructions for one tile and returns the result
-    tile, in any dtype: it is converted to out's dtype on the way out (bool: from 0/1)."""
+    tile, in any dtype: it is converted to out's dtype on the way out (bool: from 0/1). It may
+    take up to `temps` temporary tiles."""
     if out.size == 0:
         return  # nothing to compute
     operands = [v.broadcast_to(out.shape) for v in ins]
@@ -266,7 +269,7 @@ def elementwise_views(ctx: CodegenContext, ins: list[View], out: View, body, com
     outer_dims = dims[:-2]
     spad = ctx.scratchpad()
     widest = max([out.dtype.size] + [v.dtype.size for v in ins] + [4])
-    buffers_per_tile = len(ins) + MAX_TEMPS + 2
+    buffers_per_tile = len(ins) + temps + 2
     per_buffer = spad.free // (2 * buffers_per_tile) // 64 * 64
     elements = max(per_buffer // widest, 1)
     col_tile = min(cols_total, elements, 65535)
@@ -341,35 +344,141 @@ def _quant_params(ctx: CodegenContext, node: Node, zero_dtype: DType) -> tuple[V
     return scale, _per_axis(zero_point, rank, axis)
 
 
+def _check_quantize(node: Node, x: DType) -> None:
+    if not x.is_float:
+        raise unsupported(node, f"quantizing {x.asm_name}")
+
+
+def _check_dequantize(node: Node, x: DType) -> None:
+    if x not in (DType.I8, DType.U8, DType.I32):
+        raise unsupported(node, f"dequantizing {x.asm_name}")
+
+
+def quantize_step(b: TileBuilder, tiles: list[Tile], out_dtype: DType) -> Tile:
+    """saturate(round_half_even(x / scale) + zero_point) of the x, scale and zero point tiles."""
+    x_tile, scale_tile, zero_tile = (b.convert(t, dtype) for t, dtype in
+                                     zip(tiles, (DType.F32, DType.F32, DType.I32), strict=True))
+    rounded = b.convert(b.binary("div", x_tile, scale_tile), DType.I32)
+    if out_dtype == DType.I32:
+        return b.binary("add", rounded, zero_tile)
+    return b.requantize(rounded, b.fill(1.0, DType.F32), zero_tile, out_dtype)
+
+
+def dequantize_step(b: TileBuilder, tiles: list[Tile]) -> Tile:
+    """(x - zero_point) * scale of the x, scale and zero point tiles."""
+    x_tile, scale_tile, zero_tile = tiles
+    centred = b.binary("sub", b.convert(x_tile, DType.I32), b.convert(zero_tile, DType.I32))
+    return b.binary("mul", b.convert(centred, DType.F32), b.convert(scale_tile, DType.F32))
+
+
 def quantize_kernel(ctx: CodegenContext, node: Node) -> None:
     """QuantizeLinear: saturate(round_half_even(x / scale) + zero_point), as onnxruntime computes it
     (an fp32 division, rounded to int32, the zero point added with saturation by `vreq`)."""
     x, out = ctx.view(node.inputs[0]), ctx.view(node.outputs[0])
-    if not x.dtype.is_float:
-        raise unsupported(node, f"quantizing {x.dtype.asm_name}")
+    _check_quantize(node, x.dtype)
     scale, zero_point = _quant_params(ctx, node, out.dtype)
-
-    def body(b: TileBuilder, tiles: list[Tile]) -> Tile:
-        x_tile, scale_tile, zero_tile = (b.convert(t, dtype) for t, dtype in
-                                         zip(tiles, (DType.F32, DType.F32, DType.I32), strict=True))
-        rounded = b.convert(b.binary("div", x_tile, scale_tile), DType.I32)
-        if out.dtype == DType.I32:
-            return b.binary("add", rounded, zero_tile)
-        return b.requantize(rounded, b.fill(1.0, DType.F32), zero_tile, out.dtype)
-
-    elementwise_views(ctx, [x, scale, zero_point], out, body, DType.F32)
+    elementwise_views(ctx, [x, scale, zero_point], out, lambda b, tiles: quantize_step(b, tiles, out.dtype),
+                      DType.F32)
 
 
 def dequantize_kernel(ctx: CodegenContext, node: Node) -> None:
     """DequantizeLinear: (x - zero_point) * scale, the subtraction in int32 as onnxruntime does."""
     x, out = ctx.view(node.inputs[0]), ctx.view(node.outputs[0])
-    if x.dtype not in (DType.I8, DType.U8, DType.I32):
-        raise unsupported(node, f"dequantizing {x.dtype.asm_name}")
+    _check_dequantize(node, x.dtype)
     scale, zero_point = _quant_params(ctx, node, x.dtype)
+    elementwise_views(ctx, [x, scale, zero_point], out, dequantize_step, DType.F32)
+
+
+# Fused chains ------------------------------------------------------------------------------------
+class _TempCount(TileBuilder):
+    """A TileBuilder that emits nothing and records the most temporaries in use at once."""
+
+    def __init__(self, limit: int):
+        super().__init__(None, 1, 1, list(range(limit)), DType.F32)
+        self.limit, self.most = limit, 0
+
+    def temp(self, dtype: DType | None = None) -> Tile:
+        tile = super().temp(dtype)
+        self.most = max(self.most, self.limit - len(self.free))
+        return tile
+
+    def _emit(self, mnemonic: str, dst: Tile, **operands) -> Tile:
+        return dst
+
+
+def _stored(b: TileBuilder, result: Tile, dtype: DType) -> Tile:
+    """The tile as the unfused kernel would have stored it in `dtype` and the next one loaded it
+    (a bool as u8 0/1), so that the chain computes bit for bit what the separate kernels do."""
+    if dtype is DType.BOOL:
+        stored = b.convert(result, DType.BOOL)
+        return Tile(stored.addr, DType.U8, stored.rs, stored.cs)
+    return b.convert(result, dtype)
+
+
+def _step_body(node: Node, step: Step, operand_dtypes: list[DType], result: DType):
+    """(compute dtype, body(builder, tiles)) of one step, with the checks and conversions of its own kernel."""
+    step_node = Node(step.op, [], [], step.attrs, node.name)
+    if step.op == "QuantizeLinear":
+        _check_quantize(step_node, operand_dtypes[0])
+        return DType.F32, lambda b, tiles: quantize_step(b, tiles, result)
+    if step.op == "DequantizeLinear":
+        _check_dequantize(step_node, operand_dtypes[0])
+        return DType.F32, dequantize_step
+    if step.op not in RECIPES:
+        raise unsupported(node, f"step {step.op} has no element-wise recipe")
+    compute = operand_dtypes[0] if step.op == "Cast" else _compute_dtype(step_node, operand_dtypes)
+    return compute, _node_body(step_node, compute, result)
+
+
+def fused_elementwise_kernel(ctx: CodegenContext, node: Node) -> None:
+    """FusedElementwise: each input tile loaded once, the steps' recipes run on it one after the
+    other with the intermediates in temporary tiles (each converted to its IR dtype as the
+    unfused kernel would store it), only the last step's result stored. A temporary is reused
+    once the steps that read it are done; the tile size follows from how many are live at most."""
+    graph = ctx.graph
+    steps = elementwise_steps(node.attrs)
+    types = step_types(steps, [graph.values[name] for name in node.inputs])
+    where = f"FusedElementwise node {node.name!r}"
+    for name in node.inputs + node.outputs[:1]:
+        accelerator_dtype(graph.values[name].dtype, name, where)
+    ins = [ctx.view(name) for name in node.inputs]
+    out = ctx.view(node.outputs[0])
+    results = [accelerator_dtype(dtype, f"{node.outputs[0]} step {j}", where) for j, (dtype, _) in enumerate(types)]
+    if any(dtype.size > 4 for dtype in results[:-1]):
+        raise unsupported(node, "an intermediate wider than 32 bits")
+    operands: list[list[int | tuple[str, int]]] = []  # per step: node input index, or ("s", step)
+    programs = []
+    for j, step in enumerate(steps):
+        refs: list = [int(o[1:]) if o.startswith("x") else ("s", int(o[1:])) for o in step.operands if o]
+        if step.op in ("QuantizeLinear", "DequantizeLinear") and len(refs) == 2:  # no zero point: 0
+            zero_dtype = results[j] if step.op == "QuantizeLinear" else _operand_dtype(refs[0], ins, results)
+            ins.append(ctx.constant(np.zeros(1), zero_dtype, "zero_point.0"))
+            refs.append(len(ins) - 1)
+        operands.append(refs)
+        programs.append(_step_body(node, step, [_operand_dtype(r, ins, results) for r in refs], results[j]))
+    last_use = {}
+    for j, refs in enumerate(operands):
+        for ref in refs:
+            if isinstance(ref, tuple):
+                last_use[ref[1]] = j
 
     def body(b: TileBuilder, tiles: list[Tile]) -> Tile:
-        x_tile, scale_tile, zero_tile = tiles
-        centred = b.binary("sub", b.convert(x_tile, DType.I32), b.convert(zero_tile, DType.I32))
-        return b.binary("mul", b.convert(centred, DType.F32), b.convert(scale_tile, DType.F32))
+        temps = list(b.free)
+        values: list[Tile] = []
+        for j, ((compute, step_body), refs) in enumerate(zip(programs, operands, strict=True)):
+            b.dtype = compute
+            value = step_body(b, [values[r[1]] if isinstance(r, tuple) else tiles[r] for r in refs])
+            if j == len(programs) - 1:
+                return value
+            values.append(_stored(b, value, results[j]))
+            live = {values[k].addr for k in range(j + 1) if last_use.get(k, -1) > j}
+            b.free = [address for address in temps if address not in live]
+        raise AssertionError("a fused program has at least one step")
 
-    elementwise_views(ctx, [x, scale, zero_point], out, body, DType.F32)
+    counter = _TempCount(4 * MAX_TEMPS * len(steps))
+    body(counter, [Tile(-1 - i, DType.U8 if v.dtype is DType.BOOL else v.dtype, 1, 1) for i, v in enumerate(ins)])
+    elementwise_views(ctx, ins, out, body, DType.F32, temps=max(counter.most, 1))
+
+
+def _operand_dtype(ref, ins: list[View], results: list[DType]) -> DType:
+    return results[ref[1]] if isinstance(ref, tuple) else ins[ref].dtype
