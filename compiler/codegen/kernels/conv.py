@@ -312,7 +312,7 @@ def filters_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, pro
     resident = shape.k_total * cout_group * wsize <= spad.free
     filter_base = spad.alloc(shape.k_total * cout_group * wsize) if resident else None
     filter_tiles = None if resident else [spad.alloc(rows * cols * wsize) for _ in range(2)]
-    count = block_count = 0
+    count = block_count = step = 0
     for n in range(shape.batch):
         for group in range(shape.groups):
             first_channel = group * cout_group
@@ -323,7 +323,9 @@ def filters_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, pro
                 result = results[block_count % 2]
                 block_count += 1
                 for index, (k0, kt, pieces) in enumerate(k_tiles):
-                    patch, rows_tile = patches[count % 2], transposed[count % 2]
+                    # Alternate per K tile (not per matmul: a K tile feeds one matmul per cout block).
+                    patch, rows_tile = patches[step % 2], transposed[step % 2]
+                    step += 1
                     shape.load_patch(ctx, patch, n, group, pieces, od, oh0, nrows, ow0, ncols, staging)
                     ctx.emitter.emit("vmov", dtype=product.operand, dst=rows_tile, dst_rs=kt, a=patch, a_rs=1,
                                      a_cs=pixels, rows=pixels, cols=kt)
@@ -361,6 +363,10 @@ def patch_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, produ
     finisher = Finisher(ctx, product, spad, m_tile, cols, m_tile)
     staging = _staging(spad, shape, rows, tiles)
     wsize = product.weight_dtype.size
+    # Filters that stay on chip are read from DRAM once per channel block instead of once per
+    # pixel tile: worth a smaller channel block (down to the array's width).
+    while m_tile * shape.k_total * wsize > spad.free - 1024 and m_tile > cols:
+        m_tile = -(-m_tile // 2)
     resident = m_tile * shape.k_total * wsize <= spad.free - 1024
     if not resident:
         m_tile = max(1, min(m_tile, (spad.free // 2 - 1024) // (rows * wsize)))
