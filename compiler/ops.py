@@ -130,6 +130,8 @@ _EPILOGUE_DOC = ("; then + Z (the result's shape) and the activation (Relu, or C
 _op("FusedConv", (2, 4), rules.fused_conv, "Conv(X, W, B)" + _EPILOGUE_DOC, group=1, **_WINDOW, **_EPILOGUE)
 _op("FusedGemm", (2, 4), rules.fused_gemm, "Gemm(A, B, C)" + _EPILOGUE_DOC, alpha=1.0, beta=1.0, transA=0,
     transB=0, **_EPILOGUE)
+_op("FusedMatMul", (2, 4), rules.fused_matmul, "MatMul(A, B) (ranks 2 and more) + C, a bias [N] per column"
+    + _EPILOGUE_DOC, **_EPILOGUE)
 _op("MatMul", 2, rules.matmul, "numpy matmul: batched, broadcasting batch axes, 1-D operands promoted")
 _op("Softmax", 1, rules.along_axis, "exp(x) / sum(exp(x)) along axis", axis=REQUIRED)
 _op("LogSoftmax", 1, rules.along_axis, "log(softmax(x)) along axis", axis=REQUIRED)

@@ -506,8 +506,20 @@ def space_to_depth(attrs: dict, x: list) -> Result:
     return [(x[0].dtype, (shape[0], shape[1] * block * block, shape[2] // block, shape[3] // block))]
 
 
+def _matmul_with_bias(attrs: dict, x: list) -> Result:
+    """MatMul of x[0], x[1] (rank 2 or more each), plus a bias [N] per column when x[2] is given."""
+    _check(len(x[0].shape) >= 2 and len(x[1].shape) >= 2, "FusedMatMul operands must have rank 2 or more")
+    ((dtype, shape),) = matmul(attrs, x[:2])
+    bias = x[2] if len(x) > 2 else None
+    if bias is not None:
+        _check(bias.shape == (shape[-1],) and bias.dtype == dtype,
+               f"bias {bias.dtype}{_dims(bias.shape)} is not {dtype}[{shape[-1]}], one per result column")
+    return [(dtype, shape)]
+
+
 fused_conv = _fused(conv, 3)
 fused_gemm = _fused(gemm, 3)
+fused_matmul = _fused(_matmul_with_bias, 3)
 
 
 # Fused element-wise programs ----------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Fuse what follows a Conv or Gemm into the end of its result tiles (FusedConv, FusedGemm).
 
     Conv | Gemm  [-> Add(., Z) | Sum(., Z)]  [-> Relu | Clip]   =>   FusedConv | FusedGemm(..., Z) {activation}
+    MatMul [-> Add(., bias [N])] [-> Add(., Z)] [-> Relu | Clip] =>   FusedMatMul(A, B, bias, Z) {activation}
 
 The addend Z (a residual connection) must have the result's shape and dtype and be
 computed before the Conv/Gemm; each absorbed node's input must have no other reader and
@@ -16,7 +17,7 @@ import math
 
 from compiler.ir import Graph, Node
 
-FUSED = {"Conv": ("FusedConv", 3), "Gemm": ("FusedGemm", 3)}
+FUSED = {"Conv": ("FusedConv", 3), "Gemm": ("FusedGemm", 3), "MatMul": ("FusedMatMul", 3)}
 FLOAT = ("f32", "bf16")
 
 
@@ -43,6 +44,16 @@ def fuse_epilogue(graph: Graph) -> Graph:
         steps: list[Node] = []
         addend = ""
         user = only_reader(result)
+        inputs = list(node.inputs) + [""] * (own - len(node.inputs))
+        if node.op == "MatMul":
+            if min(len(graph.values[name].shape) for name in node.inputs) < 2:
+                continue
+            bias = _column_bias(graph, result, user)
+            if bias is not None:  # MatMul's bias: the Add of a constant vector, one value per column
+                inputs[2] = bias
+                result = user.outputs[0]
+                steps.append(user)
+                user = only_reader(result)
         if user is not None and (user.op == "Add" or (user.op == "Sum" and len(user.inputs) == 2)):
             other = user.inputs[1] if user.inputs[0] == result else user.inputs[0]
             value, out = graph.values[other], graph.values[result]
@@ -60,7 +71,6 @@ def fuse_epilogue(graph: Graph) -> Graph:
             steps.append(user)
         if not steps:
             continue
-        inputs = list(node.inputs) + [""] * (own - len(node.inputs))
         inputs = inputs[:own] + ([addend] if addend else [])
         replaced[id(node)] = Node(fused_op, inputs, [result],
                                   {**node.attrs, "activation": activation, "activation_params": params}, node.name)
@@ -69,3 +79,18 @@ def fuse_epilogue(graph: Graph) -> Graph:
         return graph
     graph.nodes = [replaced.get(id(node), node) for node in graph.nodes if id(node) not in absorbed]
     return graph.prune()
+
+
+def _column_bias(graph: Graph, result: str, user: Node | None) -> str | None:
+    """When `user` adds a constant with one value per column of `result` (shape [N] or
+    [1, ..., 1, N]), the name of that constant as a 1-D [N] value; else None."""
+    if user is None or user.op != "Add" or result not in user.inputs:
+        return None
+    other = graph.values[user.inputs[1] if user.inputs[0] == result else user.inputs[0]]
+    out = graph.values[result]
+    if not other.is_const or other.dtype != out.dtype or not other.shape or other.shape[-1] != out.shape[-1] \
+            or any(d != 1 for d in other.shape[:-1]) or len(other.shape) > len(out.shape):
+        return None
+    name = graph.fresh_name(other.name + ".bias")
+    graph.const(name, other.const.reshape(-1))
+    return name

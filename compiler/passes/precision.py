@@ -15,7 +15,7 @@ from collections.abc import Collection
 
 from compiler.ir import Graph, Node, Value, numpy_dtype
 
-MATRIX_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "FusedConv", "FusedGemm"})
+MATRIX_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "FusedConv", "FusedGemm", "FusedMatMul"})
 OPERANDS = (0, 1)  # data/A and weight/B; input 2 (bias or C) stays f32
 
 

@@ -24,7 +24,7 @@ KERNELS = {op: elementwise_kernel for op in RECIPES}
 KERNELS.update({"MatMul": matmul_kernel, "Gemm": gemm_kernel, "QuantizeLinear": quantize_kernel,
                 "DequantizeLinear": dequantize_kernel, "QLinearConv": qlinear_conv_kernel,
                 "QLinearMatMul": qlinear_matmul_kernel})
-KERNELS.update({"Conv": conv_kernel, "FusedConv": conv_kernel, "FusedGemm": gemm_kernel,
+KERNELS.update({"Conv": conv_kernel, "FusedConv": conv_kernel, "FusedGemm": gemm_kernel, "FusedMatMul": matmul_kernel,
                 "ConvTranspose": conv_transpose_kernel, "MaxPool": pool_kernel,
                 "AveragePool": pool_kernel})
 KERNELS["FusedElementwise"] = fused_elementwise_kernel

@@ -213,7 +213,15 @@ def matmul_kernel(ctx: CodegenContext, node: Node) -> None:
         a = a.reshape_dense((int(np.prod(a.shape[:-1])), a.shape[-1]))
         result = result.reshape_dense((a.shape[0], b.shape[-1]))
         b_transposed = ctx.constant(b_value.const.T, b.dtype, node.inputs[1] + ".T")
-    matmul_views(ctx, a, b, result, node, b_transposed=b_transposed)
+    product = None
+    if node.op == "FusedMatMul":  # the bias per column, the addend and the activation in the epilogue
+        if a.dtype not in MATRIX_FLOAT or b.dtype != a.dtype:
+            raise unsupported(node, f"FusedMatMul of {a.dtype.asm_name} x {b.dtype.asm_name}")
+        bias = ctx.view(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
+        product = Product(a.dtype, bias=bias, **epilogue_of(ctx, node, 3))
+        if product.addend is not None:
+            product = replace(product, addend=product.addend.reshape_dense(result.shape))
+    matmul_views(ctx, a, b, result, node, b_transposed=b_transposed, product=product)
 
 
 def _batch_of(a: View, b: View) -> tuple[int, ...]:
