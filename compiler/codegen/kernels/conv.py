@@ -363,10 +363,10 @@ def patch_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, produ
     finisher = Finisher(ctx, product, spad, m_tile, cols, m_tile)
     staging = _staging(spad, shape, rows, tiles)
     wsize = product.weight_dtype.size
-    # Filters that stay on chip are read from DRAM once per channel block instead of once per
-    # pixel tile: worth a smaller channel block (down to the array's width).
-    while m_tile * shape.k_total * wsize > spad.free - 1024 and m_tile > cols:
-        m_tile = -(-m_tile // 2)
+    # Filters that stay on chip are read once per channel block, not once per pixel tile, but a
+    # smaller channel block reads every patch more often: keep the block whose DRAM traffic is least.
+    m_tile = min((m_tile, _resident_block(m_tile, shape, wsize, spad.free - 1024, cols)),
+                 key=lambda block: _patch_stationary_cycles(config, product, block, shape, tiles, spad.free - 1024))
     resident = m_tile * shape.k_total * wsize <= spad.free - 1024
     if not resident:
         m_tile = max(1, min(m_tile, (spad.free // 2 - 1024) // (rows * wsize)))
@@ -419,3 +419,26 @@ def _staging(spad, shape: ConvShape, rows: int, tiles) -> int | None:
     if need == 0 or 4 * need > spad.free:
         return None
     return spad.alloc(need)
+
+
+def _resident_block(m_tile: int, shape: ConvShape, wsize: int, free: int, cols: int) -> int:
+    """The largest halving of m_tile (down to the array's width) whose filters fit in `free` bytes."""
+    while m_tile * shape.k_total * wsize > free and m_tile > cols:
+        m_tile = -(-m_tile // 2)
+    return m_tile
+
+
+def _patch_stationary_cycles(config, product: Product, m_tile: int, shape: ConvShape, tiles, free: int) -> float:
+    """Estimated cycles of patch-stationary per group with channel blocks of m_tile: the larger of
+    the matrix unit's (each patch tile loaded, each block's filter rows streamed through it) and
+    the DRAM's (every patch once per channel block; the filters once if a block's fit on chip,
+    else once per pixel tile)."""
+    row_cycles = config.row_cycles(product.operand)
+    blocks = -(-shape.cout_group // m_tile)
+    k_tiles = -(-shape.k_total // config.array_rows)
+    matrix = blocks * len(tiles) * k_tiles * max(m_tile, config.array_rows) * row_cycles
+    patches = shape.k_total * sum(nrows * ncols for *_, nrows, _, ncols in tiles) * product.operand.size
+    filters = shape.cout_group * shape.k_total * product.weight_dtype.size
+    resident = m_tile * shape.k_total * product.weight_dtype.size <= free
+    memory = (blocks * patches + (filters if resident else filters * len(tiles))) / config.dram_bytes_per_cycle
+    return max(matrix, memory)
