@@ -91,6 +91,8 @@ def _main(argv: list[str]) -> int:
                         help="run onnxruntime on the same inputs and compare every output (exit 1 on FAIL)")
     parser.add_argument("--compare-layers", action="store_true",
                         help="with --compare: compare every intermediate tensor and name the first node that diverges")
+    parser.add_argument("--roofline", metavar="PLOT.png",
+                        help="draw each layer with multiply-adds against the config's roofline (PNG)")
     parser.add_argument("--layers", action="store_true",
                         help="print per source node: cycles, MACs, DRAM bytes, utilization, compute- or memory-bound")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
@@ -113,6 +115,11 @@ def _main(argv: list[str]) -> int:
         _save_npz(args.output, result.outputs)
     if args.layers:
         print(layer_table(result.stats["layers"]))
+    if args.roofline:
+        from runtime.roofline import plot_roofline
+
+        atomic_write(args.roofline, plot_roofline(result.stats["layers"], program.config, program.precision,
+                                                  Path(args.model).name))
     if args.stats:
         atomic_write(args.stats, json.dumps(result.stats, indent=2, sort_keys=True) + "\n")
     if args.trace:

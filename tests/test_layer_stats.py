@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from compiler.pipeline import compile
+from isa.dtypes import DType
 from runtime.cli import main as run_main
 from runtime.simulator import run
 
@@ -41,3 +42,20 @@ def test_acc_run_prints_the_layer_table(tmp_path, capsys):
     rows = lines[header + 1:header + 10]
     assert rows[0].startswith("/0/Conv") and rows[-1].startswith("/11/Gemm")
     assert all(row.split()[-1] in ("compute", "memory") for row in rows)
+
+
+def test_roofline_plot(tmp_path):
+    """acc-run --roofline writes a PNG; every plotted layer lies on or under its roof."""
+    from isa import binfile
+    from runtime.roofline import roofline_points
+
+    program = compile(CNN, "edge", input_shapes={"image": (1, 1, 8, 8)}, opt_level=2)
+    target, plot = tmp_path / "cnn.bin", tmp_path / "roof.png"
+    binfile.save(program, target)
+    assert run_main([str(target), "--roofline", str(plot)]) == 0
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    config = program.config
+    points = roofline_points(run(program, None).stats["layers"])
+    assert len(points) == 4  # three convolutions and the classifier
+    for _, intensity, achieved in points:
+        assert achieved <= min(config.peak_macs_per_cycle(DType.F32), config.dram_bytes_per_cycle * intensity) + 1e-9
