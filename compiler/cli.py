@@ -68,6 +68,8 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--list-ops", action="store_true", help="print the supported ops and exit")
     parser.add_argument("--dump-after", metavar="PASS", help="print the IR after this pass (see --list-passes)")
     parser.add_argument("--list-passes", action="store_true", help="print the pass pipeline and exit")
+    parser.add_argument("--report", action="store_true",
+                        help="print per layer the kernel's choices, scratchpad used and predicted cycles")
     precision = parser.add_argument_group("precision")
     precision.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32",
                            help="fp32 (default); bf16 operands with fp32 accumulation; int8 post-training "
@@ -127,6 +129,10 @@ def _main(argv: list[str]) -> int:
                       report=lambda line: print(line, file=sys.stderr))
     print(f"DRAM: {program.dram_bytes:,} bytes (activations at peak {program.activation_bytes:,}, "
           f"constants {program.dram_bytes - program.activation_bytes:,})", file=sys.stderr)
+    if args.report:
+        from compiler.report import report_text
+
+        print(report_text(program))
     if args.output:
         binfile.save(program, args.output)
         print(f"{args.output}: {len(program.instructions)} instructions, {len(program.constants)} constants, "

@@ -73,6 +73,10 @@ class Program:
     # The activations' DRAM (I/O, intermediates, kernels' scratch) at its peak: [0, activation_bytes)
     # holds them, constants follow. Smaller than the sum of all activations when DRAM is reused.
     activation_bytes: int = 0
+    # From the compiler, not saved in model.bin: per source node, what its kernel chose and the
+    # most scratchpad bytes it used (acc-compile --report).
+    notes: dict[str, list[str]] = field(default_factory=dict, compare=False)
+    scratchpad_peak: dict[str, int] = field(default_factory=dict, compare=False)
 
     def node_of(self, index: int) -> str | None:
         """The source node that instruction `index` was generated for, if recorded."""

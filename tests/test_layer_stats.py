@@ -59,3 +59,24 @@ def test_roofline_plot(tmp_path):
     assert len(points) == 4  # three convolutions and the classifier
     for _, intensity, achieved in points:
         assert achieved <= min(config.peak_macs_per_cycle(DType.F32), config.dram_bytes_per_cycle * intensity) + 1e-9
+
+
+@pytest.mark.parametrize("config", ["tiny", "edge"])
+def test_report_predicts_a_bound_the_simulator_never_beats(config, capsys):
+    """acc-compile --report's prediction (the busiest resource by the latency formulas) is a lower
+    bound of each layer's simulated span."""
+    from compiler.cli import main as compile_main
+    from compiler.report import layer_reports
+
+    program = compile(CNN, config, input_shapes={"image": (1, 1, 8, 8)}, opt_level=2)
+    layers = {layer["node"]: layer for layer in run(program, None).stats["layers"]}
+    reports = layer_reports(program)
+    assert [r.node for r in reports] == list(layers)
+    for report in reports:
+        assert 0 < report.predicted <= layers[report.node]["cycles"]
+        assert 0 < report.scratchpad_bytes <= program.config.spad_bytes
+    assert any("stationary" in note for report in reports for note in report.notes)
+    assert compile_main([str(CNN), "--input-shape", "image=1,1,8,8", "--report", "-O2", "--config", config,
+                         "-o", "/dev/null"]) in (0, 2)
+    out = capsys.readouterr().out
+    assert "predicted total" in out

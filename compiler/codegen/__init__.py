@@ -64,7 +64,8 @@ def generate(graph: Graph, config: AcceleratorConfig, keep_intermediates: bool =
             for name in node.outputs if name in lifetimes.root and name not in graph.outputs
             and not overwritten[placed[lifetimes.root[name]]]]
     return Program(config, instructions, inputs, outputs, constants, debug, max(dram_bytes, 4),
-                   debug_tensors=kept, precision=_precision(graph), activation_bytes=activation_bytes)
+                   debug_tensors=kept, precision=_precision(graph), activation_bytes=activation_bytes,
+                   notes=ctx.notes, scratchpad_peak=ctx.scratchpad_peak)
 
 
 def _relocated(tensor: TensorInfo, activation_bytes: int) -> TensorInfo:

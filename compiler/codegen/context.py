@@ -98,8 +98,9 @@ class View:
 class LocalArena:
     """Bump allocation of one kernel's on-chip space: [start, end) of local memory."""
 
-    def __init__(self, start: int, end: int, what: str):
+    def __init__(self, start: int, end: int, what: str, on_alloc=None):
         self.start, self.next, self.end, self.what = start, start, end, what
+        self.on_alloc = on_alloc  # called with the arena's bytes in use after each allocation
 
     @property
     def free(self) -> int:
@@ -110,6 +111,8 @@ class LocalArena:
         if address + nbytes > self.end:
             raise MemoryError(f"{self.what}: {nbytes} bytes do not fit ({self.end - address} free)")
         self.next = address + nbytes
+        if self.on_alloc:
+            self.on_alloc(self.next - self.start)
         return address
 
 
@@ -126,6 +129,8 @@ class CodegenContext:
         self.constants_end = CONSTANTS_BASE
         self._scratch: list[int] | None = None
         self._constant_cache: dict[tuple, View] = {}
+        self.notes: dict[str, list[str]] = {}  # node -> what its kernel chose
+        self.scratchpad_peak: dict[str, int] = {}  # node -> most scratchpad bytes its kernel used
 
     # DRAM plan (compiler/codegen/memory.py) ------------------------------------------------------
     def allocate(self, shape: tuple[int, ...], dtype: DType) -> View:
@@ -182,7 +187,16 @@ class CodegenContext:
 
     # On-chip space, fresh for each kernel --------------------------------------------------------
     def scratchpad(self) -> LocalArena:
-        return LocalArena(0, self.config.spad_bytes, "scratchpad")
+        return LocalArena(0, self.config.spad_bytes, "scratchpad", self._scratchpad_used)
+
+    # What each node's kernel chose, for acc-compile --report ---------------------------------------
+    def note(self, text: str) -> None:
+        """Record a kernel's choice (loop order, tile sizes) under the node being emitted."""
+        self.notes.setdefault(self.emitter.current_node or "", []).append(text)
+
+    def _scratchpad_used(self, used: int) -> None:
+        node = self.emitter.current_node or ""
+        self.scratchpad_peak[node] = max(self.scratchpad_peak.get(node, 0), used)
 
     def accumulator(self) -> LocalArena:
         return LocalArena(self.config.acc_base, self.config.local_bytes, "accumulator")

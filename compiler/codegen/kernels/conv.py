@@ -312,6 +312,9 @@ def filters_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, pro
     resident = shape.k_total * cout_group * wsize <= spad.free
     filter_base = spad.alloc(shape.k_total * cout_group * wsize) if resident else None
     filter_tiles = None if resident else [spad.alloc(rows * cols * wsize) for _ in range(2)]
+    ctx.note(f"filters stationary: {len(blocks)} pixel blocks of <= {largest} streamed, {len(k_tiles)} K tiles x "
+             f"{len(cout_blocks)} channel blocks, filters {'on chip' if resident else 'streamed'}"
+             + (", strided rows staged" if staging is not None else ""))
     count = block_count = step = 0
     for n in range(shape.batch):
         for group in range(shape.groups):
@@ -372,6 +375,9 @@ def patch_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, produ
         m_tile = max(1, min(m_tile, (spad.free // 2 - 1024) // (rows * wsize)))
     filter_base = spad.alloc(m_tile * shape.k_total * wsize) if resident else None
     filter_tiles = None if resident else [spad.alloc(m_tile * rows * wsize) for _ in range(2)]
+    ctx.note(f"patch stationary: {len(tiles)} pixel tiles x {len(k_tiles)} K tiles, channel blocks of {m_tile} "
+             f"streamed, filters {'on chip per block' if resident else 'streamed'}"
+             + (", strided rows staged" if staging is not None else ""))
     c_buffers = [acc.alloc(m_tile * cols * 4) for _ in range(2)]
     count = tile_count = 0
     for n in range(shape.batch):

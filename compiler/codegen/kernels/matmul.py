@@ -70,6 +70,8 @@ def matmul_views(ctx: CodegenContext, a: View, b: View, out: View, node: Node, *
     b_buffers = [spad.alloc(rows * cols * wsize) for _ in range(2)]
     bias_buffers = [spad.alloc(m_tile * cols * 4) for _ in range(2)] if bias is not None else []
     c_buffers = [acc.alloc(m_tile * cols * 4) for _ in range(2)]
+    ctx.note(f"weights stationary: {-(-n_total // cols)} column blocks x {-(-k_total // rows)} K tiles, "
+             f"rows streamed in blocks of {m_tile}" + (f", {int(np.prod(batch_shape))} batches" if batch_shape else ""))
     step = tile = 0
     batch_count = 1
     for n in batch_shape:
@@ -131,6 +133,8 @@ def _matmul_swapped(ctx: CodegenContext, a: View, b_transposed: View, out: View,
     b_buffers = [spad.alloc(n_chunk * rows * wsize) for _ in range(2)]
     bias_buffers = [spad.alloc(n_chunk * m_width * 4) for _ in range(2)] if bias is not None else []
     c_buffers = [acc.alloc(n_chunk * m_width * 4) for _ in range(2)]
+    ctx.note(f"activations stationary (out^T = W^T A^T): {-(-m_total // cols)} row blocks x {-(-k_total // rows)} "
+             f"K tiles, W^T rows streamed in chunks of {n_chunk}")
     step = tile = 0
     for m0 in range(0, m_total, cols):
         mt = min(cols, m_total - m0)
