@@ -193,3 +193,26 @@ def test_minilm_sentence_embeddings(mode, target):
         cosines.append(float(got @ expected / np.linalg.norm(got) / np.linalg.norm(expected)))
     print(f"MiniLM {mode}: min cosine {min(cosines):.5f}, mean {np.mean(cosines):.5f}")
     assert min(cosines) >= target
+
+
+def test_old_opset_model_is_converted_before_quantization():
+    """Per-axis QuantizeLinear needs opset 13: an opset-11 model (Dropout with its `ratio`
+    attribute, which opset 12 made an input) is converted by onnx's version converter first."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = numpy_helper.from_array(rng.standard_normal((4, 2, 3, 3)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Dropout", ["c"], ["d"], ratio=0.5),
+             helper.make_node("Relu", ["d"], ["y"])]
+    graph = helper.make_graph(nodes, "old", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6])], [weights])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    samples = [{"x": rng.standard_normal((1, 2, 6, 6)).astype(np.float32)} for _ in range(4)]
+    program = compile(model, "tiny", precision=Precision("int8", samples))
+    assert program.precision == "int8"
+    x = samples[0]["x"]
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = run(program, {"x": x}).outputs["y"]
+    cosine = float(got.ravel() @ expected.ravel() / np.linalg.norm(got) / np.linalg.norm(expected))
+    assert cosine > 0.99

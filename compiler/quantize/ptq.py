@@ -29,8 +29,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper, numpy_helper, version_converter
 
+from compiler.errors import ModelError
 from compiler.quantize.calibration import TensorRange
 
 MATRIX_OPS = ("Conv", "MatMul", "Gemm")
@@ -213,12 +214,18 @@ class _Rewriter:
 
 def quantize_model(model: onnx.ModelProto, ranges: Mapping[str, TensorRange],
                    options: QuantOptions = QuantOptions()) -> onnx.ModelProto:
-    """A QDQ copy of `model` (opset raised to 13 at least, for per-axis QuantizeLinear)."""
+    """A QDQ copy of `model`. Per-axis QuantizeLinear needs opset 13: an older model is first
+    converted by onnx's version converter (which rewrites the ops whose form changed)."""
     quantized = onnx.ModelProto()
     quantized.CopyFrom(model)
-    for opset in quantized.opset_import:
-        if opset.domain in ("", "ai.onnx") and opset.version < 13:
-            opset.version = 13
+    opset = next((o.version for o in quantized.opset_import if o.domain in ("", "ai.onnx")), 13)
+    if opset < 13:
+        try:
+            quantized = version_converter.convert_version(quantized, 13)
+        except Exception as error:  # the converter raises several kinds on ops it cannot convert
+            raise ModelError(f"int8 needs opset 13 and converting this opset-{opset} model failed: "
+                             f"{str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}"
+                             ) from None
     return _Rewriter(quantized, ranges, options).run()
 
 
