@@ -1,6 +1,6 @@
 """How fast the simulator runs a compiled model, against onnxruntime on the same model.
 
-    python benchmarks/simulator_speed.py [--config edge] [--models resnet50,...] [--repeat 3]
+    python benchmarks/simulator_speed.py [--config edge] [--models resnet50,...] [--repeat 3] [-O 2]
 
 Prints, per onnx light model, the simulation wall time (best of --repeat), microseconds
 per instruction, onnxruntime's single-threaded wall time and the ratio of the two (the
@@ -48,10 +48,11 @@ def main() -> None:
     parser.add_argument("--config", default="edge")
     parser.add_argument("--models", default="resnet50")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("-O", dest="opt_level", type=int, choices=[0, 1, 2], default=2)
     args = parser.parse_args()
     for name in args.models.split(","):
         model = onnx.load(str(light_path(name)))
-        program = compile(model, args.config)
+        program = compile(model, args.config, opt_level=args.opt_level)
         x = np.random.default_rng(1).standard_normal(program.inputs[0].shape).astype(np.float32)
         inputs = {program.inputs[0].name: x}
         simulated = best_of(args.repeat, lambda: run(program, inputs))  # noqa: B023
