@@ -163,6 +163,15 @@ def _const_text(value: Value, full: bool) -> str:
     return "[" + ", ".join(items) + "]"
 
 
+def attributes_text(op: str, attrs: dict[str, Any]) -> str:
+    """` {name=value, ...}` in the op table's order (empty when there are none)."""
+    from compiler.ops import OPS
+
+    order = list(OPS[op].attrs) if op in OPS else []
+    names = sorted(attrs, key=lambda a: (order.index(a) if a in order else len(order), a))
+    return " {" + ", ".join(f"{a}={_format_attr(attrs[a])}" for a in names) + "}" if names else ""
+
+
 def to_text(graph: Graph, full_constants: bool = True) -> str:
     """The text form; with full_constants=False, large constants are elided (not parseable)."""
     lines = [f"graph {graph.name}"]
@@ -172,17 +181,11 @@ def to_text(graph: Graph, full_constants: bool = True) -> str:
     for value in graph.values.values():
         if value.is_const and value.name in used:
             lines.append(f"  const {_ref(value.name)}: {_type_text(value)} = {_const_text(value, full_constants)}")
-    from compiler.ops import OPS
-
     for node in graph.nodes:
         results = ", ".join(f"{_ref(o)}: {_type_text(graph.values[o])}" if o else "_" for o in node.outputs)
         args = ", ".join(_ref(i) if i else "_" for i in node.inputs)
         text = f"  {results} = {node.op}({args})"
-        definition = OPS.get(node.op)
-        order = list(definition.attrs) if definition else []
-        names = sorted(node.attrs, key=lambda a: (order.index(a) if a in order else len(order), a))
-        if names:
-            text += " {" + ", ".join(f"{a}={_format_attr(node.attrs[a])}" for a in names) + "}"
+        text += attributes_text(node.op, node.attrs)
         if node.name:
             text += f"  @{_quote_node_name(node.name)}"
         lines.append(text)
@@ -265,6 +268,20 @@ class _Reader:
         self.take("]")
         return dtype, tuple(dims)
 
+    def attributes(self) -> dict[str, Any]:
+        """An optional `{name=value, ...}`."""
+        attrs = {}
+        if self.peek()[1] == "{":
+            self.take("{")
+            while self.peek()[1] != "}":
+                key = self.take(kind="name")
+                self.take("=")
+                attrs[key] = self.literal()
+                if self.peek()[1] == ",":
+                    self.take(",")
+            self.take("}")
+        return attrs
+
     def literal(self):
         kind, text = self.peek()
         if text == "[":
@@ -344,16 +361,7 @@ def parse(text: str) -> Graph:
                 if reader.peek()[1] == ",":
                     reader.take(",")
             reader.take(")")
-            attrs = {}
-            if reader.peek()[1] == "{":
-                reader.take("{")
-                while reader.peek()[1] != "}":
-                    key = reader.take(kind="name")
-                    reader.take("=")
-                    attrs[key] = reader.literal()
-                    if reader.peek()[1] == ",":
-                        reader.take(",")
-                reader.take("}")
+            attrs = reader.attributes()
             node_name = ""
             if reader.peek()[1] == "@":
                 reader.take("@")

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from compiler.ir import DTYPES, IRParseError, Node, Value, _format_attr, _Reader, _tokens
+from compiler.ir import DTYPES, IRParseError, Node, Value, _Reader, _tokens, attributes_text
 
 Shape = tuple[int, ...]
 Result = list[tuple[str, Shape]]
@@ -535,14 +535,7 @@ class Step:
     attrs: dict[str, Any] = field(default_factory=dict)
 
     def text(self) -> str:
-        from compiler.ops import OPS
-
-        text = f"{self.op}({', '.join(o or '_' for o in self.operands)})"
-        order = list(OPS[self.op].attrs) if self.op in OPS else []
-        names = sorted(self.attrs, key=lambda a: (order.index(a) if a in order else len(order), a))
-        if names:
-            text += " {" + ", ".join(f"{a}={_format_attr(self.attrs[a])}" for a in names) + "}"
-        return text
+        return f"{self.op}({', '.join(o or '_' for o in self.operands)})" + attributes_text(self.op, self.attrs)
 
     @staticmethod
     def parse(text: str) -> Step:
@@ -557,16 +550,7 @@ class Step:
                 if reader.peek()[1] != ")":
                     reader.take(",")
             reader.take(")")
-            attrs = {}
-            if reader.peek()[1] == "{":
-                reader.take("{")
-                while reader.peek()[1] != "}":
-                    key = reader.take(kind="name")
-                    reader.take("=")
-                    attrs[key] = reader.literal()
-                    if reader.peek()[1] == ",":
-                        reader.take(",")
-                reader.take("}")
+            attrs = reader.attributes()
             if not reader.done():
                 raise IRParseError(f"unexpected {reader.peek()[1]!r}")
         except IRParseError as error:
