@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from compiler.codegen.context import CodegenContext, LocalArena, View
+from compiler.codegen.context import LOCAL_ALIGN, CodegenContext, LocalArena, View
 from compiler.ir import Node
 from isa.dtypes import INT_RANGES, DType
 
@@ -75,34 +75,40 @@ class Finisher:
     def __init__(self, ctx: CodegenContext, product: Product, spad: LocalArena, max_rows: int, max_cols: int,
                  max_channels: int, transpose: bool = False):
         self.ctx, self.product = ctx, product
-        elements = max_rows * max_cols
-        self.bias = spad.alloc(max_channels * 4) if product.bias is not None else None
-        requant = product.requant
-        self.multiplier = spad.alloc(max_channels * 4) if requant else None
-        self.zero_point = spad.alloc(4) if requant else None
-        out_size = product.out.size
-        # Integer outputs and transposed stores need a tile beside the accumulator's.
-        self.outputs = [spad.alloc(elements * out_size) for _ in range(2)] if requant or transpose else []
-        self.addends = [spad.alloc(elements * 4) for _ in range(2)] if product.addend is not None else []
+        sizes = Finisher._buffer_sizes(product, max_rows, max_cols, max_channels, transpose)
+        self.bias = spad.alloc(sizes["bias"][0]) if sizes["bias"] else None
+        self.multiplier = spad.alloc(sizes["multiplier"][0]) if sizes["multiplier"] else None
+        self.zero_point = spad.alloc(sizes["zero_point"][0]) if sizes["zero_point"] else None
+        self.outputs = [spad.alloc(size) for size in sizes["outputs"]]
+        self.addends = [spad.alloc(size) for size in sizes["addends"]]
         self.transpose = transpose
         self.loaded: tuple[int, int] | None = None
         self.count = 0
-        if requant:
-            zero = ctx.constant(np.array([requant.zero_point]), DType.I32, "zero_point")
+        if product.requant:
+            zero = ctx.constant(np.array([product.requant.zero_point]), DType.I32, "zero_point")
             ctx.dma_in(self.zero_point, zero)
+
+    @staticmethod
+    def _buffer_sizes(product: Product, max_rows: int, max_cols: int, max_channels: int,
+                      transpose: bool) -> dict[str, list[int]]:
+        """Bytes of each scratchpad buffer the constructor allocates (empty: not needed)."""
+        elements = max_rows * max_cols
+        requant = product.requant is not None
+        return {
+            "bias": [max_channels * 4] if product.bias is not None else [],
+            "multiplier": [max_channels * 4] if requant else [],
+            "zero_point": [4] if requant else [],
+            # Integer outputs and transposed stores need a tile beside the accumulator's.
+            "outputs": [elements * product.out.size] * 2 if requant or transpose else [],
+            "addends": [elements * 4] * 2 if product.addend is not None else [],
+        }
 
     @staticmethod
     def reserve_bytes(product: Product, max_rows: int, max_cols: int, max_channels: int,
                       transpose: bool = False) -> int:
-        """Scratchpad bytes the constructor takes (with alignment slack)."""
-        total = (max_channels * 4 + 64) if product.bias is not None else 0
-        if product.requant:
-            total += max_channels * 4 + 128
-        if product.requant or transpose:
-            total += 2 * (max_rows * max_cols * product.out.size + 64)
-        if product.addend is not None:
-            total += 2 * (max_rows * max_cols * 4 + 64)
-        return total
+        """Scratchpad bytes the constructor takes, each buffer with its alignment slack."""
+        sizes = Finisher._buffer_sizes(product, max_rows, max_cols, max_channels, transpose)
+        return sum(size + LOCAL_ALIGN for buffers in sizes.values() for size in buffers)
 
     def _load_channels(self, first: int, count: int) -> None:
         if self.loaded == (first, count):
