@@ -15,11 +15,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from ir_cases import run_pass, same
 from onnx import TensorProto, helper, numpy_helper
 
 from compiler.codegen import generate
 from compiler.frontend import import_model
-from compiler.ir import parse, to_text
+from compiler.ir import parse
 from compiler.passes.precision import to_bf16
 from compiler.pipeline import run_passes
 from compiler.verify import verify
@@ -27,18 +28,6 @@ from isa.config import load_config
 from runtime.simulator import run
 
 ROOT = Path(__file__).parent.parent
-
-
-def run_pass(before: str, keep=()) -> str:
-    graph = parse(before)
-    verify(graph)
-    graph = to_bf16(graph, keep)
-    verify(graph)
-    return to_text(graph)
-
-
-def same(text: str) -> str:
-    return to_text(parse(text))
 
 
 # The pass ----------------------------------------------------------------------------------------
@@ -65,7 +54,7 @@ graph g
 
 
 def test_constant_weights_become_bf16_and_activations_get_a_cast():
-    assert run_pass(MLP_BEFORE) == same(MLP_AFTER)
+    assert run_pass(to_bf16, MLP_BEFORE) == same(MLP_AFTER)
 
 
 ATTENTION_BEFORE = """
@@ -100,7 +89,7 @@ graph g
 
 
 def test_run_time_operands_share_one_cast_and_softmax_stays_f32():
-    assert run_pass(ATTENTION_BEFORE) == same(ATTENTION_AFTER)
+    assert run_pass(to_bf16, ATTENTION_BEFORE) == same(ATTENTION_AFTER)
 
 
 CONV_BEFORE = """
@@ -129,11 +118,11 @@ graph g
 
 
 def test_keep_leaves_the_named_nodes_in_fp32():
-    assert run_pass(CONV_BEFORE, keep=["c2"]) == same(CONV_AFTER_KEEP_C2)
+    assert run_pass(to_bf16, CONV_BEFORE, keep=["c2"]) == same(CONV_AFTER_KEEP_C2)
 
 
 def test_keep_every_matrix_node_changes_nothing():
-    assert run_pass(CONV_BEFORE, keep={"c1", "c2"}) == same(CONV_BEFORE)
+    assert run_pass(to_bf16, CONV_BEFORE, keep={"c1", "c2"}) == same(CONV_BEFORE)
 
 
 def test_no_matrix_op_changes_nothing():
@@ -146,7 +135,7 @@ graph g
   %z: f32[2, 4] = Softmax(%y) {axis=1}
   output %z
 """
-    assert run_pass(text) == same(text)
+    assert run_pass(to_bf16, text) == same(text)
 
 
 def test_integer_products_are_left_alone():
@@ -157,7 +146,7 @@ graph g
   %y: i32[2, 2] = MatMul(%a, %b)
   output %y
 """
-    assert run_pass(text) == same(text)
+    assert run_pass(to_bf16, text) == same(text)
 
 
 def test_the_verifier_refuses_a_bf16_bias():

@@ -4,6 +4,7 @@ op's text form and verifier messages, and fused kernels equal to the unfused one
 import numpy as np
 import onnx
 import pytest
+from ir_cases import run_pass, same
 from onnx import TensorProto, helper, numpy_helper
 
 from compiler.ir import parse, to_text
@@ -11,19 +12,6 @@ from compiler.passes.fuse_elementwise import fuse_elementwise
 from compiler.pipeline import compile
 from compiler.verify import VerifyError, verify
 from runtime.simulator import run
-
-
-def run_pass(before: str) -> str:
-    graph = parse(before)
-    verify(graph)
-    graph = fuse_elementwise(graph)
-    verify(graph)
-    return to_text(graph)
-
-
-def same(text: str) -> str:
-    return to_text(parse(text))
-
 
 RESIDUAL_BEFORE = """
 graph g
@@ -50,7 +38,7 @@ graph g
 
 
 def test_fuses_the_residual_join_of_an_int8_network():
-    assert run_pass(RESIDUAL_BEFORE) == same(RESIDUAL_AFTER.replace("\\\n", ""))
+    assert run_pass(fuse_elementwise, RESIDUAL_BEFORE) == same(RESIDUAL_AFTER.replace("\\\n", ""))
 
 
 SWISH_BEFORE = """
@@ -72,7 +60,7 @@ graph g
 
 
 def test_fuses_a_value_read_twice_by_the_group_and_loads_broadcast_inputs_once():
-    assert run_pass(SWISH_BEFORE) == same(SWISH_AFTER)
+    assert run_pass(fuse_elementwise, SWISH_BEFORE) == same(SWISH_AFTER)
 
 
 def test_two_chains_with_a_matrix_op_between_stay_two_groups():
@@ -96,7 +84,7 @@ graph g
   %d: bool[2, 4] = FusedElementwise(%m, %x) {steps=["Tanh(x0)", "Less(s0, x1)"]}
   output %d
 """
-    assert run_pass(text) == same(expected)
+    assert run_pass(fuse_elementwise, text) == same(expected)
 
 
 @pytest.mark.parametrize("case", ["second_consumer", "graph_output", "broadcast_step", "per_axis", "single",
@@ -147,7 +135,7 @@ graph g
   output %b
 """,
     }[case]
-    assert run_pass(text) == same(text)
+    assert run_pass(fuse_elementwise, text) == same(text)
 
 
 FUSED = """

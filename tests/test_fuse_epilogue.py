@@ -7,27 +7,14 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from ir_cases import run_pass, same
 from onnx import TensorProto, helper, numpy_helper
 
-from compiler.ir import parse, to_text
 from compiler.passes.fuse_epilogue import fuse_epilogue
 from compiler.pipeline import compile
-from compiler.verify import verify
 from runtime.simulator import run
 
 CONV = "{dilations=[1, 1], group=1, kernel_shape=[1, 1], pads=[0, 0, 0, 0], strides=[1, 1]}"
-
-
-def run_pass(before: str) -> str:
-    graph = parse(before)
-    verify(graph)
-    graph = fuse_epilogue(graph)
-    verify(graph)
-    return to_text(graph)
-
-
-def same(text: str) -> str:
-    return to_text(parse(text))
 
 
 RESIDUAL_BEFORE = f"""
@@ -51,7 +38,7 @@ graph g
 
 
 def test_conv_add_relu_becomes_one_fused_conv():
-    assert run_pass(RESIDUAL_BEFORE) == same(RESIDUAL_AFTER)
+    assert run_pass(fuse_epilogue, RESIDUAL_BEFORE) == same(RESIDUAL_AFTER)
 
 
 def test_gemm_clip_without_bias():
@@ -70,7 +57,7 @@ graph g
   %c: f32[2, 4] = FusedGemm(%a, %w, _) {alpha=1.0, beta=1.0, transA=0, transB=0, activation="Clip", activation_params=[0.0, 6.0]}
   output %c
 """
-    assert run_pass(before) == same(after)
+    assert run_pass(fuse_epilogue, before) == same(after)
 
 
 @pytest.mark.parametrize("text", [
@@ -106,7 +93,7 @@ graph g
 """,
 ])
 def test_changes_nothing(text):
-    assert run_pass(text) == same(text)
+    assert run_pass(fuse_epilogue, text) == same(text)
 
 
 def _residual_block(channels: int, size: int, kernel: int, seed: int) -> onnx.ModelProto:
@@ -184,7 +171,7 @@ graph g
   %s: f32[1, 2, 3] = FusedMatMul(%x, %w, %b.bias, %x) {activation="", activation_params=[]}
   output %s
 """
-    assert run_pass(before) == same(after)
+    assert run_pass(fuse_epilogue, before) == same(after)
 
 
 def _transformer_dense(tokens: int, width: int, seed: int) -> onnx.ModelProto:

@@ -1,23 +1,10 @@
 """Each pass: a small IR before, the IR expected after (text), a case it must leave alone."""
 
 import numpy as np
+from ir_cases import run_pass, same
 
-from compiler.ir import parse, to_text
+from compiler.ir import parse
 from compiler.passes.simplify import decompose_batchnorm, fold_batchnorm_into_conv, remove_identities
-from compiler.verify import verify
-
-
-def run_pass(function, before: str) -> str:
-    graph = parse(before)
-    verify(graph)
-    graph = function(graph)
-    verify(graph)
-    return to_text(graph)
-
-
-def same(text: str) -> str:
-    return to_text(parse(text))
-
 
 IDENTITY_BEFORE = """
 graph g
