@@ -99,11 +99,11 @@ def quantize_for(model: str | Path | onnx.ModelProto | bytes, precision: Precisi
                  report: Callable[[str], None] | None = None) -> tuple[onnx.ModelProto, Precision]:
     """The QDQ model that int8 compiles (calibrate on the samples, then insert the quantization),
     and the precision with the automatically kept nodes added to `keep` as bf16."""
-    from compiler.frontend.onnx_import import _load
+    from compiler.frontend.onnx_import import load_onnx
     from compiler.quantize.calibration import collect_ranges, load_samples
     from compiler.quantize.ptq import QuantOptions, choose_kept, quantize_model
 
-    loaded = _load(model).model
+    loaded = load_onnx(model).model
     samples = precision.calibration
     if isinstance(samples, (str, Path)):
         samples = load_samples(samples, loaded, input_shapes)

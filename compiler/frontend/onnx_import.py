@@ -66,14 +66,14 @@ def unsupported_ops(model: ModelSource) -> list[tuple[str, str, int]]:
     A node counts as supported if its op has a normaliser, or if it will be folded at
     compile time (all inputs constant, or Shape/Size). Ops of other domains are written
     `domain.OpType`, with that domain's opset."""
-    model, source, owned, _ = _load(model)
+    model, source, owned, _ = load_onnx(model)
     model, _ = _inline_functions(model, source, owned)
     return [problem[:3] for problem in _scan(model.graph, _opsets(model))]
 
 
 def import_model(model: ModelSource, input_shapes: Mapping[str, Iterable[int]] | None = None) -> Graph:
     """The model as a verified IR graph with static shapes; see the module docstring for the steps."""
-    model, source, owned, data = _load(model)
+    model, source, owned, data = load_onnx(model)
     try:
         onnx.checker.check_model(data if data is not None else model)
     except Exception as error:  # ValidationError, or protobuf trouble on a damaged model
@@ -106,7 +106,8 @@ class _Loaded(NamedTuple):
     data: bytes | None  # the serialized model when we have it, so the checker need not serialize it again
 
 
-def _load(model: ModelSource) -> _Loaded:
+def load_onnx(model: ModelSource) -> _Loaded:
+    """The model (path, bytes or ModelProto) loaded, external data included; a ModelError if it is not one."""
     if isinstance(model, onnx.ModelProto):
         return _Loaded(model, f"model {model.graph.name or '(unnamed)'}", False, None)
     source = "model" if isinstance(model, bytes) else str(model)

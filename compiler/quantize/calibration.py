@@ -40,7 +40,7 @@ import onnx
 
 from compiler.errors import CalibrationError, ModelError
 from compiler.frontend.input_shapes import dims_text, resolve_input_shapes, set_input_shapes
-from compiler.frontend.onnx_import import ModelSource, _load
+from compiler.frontend.onnx_import import ModelSource, load_onnx
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -69,7 +69,7 @@ def load_samples(path: str | Path, model: ModelSource,
     dimensions are bound by `input_shapes` as the compiler's are. Float inputs take float32;
     int64 inputs int64 or int32 (converted); others their own type. Anything else is a
     `CalibrationError` naming the array and the problem."""
-    graph = _load(model).model.graph
+    graph = load_onnx(model).model.graph
     shapes = _static_input_shapes(graph, dict(input_shapes or {}))
     arrays = _read_npz(path)
     source = str(path)
@@ -168,7 +168,7 @@ def collect_ranges(model: ModelSource, samples: Sequence[Mapping[str, np.ndarray
         raise ValueError(f"num_bins must be even and at least {2 * ENTROPY_LEVELS}, not {num_bins}")
     if not samples:
         raise CalibrationError("no calibration samples")
-    session, input_names = _observing_session(_load(model), samples)
+    session, input_names = _observing_session(load_onnx(model), samples)
     output_names = [output.name for output in session.get_outputs()]
     bins = None if method == "minmax" else num_bins
     stats: dict[str, _TensorStats] = {}
