@@ -27,7 +27,8 @@ def _as_matrix_batches(view: View, batch_shape: tuple[int, ...]) -> View:
 
 
 def matmul_views(ctx: CodegenContext, a: View, b: View, out: View, node: Node, *, alpha: float = 1.0,
-                 bias: View | None = None, b_transposed: View | None = None, product: Product | None = None) -> None:
+                 bias: View | None = None, b_transposed: View | None = None, product: Product | None = None,
+                 epilogue: dict | None = None) -> None:
     """out[..., M, N] = alpha * a[..., M, K] @ b[..., K, N] (+ bias broadcast to [..., M, N]), or
     `product`'s arithmetic (integer operands, a per-column bias, requantization).
 
@@ -38,7 +39,7 @@ def matmul_views(ctx: CodegenContext, a: View, b: View, out: View, node: Node, *
         if a.dtype not in MATRIX_FLOAT or b.dtype != a.dtype or out.dtype != DType.F32:
             raise unsupported(node, f"matmul of {a.dtype.asm_name} x {b.dtype.asm_name} -> {out.dtype.asm_name} "
                                     "is not supported yet")
-        product = Product(a.dtype, alpha=alpha)
+        product = Product(a.dtype, alpha=alpha, **(epilogue or {}))
     if bias is not None:
         bias = bias.broadcast_to(out.shape)
         if all(s == 0 for s in bias.strides[:-1]):  # one value per output column: the epilogue's bias
@@ -217,15 +218,12 @@ def matmul_kernel(ctx: CodegenContext, node: Node) -> None:
         a = a.reshape_dense((int(np.prod(a.shape[:-1])), a.shape[-1]))
         result = result.reshape_dense((a.shape[0], b.shape[-1]))
         b_transposed = ctx.constant(b_value.const.T, b.dtype, node.inputs[1] + ".T")
-    product = None
-    if node.op == "FusedMatMul":  # the bias per column, the addend and the activation in the epilogue
-        if a.dtype not in MATRIX_FLOAT or b.dtype != a.dtype:
-            raise unsupported(node, f"FusedMatMul of {a.dtype.asm_name} x {b.dtype.asm_name}")
-        bias = ctx.view(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
-        product = Product(a.dtype, bias=bias, **epilogue_of(ctx, node, 3))
-        if product.addend is not None:
-            product = replace(product, addend=product.addend.reshape_dense(result.shape))
-    matmul_views(ctx, a, b, result, node, b_transposed=b_transposed, product=product)
+    # FusedMatMul: its bias per column, addend and activation go to the epilogue.
+    bias = ctx.view(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
+    epilogue = epilogue_of(ctx, node, 3)
+    if epilogue.get("addend") is not None:
+        epilogue["addend"] = epilogue["addend"].reshape_dense(result.shape)
+    matmul_views(ctx, a, b, result, node, bias=bias, b_transposed=b_transposed, epilogue=epilogue)
 
 
 def _batch_of(a: View, b: View) -> tuple[int, ...]:
@@ -256,10 +254,5 @@ def gemm_kernel(ctx: CodegenContext, node: Node) -> None:
     if b_value.is_const:
         stored = b_value.const if attrs.get("transB", 0) else b_value.const.T
         b_transposed = ctx.constant(stored, b.dtype, node.inputs[1] + (".T" if not attrs.get("transB", 0) else ""))
-    product = None
-    if node.op == "FusedGemm":
-        if a.dtype not in MATRIX_FLOAT or b.dtype != a.dtype:
-            raise unsupported(node, f"FusedGemm of {a.dtype.asm_name} x {b.dtype.asm_name}")
-        product = Product(a.dtype, alpha=float(attrs.get("alpha", 1.0)), **epilogue_of(ctx, node, 3))
     matmul_views(ctx, a, b, out, node, alpha=float(attrs.get("alpha", 1.0)), bias=bias, b_transposed=b_transposed,
-                 product=product)
+                 epilogue=epilogue_of(ctx, node, 3))
