@@ -21,6 +21,7 @@ from compiler.frontend import import_model
 from compiler.ir import Graph, to_text
 from compiler.passes.fuse_elementwise import fuse_elementwise
 from compiler.passes.fuse_epilogue import fuse_epilogue
+from compiler.passes.precision import MATRIX_OPS, to_bf16
 from compiler.passes.quantized import fold_dequantized_constants, fuse_qdq
 from compiler.passes.simplify import decompose_batchnorm, fold_batchnorm_into_conv, remove_identities
 from compiler.verify import verify
@@ -122,8 +123,6 @@ def quantize_for(model: str | Path | onnx.ModelProto | bytes, precision: Precisi
 def apply_precision(graph: Graph, precision: Precision) -> Graph:
     """bf16 on the matrix ops the precision asks for (all but the kept ones in bf16 mode; the ones
     kept as bf16 in int8 mode)."""
-    from compiler.passes.precision import MATRIX_OPS, to_bf16
-
     if precision.mode == "bf16":
         return to_bf16(graph, keep={name for name, kept in precision.keep.items() if kept == "fp32"})
     matrix = {node.name for node in graph.nodes if node.op in MATRIX_OPS}

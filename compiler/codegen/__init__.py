@@ -21,6 +21,7 @@ from compiler.codegen.kernels import ALIASES, KERNELS
 from compiler.codegen.memory import CONSTANTS_BASE, Lifetimes, aligned, relocate_constants
 from compiler.errors import UnsupportedOpError
 from compiler.ir import Graph
+from compiler.passes.precision import MATRIX_OPS
 from isa.config import AcceleratorConfig
 from isa.program import Program, TensorInfo
 
@@ -77,8 +78,6 @@ def _relocated(tensor: TensorInfo, activation_bytes: int) -> TensorInfo:
 
 def _precision(graph: Graph) -> str:
     """The lowest precision any matrix op computes in."""
-    from compiler.passes.precision import MATRIX_OPS
-
     operands = {graph.values[node.inputs[0]].dtype for node in graph.nodes
                 if node.op in MATRIX_OPS or node.op in ("QLinearConv", "QLinearMatMul")}
     return "int8" if operands & {"i8", "u8"} else "bf16" if "bf16" in operands else "fp32"
