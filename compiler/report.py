@@ -2,7 +2,7 @@
 predicted from the ISA's latency formulas.
 
 The prediction is a resource bound: each engine's instructions of the layer, by their
-latency formulas (isa.encoding.instruction_latency) — the matrix unit's loads and
+latency formulas (isa.encoding.instruction_latencies) — the matrix unit's loads and
 streamed rows, the vector unit's instructions, and the DRAM channel's transfer cycles
 shared by the load and store engines — and the layer takes at least the busiest one.
 Fill/drain of the array and waits between engines are not in it, so the simulator's
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from isa.encoding import instruction_latency
+from isa.encoding import instruction_latencies
 from isa.program import Program
 from isa.spec import Engine
 
@@ -40,15 +40,16 @@ class LayerReport:
 
 def layer_reports(program: Program) -> list[LayerReport]:
     config = program.config
+    latencies = instruction_latencies(program.instructions, config)
     reports = []
     for entry in program.debug:
         busy = {"matrix": 0, "vector": 0, "dram": 0}
         loads = streams = 0
-        for instruction in program.instructions[entry.start:entry.end]:
+        for instruction, cycles in zip(program.instructions[entry.start:entry.end], latencies[entry.start:entry.end],
+                                       strict=True):
             definition = instruction.definition
             if definition.mnemonic in ("sync", "end"):
                 continue
-            cycles = instruction_latency(instruction, config)
             if definition.mnemonic == "matmul":  # the rows streamed; fill and drain overlap the next
                 streams += instruction.fields["m"] * config.row_cycles(instruction.fields["dtype"])
             elif definition.mnemonic == "load_weights":
@@ -67,11 +68,12 @@ def layer_reports(program: Program) -> list[LayerReport]:
 
 def report_text(program: Program) -> str:
     spad = program.config.spad_bytes
+    layers = layer_reports(program)
     lines = [f"{'node':<32} {'instr':>7} {'scratchpad':>12} {'predicted':>11}  bound   choices"]
-    for layer in layer_reports(program):
+    for layer in layers:
         used = f"{layer.scratchpad_bytes / 1024:.0f}K {100 * layer.scratchpad_bytes / spad:3.0f}%"
         lines.append(f"{layer.node[:32]:<32} {layer.instructions:>7,} {used:>12} {layer.predicted:>11,}  "
                      f"{layer.bound:<7} {'; '.join(layer.notes)}")
-    total = sum(layer.predicted for layer in layer_reports(program))
+    total = sum(layer.predicted for layer in layers)
     lines.append(f"predicted total (layers one after another): {total:,} cycles")
     return "\n".join(lines)

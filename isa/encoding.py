@@ -8,6 +8,7 @@ unknown opcodes, invalid enum values and set reserved bits.
 
 from __future__ import annotations
 
+import operator
 import struct
 
 import numpy as np
@@ -238,3 +239,48 @@ def _compiled_latency(definition: InstructionDef):
     if code is None:
         code = _LATENCY_CODE[definition.mnemonic] = compile(definition.latency, definition.mnemonic, "eval")
     return code
+
+
+def instruction_latencies(instructions, config) -> list[int]:
+    """Every instruction's latency by the ISA table, each formula evaluated once per distinct set
+    of the fields it reads (a model repeats a few instruction shapes tens of thousands of times)."""
+    by_fields: dict = {}
+    latencies = []
+    relevant_by_mnemonic: dict = {}  # mnemonic -> fields -> the values that can change the latency
+    for instruction in instructions:
+        definition = instruction.definition
+        mnemonic = definition.mnemonic
+        if mnemonic in relevant_by_mnemonic:
+            relevant = relevant_by_mnemonic[mnemonic]
+        else:
+            relevant = relevant_by_mnemonic[mnemonic] = _latency_fields(definition)
+        key = (mnemonic, relevant(instruction.fields))
+        latency = by_fields.get(key)
+        if latency is None:
+            latency = by_fields[key] = instruction_latency(instruction, config)
+        latencies.append(latency)
+    return latencies
+
+
+_DMA_TRANSFER_FIELDS = ("esize", "n0", "n1", "n2", "ds0", "ds1", "ds2")
+
+
+def _latency_fields(definition):
+    """fields -> the values of the fields that instruction_latency reads for instructions of
+    `definition`: those its formula names, for a DMA those of the transfer, for the matrix
+    engine the dtype (of row_cycles). Instructions that differ only in other fields
+    (addresses, semaphores) have the same latency, so the formula is evaluated once for them.
+    A formula with nested code (whose names co_names does not list) keys on every field."""
+    code = compile(definition.latency, definition.mnemonic, "eval")
+    if any(hasattr(constant, "co_names") for constant in code.co_consts):
+        return lambda fields: tuple(fields.values())
+    names = set(code.co_names)
+    if definition.format == "dma":
+        names.update(_DMA_TRANSFER_FIELDS)
+    if definition.engine is Engine.MATRIX:
+        names.add("dtype")
+    relevant = sorted(f.name for f in definition.fields if f.name in names)
+    if not relevant:
+        return lambda fields: ()
+    getter = operator.itemgetter(*relevant)
+    return getter if len(relevant) > 1 else lambda fields: (getter(fields),)

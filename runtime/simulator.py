@@ -30,13 +30,12 @@ DRAM channel.
 from __future__ import annotations
 
 import heapq
-import operator
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from isa.dtypes import DType
-from isa.encoding import instruction_latency
+from isa.encoding import instruction_latencies
 from isa.errors import InputError, InternalError, SimulationError
 from isa.program import Program, TensorInfo
 from isa.spec import Engine
@@ -114,51 +113,6 @@ def _describe(t: TensorInfo) -> str:
     return f"shape {t.shape}, dtype {t.dtype.numpy}"
 
 
-def program_latencies(program: Program) -> list[int]:
-    """Every instruction's latency by the ISA table (evaluated once per distinct instruction)."""
-    config = program.config
-    by_fields: dict = {}
-    latencies = []
-    relevant_by_mnemonic: dict = {}  # mnemonic -> fields -> the values that can change the latency
-    for instruction in program.instructions:
-        definition = instruction.definition
-        mnemonic = definition.mnemonic
-        if mnemonic in relevant_by_mnemonic:
-            relevant = relevant_by_mnemonic[mnemonic]
-        else:
-            relevant = relevant_by_mnemonic[mnemonic] = _latency_fields(definition)
-        key = (mnemonic, relevant(instruction.fields))
-        latency = by_fields.get(key)
-        if latency is None:
-            latency = by_fields[key] = instruction_latency(instruction, config)
-        latencies.append(latency)
-    return latencies
-
-
-_DMA_TRANSFER_FIELDS = ("esize", "n0", "n1", "n2", "ds0", "ds1", "ds2")
-
-
-def _latency_fields(definition):
-    """fields -> the values of the fields that instruction_latency reads for instructions of
-    `definition`: those its formula names, for a DMA those of the transfer, for the matrix
-    engine the dtype (of row_cycles). Instructions that differ only in other fields
-    (addresses, semaphores) have the same latency, so the formula is evaluated once for them.
-    A formula with nested code (whose names co_names does not list) keys on every field."""
-    code = compile(definition.latency, definition.mnemonic, "eval")
-    if any(hasattr(constant, "co_names") for constant in code.co_consts):
-        return lambda fields: tuple(fields.values())
-    names = set(code.co_names)
-    if definition.format == "dma":
-        names.update(_DMA_TRANSFER_FIELDS)
-    if definition.engine is Engine.MATRIX:
-        names.add("dtype")
-    relevant = sorted(f.name for f in definition.fields if f.name in names)
-    if not relevant:
-        return lambda fields: ()
-    getter = operator.itemgetter(*relevant)
-    return getter if len(relevant) > 1 else lambda fields: (getter(fields),)
-
-
 def roofline_cycles(config, macs_by_dtype: dict[DType, int], dram_bytes: int) -> float:
     compute = sum(macs / config.peak_macs_per_cycle(dtype) for dtype, macs in macs_by_dtype.items())
     return max(compute, dram_bytes / config.dram_bytes_per_cycle)
@@ -178,7 +132,7 @@ def run(program: Program, inputs: dict[str, np.ndarray] | None = None, *, check_
     for t in program.inputs:
         machine.dram[t.dram:t.dram + t.nbytes] = np.ascontiguousarray(inputs[t.name]).view(np.uint8).reshape(-1)
 
-    latencies = program_latencies(program)
+    latencies = instruction_latencies(program.instructions, config)
     instructions = program.instructions
     # Per instruction, what the loop needs, read once (up to the first `end`, where dispatch stops).
     waits = [i.fields["wait"] for i in instructions]
