@@ -31,3 +31,21 @@ def minilm_onnx(static: bool = True) -> Path:
     if not is_valid_export(path, static):
         export_minilm(path, static)
     return path
+
+
+def gpt2_onnx(size: str, graph: str) -> Path:
+    """The GPT-2-style static-KV-cache decoder of models/gpt2 (size "test" or "small", seeded random
+    weights) as ONNX: `graph` "prefill" or "decode". Exports both graphs on first use (torch and
+    transformers needed then; seconds for "test", about a minute for "small"), afterwards only
+    checks the file.
+    """
+    # Imported here: the exporter is only needed when the file has to be made.
+    from models.gpt2.export import GRAPHS, export_gpt2, gpt2_filename, is_valid_export
+
+    directory = cache_dir() / "gpt2"
+    path = directory / gpt2_filename(size, graph)
+    if not is_valid_export(path, size, graph):
+        # Made from one build of the model: this graph, and its partner too when that is stale.
+        stale = [other for other in GRAPHS if not is_valid_export(directory / gpt2_filename(size, other), size, other)]
+        export_gpt2(size, directory, stale)
+    return path
