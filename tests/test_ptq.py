@@ -216,3 +216,47 @@ def test_old_opset_model_is_converted_before_quantization():
     got = run(program, {"x": x}).outputs["y"]
     cosine = float(got.ravel() @ expected.ravel() / np.linalg.norm(got) / np.linalg.norm(expected))
     assert cosine > 0.99
+
+
+def _conv_batchnorm_model(conv_also_read: bool) -> onnx.ModelProto:
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(1)
+    arrays = {"w": rng.standard_normal((4, 2, 3, 3)), "b": rng.standard_normal(4), "gamma": rng.random(4) + 0.5,
+              "beta": rng.standard_normal(4), "mean": rng.standard_normal(4), "var": rng.random(4) + 0.1}
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["n"], epsilon=1e-3),
+             helper.make_node("Relu", ["n"], ["r"]),
+             helper.make_node("Conv", ["r", "w2"], ["y"])]
+    arrays["w2"] = rng.standard_normal((3, 4, 1, 1))
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 6, 6])]
+    if conv_also_read:
+        outputs.append(helper.make_tensor_value_info("c", TensorProto.FLOAT, [1, 4, 6, 6]))
+    graph = helper.make_graph(nodes, "bn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 6, 6])],
+                              outputs, [numpy_helper.from_array(a.astype(np.float32), n) for n, a in arrays.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_batchnorm_is_folded_into_its_conv_before_quantization():
+    """Conv -> BatchNormalization -> Relu quantizes as one int8 Conv whose output is the normalised
+    tensor, requantized directly (no int32 result dequantized to float for a separate BatchNorm)."""
+    model = _conv_batchnorm_model(conv_also_read=False)
+    rng = np.random.default_rng(2)
+    samples = [{"x": rng.standard_normal((1, 2, 6, 6)).astype(np.float32)} for _ in range(8)]
+    quantized, _ = quantize_for(model, Precision("int8", samples))
+    assert "BatchNormalization" not in {n.op_type for n in quantized.graph.node}
+    assert {"w", "b"}.isdisjoint(t.name for t in quantized.graph.initializer)  # the unfolded weights are gone
+    graph = run_passes(import_model(quantized), 1)
+    assert [n.op for n in graph.nodes] == ["QuantizeLinear", "QLinearConv", "QLinearConv", "DequantizeLinear"]
+    program = compile(model, "tiny", precision=Precision("int8", samples))
+    x = samples[0]["x"]
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = run(program, {"x": x}).outputs["y"]
+    assert float(got.ravel() @ expected.ravel() / np.linalg.norm(got) / np.linalg.norm(expected)) > 0.995
+
+
+def test_batchnorm_of_a_conv_read_elsewhere_is_not_folded():
+    model = _conv_batchnorm_model(conv_also_read=True)
+    samples = [{"x": np.random.default_rng(2).standard_normal((1, 2, 6, 6)).astype(np.float32)}]
+    quantized, _ = quantize_for(model, Precision("int8", samples))
+    assert "BatchNormalization" in {n.op_type for n in quantized.graph.node}

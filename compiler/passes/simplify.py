@@ -23,6 +23,18 @@ def remove_identities(graph: Graph) -> Graph:
     return graph.prune()
 
 
+def batchnorm_folded_into_conv(weight: np.ndarray, bias: np.ndarray | None, scale: np.ndarray, shift: np.ndarray,
+                               mean: np.ndarray, variance: np.ndarray, epsilon: float) -> tuple[np.ndarray, np.ndarray]:
+    """The weight and bias of Conv(W, b) followed by BatchNormalization(scale, shift, mean, variance):
+    W * s and (b - mean) * s + shift with s = scale / sqrt(variance + epsilon), computed in float64
+    and returned in W's dtype."""
+    factor = scale.astype(np.float64) / np.sqrt(variance.astype(np.float64) + epsilon)
+    new_weight = weight.astype(np.float64) * factor.reshape(-1, *([1] * (weight.ndim - 1)))
+    old_bias = bias.astype(np.float64) if bias is not None else np.zeros_like(factor)
+    new_bias = (old_bias - mean.astype(np.float64)) * factor + shift.astype(np.float64)
+    return new_weight.astype(weight.dtype), new_bias.astype(weight.dtype)
+
+
 def fold_batchnorm_into_conv(graph: Graph) -> Graph:
     """Conv(x, W, b) -> BatchNormalization(scale, bias, mean, var) becomes one Conv with
     W' = W * s and b' = (b - mean) * s + bias, s = scale / sqrt(var + epsilon).
@@ -44,15 +56,13 @@ def fold_batchnorm_into_conv(graph: Graph) -> Graph:
         bias = graph.values[conv.inputs[2]] if len(conv.inputs) > 2 and conv.inputs[2] else None
         if not all(v.is_const for v in params) or not weight.is_const or (bias is not None and not bias.is_const):
             continue
-        scale, shift, mean, variance = (v.const.astype(np.float64) for v in params)
-        factor = scale / np.sqrt(variance + float(node.attrs.get("epsilon", 1e-5)))
-        new_weight = weight.const.astype(np.float64) * factor.reshape(-1, *([1] * (weight.const.ndim - 1)))
-        old_bias = bias.const.astype(np.float64) if bias is not None else np.zeros_like(factor)
-        new_bias = (old_bias - mean) * factor + shift
+        new_weight, new_bias = batchnorm_folded_into_conv(
+            weight.const, bias.const if bias is not None else None, *(v.const for v in params),
+            float(node.attrs.get("epsilon", 1e-5)))
         weight_name = graph.fresh_name(conv.inputs[1] + ".bn")
         bias_name = graph.fresh_name(node.outputs[0] + ".bias")
-        graph.const(weight_name, new_weight.astype(weight.const.dtype))
-        graph.const(bias_name, new_bias.astype(weight.const.dtype))
+        graph.const(weight_name, new_weight)
+        graph.const(bias_name, new_bias)
         conv.inputs = [conv.inputs[0], weight_name, bias_name]
         graph.values.pop(conv.outputs[0], None)
         conv.outputs = [node.outputs[0]]

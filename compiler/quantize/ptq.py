@@ -14,6 +14,9 @@ see what quantization costs:
 - its output is quantized (after a Relu or Clip that alone follows it, which then becomes
   the requantization's clamp) when every reader is an int8 op, directly or through the ops
   below; otherwise the int32 accumulator is dequantized exactly, with no 8-bit rounding;
+- a BatchNormalization that alone reads a Conv's output is first folded into the Conv's weights
+  and bias (as onnxruntime's quantization pre-processing does), so that the int8 Conv's output
+  is the normalised tensor and it requantizes directly;
 - MaxPool, Reshape, Flatten, Transpose, Squeeze and Unsqueeze of a quantized tensor are
   quantized with their input's parameters, so they run on the integers.
 
@@ -32,6 +35,7 @@ import onnx
 from onnx import helper, numpy_helper, version_converter
 
 from compiler.errors import ModelError
+from compiler.passes.simplify import batchnorm_folded_into_conv
 from compiler.quantize.calibration import TensorRange
 
 MATRIX_OPS = ("Conv", "MatMul", "Gemm")
@@ -226,7 +230,62 @@ def quantize_model(model: onnx.ModelProto, ranges: Mapping[str, TensorRange],
             raise ModelError(f"int8 needs opset 13 and converting this opset-{opset} model failed: "
                              f"{str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}"
                              ) from None
-    return _Rewriter(quantized, ranges, options).run()
+    return _Rewriter(fold_batchnorms(quantized), ranges, options).run()
+
+
+def fold_batchnorms(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Conv -> BatchNormalization with constant parameters becomes one Conv (in place) whose output
+    keeps the BatchNormalization's name, so the calibrated ranges still apply. A Conv whose output
+    has other readers, or is a graph output, is left alone."""
+    graph = model.graph
+    initializers = {t.name: t for t in graph.initializer}
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    producers = {name: node for node in graph.node for name in node.output}
+    outputs = {o.name for o in graph.output}
+    kept, folded = [], set()
+    for node in graph.node:
+        conv = producers.get(node.input[0]) if node.op_type == "BatchNormalization" else None
+        if (conv is not None and conv.op_type == "Conv" and readers[conv.output[0]] == 1
+                and conv.output[0] not in outputs and len([o for o in node.output if o]) == 1
+                and all(name in initializers for name in [*node.input[1:5], *conv.input[1:]] if name)):
+            weight, bias, *params = (numpy_helper.to_array(initializers[name]) if name else None
+                                     for name in [conv.input[1], conv.input[2] if len(conv.input) > 2 else "",
+                                                  *node.input[1:5]])
+            epsilon = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
+            weight, bias = batchnorm_folded_into_conv(weight, bias, *params, epsilon)
+            names = [_fresh(f"{conv.input[1]}_bn", initializers), _fresh(f"{node.output[0]}_bias", initializers)]
+            for name, data in zip(names, (weight, bias), strict=True):
+                initializers[name] = numpy_helper.from_array(data, name)
+                graph.initializer.append(initializers[name])
+            folded.add(conv.output[0])
+            conv.input[:] = [conv.input[0], *names]
+            conv.output[0] = node.output[0]
+            continue
+        kept.append(node)
+    if folded:
+        del graph.node[:]
+        graph.node.extend(kept)
+        info = [v for v in graph.value_info if v.name not in folded]
+        del graph.value_info[:]
+        graph.value_info.extend(info)
+        # The unfolded weights are read no more (an old model also lists them as graph inputs).
+        used = {name for node in graph.node for name in node.input}
+        for field in (graph.initializer, graph.input):
+            still_used = [t for t in field if t.name in used or t.name not in initializers]
+            del field[:]
+            field.extend(still_used)
+    return model
+
+
+def _fresh(name: str, taken: Mapping[str, object]) -> str:
+    candidate, number = name, 0
+    while candidate in taken:
+        number += 1
+        candidate = f"{name}{number}"
+    return candidate
 
 
 def describe(graph) -> list[str]:
