@@ -41,6 +41,35 @@ def test_fuses_the_residual_join_of_an_int8_network():
     assert run_pass(fuse_elementwise, RESIDUAL_BEFORE) == same(RESIDUAL_AFTER.replace("\\\n", ""))
 
 
+PER_CHANNEL_BEFORE = """
+graph g
+  input %acc: i32[1, 2, 3]
+  input %b: f32[1, 2, 3]
+  const %s: f32[2] = [0.5, 0.25]
+  %d: f32[1, 2, 3] = DequantizeLinear(%acc, %s) {axis=1}  @dq
+  %y: f32[1, 2, 3] = Add(%d, %b)  @add
+  output %y
+"""
+PER_CHANNEL_AFTER = """
+graph g
+  input %acc: i32[1, 2, 3]
+  input %b: f32[1, 2, 3]
+  const %s.axis1: f32[2, 1] = [[0.5], [0.25]]
+  %y: f32[1, 2, 3] = FusedElementwise(%acc, %s.axis1, %b) {steps=["Cast(x0) {to=\\"f32\\"}", "Mul(s0, x1)", \
+"Add(s1, x2)"]}  @add
+  output %y
+"""
+
+
+def test_per_channel_dequantize_of_an_accumulator_joins_as_cast_and_mul():
+    assert run_pass(fuse_elementwise, PER_CHANNEL_BEFORE) == same(PER_CHANNEL_AFTER.replace("\\\n", ""))
+
+
+def test_per_channel_dequantize_of_int8_data_is_left_alone():
+    before = PER_CHANNEL_BEFORE.replace("i32[1, 2, 3]", "i8[1, 2, 3]")
+    assert run_pass(fuse_elementwise, before) == same(before)
+
+
 SWISH_BEFORE = """
 graph g
   input %x: f32[2, 8]
@@ -212,6 +241,17 @@ def chain_model(case: str):
         init = [("as", np.float32(0.02)), ("az", np.uint8(120)), ("bs", np.float32(0.03)), ("bz", np.int8(-5)),
                 ("ys", np.float32(0.04)), ("yz", np.uint8(0))]
         return make(nodes, [("a", U8, shape), ("b", I8, shape)], [("y", U8, shape)], init), {"a": a, "b": b}, 1
+    if case == "per_channel_dequantize":  # an int8 conv's int32 result joining a residual (Cast + Mul)
+        acc = rng.integers(-50000, 50000, shape).astype(np.int32)
+        skip = rng.integers(0, 256, shape).astype(np.uint8)
+        nodes = [node("DequantizeLinear", ["acc", "cs"], ["dc"], axis=1),
+                 node("DequantizeLinear", ["skip", "ss", "sz"], ["ds"]),
+                 node("Add", ["dc", "ds"], ["s"]), node("Relu", ["s"], ["r"]),
+                 node("QuantizeLinear", ["r", "ys", "yz"], ["y"])]
+        init = [("cs", np.array([1e-4, 3e-4, 2e-5], np.float32)), ("ss", np.float32(0.05)), ("sz", np.uint8(0)),
+                ("ys", np.float32(0.06)), ("yz", np.uint8(0))]
+        return make(nodes, [("acc", I32, shape), ("skip", U8, shape)], [("y", U8, shape)], init), \
+            {"acc": acc, "skip": skip}, 1
     if case == "dtypes":  # f16 and bool intermediates, a comparison feeding Where, an int32 tail, no zero point
         nodes = [node("Cast", ["x"], ["h"], to=F16), node("Cast", ["h"], ["f"], to=F),
                  node("Greater", ["f", "x"], ["g"]), node("Not", ["g"], ["n"]),
@@ -224,7 +264,8 @@ def chain_model(case: str):
 
 
 @pytest.mark.parametrize("config", ["tiny", "edge"])
-@pytest.mark.parametrize("case", ["gelu_decomposed", "swish_bias", "residual_int8", "dtypes"])
+@pytest.mark.parametrize("case", ["gelu_decomposed", "swish_bias", "residual_int8", "per_channel_dequantize",
+                                  "dtypes"])
 def test_fused_chain_equals_unfused_bit_for_bit(config, case):
     model, feeds, kernels = chain_model(case)
     unfused = compile(model, config, opt_level=1)

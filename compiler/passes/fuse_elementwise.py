@@ -10,7 +10,7 @@ The fused node's kernel loads each input tile once and runs every step's recipe 
 from __future__ import annotations
 
 from compiler.codegen.kernels.elementwise import RECIPES
-from compiler.ir import Graph, Node
+from compiler.ir import Graph, Node, Value
 from compiler.shape_rules import Step, broadcast_shapes
 
 QUANTIZATION = ("QuantizeLinear", "DequantizeLinear")
@@ -39,7 +39,12 @@ def fuse_elementwise(graph: Graph) -> Graph:
     its inputs are the group's distinct outside values in order of first use. Everything
     else is left as it was; the graph's results do not change by a bit (the kernel converts
     each intermediate to its dtype as the unfused kernels do).
+
+    A per-channel DequantizeLinear of an int32 accumulator (an int8 Conv or MatMul whose result
+    stays float) is first rewritten as Cast to f32 and Mul by its scale shaped to broadcast,
+    which computes the same values and can join the chain that reads it.
     """
+    graph = _per_axis_dequantize_as_mul(graph)
     producers = graph.producers()
     consumers = graph.consumers()
     groups: dict[int, list[Node]] = {}  # id(last node) -> the group's nodes in graph order
@@ -79,6 +84,29 @@ def fuse_elementwise(graph: Graph) -> Graph:
     graph.nodes = [fused[id(node)] if id(node) in fused else node for node in graph.nodes
                    if id(node) in fused or id(node) not in removed]
     return graph.prune()
+
+
+def _per_axis_dequantize_as_mul(graph: Graph) -> Graph:
+    """DequantizeLinear(x: i32, scale: const [C], zero point absent or 0) {axis} -> Mul(Cast(x, f32),
+    scale reshaped to [C, 1, ...]): f32(x) * scale, what the DequantizeLinear kernel computes."""
+    nodes = []
+    for node in graph.nodes:
+        x = graph.values[node.inputs[0]] if node.op == "DequantizeLinear" else None
+        scale = graph.values[node.inputs[1]] if x is not None else None
+        zero = graph.values[node.inputs[2]] if x is not None and len(node.inputs) > 2 and node.inputs[2] else None
+        if x is None or x.dtype != "i32" or not scale.is_const or scale.size == 1 \
+                or (zero is not None and (not zero.is_const or zero.const.any())):
+            nodes.append(node)
+            continue
+        axis = node.attrs.get("axis", 1) % len(x.shape)
+        shaped = graph.fresh_name(f"{scale.name}.axis{axis}")
+        graph.const(shaped, scale.const.reshape((-1,) + (1,) * (len(x.shape) - axis - 1)))
+        as_float = graph.fresh_name(f"{node.outputs[0]}.f32")
+        graph.add_value(Value(as_float, "f32", x.shape))
+        nodes.append(Node("Cast", [x.name], [as_float], {"to": "f32"}, f"{node.name}/cast"))
+        nodes.append(Node("Mul", [as_float, shaped], list(node.outputs), {}, node.name))
+    graph.nodes = nodes
+    return graph
 
 
 def _fusible(graph: Graph, node: Node) -> bool:

@@ -35,7 +35,13 @@ class Tile:
 
 
 class TileBuilder:
-    """Emits vector instructions over one rows x cols tile, with a few temporary tiles."""
+    """Emits vector instructions over one rows x cols tile, with a few temporary tiles.
+
+    An instruction whose tile operands are all broadcast scalars (rs = cs = 0: a scale, a zero
+    point, a fill) is emitted over one element and its result is again a broadcast scalar, so
+    loop-invariant values cost a pipeline fill instead of a pass over the tile."""
+
+    FOLD_SCALARS = True
 
     def __init__(self, ctx: CodegenContext, rows: int, cols: int, temps: list[int], dtype: DType):
         self.ctx, self.rows, self.cols, self.dtype = ctx, rows, cols, dtype
@@ -56,31 +62,46 @@ class TileBuilder:
         self.ctx.emitter.emit(mnemonic, **fields)
         return dst
 
+    def _result(self, mnemonic: str, dtype: DType, **operands) -> Tile:
+        """A new temporary = mnemonic(operands); a scalar when every tile operand is one."""
+        dst = self.temp(dtype)
+        tiles = [t for t in operands.values() if isinstance(t, Tile)]
+        if self.FOLD_SCALARS and all(t.rs == 0 and t.cs == 0 for t in tiles):
+            rows, cols = self.rows, self.cols
+            self.rows = self.cols = 1
+            try:
+                self._emit(mnemonic, dst, **operands)
+            finally:
+                self.rows, self.cols = rows, cols
+            return Tile(dst.addr, dtype, 0, 0)
+        return self._emit(mnemonic, dst, **operands)
+
     def unary(self, op: str, a: Tile) -> Tile:
-        return self._emit(f"v{op}", self.temp(a.dtype), a=a)
+        return self._result(f"v{op}", a.dtype, a=a)
 
     def binary(self, op: str, a: Tile, b: Tile) -> Tile:
-        return self._emit(f"v{op}", self.temp(a.dtype), a=a, b=b)
+        return self._result(f"v{op}", a.dtype, a=a, b=b)
 
     def imm(self, op: str, a: Tile, value: float) -> Tile:
         value = float(value) if a.dtype.is_float else int(value)
-        return self._emit(f"v{op}i", self.temp(a.dtype), a=a, imm=value)
+        return self._result(f"v{op}i", a.dtype, a=a, imm=value)
 
     def select(self, cond: Tile, a: Tile, b: Tile) -> Tile:
-        return self._emit("vsel", self.temp(a.dtype), a=cond, b=a, c=b)
+        return self._result("vsel", a.dtype, a=cond, b=a, c=b)
 
     def fill(self, value: float, dtype: DType | None = None) -> Tile:
         dtype = dtype or self.dtype
-        return self._emit("vfill", self.temp(dtype), imm=float(value) if dtype.is_float else int(value))
+        return self._result("vfill", dtype, imm=float(value) if dtype.is_float else int(value))
 
     def requantize(self, a: Tile, scale: Tile, zero_point: Tile, dtype: DType) -> Tile:
         """saturate(round_half_even(a * scale) + zero_point) to i8/u8, from an i32 tile."""
-        return self._emit("vreq", self.temp(dtype), a=a, b=scale, c=zero_point)
+        return self._result("vreq", dtype, a=a, b=scale, c=zero_point)
 
     def convert(self, a: Tile, dtype: DType, dst: Tile | None = None) -> Tile:
         if a.dtype == dtype and dst is None:
             return a
-        dst = dst or self.temp(dtype)
+        if dst is None:
+            return self._result("vcvt", dtype, a=a, src_dtype=a.dtype)
         return self._emit("vcvt", dst, a=a, src_dtype=a.dtype)
 
 
@@ -268,8 +289,15 @@ def elementwise_views(ctx: CodegenContext, ins: list[View], out: View, body, com
     cols_total = dims[-1]
     outer_dims = dims[:-2]
     spad = ctx.scratchpad()
+    # A scalar operand (one element for the whole output: a scale, a zero point) is loaded once.
+    scalars = {}
+    for index, (operand, operand_strides) in enumerate(zip(ins, strides[1:], strict=True)):
+        if not any(operand_strides):
+            load_dtype = DType.U8 if operand.dtype is DType.BOOL else operand.dtype
+            scalars[index] = Tile(spad.alloc(load_dtype.size), load_dtype, 0, 0)
+            ctx.dma_in(scalars[index].addr, View(operand.addr, load_dtype, (1,), (1,)))
     widest = max([out.dtype.size] + [v.dtype.size for v in ins] + [4])
-    buffers_per_tile = len(ins) + temps + 2
+    buffers_per_tile = len(ins) - len(scalars) + temps + 2
     per_buffer = spad.free // (2 * buffers_per_tile) // 64 * 64
     elements = max(per_buffer // widest, 1)
     col_tile = min(cols_total, elements, 65535)
@@ -299,7 +327,10 @@ def elementwise_views(ctx: CodegenContext, ins: list[View], out: View, body, com
                 ct = min(col_tile, cols_total - c0)
                 buffers = list(sets[tile_index % 2])
                 tiles = []
-                for operand, operand_strides in zip(ins, strides[1:], strict=True):
+                for index, (operand, operand_strides) in enumerate(zip(ins, strides[1:], strict=True)):
+                    if index in scalars:
+                        tiles.append(scalars[index])
+                        continue
                     addr, sr, sc = view_2d(operand_strides, operand, outer_index)
                     rows_l = 1 if sr == 0 else rt
                     cols_l = 1 if sc == 0 else ct
@@ -316,6 +347,8 @@ def elementwise_views(ctx: CodegenContext, ins: list[View], out: View, body, com
                     builder.convert(result, DType.BOOL, Tile(out_local, DType.BOOL, ct, 1))
                 elif result.dtype != out_dtype:
                     builder.convert(result, out_dtype, Tile(out_local, out_dtype, ct, 1))
+                elif result.cs == 1 and (result.rs == ct or rt == 1):
+                    out_local = result.addr  # already dense in local memory: stored as it is
                 else:
                     builder._emit("vmov", Tile(out_local, out_dtype, ct, 1), a=result)
                 out_addr, out_sr, out_sc = view_2d(strides[0], out, outer_index)
@@ -333,15 +366,20 @@ def _per_axis(param: View, rank: int, axis: int) -> View:
     return View(param.addr, param.dtype, tuple(shape), tuple(strides))
 
 
-def _quant_params(ctx: CodegenContext, node: Node, zero_dtype: DType) -> tuple[View, View]:
+def _quant_params(ctx: CodegenContext, node: Node, zero_dtype: DType) -> tuple[View, View | None]:
+    """The scale and zero point views shaped to broadcast over the input; the zero point is None
+    when it is absent or a constant 0 (a dequantization then has nothing to subtract)."""
     rank = len(ctx.view(node.inputs[0]).shape)
     axis = node.attrs.get("axis", 1)
     scale = _per_axis(ctx.view(node.inputs[1]), rank, axis)
-    if len(node.inputs) > 2 and node.inputs[2]:
-        zero_point = ctx.view(node.inputs[2])
-    else:
-        zero_point = ctx.constant(np.zeros(1), zero_dtype, "zero_point.0")
-    return scale, _per_axis(zero_point, rank, axis)
+    if len(node.inputs) > 2 and node.inputs[2] and not is_zero_constant(ctx, node.inputs[2]):
+        return scale, _per_axis(ctx.view(node.inputs[2]), rank, axis)
+    return scale, None
+
+
+def is_zero_constant(ctx: CodegenContext, name: str) -> bool:
+    value = ctx.graph.values[name]
+    return value.is_const and not np.any(value.const)
 
 
 def _check_quantize(node: Node, x: DType) -> None:
@@ -355,9 +393,9 @@ def _check_dequantize(node: Node, x: DType) -> None:
 
 
 def quantize_step(b: TileBuilder, tiles: list[Tile], out_dtype: DType) -> Tile:
-    """saturate(round_half_even(x / scale) + zero_point) of the x, scale and zero point tiles."""
-    x_tile, scale_tile, zero_tile = (b.convert(t, dtype) for t, dtype in
-                                     zip(tiles, (DType.F32, DType.F32, DType.I32), strict=True))
+    """saturate(round_half_even(x / scale) + zero_point) of the x, scale and (optional) zero point tiles."""
+    x_tile, scale_tile = b.convert(tiles[0], DType.F32), b.convert(tiles[1], DType.F32)
+    zero_tile = b.convert(tiles[2], DType.I32) if len(tiles) > 2 else b.fill(0, DType.I32)
     rounded = b.convert(b.binary("div", x_tile, scale_tile), DType.I32)
     if out_dtype == DType.I32:
         return b.binary("add", rounded, zero_tile)
@@ -365,9 +403,12 @@ def quantize_step(b: TileBuilder, tiles: list[Tile], out_dtype: DType) -> Tile:
 
 
 def dequantize_step(b: TileBuilder, tiles: list[Tile]) -> Tile:
-    """(x - zero_point) * scale of the x, scale and zero point tiles."""
-    x_tile, scale_tile, zero_tile = tiles
-    centred = b.binary("sub", b.convert(x_tile, DType.I32), b.convert(zero_tile, DType.I32))
+    """(x - zero_point) * scale of the x, scale and (optional) zero point tiles; without a zero
+    point x converts straight to f32 (the same value: x is an integer of at most 32 bits, and
+    int32 -> f32 rounds the same either way)."""
+    x_tile, scale_tile = tiles[:2]
+    centred = b.binary("sub", b.convert(x_tile, DType.I32), b.convert(tiles[2], DType.I32)) if len(tiles) > 2 \
+        else x_tile
     return b.binary("mul", b.convert(centred, DType.F32), b.convert(scale_tile, DType.F32))
 
 
@@ -377,8 +418,8 @@ def quantize_kernel(ctx: CodegenContext, node: Node) -> None:
     x, out = ctx.view(node.inputs[0]), ctx.view(node.outputs[0])
     _check_quantize(node, x.dtype)
     scale, zero_point = _quant_params(ctx, node, out.dtype)
-    elementwise_views(ctx, [x, scale, zero_point], out, lambda b, tiles: quantize_step(b, tiles, out.dtype),
-                      DType.F32)
+    elementwise_views(ctx, [x, scale] + ([zero_point] if zero_point else []), out,
+                      lambda b, tiles: quantize_step(b, tiles, out.dtype), DType.F32)
 
 
 def dequantize_kernel(ctx: CodegenContext, node: Node) -> None:
@@ -386,7 +427,7 @@ def dequantize_kernel(ctx: CodegenContext, node: Node) -> None:
     x, out = ctx.view(node.inputs[0]), ctx.view(node.outputs[0])
     _check_dequantize(node, x.dtype)
     scale, zero_point = _quant_params(ctx, node, x.dtype)
-    elementwise_views(ctx, [x, scale, zero_point], out, dequantize_step, DType.F32)
+    elementwise_views(ctx, [x, scale] + ([zero_point] if zero_point else []), out, dequantize_step, DType.F32)
 
 
 # Fused chains ------------------------------------------------------------------------------------
@@ -450,10 +491,9 @@ def fused_elementwise_kernel(ctx: CodegenContext, node: Node) -> None:
     programs = []
     for j, step in enumerate(steps):
         refs: list = [int(o[1:]) if o.startswith("x") else ("s", int(o[1:])) for o in step.operands if o]
-        if step.op in ("QuantizeLinear", "DequantizeLinear") and len(refs) == 2:  # no zero point: 0
-            zero_dtype = results[j] if step.op == "QuantizeLinear" else _operand_dtype(refs[0], ins, results)
-            ins.append(ctx.constant(np.zeros(1), zero_dtype, "zero_point.0"))
-            refs.append(len(ins) - 1)
+        if step.op in ("QuantizeLinear", "DequantizeLinear") and len(refs) == 3 and isinstance(refs[2], int) \
+                and is_zero_constant(ctx, node.inputs[refs[2]]):
+            refs.pop()  # a zero point of 0: nothing to subtract or add
         operands.append(refs)
         programs.append(_step_body(node, step, [_operand_dtype(r, ins, results) for r in refs], results[j]))
     last_use = {}

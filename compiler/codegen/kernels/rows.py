@@ -51,7 +51,10 @@ ELEMENTWISE = {"sum": "vadd", "max": "vmax", "min": "vmin"}  # a reduction's ele
 
 
 class SegmentBuilder(TileBuilder):
-    """A TileBuilder that can also write into a given tile (accumulators and in-place chains)."""
+    """A TileBuilder that can also write into a given tile (accumulators and in-place chains).
+    Its results are always whole tiles: the row kernels address them directly."""
+
+    FOLD_SCALARS = False
 
     def into(self, dst: Tile, op: str, a: Tile, b: Tile | float | None = None) -> Tile:
         if b is None:
