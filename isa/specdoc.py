@@ -95,6 +95,31 @@ run). How instructions overlap:
 - `sync` waits, on its engine, for every earlier instruction of that engine to
   complete, then takes 1 cycle.
 
+**Against SCALE-Sim.** SCALE-Sim 3.0.0's weight-stationary compute cycles for a layer
+are `folds x (2R + C + M - 2)`: the im2col GEMM `M x K x N` (M output pixels or rows,
+K = input channels x kernel taps, N output channels) cut into `ceil(K/R) x ceil(N/C)`
+weight tiles ("folds"), every fold streaming all M rows, with the operands already in
+its SRAMs. The same formula is the simulator's cost of a chain of tiles without weight
+double-buffering: a hand-written GEMM with SCALE-Sim's fold structure takes 22,400
+cycles for 256x256x256 against its 22,399. Compiled layers differ from SCALE-Sim's
+figure for two reasons, which `python benchmarks/scalesim.py` separates per layer (its
+"acc folds" and "fold cycles" columns apply the formula to acc's own tiles):
+
+- *Fold structure.* acc's kernels choose the orientation per layer (a GEMM with few
+  rows keeps the activations stationary and streams the weights, `out^T = W^T A^T`, so
+  M=128, K=384, N=1536 becomes 144 folds of 512 streamed rows instead of 576 folds of
+  128: fewer cycles than SCALE-Sim), and a fold's results must fit half the accumulator
+  (`acc_bytes`, double-buffered) until they are finished, where SCALE-Sim streams all M
+  rows per fold. On `edge` (128 KiB) a 3x3 convolution over 56x56x64 -> 64 runs 504
+  folds of 224 pixels (SCALE-Sim: 36 folds of 3,136) and a 1x1 56x56x64 -> 256 runs 224
+  folds of 256 output channels over 32- and 24-pixel patch tiles (SCALE-Sim: 16 folds of
+  3,136): each fold pays the fill and drain again, and a 24-pixel tile leaves 8 of the
+  32 columns idle.
+- *Operand supply.* acc's span is measured on the whole program, so it includes the
+  matrix unit waiting for DMA (`dma_latency` before the first tiles arrive) and for the
+  vector unit (a convolution's patches turned into rows, results finished and stored);
+  SCALE-Sim assumes operands are always ready.
+
 The run's roofline bound is `max(sum over dtypes of MACs / (R * C / row_cycles), DRAM
 bytes / dram_bytes_per_cycle)`; the simulator stops with an internal error if its cycle
 count is ever below it.
