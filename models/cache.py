@@ -49,3 +49,47 @@ def gpt2_onnx(size: str, graph: str) -> Path:
         stale = [other for other in GRAPHS if not is_valid_export(directory / gpt2_filename(size, other), size, other)]
         export_gpt2(size, directory, stale)
     return path
+
+
+def load_checked(path: Path):
+    """The ONNX model at `path` when it loads and passes onnx.checker, else None (a missing,
+    partial or corrupt file, which its exporter then makes again)."""
+    import onnx
+
+    if not path.is_file():
+        return None
+    try:
+        model = onnx.load(path)
+        onnx.checker.check_model(model)
+    except Exception:  # any unreadable or inconsistent file is simply made again
+        return None
+    return model
+
+
+def export_torch(module, example_inputs: tuple, path: Path, metadata: dict[str, str], **options) -> None:
+    """`module` exported to ONNX at `path` by torch's TorchScript exporter (dynamo=False needs no
+    onnxscript), with `metadata` (plus the torch and transformers versions) in its properties
+    and checked by onnx.checker. The file is written beside `path` and moved into place only
+    when complete, so a crash never leaves a half-written model."""
+    import warnings
+
+    import onnx
+    import torch
+    import transformers
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            # The TorchScript exporter announces its retirement, and tracing warns about shape
+            # arithmetic that is constant for these models.
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, example_inputs, str(partial), dynamo=False, **options)
+        model = onnx.load(partial)
+        onnx.helper.set_model_props(model, {
+            **metadata, "exporter": f"torch {torch.__version__}, transformers {transformers.__version__}"})
+        onnx.checker.check_model(model)
+        onnx.save(model, partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)

