@@ -174,6 +174,8 @@ _op("Expand", 1, rules.expand, "broadcast to `shape` (the resolved output shape)
 _op("Tile", 1, rules.tile, "repeat repeats[i] times along axis i", repeats=REQUIRED)
 _op("Gather", 2, rules.gather, "take slices of data along axis at indices (negative indices count from the end)",
     axis=REQUIRED)
+_op("ScatterND", 3, rules.scatter_nd, "data with the slices at the index tuples (last axis of indices, negative "
+    "entries count from the end) replaced by updates; reduction none (the importer refuses the others)")
 _op("DepthToSpace", 1, rules.depth_to_space, "move channel blocks into blocksize x blocksize pixels (DCR or CRD)",
     blocksize=REQUIRED, mode="DCR")
 _op("SpaceToDepth", 1, rules.space_to_depth, "move blocksize x blocksize pixels into channels (DCR or CRD)",

@@ -490,6 +490,19 @@ def gather(attrs: dict, x: list) -> Result:
     return [(data.dtype, (*data.shape[:axis], *indices.shape, *data.shape[axis + 1:]))]
 
 
+def scatter_nd(attrs: dict, x: list) -> Result:
+    """data [d0, ...] with indices [..., k] (k <= rank) and updates [...] + data's axes from k on."""
+    data, indices, updates = x
+    _check(indices.dtype in ("i32", "i64"), f"indices must be i32 or i64, not {indices.dtype}")
+    _check(len(indices.shape) >= 1 and indices.shape[-1] <= len(data.shape),
+           f"indices {_dims(indices.shape)} do not index data {_dims(data.shape)}: their last axis is the "
+           "length of an index tuple, at most the data's rank")
+    expected = (*indices.shape[:-1], *data.shape[indices.shape[-1]:])
+    _check(updates.shape == expected, f"updates are {_dims(updates.shape)}; indices {_dims(indices.shape)} "
+           f"into data {_dims(data.shape)} need {_dims(expected)}")
+    return [(_same_dtype([data, updates], "data and updates"), data.shape)]
+
+
 def depth_to_space(attrs: dict, x: list) -> Result:
     shape, block = x[0].shape, attrs["blocksize"]
     _check(len(shape) == 4 and block >= 1 and shape[1] % (block * block) == 0,

@@ -2,18 +2,24 @@
 
 `supported_ops()` answers `acc-compile --list-ops`; `unsupported_in_model()` answers
 `acc-compile --check`: every node the importer refuses, then every imported node that
-has no kernel, each as one line naming the op, the node and the opset.
+has no kernel or whose data types its element-wise kernel refuses (integer inputs to a
+float-only op, mixed types, a type the vector unit does not compute on, such as i64),
+each as one line naming the op, the node and the reason. Other refusals that depend on
+how a kernel tiles (field widths, scratchpad) show only when compiling.
 """
 
 from __future__ import annotations
 
 import onnx
 
+from compiler.codegen.context import accelerator_dtype
 from compiler.codegen.kernels import ALIASES, KERNELS
+from compiler.codegen.kernels.elementwise import _compute_dtype, elementwise_kernel
 from compiler.errors import UnsupportedOpError
 from compiler.frontend import import_model, unsupported_ops
 from compiler.frontend import supported_ops as importable_ops
 from compiler.frontend.onnx_import import DECOMPOSED, FOLD_ONLY, SHAPE_OPS
+from compiler.ir import Graph, Node
 
 # ONNX ops whose IR form is another op (the importer rewrites them) or nothing at all.
 REWRITTEN = {"Dropout": "removed at inference", "BatchNormalization": "folded into Conv, or Mul and Add",
@@ -58,5 +64,25 @@ def unsupported_in_model(model, input_shapes=None) -> list[str]:
         graph = import_model(model, input_shapes or _unit_batch(model))
     except UnsupportedOpError as err:
         return [str(err)]
-    return [f"unsupported op {node.op!r} (node {node.name!r}): no kernel yet" for node in graph.nodes
-            if node.op not in KERNELS and node.op not in ALIASES]
+    problems = []
+    for node in graph.nodes:
+        if node.op not in KERNELS and node.op not in ALIASES:
+            problems.append(f"unsupported op {node.op!r} (node {node.name!r}): no kernel yet")
+        elif (problem := _dtype_problem(graph, node)) is not None:
+            problems.append(problem)
+    return problems
+
+
+def _dtype_problem(graph: Graph, node: Node) -> str | None:
+    """Why the element-wise kernel would refuse the node's data types (its own rule), or None."""
+    if KERNELS.get(node.op) is not elementwise_kernel:
+        return None
+    names = [name for name in node.inputs if name]
+    try:
+        dtypes = [accelerator_dtype(graph.values[name].dtype, name, f"{node.op} node {node.name!r}")
+                  for name in names + node.outputs[:1]]
+        if node.op != "Cast":
+            _compute_dtype(node, dtypes[:len(names)])
+    except UnsupportedOpError as error:  # UnsupportedTypeError too
+        return str(error)
+    return None

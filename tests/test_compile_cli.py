@@ -66,6 +66,23 @@ def test_unsupported_op_names_op_node_and_opset(tmp_path, capsys):
     assert "NonMaxSuppression" in capsys.readouterr().out
 
 
+def test_check_reports_data_types_the_kernels_refuse(tmp_path, capsys):
+    """An op with a kernel is still unsupported on a type its kernel refuses: --check says so, as
+    compiling would."""
+    x = helper.make_tensor_value_info("x", TensorProto.INT64, [4])
+    nodes = [helper.make_node("Add", ["x", "x"], ["sum"], name="add_i64"),
+             helper.make_node("Less", ["x", "x"], ["less"], name="less_i64")]  # narrowed to int32: supported
+    graph = helper.make_graph(nodes, "g", [x], [helper.make_tensor_value_info("sum", TensorProto.INT64, [4]),
+                                                helper.make_tensor_value_info("less", TensorProto.BOOL, [4])])
+    path = tmp_path / "i64.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    assert compile_main([str(path), "--check"]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        "unsupported op 'Add' (node 'add_i64'): the vector unit does not compute on i64"]
+    line = one_line_error(capsys, compile_main([str(path), "-o", str(tmp_path / "out.bin")]))
+    assert "does not compute on i64" in line
+
+
 @pytest.mark.parametrize("binding,message", [
     ("nothere=1,64", "nothere"),
     ("pixels=1,2,3", "pixels"),

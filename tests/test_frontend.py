@@ -259,6 +259,28 @@ def test_trilu_of_int64_gathers_each_element_or_a_zero():
         output %y""")
 
 
+def test_int64_comparisons_become_int32_and_scatter_nd_keeps_its_form():
+    """The KV-cache decode pattern: the vector unit has no int64, so the mask compares in int32
+    (the constant narrowed here, the run-time position by a saturating Cast); ScatterND stays one node."""
+    model = make([helper.make_node("LessOrEqual", ["steps", "position"], ["keep"], name="mask"),
+                  helper.make_node("Reshape", ["position", "shape"], ["row"], name="row"),
+                  helper.make_node("ScatterND", ["past", "row", "new"], ["present"], name="write")],
+                 [("position", I64, [1]), ("past", F, [4, 2]), ("new", F, [1, 2])],
+                 [("keep", TensorProto.BOOL, [4]), ("present", F, [4, 2])],
+                 [("steps", np.arange(4, dtype=np.int64)), ("shape", np.array([1, 1]))])
+    assert ir(model) == body("""
+        input %position: i64[1]
+        input %past: f32[4, 2]
+        input %new: f32[1, 2]
+        const %mask_const: i32[4] = [0, 1, 2, 3]
+        %mask.cast: i32[1] = Cast(%position) {to="i32"}  @mask
+        %keep: bool[4] = LessOrEqual(%mask_const, %mask.cast)  @mask
+        %row: i64[1, 1] = Reshape(%position) {shape=[1, 1]}  @row
+        %present: f32[4, 2] = ScatterND(%past, %row, %new)  @write
+        output %keep
+        output %present""")
+
+
 def test_identity_and_dropout_disappear():
     model = make([helper.make_node("Identity", ["x"], ["a"]), helper.make_node("Dropout", ["a"], ["b", "mask"]),
                   helper.make_node("Relu", ["b"], ["y"])], [("x", F, [3])], [("y", F, [3])], opset=13)

@@ -52,7 +52,37 @@ def _binary(ctx: NodeContext) -> None:
         if trailing < 0:
             raise ctx.invalid(f"axis={axis} leaves no room for the second input's {other} axes")
         second = reshape_to(ctx, 1, ctx.shape(1) + (1,) * trailing)
-    ctx.emit(ctx.op_type, [ctx.inputs[0], second])
+    operands = [ctx.inputs[0], second]
+    if ctx.op_type in NUMERIC_COMPARISONS:
+        operands = _compared_in_int32(ctx, operands)
+    ctx.emit(ctx.op_type, operands)
+
+
+NUMERIC_COMPARISONS = frozenset({"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"})
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+def _compared_in_int32(ctx: NodeContext, operands: list[str]) -> list[str]:
+    """The operands of an int64 comparison as int32, since the vector unit has no int64.
+
+    A constant is narrowed here and must lie strictly inside int32's range (else the node is
+    refused); a run-time operand becomes a Cast to i32, which saturates (vcvt). Saturation keeps
+    every value on its side of such a constant, so comparing a run-time value with a constant
+    is exact for all int64 values; two run-time operands compare exactly while both fit int32.
+    """
+    values = [ctx.importer.graph.values[name] for name in operands]
+    if any(value.dtype != "i64" for value in values):
+        return operands
+    narrowed = []
+    for value in values:
+        if not value.is_const:
+            narrowed.append(ctx.step("Cast", value.name, to="i32"))
+            continue
+        if value.const.size and (value.const.min() <= INT32_MIN or value.const.max() >= INT32_MAX):
+            raise ctx.unsupported(f"the int64 constant %{value.name} has values outside (-2**31, 2**31 - 1); "
+                                  "int64 comparisons run in int32")
+        narrowed.append(ctx.constant("", value.const.astype(np.int32)))
+    return narrowed
 
 
 @_register("PRelu")
@@ -305,6 +335,22 @@ def _pad(ctx: NodeContext) -> None:
 @_register("Gather")
 def _gather(ctx: NodeContext) -> None:
     ctx.emit("Gather", ctx.inputs[:2], axis=ctx.axis(ctx.attrs.get("axis", 0), ctx.rank(0)))
+
+
+@_register("ScatterND")
+def _scatter_nd(ctx: NodeContext) -> None:
+    """Reduction "none" only (opset 16 added the attribute). Constant index tuples outside the data
+    are the model's error, found here; run-time ones stop the run, as Gather's do."""
+    reduction = ctx.attrs.get("reduction", "none")
+    if reduction != "none":
+        raise ctx.unsupported(f"reduction {reduction!r} (only 'none')")
+    data, indices = ctx.value(0), ctx.value(1)
+    if indices.is_const and indices.shape and indices.shape[-1] <= len(data.shape):
+        sizes = np.array(data.shape[:indices.shape[-1]], dtype=np.int64)
+        tuples = indices.const.astype(np.int64)
+        if ((tuples < -sizes) | (tuples >= sizes)).any():
+            raise ctx.invalid(f"an index tuple is outside the data's axes {list(sizes)}")
+    ctx.emit("ScatterND", ctx.inputs[:3])
 
 
 # Reductions ---------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from compiler.codegen.kernels.movement import MOVEMENT_KERNELS
 from compiler.codegen.kernels.pool import pool_kernel
 from compiler.codegen.kernels.quantized import qlinear_conv_kernel, qlinear_matmul_kernel
 from compiler.codegen.kernels.rows import ROW_KERNELS
+from compiler.codegen.kernels.scatter import scatter_nd_kernel
 
 ALIASES = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"}
 
@@ -30,3 +31,4 @@ KERNELS.update({"Conv": conv_kernel, "FusedConv": conv_kernel, "FusedGemm": gemm
 KERNELS["FusedElementwise"] = fused_elementwise_kernel
 KERNELS.update(ROW_KERNELS)
 KERNELS.update(MOVEMENT_KERNELS)
+KERNELS["ScatterND"] = scatter_nd_kernel

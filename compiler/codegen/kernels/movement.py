@@ -219,13 +219,14 @@ def _vmov_plan(chunk: tuple[int, ...], src_strides: tuple[int, ...]):
     return order, compact, len(loops), rows, loops
 
 
-def _gather(ctx: CodegenContext, table: int, dtype: DType, index: int, rows: int, n0: int, ds1: int, limit: int,
-            local: int) -> None:
-    """local[r, 0:n0] = the DRAM row index[r] of the table at `table` (rows ds1 elements apart, `limit` rows)."""
+def indexed_dma(ctx: CodegenContext, mnemonic: str, table: int, dtype: DType, index: int, rows: int, n0: int,
+                ds1: int, limit: int, local: int) -> None:
+    """dma_gather: local[r, 0:n0] = the DRAM row index[r] of the table at `table` (rows ds1 elements apart,
+    `limit` rows); dma_scatter: that DRAM row = local[r, 0:n0]. The local rows are dense."""
     esize = dtype.size
     if esize == 8:  # 8-byte elements move as pairs of 4-byte words
         esize, n0, ds1 = 4, 2 * n0, 2 * ds1
-    ctx.emitter.emit("dma_gather", dram=table, local=local, index=index, rows=rows, n0=n0, ds1=ds1, ls1=n0,
+    ctx.emitter.emit(mnemonic, dram=table, local=local, index=index, rows=rows, n0=n0, ds1=ds1, ls1=n0,
                      limit=limit, esize=esize)
 
 
@@ -252,8 +253,8 @@ def _copy_backwards(ctx: CodegenContext, src: View, dst: View) -> None:
             ctx.dma_in(index, table)
             loaded = table
         buffer = buffers[turn % 2]
-        _gather(ctx, src.addr + (src_offset + low) * esize, src.dtype, index, offsets.size, run, 1,
-                int(offsets.max()) - low + 1, buffer)
+        indexed_dma(ctx, "dma_gather", src.addr + (src_offset + low) * esize, src.dtype, index, offsets.size, run,
+                    1, int(offsets.max()) - low + 1, buffer)
         ctx.dma_out(buffer, View(dst.addr + dst_offset * esize, dst.dtype, chunk, d))
 
 
@@ -434,7 +435,7 @@ def gather_kernel(ctx: CodegenContext, node: Node) -> None:
             tiled = flat[None, k0:k0 + kc] + n * np.arange(planes)[:, None]
             ctx.dma_in(index, ctx.constant(tiled.reshape(-1), DType.I32, f"{node.name}.indices"))
         else:
-            _load_indices(ctx, source.window(0, k0, k0 + kc), n, index, scratch)
+            load_indices(ctx, source.window(0, k0, k0 + kc), n, index, scratch)
             if planes > 1:  # rows p = 1.. of the table: index + p * n
                 ctx.emitter.emit("vadd", dtype=DType.I32, dst=index + 4 * kc, dst_rs=kc, a=index, a_rs=0, a_cs=1,
                                  b=local_offsets + 4, b_rs=1, b_cs=0, rows=planes - 1, cols=kc)
@@ -443,12 +444,12 @@ def gather_kernel(ctx: CodegenContext, node: Node) -> None:
             pc, cc, rc = min(planes, pre - p0), min(cols, post - c0), min(step, kc - r0)
             buffer = buffers[turn % 2]
             turn += 1
-            _gather(ctx, data.addr + (p0 * n * post + c0) * esize, data.dtype, index + 4 * r0, pc * rc, cc, post,
-                    pc * n, buffer)
+            indexed_dma(ctx, "dma_gather", data.addr + (p0 * n * post + c0) * esize, data.dtype, index + 4 * r0,
+                        pc * rc, cc, post, pc * n, buffer)
             ctx.dma_out(buffer, out3.window(0, p0, p0 + pc).window(1, k0 + r0, k0 + r0 + rc).window(2, c0, c0 + cc))
 
 
-def _load_indices(ctx: CodegenContext, source: View, n: int, index: int, scratch: int) -> None:
+def load_indices(ctx: CodegenContext, source: View, n: int, index: int, scratch: int) -> None:
     """index = int32 source (int64 narrowed by vcvt, saturating), plus n where negative."""
     count = source.size
     row = dict(rows=1, cols=count, dst_rs=count, a_rs=count, a_cs=1)
@@ -660,7 +661,7 @@ def _resample_axis(ctx: CodegenContext, node: Node, source: View, out: View, axi
             ctx.dma_in(local, table.window(0, j0, j0 + count))
         base = source.addr + (p0 * n_in * post + c0) * esize
         for local, index in zip(buffers["data"], buffers["tables"], strict=False):  # the weights are not indices
-            _gather(ctx, base, dtype, index, count, cc, post, limit, local)
+            indexed_dma(ctx, "dma_gather", base, dtype, index, count, cc, post, limit, local)
         if linear:
             if post > 1:  # rows of cc elements, one weight per row
                 tile = dict(rows=count, cols=cc)
