@@ -86,8 +86,9 @@ def main() -> None:
         predicted = sum(k_cycles) - k_cycles[0]
         folds = sum(k_cycles) + sum(rows) + fill_drain * len(rows)
         streamed = "/".join(f"{m}" for m in sorted(set(rows), reverse=True))
-        print(f"| {name} | {busy[False]:,} | {reference:,} | {busy[False] / reference:.3f} | {len(rows)} ({streamed}) | "
-              f"{folds:,} | {busy[False] - folds:,} | {busy[True]:,} | {busy[False] - busy[True]:,} | {predicted:,} |")
+        print(f"| {name} | {busy[False]:,} | {reference:,} | {busy[False] / reference:.3f} | "
+              f"{len(rows)} ({streamed}) | {folds:,} | {busy[False] - folds:,} | {busy[True]:,} | "
+              f"{busy[False] - busy[True]:,} | {predicted:,} |")
 
 
 if __name__ == "__main__":
