@@ -14,7 +14,7 @@ import onnx
 
 from compiler.codegen.context import accelerator_dtype
 from compiler.codegen.kernels import ALIASES, KERNELS
-from compiler.codegen.kernels.elementwise import _compute_dtype, elementwise_kernel
+from compiler.codegen.kernels.elementwise import compute_dtype, elementwise_kernel
 from compiler.errors import UnsupportedOpError
 from compiler.frontend import import_model, unsupported_ops
 from compiler.frontend import supported_ops as importable_ops
@@ -82,7 +82,7 @@ def _dtype_problem(graph: Graph, node: Node) -> str | None:
         dtypes = [accelerator_dtype(graph.values[name].dtype, name, f"{node.op} node {node.name!r}")
                   for name in names + node.outputs[:1]]
         if node.op != "Cast":
-            _compute_dtype(node, dtypes[:len(names)])
+            compute_dtype(node, dtypes[:len(names)])
     except UnsupportedOpError as error:  # UnsupportedTypeError too
         return str(error)
     return None

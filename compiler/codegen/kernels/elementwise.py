@@ -223,7 +223,7 @@ def merge_joint(shape: tuple[int, ...], strides: list[tuple[int, ...]]):
     return tuple(merged_dims), [tuple(m) for m in merged]
 
 
-def _compute_dtype(node: Node, dtypes: list[DType]) -> DType:
+def compute_dtype(node: Node, dtypes: list[DType]) -> DType:
     if node.op == "Where":
         dtypes = dtypes[1:]
     kinds = set(dtypes)
@@ -250,7 +250,7 @@ def elementwise_kernel(ctx: CodegenContext, node: Node) -> None:
     ins = [ctx.view(name) for name in names]
     for name in names + node.outputs[:1]:
         accelerator_dtype(ctx.graph.values[name].dtype, name, f"{node.op} node {node.name!r}")
-    compute = ins[0].dtype if node.op == "Cast" else _compute_dtype(node, [v.dtype for v in ins])
+    compute = ins[0].dtype if node.op == "Cast" else compute_dtype(node, [v.dtype for v in ins])
     elementwise_views(ctx, ins, out, _node_body(node, compute, out.dtype), compute)
 
 
@@ -467,7 +467,7 @@ def _step_body(node: Node, step: Step, operand_dtypes: list[DType], result: DTyp
         return DType.F32, dequantize_step
     if step.op not in RECIPES:
         raise unsupported(node, f"step {step.op} has no element-wise recipe")
-    compute = operand_dtypes[0] if step.op == "Cast" else _compute_dtype(step_node, operand_dtypes)
+    compute = operand_dtypes[0] if step.op == "Cast" else compute_dtype(step_node, operand_dtypes)
     return compute, _node_body(step_node, compute, result)
 
 
