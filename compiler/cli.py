@@ -9,6 +9,7 @@ from pathlib import Path
 from isa import binfile
 from isa.cli_common import ArgumentParser, run_tool
 from isa.errors import AccError
+from isa.program import state_text
 
 
 def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
@@ -64,6 +65,9 @@ def _main(argv: list[str]) -> int:
                              "(default below -O2); --no-keep-intermediates reuses the DRAM of dead tensors")
     parser.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...",
                         help="bind an input's dynamic dimensions (repeatable)")
+    parser.add_argument("--state", action="append", default=[], metavar="OUT=IN|auto",
+                        help="OUT updates input IN in place (same DRAM, placed first), e.g. a KV cache; "
+                             "repeatable. 'auto': every output named like an input with 'present' for 'past'")
     parser.add_argument("--check", action="store_true", help="list every unsupported op of the model and exit")
     parser.add_argument("--list-ops", action="store_true", help="print the supported ops and exit")
     parser.add_argument("--dump-after", metavar="PASS", help="print the IR after this pass (see --list-passes)")
@@ -95,6 +99,7 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
     from compiler.pipeline import Precision, compile, pass_names
+    from compiler.state import state_from_options
 
     if args.list_ops:
         return _list_ops()
@@ -124,11 +129,14 @@ def _main(argv: list[str]) -> int:
     precision = Precision(args.precision, args.calibration, args.calibration_method, args.per_channel,
                           args.symmetric, keep, progress=sys.stderr.isatty(),
                           auto_cosine=args.auto_cosine if auto else None)
+    state = state_from_options(args.state)
     program = compile(args.model, args.config, opt_level=args.opt_level, input_shapes=input_shapes,
                       dump_after=args.dump_after, precision=precision, keep_intermediates=args.keep_intermediates,
-                      report=lambda line: print(line, file=sys.stderr))
+                      report=lambda line: print(line, file=sys.stderr), state=state)
     print(f"DRAM: {program.dram_bytes:,} bytes (activations at peak {program.activation_bytes:,}, "
           f"constants {program.dram_bytes - program.activation_bytes:,})", file=sys.stderr)
+    if program.state:
+        print(f"state (updated in place): {state_text(program)}", file=sys.stderr)
     if args.report:
         from compiler.report import report_text
 

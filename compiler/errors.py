@@ -10,6 +10,9 @@
   dynamic dimension that no binding fixes.
 - `CalibrationError`: calibration samples that do not fit the model (unreadable, empty,
   misnamed, of the wrong shape or dtype, not finite), or a model that fails on them.
+- `StateError`: a state declaration (`--state OUT=IN`) that names no output or input,
+  pairs tensors of different shapes or dtypes, or an output that cannot update its input
+  in place.
 """
 
 from __future__ import annotations
@@ -61,3 +64,8 @@ class InputShapeError(AccError):
 class CalibrationError(AccError):
     """Calibration samples that are unreadable, empty or do not fit the model's inputs, or a sample the model
     fails on; the message names the array or sample and the problem."""
+
+
+class StateError(AccError):
+    """A state pair (an output that updates an input in place) that the model cannot honour; the message
+    names the pair and why."""

@@ -24,6 +24,7 @@ from compiler.passes.fuse_epilogue import fuse_epilogue
 from compiler.passes.precision import MATRIX_OPS, to_bf16
 from compiler.passes.quantized import fold_dequantized_constants, fuse_qdq
 from compiler.passes.simplify import decompose_batchnorm, fold_batchnorm_into_conv, remove_identities
+from compiler.state import StateDeclaration
 from compiler.verify import verify
 from isa.config import AcceleratorConfig, load_config
 from isa.errors import AccError
@@ -134,12 +135,13 @@ def compile(model: str | Path | onnx.ModelProto, config: str | Path | Accelerato
             opt_level: int = 1, input_shapes: dict[str, tuple[int, ...]] | None = None,
             dump_after: str | None = None, verify_each: bool = False,
             precision: Precision | str = "fp32", report: Callable[[str], None] | None = None,
-            keep_intermediates: bool | None = None) -> Program:
+            keep_intermediates: bool | None = None, state: StateDeclaration = None) -> Program:
     """Compile an ONNX model (path or ModelProto) for `config` (preset name, JSON path or config)
     in `precision` (a Precision, or its mode name). `report` receives, for a quantized model, a
     line on what runs in int8 and one on what stays float. `keep_intermediates` (default: below
     -O2) gives every intermediate tensor its own DRAM, for per-layer comparison; otherwise DRAM
-    of dead tensors is reused."""
+    of dead tensors is reused. `state` ("auto", or output -> input pairs) makes outputs update
+    their inputs in place, in DRAM placed first (compiler/state.py)."""
     config = load_config(config)
     precision = Precision(precision) if isinstance(precision, str) else precision
     if precision.mode == "int8":
@@ -152,7 +154,8 @@ def compile(model: str | Path | onnx.ModelProto, config: str | Path | Accelerato
         graph = apply_precision(graph, precision)
         if verify_each:
             verify(graph)
-    program = generate(graph, config, opt_level < 2 if keep_intermediates is None else keep_intermediates)
+    program = generate(graph, config, opt_level < 2 if keep_intermediates is None else keep_intermediates,
+                       state=state)
     if report and program.precision == "int8":
         from compiler.quantize.ptq import describe
 

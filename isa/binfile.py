@@ -11,7 +11,8 @@ Layout (all integers little-endian):
 
 Sections, each exactly once: CONFIG (canonical JSON of the accelerator config),
 INSTRUCTIONS (32-byte instructions), META (JSON: inputs, outputs, constants index,
-DRAM footprint, host steps, intermediate tensors kept for comparison), CONSTANTS (raw
+DRAM footprint, host steps, intermediate tensors kept for comparison and, when the
+program has any, its state pairs: outputs that update an input in place), CONSTANTS (raw
 bytes the META index points into) and DEBUG (JSON list of [start, end, node]). `load`
 checks every one of these facts before returning, so nothing runs from a file that is
 not whole and consistent. Writing the same program twice gives the same bytes.
@@ -40,6 +41,8 @@ SECTION_NAMES = {SECTION_CONFIG: "config", SECTION_INSTRUCTIONS: "instructions",
 _HEADER = struct.Struct("<8sII")
 _SECTION = struct.Struct("<IIQQ")
 _CHECKSUM_BYTES = 32
+_META_KEYS = {"inputs", "outputs", "constants", "dram_bytes", "host_steps", "debug_tensors", "precision",
+              "activation_bytes"}
 
 
 def _json(value) -> bytes:
@@ -77,6 +80,8 @@ def to_bytes(program: Program) -> bytes:
         "precision": program.precision,
         "activation_bytes": program.activation_bytes,
     }
+    if program.state:  # absent otherwise, so programs without state keep their bytes
+        meta["state"] = [list(pair) for pair in program.state]
     payloads = [
         (SECTION_CONFIG, program.config.to_json().encode()),
         (SECTION_INSTRUCTIONS, encode_program(program.instructions)),
@@ -159,8 +164,7 @@ def _parse_sections(sections: dict[int, bytes]) -> Program:
     if not instructions or instructions[-1].mnemonic != "end":
         raise BinaryFormatError("the program does not finish with an 'end' instruction")
     meta = _parse_json(sections, SECTION_META)
-    _expect(isinstance(meta, dict) and set(meta) == {"inputs", "outputs", "constants", "dram_bytes", "host_steps",
-                                                     "debug_tensors", "precision", "activation_bytes"},
+    _expect(isinstance(meta, dict) and _META_KEYS <= set(meta) <= _META_KEYS | {"state"},
             "meta section has the wrong keys")
     _expect(meta["precision"] in ("fp32", "bf16", "int8"), "meta: precision is not fp32, bf16 or int8")
     dram_bytes = meta["dram_bytes"]
@@ -190,8 +194,29 @@ def _parse_sections(sections: dict[int, bytes]) -> Program:
                 "debug: an entry is not [start, end, node] within the program")
         debug.append(DebugRange(entry[0], entry[1], entry[2]))
     debug_tensors = [_parse_tensor(entry, dram_bytes) for entry in _list(meta["debug_tensors"], "debug_tensors")]
+    state = _parse_state(meta.get("state", []), inputs, outputs)
     return Program(config, instructions, inputs, outputs, constants, debug, dram_bytes, host_steps, debug_tensors,
-                   meta["precision"], meta["activation_bytes"])
+                   meta["precision"], meta["activation_bytes"], state=state)
+
+
+def _parse_state(entries, inputs: list[TensorInfo], outputs: list[TensorInfo]) -> list[tuple[str, str]]:
+    """State pairs [output, input]: each names an output and an input of the same shape, dtype and DRAM."""
+    by_input = {t.name: t for t in inputs}
+    by_output = {t.name: t for t in outputs}
+    pairs = []
+    for entry in _list(entries, "state"):
+        _expect(isinstance(entry, list) and len(entry) == 2 and all(isinstance(name, str) for name in entry),
+                "meta: a state entry is not [output, input]")
+        output, input_name = entry
+        _expect(output in by_output and input_name in by_input,
+                f"meta: state {output}={input_name} does not name an output and an input")
+        out, inp = by_output[output], by_input[input_name]
+        _expect((out.shape, out.dtype, out.dram) == (inp.shape, inp.dtype, inp.dram),
+                f"meta: state {output}={input_name}: the output is not the input's DRAM")
+        pairs.append((output, input_name))
+    _expect(len({o for o, _ in pairs}) == len(pairs) == len({i for _, i in pairs}),
+            "meta: a tensor is in more than one state pair")
+    return pairs
 
 
 def _is_int(value) -> bool:

@@ -77,6 +77,9 @@ def listing(program: Program, data: bytes) -> str:
         "outputs:",
         *(_tensor_line(t) for t in program.outputs),
     ]
+    if program.state:
+        lines += ["state (output = input, updated in place in the input's DRAM):",
+                  *(f"  {output} = {input_name}" for output, input_name in program.state)]
     if program.constants:
         lines += ["", "constants:"]
         lines += [f"  {c.name or '-':<20} {len(c.data):>10} bytes at dram={c.dram:#010x}" for c in program.constants]

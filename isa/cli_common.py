@@ -80,3 +80,28 @@ def atomic_write(path: str | Path, data: bytes | str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class ProgressLine:
+    """`LABEL: 12/32 UNIT  DETAIL` rewritten in place on a stream (stderr), for a long loop of a tool;
+    `close` ends the line."""
+
+    def __init__(self, label: str, total: int, unit: str, stream=None):
+        self.label, self.total, self.unit, self.done = label, total, unit, 0
+        self.stream = stream or sys.stderr
+        self._width = 0
+        self._show("")
+
+    def step(self, detail: str = "") -> None:
+        self.done += 1
+        self._show(detail)
+
+    def close(self) -> None:
+        self.stream.write("\n")
+        self.stream.flush()
+
+    def _show(self, detail: str) -> None:
+        text = f"{self.label}: {self.done}/{self.total} {self.unit}" + (f"  {detail}" if detail else "")
+        self.stream.write("\r" + text.ljust(self._width))  # padded over a longer previous line
+        self._width = max(self._width, len(text))
+        self.stream.flush()

@@ -73,10 +73,18 @@ class Program:
     # The activations' DRAM (I/O, intermediates, kernels' scratch) at its peak: [0, activation_bytes)
     # holds them, constants follow. Smaller than the sum of all activations when DRAM is reused.
     activation_bytes: int = 0
+    # State pairs (output, input), sorted by input name: the output is the input updated in place (same
+    # DRAM), so a device that keeps its DRAM between runs feeds each run's output to the next run.
+    state: list[tuple[str, str]] = field(default_factory=list)
     # From the compiler, not saved in model.bin: per source node, what its kernel chose and the
     # most scratchpad bytes it used (acc-compile --report).
     notes: dict[str, list[str]] = field(default_factory=dict, compare=False)
     scratchpad_peak: dict[str, int] = field(default_factory=dict, compare=False)
+
+    def state_inputs(self) -> list[TensorInfo]:
+        """The inputs that state outputs update in place, in state order (their DRAM order)."""
+        by_name = {t.name: t for t in self.inputs}
+        return [by_name[name] for _, name in self.state]
 
     def node_of(self, index: int) -> str | None:
         """The source node that instruction `index` was generated for, if recorded."""
@@ -84,3 +92,16 @@ class Program:
             if entry.start <= index < entry.end:
                 return entry.node
         return None
+
+
+def state_text(program: Program) -> str:
+    """One line on a program's state: how many pairs, their DRAM, and each output=input."""
+    tensors = program.state_inputs()
+    nbytes = sum(t.nbytes for t in tensors)
+    start = min((t.dram for t in tensors), default=0)
+    return f"{len(program.state)} pair(s), {nbytes:,} B from DRAM {start:#x}: {pairs_text(program.state)}"
+
+
+def pairs_text(pairs) -> str:
+    """State pairs as `output=input, ...`, the spelling of acc-compile --state."""
+    return ", ".join(f"{output}={input_name}" for output, input_name in pairs)

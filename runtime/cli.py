@@ -14,7 +14,7 @@ from isa import binfile
 from isa.assembly import disassemble_instruction
 from isa.cli_common import ArgumentParser, atomic_write, run_tool
 from isa.errors import InputError
-from isa.program import Program
+from isa.program import Program, pairs_text
 from runtime.compare import (
     TOLERANCES,
     compare_arrays,
@@ -32,22 +32,30 @@ MAX_HAZARDS_SHOWN = 20
 
 def load_inputs(path: str, program: Program) -> dict[str, np.ndarray]:
     """Inputs from an .npz keyed by input name, or a lone .npy for a single-input program."""
-    if not Path(path).is_file():
-        raise InputError(f"input file {path!r} does not exist")
-    try:
-        data = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile):
-        raise InputError(f"input file {path!r} is not a readable .npz or .npy file") from None
+    data = load_arrays(path)
     if isinstance(data, np.ndarray):
         if len(program.inputs) != 1:
             raise InputError(f"a lone .npy fits a single-input program; this one has inputs "
                              f"{', '.join(t.name for t in program.inputs) or 'none'}: use an .npz")
         return {program.inputs[0].name: data}
+    return data
+
+
+def load_arrays(path: str, what: str = "input file") -> np.ndarray | dict[str, np.ndarray]:
+    """The array of an .npy, or the arrays of an .npz by name."""
+    if not Path(path).is_file():
+        raise InputError(f"{what} {path!r} does not exist")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile):
+        raise InputError(f"{what} {path!r} is not a readable .npz or .npy file") from None
+    if isinstance(data, np.ndarray):
+        return data
     try:
         with data:
             return {name: data[name] for name in data.files}
     except (ValueError, OSError, zipfile.BadZipFile) as err:
-        raise InputError(f"input file {path!r} is corrupt ({err})") from None
+        raise InputError(f"{what} {path!r} is corrupt ({err})") from None
 
 
 def _save_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
@@ -64,6 +72,8 @@ def summary(stats: dict, outputs: dict[str, np.ndarray]) -> str:
         lines.append(f"  {name:<20} {str(value.dtype):<8} {str(list(value.shape)):<20} {span}")
         if value.size <= 16:  # small outputs (class scores) are worth seeing whole
             lines.append("    " + np.array2string(value.reshape(-1), precision=4, max_line_width=100))
+    if stats["state"]:
+        lines.append(f"state (outputs updated in place): {pairs_text(stats['state'])}")
     cycles = stats["cycles"]
     lines.append(f"cycles: {cycles} ({stats['time_us']:.3f} us)   roofline bound: {stats['roofline_cycles']:.0f}   "
                  f"efficiency: {stats['roofline_efficiency']:.3f}")
@@ -96,8 +106,21 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--layers", action="store_true",
                         help="print per source node: cycles, MACs, DRAM bytes, utilization, compute- or memory-bound")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
+    generation = parser.add_argument_group("generation (MODEL is the decode program; both compiled with --state)")
+    generation.add_argument("--generate", type=int, metavar="N",
+                            help="greedy generation: the prefill, then N decode steps with the KV cache kept in "
+                                 "DRAM; prints the tokens and the cycles per token against the bandwidth bound")
+    generation.add_argument("--prefill", metavar="PREFILL.bin", help="the prefill program (needed by --generate)")
+    prompt = generation.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt", metavar="IDS.npy", help="the prompt's token ids, as many as the prefill takes")
+    prompt.add_argument("--prompt-seed", type=int, default=0, metavar="S",
+                        help="a seeded random prompt instead (default seed 0)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
+    if args.generate is not None:
+        return _generate(parser, args)
+    if args.prefill or args.prompt:
+        parser.error("--prefill and --prompt go with --generate N")
 
     if args.compare_layers and not args.compare:
         parser.error("--compare-layers needs --compare MODEL.onnx")
@@ -134,6 +157,43 @@ def _main(argv: list[str]) -> int:
         if result.hazards:
             return EXIT_CHECK_FAILED
     return verdict
+
+
+# What acc-run does with one run that generation, many runs on one machine, does not offer.
+_NOT_WITH_GENERATE = ("input", "trace", "compare", "compare_layers", "roofline", "layers")
+
+
+def _generate(parser: ArgumentParser, args) -> int:
+    """acc-run DECODE.bin --generate N --prefill PREFILL.bin: greedy generation, tokens and figures."""
+    from runtime.generate import check_programs, generate, seeded_prompt
+
+    given = [name for name in _NOT_WITH_GENERATE if getattr(args, name)]
+    if given:
+        parser.error(f"--generate does not combine with --{given[0].replace('_', '-')}")
+    if not args.prefill:
+        parser.error("--generate needs --prefill PREFILL.bin")
+    decode, prefill = binfile.load(args.model), binfile.load(args.prefill)
+    prompt_length, _, vocab = check_programs(prefill, decode)
+    if args.prompt:
+        prompt = load_arrays(args.prompt, "prompt file")
+        if isinstance(prompt, dict):
+            raise InputError(f"prompt file {args.prompt!r}: give the token ids as one .npy array")
+    else:
+        prompt = seeded_prompt(prompt_length, vocab, args.prompt_seed)
+    result = generate(prefill, decode, prompt, args.generate, progress=sys.stderr.isatty(),
+                      check_hazards=args.check_hazards)
+    print("prompt:    " + " ".join(str(token) for token in np.asarray(prompt).reshape(-1)))
+    print("generated: " + " ".join(str(token) for token in result.tokens))
+    print(result.table())
+    if args.output:
+        _save_npz(args.output, {"tokens": result.tokens, "logits": result.logits, "cycles": result.cycles})
+    if args.stats:
+        atomic_write(args.stats, json.dumps(result.figures(), indent=2, sort_keys=True) + "\n")
+    if args.check_hazards:
+        print(f"hazard check: {result.hazards} hazards", file=sys.stderr)
+        if result.hazards:
+            return EXIT_CHECK_FAILED
+    return 0
 
 
 def _compare(program: Program, reference, inputs, result, layers: bool) -> int:

@@ -54,14 +54,32 @@ class Effects:
 
 
 class Machine:
+    """One accelerator: DRAM, local memory and the array's weights.
+
+    `runtime.simulator.run` makes a fresh one per run; passed one with `machine=`, it runs
+    on that device, whose DRAM persists from run to run (a KV cache stays there)."""
+
     def __init__(self, config: AcceleratorConfig, dram_bytes: int):
         self.config = config
-        # Rounded up to whole words so that every typed view covers all of it.
-        self.dram = _zeroed_bytes(max(4, -(-dram_bytes // 4) * 4))
+        self.dram = _zeroed_bytes(_dram_size(dram_bytes))
         self.local = np.zeros(config.local_bytes, dtype=np.uint8)
         self._spad_bytes, self._acc_base, self._local_bytes = config.spad_bytes, config.acc_base, config.local_bytes
         self.weights: np.ndarray | None = None  # float64 K x N: the array's active weights
         self.weights_dtype: DType | None = None
+        self.loaded = None  # the Program whose constants DRAM holds (runtime/simulator.py loads it)
+
+    def reserve_dram(self, dram_bytes: int) -> None:
+        """Grow DRAM to hold at least `dram_bytes`, keeping what it holds (new bytes are zero)."""
+        size = _dram_size(dram_bytes)
+        if size > self.dram.size:
+            grown = _zeroed_bytes(size)
+            grown[:self.dram.size] = self.dram
+            self.dram = grown
+
+    def clear_chip(self) -> None:
+        """Local memory zero and no weights in the array, as every run starts; DRAM is untouched."""
+        self.local.fill(0)
+        self.weights = self.weights_dtype = None
 
     def memory(self, name: str) -> np.ndarray:
         return self.dram if name == DRAM else self.local
@@ -125,6 +143,11 @@ class Machine:
 
 
 _MAP_FROM, _POPULATE_UP_TO = 8 << 20, 512 << 20
+
+
+def _dram_size(dram_bytes: int) -> int:
+    """Rounded up to whole words so that every typed view covers all of it."""
+    return max(4, -(-dram_bytes // 4) * 4)
 
 
 def _zeroed_bytes(size: int) -> np.ndarray:

@@ -78,12 +78,16 @@ def _disassemble(program: Program, index: int) -> str:
     return disassemble_instruction(program.instructions[index])
 
 
-def prepare_inputs(program: Program, inputs: dict[str, np.ndarray] | None, seed: int = 0) -> dict[str, np.ndarray]:
-    """Check user inputs against the I/O table, or make seeded random ones when none are given."""
+def prepare_inputs(program: Program, inputs: dict[str, np.ndarray] | None, seed: int = 0,
+                   resident: frozenset[str] | set[str] = frozenset()) -> dict[str, np.ndarray]:
+    """Check user inputs against the I/O table, or make seeded random ones when none are given.
+    Inputs named in `resident` (state already in the device's DRAM) may be left out, and are not made."""
     if inputs is None:
         rng = np.random.default_rng(seed)
         made = {}
         for t in program.inputs:
+            if t.name in resident:
+                continue
             if t.dtype.is_float:
                 made[t.name] = rng.standard_normal(t.shape).astype(t.dtype.numpy)
             else:
@@ -98,6 +102,8 @@ def prepare_inputs(program: Program, inputs: dict[str, np.ndarray] | None, seed:
             raise InputError(f"unknown input '{name}' (the program's inputs: {', '.join(expected) or 'none'})")
     checked = {}
     for name, t in expected.items():
+        if name not in inputs and name in resident:
+            continue
         if name not in inputs:
             raise InputError(f"missing input '{name}' ({_describe(t)})")
         value = np.asarray(inputs[name])
@@ -113,24 +119,48 @@ def _describe(t: TensorInfo) -> str:
     return f"shape {t.shape}, dtype {t.dtype.numpy}"
 
 
+def load_program(machine: Machine, program: Program) -> None:
+    """Put `program` on `machine`: DRAM large enough for it (what it holds is kept) and its constants written."""
+    machine.reserve_dram(program.dram_bytes)
+    for constant in program.constants:
+        machine.dram[constant.dram:constant.dram + len(constant.data)] = np.frombuffer(constant.data, np.uint8)
+    machine.loaded = program
+
+
 def roofline_cycles(config, macs_by_dtype: dict[DType, int], dram_bytes: int) -> float:
     compute = sum(macs / config.peak_macs_per_cycle(dtype) for dtype, macs in macs_by_dtype.items())
     return max(compute, dram_bytes / config.dram_bytes_per_cycle)
 
 
 def run(program: Program, inputs: dict[str, np.ndarray] | None = None, *, check_hazards: bool = False,
-        keep_events: bool = False, keep_tensors: bool = False) -> RunResult:
+        keep_events: bool = False, keep_tensors: bool = False, machine: Machine | None = None) -> RunResult:
     """Simulate `program` on `inputs` (name -> array; None: seeded random inputs).
 
     keep_tensors: also return the program's debug tensors (intermediate values) as they are
-    in DRAM at the end of the run."""
+    in DRAM at the end of the run.
+
+    machine: run on this device, whose DRAM persists across runs, instead of a fresh one. The
+    program's constants are written when it is loaded onto the machine (when it is not the
+    program that ran there last); its state inputs (Program.state) are not written from the
+    host unless `inputs` gives them: they hold what the last run left there (zeros on a new
+    machine); every other input is written as usual. Local memory starts clear, as in a
+    fresh run."""
     config = program.config
-    inputs = prepare_inputs(program, inputs)
-    machine = Machine(config, program.dram_bytes)
-    for constant in program.constants:
-        machine.dram[constant.dram:constant.dram + len(constant.data)] = np.frombuffer(constant.data, np.uint8)
+    if machine is None:
+        inputs = prepare_inputs(program, inputs)
+        machine = Machine(config, program.dram_bytes)
+        load_program(machine, program)
+    else:
+        inputs = prepare_inputs(program, inputs, resident={name for _, name in program.state})
+        if machine.config != config:
+            raise InputError(f"the program is built for config '{config.name}', the machine is "
+                             f"'{machine.config.name}'")
+        if machine.loaded is not program:
+            load_program(machine, program)
+        machine.clear_chip()
     for t in program.inputs:
-        machine.dram[t.dram:t.dram + t.nbytes] = np.ascontiguousarray(inputs[t.name]).view(np.uint8).reshape(-1)
+        if t.name in inputs:
+            machine.dram[t.dram:t.dram + t.nbytes] = np.ascontiguousarray(inputs[t.name]).view(np.uint8).reshape(-1)
 
     latencies = instruction_latencies(program.instructions, config)
     instructions = program.instructions
@@ -362,6 +392,7 @@ def run(program: Program, inputs: dict[str, np.ndarray] | None = None, *, check_
         "instructions": sum(done_count),
         "time_us": total / config.clock_mhz,
         "host_steps": list(program.host_steps),
+        "state": [list(pair) for pair in program.state],
         "layers": [_layer_stats(config, name, first, last, layer_macs[n], layer_compute[n], layer_bytes[n])
                    for n, (name, first, last) in enumerate(zip(layer_names, layer_start, layer_end, strict=True))
                    if first is not None],

@@ -10,6 +10,11 @@ can be compared layer by layer (model.bin lists them as debug tensors). Without 
 activation's DRAM is reused once its last reader has run (and kernels' scratch once its
 node has), and the debug tensors are only the ones whose DRAM nothing reused afterwards:
 they still hold their values when the program ends.
+
+`state` pairs (compiler/state.py) make an output share its input's DRAM: the state inputs
+are placed first, sorted by name, their DRAM is never reused, and the in-place op that
+makes each state output (a ScatterND of the input) gets the input's view as its output,
+so its kernel writes only the rows it changes.
 """
 
 from __future__ import annotations
@@ -22,16 +27,22 @@ from compiler.codegen.memory import CONSTANTS_BASE, Lifetimes, aligned, relocate
 from compiler.errors import UnsupportedOpError
 from compiler.ir import Graph
 from compiler.passes.precision import MATRIX_OPS
+from compiler.state import StateDeclaration, resolve_state
 from isa.config import AcceleratorConfig
 from isa.program import Program, TensorInfo
 
 
-def generate(graph: Graph, config: AcceleratorConfig, keep_intermediates: bool = True) -> Program:
+def generate(graph: Graph, config: AcceleratorConfig, keep_intermediates: bool = True,
+             state: StateDeclaration = None) -> Program:
     ctx = CodegenContext(config, graph)
     reuse = not keep_intermediates
-    lifetimes = Lifetimes.of(graph, ALIASES)
+    state_pairs = resolve_state(graph, state)
+    state_input_of = dict(state_pairs)  # state output -> the input it updates in place
+    state_inputs = [name for _, name in state_pairs]  # sorted by name
+    lifetimes = Lifetimes.of(graph, ALIASES, live_to_end=set(state_inputs))
     placed: dict[str, int] = {}  # region root -> its block's index in the allocator's history
-    for name in graph.inputs:
+    # The state first, so that programs declaring the same state have it at the same addresses.
+    for name in state_inputs + [name for name in graph.inputs if name not in state_inputs]:
         value = graph.values[name]
         ctx.views[name] = ctx.allocate(value.shape, accelerator_dtype(value.dtype, name, "model input"))
         placed[name] = len(ctx.dram.history) - 1
@@ -44,6 +55,9 @@ def generate(graph: Graph, config: AcceleratorConfig, keep_intermediates: bool =
             ctx.views[outputs[0].name] = View.dense(source.addr, source.dtype, outputs[0].shape)
         else:
             for value in outputs:
+                if value.name in state_input_of:  # updated in place: the kernel sees its data's view
+                    ctx.views[value.name] = ctx.views[state_input_of[value.name]]
+                    continue
                 ctx.views[value.name] = ctx.allocate(value.shape, accelerator_dtype(value.dtype, value.name, node.op))
                 placed[value.name] = len(ctx.dram.history) - 1
             with ctx.emitter.node(node.name or f"{node.op}:{node.outputs[0]}"), ctx.node_scratch(reuse):
@@ -66,7 +80,7 @@ def generate(graph: Graph, config: AcceleratorConfig, keep_intermediates: bool =
             and not overwritten[placed[lifetimes.root[name]]]]
     return Program(config, instructions, inputs, outputs, constants, debug, max(dram_bytes, 4),
                    debug_tensors=kept, precision=_precision(graph), activation_bytes=activation_bytes,
-                   notes=ctx.notes, scratchpad_peak=ctx.scratchpad_peak)
+                   notes=ctx.notes, scratchpad_peak=ctx.scratchpad_peak, state=state_pairs)
 
 
 def _relocated(tensor: TensorInfo, activation_bytes: int) -> TensorInfo:

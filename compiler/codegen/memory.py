@@ -110,14 +110,16 @@ class Lifetimes:
     A region is named by its root value: a model input or a node output that owns its
     DRAM; an output of an op in `aliases` shares its input's region. A region is live from
     its producer (model inputs: from the start) to the last node that reads any of its
-    aliases; model outputs live to the end. Constants are not activations and never die.
+    aliases; model outputs, and the inputs named in `live_to_end` (state, which the program
+    updates in place: compiler/state.py), live to the end. Constants are not activations
+    and never die.
     """
 
     root: dict[str, str]  # value -> the value whose region it uses
     dies_after: list[list[str]]  # node index -> roots whose region is free once it has run
 
     @staticmethod
-    def of(graph: Graph, aliases: set[str]) -> Lifetimes:
+    def of(graph: Graph, aliases: set[str], live_to_end: frozenset[str] | set[str] = frozenset()) -> Lifetimes:
         root: dict[str, str] = {name: name for name in graph.inputs}
         last: dict[str, int] = {name: -1 for name in graph.inputs}
         never = len(graph.nodes)
@@ -134,7 +136,7 @@ class Lifetimes:
                 if name not in root and not graph.values[name].is_const:
                     root[name] = name
                     last[name] = index  # an output nobody reads dies with its node
-        for name in graph.outputs:
+        for name in [*graph.outputs, *live_to_end]:
             if name in root:
                 last[root[name]] = never
         dies_after: list[list[str]] = [[] for _ in graph.nodes]
