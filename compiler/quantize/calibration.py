@@ -29,7 +29,6 @@ the samples suffices. Tensors with no elements get no range.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ import onnx
 from compiler.errors import CalibrationError, ModelError
 from compiler.frontend.input_shapes import dims_text, resolve_input_shapes, set_input_shapes
 from compiler.frontend.onnx_import import ModelSource, load_onnx
+from isa.cli_common import ProgressLine
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -172,7 +172,7 @@ def collect_ranges(model: ModelSource, samples: Sequence[Mapping[str, np.ndarray
     output_names = [output.name for output in session.get_outputs()]
     bins = None if method == "minmax" else num_bins
     stats: dict[str, _TensorStats] = {}
-    report = _Progress(len(samples)) if progress else None
+    report = ProgressLine("calibrating", len(samples), "samples") if progress else None
     try:
         for index, feed in enumerate(samples):
             try:
@@ -342,23 +342,3 @@ def _one_line(error: BaseException, limit: int = 300) -> str:
     """An exception's message as one line (onnxruntime's run over several), cut at `limit` characters."""
     text = " ".join(str(error).split()) or type(error).__name__
     return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-class _Progress:
-    """`calibrating: 12/32 samples` rewritten in place on stderr."""
-
-    def __init__(self, total: int):
-        self.total, self.done = total, 0
-        self._show()
-
-    def step(self) -> None:
-        self.done += 1
-        self._show()
-
-    def close(self) -> None:
-        sys.stderr.write("\n")
-        sys.stderr.flush()
-
-    def _show(self) -> None:
-        sys.stderr.write(f"\rcalibrating: {self.done}/{self.total} samples")
-        sys.stderr.flush()
