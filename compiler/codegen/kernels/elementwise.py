@@ -50,7 +50,7 @@ class TileBuilder:
     def temp(self, dtype: DType | None = None) -> Tile:
         if not self.free:
             raise AssertionError("element-wise recipe needs more temporaries than MAX_TEMPS")
-        return Tile(self.free.pop(), dtype or self.dtype, self.cols, 1)
+        return Tile(self.free.pop(), self.dtype if dtype is None else dtype, self.cols, 1)
 
     def _emit(self, mnemonic: str, dst: Tile, **operands) -> Tile:
         fields = dict(dtype=dst.dtype, dst=dst.addr, dst_rs=dst.rs, rows=self.rows, cols=self.cols)
@@ -90,7 +90,7 @@ class TileBuilder:
         return self._result("vsel", a.dtype, a=cond, b=a, c=b)
 
     def fill(self, value: float, dtype: DType | None = None) -> Tile:
-        dtype = dtype or self.dtype
+        dtype = self.dtype if dtype is None else dtype
         return self._result("vfill", dtype, imm=float(value) if dtype.is_float else int(value))
 
     def requantize(self, a: Tile, scale: Tile, zero_point: Tile, dtype: DType) -> Tile:
@@ -471,31 +471,38 @@ def _step_body(node: Node, step: Step, operand_dtypes: list[DType], result: DTyp
     return compute, _node_body(step_node, compute, result)
 
 
-def fused_elementwise_kernel(ctx: CodegenContext, node: Node) -> None:
-    """FusedElementwise: each input tile loaded once, the steps' recipes run on it one after the
-    other with the intermediates in temporary tiles (each converted to its IR dtype as the
-    unfused kernel would store it), only the last step's result stored. A temporary is reused
-    once the steps that read it are done; the tile size follows from how many are live at most."""
-    graph = ctx.graph
-    steps = elementwise_steps(node.attrs)
-    types = step_types(steps, [graph.values[name] for name in node.inputs])
-    where = f"FusedElementwise node {node.name!r}"
-    for name in node.inputs + node.outputs[:1]:
-        accelerator_dtype(graph.values[name].dtype, name, where)
-    ins = [ctx.view(name) for name in node.inputs]
-    out = ctx.view(node.outputs[0])
-    results = [accelerator_dtype(dtype, f"{node.outputs[0]} step {j}", where) for j, (dtype, _) in enumerate(types)]
-    if any(dtype.size > 4 for dtype in results[:-1]):
+@dataclass
+class StepProgram:
+    """A FusedElementwise step list made ready to emit: `body(builder, tiles)` runs every step on
+    one tile of its operands (tiles[i] is operand x<i>) and returns the last step's result;
+    `temps` is how many temporary tiles it needs at most."""
+
+    body: object
+    temps: int
+    result: DType
+
+
+def step_program(ctx: CodegenContext, node: Node, steps: list[Step], operand_dtypes: list[DType],
+                 operand_names: list[str | None], result_dtypes: list[DType]) -> StepProgram:
+    """The program of `steps` on operands of `operand_dtypes` (their graph names, None for one
+    that is no graph value), each step's result in `result_dtypes`: each step's recipe, the
+    intermediates converted to their IR dtypes as the unfused kernels would store them, a
+    temporary reused once the steps that read it are done."""
+    if any(dtype.size > 4 for dtype in result_dtypes[:-1]):
         raise unsupported(node, "an intermediate wider than 32 bits")
-    operands: list[list[int | tuple[str, int]]] = []  # per step: node input index, or ("s", step)
+    operands: list[list[int | tuple[str, int]]] = []  # per step: operand index, or ("s", step)
     programs = []
+
+    def dtype_of(ref) -> DType:
+        return result_dtypes[ref[1]] if isinstance(ref, tuple) else operand_dtypes[ref]
+
     for j, step in enumerate(steps):
         refs: list = [int(o[1:]) if o.startswith("x") else ("s", int(o[1:])) for o in step.operands if o]
         if step.op in ("QuantizeLinear", "DequantizeLinear") and len(refs) == 3 and isinstance(refs[2], int) \
-                and is_zero_constant(ctx, node.inputs[refs[2]]):
+                and operand_names[refs[2]] is not None and is_zero_constant(ctx, operand_names[refs[2]]):
             refs.pop()  # a zero point of 0: nothing to subtract or add
         operands.append(refs)
-        programs.append(_step_body(node, step, [_operand_dtype(r, ins, results) for r in refs], results[j]))
+        programs.append(_step_body(node, step, [dtype_of(r) for r in refs], result_dtypes[j]))
     last_use = {}
     for j, refs in enumerate(operands):
         for ref in refs:
@@ -510,15 +517,30 @@ def fused_elementwise_kernel(ctx: CodegenContext, node: Node) -> None:
             value = step_body(b, [values[r[1]] if isinstance(r, tuple) else tiles[r] for r in refs])
             if j == len(programs) - 1:
                 return value
-            values.append(_stored(b, value, results[j]))
+            values.append(_stored(b, value, result_dtypes[j]))
             live = {values[k].addr for k in range(j + 1) if last_use.get(k, -1) > j}
             b.free = [address for address in temps if address not in live]
         raise AssertionError("a fused program has at least one step")
 
     counter = _TempCount(4 * MAX_TEMPS * len(steps))
-    body(counter, [Tile(-1 - i, DType.U8 if v.dtype is DType.BOOL else v.dtype, 1, 1) for i, v in enumerate(ins)])
-    elementwise_views(ctx, ins, out, body, DType.F32, temps=max(counter.most, 1))
+    body(counter, [Tile(-1 - i, DType.U8 if d is DType.BOOL else d, 1, 1) for i, d in enumerate(operand_dtypes)])
+    return StepProgram(body, max(counter.most, 1), result_dtypes[-1])
 
 
-def _operand_dtype(ref, ins: list[View], results: list[DType]) -> DType:
-    return results[ref[1]] if isinstance(ref, tuple) else ins[ref].dtype
+def fused_elementwise_kernel(ctx: CodegenContext, node: Node) -> None:
+    """FusedElementwise: each input tile loaded once, the steps' recipes run on it one after the
+    other with the intermediates in temporary tiles (`step_program`), only the last step's
+    result stored; the tile size follows from how many temporaries are live at most."""
+    graph = ctx.graph
+    steps = elementwise_steps(node.attrs)
+    types = step_types(steps, [graph.values[name] for name in node.inputs])
+    where = f"FusedElementwise node {node.name!r}"
+    for name in node.inputs + node.outputs[:1]:
+        accelerator_dtype(graph.values[name].dtype, name, where)
+    ins = [ctx.view(name) for name in node.inputs]
+    out = ctx.view(node.outputs[0])
+    results = [accelerator_dtype(dtype, f"{node.outputs[0]} step {j}", where) for j, (dtype, _) in enumerate(types)]
+    program = step_program(ctx, node, steps, [v.dtype for v in ins], list(node.inputs), results)
+    elementwise_views(ctx, ins, out, program.body, DType.F32, temps=program.temps)
+
+
