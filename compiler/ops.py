@@ -186,13 +186,14 @@ _op("QuantizeLinear", (2, 3), rules.quantize, "saturate(round_half_even(x / scal
     "zero point are scalars or per `axis`", axis=1, output_dtype=REQUIRED)
 _op("DequantizeLinear", (2, 3), rules.dequantize, "(x - zero_point) * scale, per tensor or per `axis`", axis=1)
 _QUANTIZED = dict(x_scale=REQUIRED, x_zero_point=0, w_scale=REQUIRED, w_zero_point=0, y_scale=1.0, y_zero_point=0,
-                  out_dtype=REQUIRED, y_min=-(2**31), y_max=2**31 - 1)
+                  out_dtype=REQUIRED, y_min=-(2**31), y_max=2**31 - 1, tail=[])
 _REQUANT_DOC = ("; acc = sum((x - x_zero_point) * (w - w_zero_point)) + bias in int32, then out = clamp(saturate("
                 "round_half_even(acc * fp32(x_scale * w_scale[c] / y_scale)) + y_zero_point), y_min, y_max); "
-                "out_dtype i32 keeps acc")
-_op("QLinearConv", (2, 3), rules.qlinear_conv, "Conv of quantized x [N, C, ...] (i8/u8) with constant filters "
+                "out_dtype i32 keeps acc; a `tail` (FusedElementwise steps, x0 = that result, x<i> = input 2 + i) "
+                "then runs on each result tile on chip (compiler/passes/fuse_epilogue.py)")
+_op("QLinearConv", (2, None), rules.qlinear_conv, "Conv of quantized x [N, C, ...] (i8/u8) with constant filters "
     "(i8/u8) and an i32 bias [M]" + _REQUANT_DOC, group=1, **_WINDOW, **_QUANTIZED)
-_op("QLinearMatMul", (2, 3), rules.qlinear_matmul, "MatMul of quantized x [..., K] (i8/u8) with a constant "
+_op("QLinearMatMul", (2, None), rules.qlinear_matmul, "MatMul of quantized x [..., K] (i8/u8) with a constant "
     "matrix w [K, N] (i8/u8) and an i32 bias [N]" + _REQUANT_DOC, **_QUANTIZED)
 
 # Fusion -------------------------------------------------------------------------------------------

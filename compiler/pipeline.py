@@ -20,7 +20,7 @@ from compiler.codegen import generate
 from compiler.frontend import import_model
 from compiler.ir import Graph, to_text
 from compiler.passes.fuse_elementwise import fuse_elementwise
-from compiler.passes.fuse_epilogue import fuse_epilogue
+from compiler.passes.fuse_epilogue import fuse_epilogue, fuse_quantized_tail
 from compiler.passes.precision import MATRIX_OPS, to_bf16
 from compiler.passes.quantized import fold_dequantized_constants, fuse_qdq
 from compiler.passes.simplify import decompose_batchnorm, fold_batchnorm_into_conv, remove_identities
@@ -40,6 +40,7 @@ PASSES: list[tuple[str, Pass, int]] = [
     ("decompose_batchnorm", decompose_batchnorm, 0),
     ("fuse_epilogue", fuse_epilogue, 2),
     ("fuse_elementwise", fuse_elementwise, 2),
+    ("fuse_quantized_tail", fuse_quantized_tail, 2),
 ]
 
 

@@ -160,12 +160,20 @@ def _quantized_product(attrs: dict, x: list, float_rule) -> Result:
     _check(bias is None or bias.dtype == "i32", f"bias is {bias.dtype if bias else ''}, not i32")
     _check(attrs["out_dtype"] in ("i8", "u8", "i32"), f"out_dtype={attrs['out_dtype']!r} is not i8, u8 or i32")
     _check(attrs["y_min"] <= attrs["y_max"], f"y_min={attrs['y_min']} > y_max={attrs['y_max']}")
-    as_float = [type(v)(v.name, "f32", v.shape) if v is not None else None for v in x]
+    as_float = [type(v)(v.name, "f32", v.shape) if v is not None else None for v in x[:3]]
     ((_, shape),) = float_rule(attrs, as_float)
     channels = shape[1] if float_rule is conv else shape[-1]
     _check(len(attrs["w_scale"]) in (1, channels), f"w_scale has {len(attrs['w_scale'])} values for "
                                                    f"{channels} output channels")
-    return [(attrs["out_dtype"], shape)]
+    if not attrs.get("tail"):
+        _check(len(x) <= 3, f"{len(x)} inputs without a tail")
+        return [(attrs["out_dtype"], shape)]
+    _check(attrs["out_dtype"] == "i32", "a tail reads the int32 result: out_dtype must be i32")
+    product = Value("acc", "i32", tuple(shape))
+    types = step_types(elementwise_steps({"steps": attrs["tail"]}), [product, *x[3:]])
+    _check(all(tuple(step_shape) == tuple(shape) for _, step_shape in types),
+           f"the tail's steps must keep the result's shape {_dims(shape)}")
+    return [(types[-1][0], shape)]
 
 
 def qlinear_conv(attrs: dict, x: list) -> Result:

@@ -10,7 +10,7 @@ import pytest
 from ir_cases import run_pass, same
 from onnx import TensorProto, helper, numpy_helper
 
-from compiler.passes.fuse_epilogue import fuse_epilogue
+from compiler.passes.fuse_epilogue import fuse_epilogue, fuse_quantized_tail
 from compiler.pipeline import compile
 from runtime.simulator import run
 
@@ -204,3 +204,80 @@ def test_fused_matmul_equals_unfused(config, tokens):
     assert fused.stats["hazards"] == 0
     assert np.array_equal(fused.outputs["y"], unfused.outputs["y"])
     assert fused.stats["cycles"] < unfused.stats["cycles"]
+
+
+# fuse_quantized_tail -----------------------------------------------------------------------------
+QCONV = ('{group=1, kernel_shape=[1, 1], strides=[1, 1], pads=[0, 0, 0, 0], dilations=[1, 1], x_scale=0.5, '
+         'x_zero_point=0, w_scale=[0.25, 0.125], w_zero_point=0, y_scale=1.0, y_zero_point=0, out_dtype="i32", '
+         'y_min=-2147483648, y_max=2147483647')
+TAIL_BEFORE = f"""
+graph g
+  input %x: u8[1, 2, 2, 2]
+  input %skip: u8[1, 2, 2, 2]
+  const %w: i8[2, 2, 1, 1] = [1, 2, 3, 4]
+  const %cs: f32[2, 1, 1] = [[[0.125]], [[0.0625]]]
+  const %s: f32[] = [0.5]
+  const %z: u8[] = [0]
+  %acc: i32[1, 2, 2, 2] = QLinearConv(%x, %w) {QCONV}}}  @conv
+  %y: u8[1, 2, 2, 2] = FusedElementwise(%skip, %s, %z, %acc, %cs) {{steps=["DequantizeLinear(x0, x1, x2)", \\
+"Cast(x3) {{to=\\"f32\\"}}", "Mul(s1, x4)", "Add(s2, s0)", "Relu(s3)", \\
+"QuantizeLinear(s4, x1, x2) {{output_dtype=\\"u8\\"}}"]}}  @join
+  output %y
+"""
+TAIL_AFTER = f"""
+graph g
+  input %x: u8[1, 2, 2, 2]
+  input %skip: u8[1, 2, 2, 2]
+  const %w: i8[2, 2, 1, 1] = [1, 2, 3, 4]
+  const %cs: f32[2, 1, 1] = [[[0.125]], [[0.0625]]]
+  const %s: f32[] = [0.5]
+  const %z: u8[] = [0]
+  %y: u8[1, 2, 2, 2] = QLinearConv(%x, %w, _, %skip, %s, %z, %cs) {QCONV}, tail=["DequantizeLinear(x1, x2, x3)", \\
+"Cast(x0) {{to=\\"f32\\"}}", "Mul(s1, x4)", "Add(s2, s0)", "Relu(s3)", \\
+"QuantizeLinear(s4, x2, x3) {{output_dtype=\\"u8\\"}}"]}}  @conv
+  output %y
+"""
+
+
+def test_int8_conv_result_joined_on_chip_becomes_its_tail():
+    assert run_pass(fuse_quantized_tail, TAIL_BEFORE.replace("\\\n", "")) == same(TAIL_AFTER.replace("\\\n", ""))
+
+
+def test_tail_is_not_fused_when_an_operand_comes_later_or_does_not_broadcast_per_channel():
+    later = TAIL_BEFORE.replace("\\\n", "").replace("  input %skip: u8[1, 2, 2, 2]\n", "").replace(
+        "  %acc:", "  %skip: u8[1, 2, 2, 2] = Identity(%x)\n  %acc:")
+    later = later.replace("  %skip: u8[1, 2, 2, 2] = Identity(%x)\n  %acc: i32[1, 2, 2, 2] = QLinearConv(%x, %w) "
+                          f"{QCONV}}}  @conv\n",
+                          f"  %acc: i32[1, 2, 2, 2] = QLinearConv(%x, %w) {QCONV}}}  @conv\n"
+                          "  %skip: u8[1, 2, 2, 2] = Identity(%x)\n")
+    assert run_pass(fuse_quantized_tail, later) == same(later)
+    per_row = TAIL_BEFORE.replace("\\\n", "").replace("%cs: f32[2, 1, 1] = [[[0.125]], [[0.0625]]]",
+                                                      "%cs: f32[2, 1] = [[0.125], [0.0625]]")
+    assert run_pass(fuse_quantized_tail, per_row) == same(per_row)
+
+
+@pytest.mark.parametrize("config", ["tiny", "edge"])
+@pytest.mark.parametrize("channels, size, kernel", [(8, 10, 3), (48, 5, 1)])
+def test_int8_tails_equal_the_unfused_program(config, channels, size, kernel):
+    """The int8 residual block (both conv loop orders across the cases) and an int8 dense layer
+    (both matmul orientations): -O2 runs the dequantize, bias, residual and requantize steps as
+    tails on chip and gives the -O1 result bit for bit, without hazards."""
+    from compiler.frontend import import_model
+    from compiler.pipeline import Precision, quantize_for, run_passes
+
+    rng = np.random.default_rng(1)
+    for model, inputs in (
+            (_residual_block(channels, size, kernel, seed=channels),
+             lambda: {"x": rng.standard_normal((1, channels, size, size)).astype(np.float32),
+                      "z": rng.standard_normal((1, 16)).astype(np.float32)}),
+            (_transformer_dense(4 if kernel == 3 else 96, 48, seed=kernel),
+             lambda: {"x": rng.standard_normal((1, 4 if kernel == 3 else 96, 48)).astype(np.float32)})):
+        samples = [inputs() for _ in range(4)]
+        precision = Precision("int8", samples)
+        quantized, _ = quantize_for(model, precision)
+        assert any(node.attrs.get("tail") for node in run_passes(import_model(quantized), 2).nodes)
+        unfused = run(compile(model, config, opt_level=1, precision=precision), samples[0], check_hazards=True)
+        fused = run(compile(model, config, opt_level=2, precision=precision), samples[0], check_hazards=True)
+        assert fused.stats["hazards"] == 0
+        for name, value in unfused.outputs.items():
+            assert np.array_equal(fused.outputs[name], value), name

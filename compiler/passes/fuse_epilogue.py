@@ -9,6 +9,11 @@ not be a graph output. The kernel then adds Z and applies the activation to each
 tile on chip, in the unfused order (bias, then Z, then the activation), so the result is
 the same value for value and two DRAM round trips are saved per fused op. Float products
 only: the int8 ops carry their activation as the requantization clamp already.
+
+`fuse_quantized_tail` does the same for the int8 products whose int32 result goes on in
+float: QLinearConv | QLinearMatMul (out_dtype i32) -> FusedElementwise (its dequantization,
+a residual join, an activation, the next quantization) becomes the product with that
+program as its `tail`, run on each result tile on chip (the int32 result never reaches DRAM).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import math
 
 from compiler.ir import Graph, Node
+from compiler.shape_rules import Step
 
 FUSED = {"Conv": ("FusedConv", 3), "Gemm": ("FusedGemm", 3), "MatMul": ("FusedMatMul", 3)}
 FLOAT = ("f32", "bf16")
@@ -94,3 +100,67 @@ def _column_bias(graph: Graph, result: str, user: Node | None) -> str | None:
     name = graph.fresh_name(other.name + ".bias")
     graph.const(name, other.const.reshape(-1))
     return name
+
+
+QUANTIZED_PRODUCTS = ("QLinearConv", "QLinearMatMul")
+
+
+def fuse_quantized_tail(graph: Graph) -> Graph:
+    """FusedElementwise nodes that read an int8 product's int32 result become that product's tail.
+
+    The product must have out_dtype i32 and no tail yet, its result must be read only by the
+    FusedElementwise and not be a graph output, and the program's result must have the
+    product's shape. Of several such products the program reads (a block's two branches), the
+    last one takes it, and every other input of the program must be ready before that one
+    runs. Each other input must be what the tile epilogue can load: one value, one value per
+    output channel (axis 1 of a convolution, the last axis of a matrix product) or a whole
+    tensor of the result's shape. Anything else is left as it was."""
+    consumers = graph.consumers()
+    producers = graph.producers()
+    position = {id(node): index for index, node in enumerate(graph.nodes)}
+    replaced: dict[int, Node] = {}
+    removed: set[int] = set()
+    for program in graph.nodes:
+        if program.op != "FusedElementwise":
+            continue
+        out_shape = graph.values[program.outputs[0]].shape
+        candidates = [producers[name] for name in program.inputs
+                      if name in producers and _tail_candidate(graph, producers[name], name, program, consumers)
+                      and graph.values[name].shape == out_shape and id(producers[name]) not in replaced]
+        if not candidates:
+            continue
+        product = max(candidates, key=lambda node: position[id(node)])
+        result = product.outputs[0]
+        others = [name for name in program.inputs if name != result]
+        ready = all(name not in producers or position[id(producers[name])] < position[id(product)] for name in others)
+        channel_axis = 1 if product.op == "QLinearConv" else len(out_shape) - 1
+        if not ready or not all(_tail_operand(graph.values[name].shape, out_shape, channel_axis) for name in others):
+            continue
+        renumber = {f"x{i}": ("x0" if name == result else f"x{1 + others.index(name)}")
+                    for i, name in enumerate(program.inputs)}
+        steps = []
+        for text in program.attrs["steps"]:
+            step = Step.parse(text)
+            steps.append(Step(step.op, tuple(renumber.get(o, o) for o in step.operands), step.attrs).text())
+        inputs = list(product.inputs) + [""] * (3 - len(product.inputs))
+        replaced[id(product)] = Node(product.op, inputs + others, list(program.outputs),
+                                     {**product.attrs, "tail": steps}, product.name)
+        removed.add(id(program))
+    if not replaced:
+        return graph
+    graph.nodes = [replaced.get(id(node), node) for node in graph.nodes if id(node) not in removed]
+    return graph.prune()
+
+
+def _tail_candidate(graph: Graph, node: Node, result: str, program: Node, consumers) -> bool:
+    return (node.op in QUANTIZED_PRODUCTS and node.attrs.get("out_dtype") == "i32" and not node.attrs.get("tail")
+            and result not in graph.outputs and [id(user) for user in consumers.get(result, [])] == [id(program)])
+
+
+def _tail_operand(shape: tuple[int, ...], out_shape: tuple[int, ...], channel_axis: int) -> bool:
+    """Whether the tile epilogue can load an operand of `shape` broadcast to `out_shape`."""
+    if shape == out_shape or math.prod(shape) == 1:
+        return True
+    padded = (1,) * (len(out_shape) - len(shape)) + tuple(shape)
+    return len(padded) == len(out_shape) and all(n == 1 for axis, n in enumerate(padded) if axis != channel_axis) \
+        and padded[channel_axis] == out_shape[channel_axis]

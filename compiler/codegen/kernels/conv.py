@@ -70,17 +70,19 @@ def as_3d(node: Node, x: View, out: View, attrs: dict):
     missing = SPATIAL - spatial
     ones, zeros = [1] * missing, [0] * missing
 
-    def widen(view: View) -> View:
-        return View(view.addr, view.dtype, view.shape[:2] + (1,) * missing + view.shape[2:],
-                    view.strides[:2] + (0,) * missing + view.strides[2:])
-
     pads = list(attrs.get("pads", [0] * (2 * spatial)))
     attrs = dict(attrs, kernel_shape=ones + list(attrs["kernel_shape"]),
                  strides=ones + list(attrs.get("strides", [1] * spatial)),
                  dilations=ones + list(attrs.get("dilations", [1] * spatial)),
                  pads=zeros + pads[:spatial] + zeros + pads[spatial:],
                  output_padding=zeros + list(attrs.get("output_padding", [0] * spatial)))
-    return widen(x), widen(out), attrs
+    return widened(x, missing), widened(out, missing), attrs
+
+
+def widened(view: View, missing: int) -> View:
+    """An N, C, *spatial view with `missing` leading spatial axes of size one inserted."""
+    return View(view.addr, view.dtype, view.shape[:2] + (1,) * missing + view.shape[2:],
+                view.strides[:2] + (0,) * missing + view.strides[2:])
 
 
 @dataclass(frozen=True)
@@ -225,6 +227,9 @@ def conv_kernel(ctx: CodegenContext, node: Node, product: Product | None = None)
     x, out, attrs = _checked(ctx, node, product)
     if product.addend is not None:  # widened to 3-D like the output
         product = replace(product, addend=View(product.addend.addr, product.addend.dtype, out.shape, out.strides))
+    if product.tail is not None:
+        missing = len(out.shape) - len(product.tail.operands[0].shape) if product.tail.operands else 0
+        product = replace(product, tail=product.tail.reshaped(lambda view: widened(view, missing), 1))
     groups = int(attrs.get("group", 1))
     kernel = tuple(attrs["kernel_shape"])
     filters = conv_filters(ctx, node, groups, kernel, transposed=False)
@@ -346,7 +351,8 @@ def filters_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, pro
                 # [pixels, cout] in the accumulator -> [cout, pixels], NCHW rows.
                 where = (n, first_channel, cout_group, od, oh0, nrows, ow0, ncols)
                 finisher.finish(result, pixels, cout_group, False, first_channel, _output_block(out, *where),
-                                _output_block(addend, *where) if addend is not None else None)
+                                _output_block(addend, *where) if addend is not None else None,
+                                _tail_blocks(product, where))
 
 
 def patch_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, product: Product, out: View,
@@ -408,7 +414,8 @@ def patch_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, produ
                         count += 1
                     where = (n, first_channel, mt, od, oh0, nrows, ow0, ncols)
                     finisher.finish(c_tile, mt, pixels, True, first_channel, _output_block(out, *where),
-                                    _output_block(addend, *where) if addend is not None else None)
+                                    _output_block(addend, *where) if addend is not None else None,
+                                    _tail_blocks(product, where))
 
 
 def _output_block(view: View, n: int, first_channel: int, channels: int, od: int, oh0: int, nrows: int, ow0: int,
@@ -416,6 +423,11 @@ def _output_block(view: View, n: int, first_channel: int, channels: int, od: int
     """Batch n, channels first_channel.., output depth od, rows oh0.., columns ow0.. of an NCDHW view."""
     return (view.at(n).window(0, first_channel, first_channel + channels).window(1, od, od + 1)
             .window(2, oh0, oh0 + nrows).window(3, ow0, ow0 + ncols))
+
+
+def _tail_blocks(product: Product, where: tuple) -> list[View]:
+    """The block of each of the product's tail operands (laid out like the output)."""
+    return [_output_block(view, *where) for view in product.tail.operands] if product.tail else []
 
 
 def _staging(spad, shape: ConvShape, rows: int, tiles) -> int | None:

@@ -8,6 +8,11 @@ output: bias added in place, then (integer outputs) `vreq` with the per-channel
 multiplier into an i8/u8 tile and a clamp, then the DMA out. The tile is physically dense
 [rows, cols] with the output channels along its rows or its columns; `transpose` stores
 it transposed through the vector unit (so the DMA writes whole rows).
+
+A `Tail` (an int8 product's fused element-wise steps: dequantize, residual join, quantize)
+runs on each finished int32 tile in its stored orientation, a few rows at a time, with
+its other operands loaded per tile (whole blocks), per channel block or once (scalars);
+only its result leaves the chip.
 """
 
 from __future__ import annotations
@@ -18,10 +23,40 @@ from dataclasses import dataclass
 import numpy as np
 
 from compiler.codegen.context import LOCAL_ALIGN, CodegenContext, LocalArena, View
+from compiler.codegen.kernels.elementwise import StepProgram, Tile, TileBuilder
 from compiler.ir import Node
 from isa.dtypes import INT_RANGES, DType
 
 INTEGER_OPERANDS = (DType.I8, DType.U8)
+
+
+@dataclass(frozen=True)
+class Tail:
+    """Element-wise steps after the product: program operand 0 is the finished tile, operand i
+    the view operands[i - 1], laid out like the kernel's output view (broadcast axes have
+    stride 0); `channel_axis` is that view's channel axis."""
+
+    program: StepProgram
+    operands: tuple[View, ...]
+    channel_axis: int
+    chunk: int  # elements the steps run over at once (whole rows of the stored tile, at least one)
+
+    def kind(self, index: int) -> str:
+        """"scalar" (one value), "channel" (one per output channel) or "block" (one per element)."""
+        strides = self.operands[index].strides
+        if not any(strides):
+            return "scalar"
+        return "channel" if not any(s for axis, s in enumerate(strides) if axis != self.channel_axis) else "block"
+
+    def reshaped(self, reshape, channel_axis: int) -> Tail:
+        """The same tail with every operand view passed through `reshape` (the kernel's view of the output)."""
+        return Tail(self.program, tuple(reshape(v) for v in self.operands), channel_axis, self.chunk)
+
+    @staticmethod
+    def chunk_for(config) -> int:
+        """Long enough that a vector instruction's fixed latency is small beside its work, small
+        enough that the temporaries take a sliver of the scratchpad."""
+        return max(1, min(64 * config.vector_lanes, config.spad_bytes // 256))
 
 
 @dataclass(frozen=True)
@@ -47,6 +82,7 @@ class Product:
     addend: View | None = None  # FusedConv/FusedGemm's Z: the result's shape, added after the bias
     activation: str = ""  # "", "Relu" or "Clip" (float results), after the addend
     activation_params: tuple[float, ...] = ()
+    tail: Tail | None = None  # steps on the int32 result (then no requantization)
 
     @property
     def integer(self) -> bool:
@@ -58,10 +94,12 @@ class Product:
 
     @property
     def weight_dtype(self) -> DType:
-        return self.weights or self.operand
+        return self.operand if self.weights is None else self.weights
 
     @property
     def out(self) -> DType:
+        if self.tail:
+            return self.tail.program.result
         return self.requant.dtype if self.requant else self.accumulator
 
     @staticmethod
@@ -81,6 +119,17 @@ class Finisher:
         self.zero_point = spad.alloc(sizes["zero_point"][0]) if sizes["zero_point"] else None
         self.outputs = [spad.alloc(size) for size in sizes["outputs"]]
         self.addends = [spad.alloc(size) for size in sizes["addends"]]
+        self.transposed = [spad.alloc(size) for size in sizes["transposed"]]
+        self.tail_temps = [spad.alloc(size) for size in sizes["tail_temps"]]
+        self.tail_buffers: list[list[int]] = []  # per tail operand: its buffers (two for blocks)
+        tail = product.tail
+        for index in range(len(tail.operands) if tail else 0):
+            kind, operand = tail.kind(index), tail.operands[index]
+            size = operand.dtype.size * {"scalar": 1, "channel": max_channels,
+                                         "block": max_rows * max_cols}[kind]
+            self.tail_buffers.append([spad.alloc(size) for _ in range(2 if kind == "block" else 1)])
+            if kind == "scalar":
+                ctx.dma_in(self.tail_buffers[-1][0], View(operand.addr, operand.dtype, (1,), (1,)))
         self.transpose = transpose
         self.loaded: tuple[int, int] | None = None
         self.count = 0
@@ -94,13 +143,22 @@ class Finisher:
         """Bytes of each scratchpad buffer the constructor allocates (empty: not needed)."""
         elements = max_rows * max_cols
         requant = product.requant is not None
+        tail = product.tail
+        tail_operands = []
+        for index in range(len(tail.operands) if tail else 0):
+            kind, size = tail.kind(index), tail.operands[index].dtype.size
+            tail_operands += {"scalar": [size], "channel": [max_channels * size],
+                              "block": [elements * size] * 2}[kind]
         return {
             "bias": [max_channels * 4] if product.bias is not None else [],
             "multiplier": [max_channels * 4] if requant else [],
             "zero_point": [4] if requant else [],
-            # Integer outputs and transposed stores need a tile beside the accumulator's.
-            "outputs": [elements * product.out.size] * 2 if requant or transpose else [],
+            # Integer outputs, tails and transposed stores need a tile beside the accumulator's.
+            "outputs": [elements * product.out.size] * 2 if requant or transpose or tail else [],
             "addends": [elements * 4] * 2 if product.addend is not None else [],
+            "transposed": [elements * 4] * 2 if tail and transpose else [],
+            "tail_temps": [4 * max(tail.chunk, max_rows, max_cols)] * tail.program.temps if tail else [],
+            "tail_operands": tail_operands,
         }
 
     @staticmethod
@@ -123,13 +181,22 @@ class Finisher:
             else:
                 multiplier = multiplier.window(0, first, first + count)
             self.ctx.dma_in(self.multiplier, multiplier)
+        tail = self.product.tail
+        for index in range(len(tail.operands) if tail else 0):
+            if tail.kind(index) == "channel":
+                operand = tail.operands[index]
+                stride = operand.strides[tail.channel_axis]
+                self.ctx.dma_in(self.tail_buffers[index][0],
+                                View(operand.addr + first * stride * operand.dtype.size, operand.dtype, (count,),
+                                     (stride,)))
         self.loaded = (first, count)
 
     def finish(self, tile: int, rows: int, cols: int, channels_on_rows: bool, first_channel: int,
-               target: View, addend: View | None = None) -> None:
+               target: View, addend: View | None = None, tail_blocks: list[View | None] = ()) -> None:
         """The dense [rows, cols] accumulator tile at `tile` -> target ([rows, cols], or [cols, rows]
         when transposing), channels first_channel.. along its rows or columns; `addend` is the
-        same block of the product's addend."""
+        same block of the product's addend, `tail_blocks` of each tail operand (used for the
+        per-element ones)."""
         product, emit = self.product, self.ctx.emitter.emit
         acc = product.accumulator
         shape = dict(rows=rows, cols=cols)
@@ -156,13 +223,48 @@ class Finisher:
                      **shape)
         out_rows, out_cols = rows, cols
         if self.transpose:
-            transposed = self.outputs[(self.count + 1) % 2] if requant else self.outputs[self.count % 2]
+            transposed = self.transposed[self.count % 2] if product.tail else \
+                self.outputs[(self.count + 1) % 2] if requant else self.outputs[self.count % 2]
             emit("vmov", dtype=result_dtype, dst=transposed, dst_rs=rows, a=result, a_rs=1, a_cs=cols, rows=cols,
                  cols=rows)
             result, out_rows, out_cols = transposed, cols, rows
-        self._addend_and_activation(result, result_dtype, out_rows, out_cols, addend)
+        if product.tail:
+            result = self._tail(result, out_rows, out_cols, channels_on_rows != self.transpose, tail_blocks)
+        else:
+            self._addend_and_activation(result, result_dtype, out_rows, out_cols, addend)
         self.count += 1
         self.ctx.dma_out(result, target)
+
+    def _tail(self, result: int, rows: int, cols: int, channels_on_rows: bool, blocks: list[View | None]) -> int:
+        """The tail's steps on the dense int32 tile at `result` ([rows, cols] as stored), chunk by chunk
+        of whole rows, into an output buffer; returns that buffer."""
+        tail, out_dtype = self.product.tail, self.product.out
+        out = self.outputs[self.count % 2]
+        for index, block in enumerate(blocks):
+            if tail.kind(index) == "block":
+                self.ctx.dma_in(self.tail_buffers[index][self.count % 2], block)
+        chunk_rows = max(1, tail.chunk // cols)
+        for r0 in range(0, rows, chunk_rows):
+            count = min(chunk_rows, rows - r0)
+            tiles = [Tile(result + r0 * cols * 4, self.product.accumulator, cols, 1)]
+            for index, operand in enumerate(tail.operands):
+                kind, size = tail.kind(index), operand.dtype.size
+                if kind == "scalar":
+                    tiles.append(Tile(self.tail_buffers[index][0], operand.dtype, 0, 0))
+                elif kind == "channel":
+                    tiles.append(Tile(self.tail_buffers[index][0] + r0 * size, operand.dtype, 1, 0) if channels_on_rows
+                                 else Tile(self.tail_buffers[index][0], operand.dtype, 0, 1))
+                else:
+                    tiles.append(Tile(self.tail_buffers[index][self.count % 2] + r0 * cols * size, operand.dtype,
+                                      cols, 1))
+            builder = TileBuilder(self.ctx, count, cols, list(self.tail_temps), DType.F32)
+            value = tail.program.body(builder, tiles)
+            destination = Tile(out + r0 * cols * out_dtype.size, out_dtype, cols, 1)
+            if value.dtype != out_dtype:
+                builder.convert(value, out_dtype, destination)
+            else:
+                builder._emit("vmov", destination, a=value)
+        return out
 
     def _addend_and_activation(self, result: int, dtype: DType, rows: int, cols: int, addend: View | None) -> None:
         """result (dense [rows, cols], as stored) + the addend block, then the activation, in place."""

@@ -99,7 +99,8 @@ def matmul_views(ctx: CodegenContext, a: View, b: View, out: View, node: Node, *
                 if bias_batch is not None:
                     _add_matrix_bias(ctx, c_tile, _block(bias_batch, block), bias_buffers[tile % 2], alpha)
                 addend = _block(product.addend.at(*index), block) if product.addend is not None else None
-                finisher.finish(c_tile, mt, nt, False, n0, _block(out_batch, block), addend)
+                finisher.finish(c_tile, mt, nt, False, n0, _block(out_batch, block), addend,
+                                _tail_blocks(product, block, index))
                 tile += 1
 
 
@@ -159,13 +160,18 @@ def _matmul_swapped(ctx: CodegenContext, a: View, b_transposed: View, out: View,
                 _add_matrix_bias(ctx, c_tile, _block(bias, block).transpose((1, 0)), bias_buffers[tile % 2],
                                  alpha)
             addend = _block(product.addend, block) if product.addend is not None else None
-            finisher.finish(c_tile, nt, mt, True, n0, _block(out, block), addend)
+            finisher.finish(c_tile, nt, mt, True, n0, _block(out, block), addend, _tail_blocks(product, block))
             tile += 1
 
 
 def _block(view: View, block: tuple[slice, slice]) -> View:
     rows, cols = block
     return view.window(0, rows.start, rows.stop).window(1, cols.start, cols.stop)
+
+
+def _tail_blocks(product: Product, block: tuple[slice, slice], index: tuple[int, ...] = ()) -> list[View]:
+    """The block of each of the product's tail operands (laid out like the output)."""
+    return [_block(view.at(*index), block) for view in product.tail.operands] if product.tail else []
 
 
 def _add_matrix_bias(ctx: CodegenContext, c_tile: int, bias: View, bias_tile: int, alpha: float) -> None:
