@@ -70,6 +70,11 @@ def footprint(instruction: Instruction, config: AcceleratorConfig) -> list[Span]
         operand_dtypes["a"] = f["src_dtype"]
     if name == "vreq":
         operand_dtypes = {"a": DType.I32, "b": DType.F32, "c": DType.I32}
+    if name == "vdeq":
+        spans[0] = _span(LOCAL, f["dst"], DType.F32.size, (rows, cols), (f["dst_rs"], 1), True)
+        operand_dtypes = {"a": dtype, "b": DType.F32, "c": DType.I32}
+    if name == "vquant":
+        operand_dtypes = {"a": DType.F32, "b": DType.F32, "c": DType.I32}
     for operand in ("a", "b", "c"):
         if operand in f and f"{operand}_rs" in f:
             spans.append(_span(LOCAL, f[operand], operand_dtypes[operand].size, (rows, cols),

@@ -286,6 +286,16 @@ def _build_instructions() -> tuple[InstructionDef, ...]:
         InstructionDef(
             "vfill", 0xB3, "vfill", Engine.VECTOR,
             "dst[r, c] = imm for r < rows, c < cols", _VEC),
+        InstructionDef(
+            "vdeq", 0xB4, "v4", Engine.VECTOR,
+            "dequantize: dst[r, c] = fp32(a[r, c] - c[r, c]) * b[r, c] with a of `dtype` (i8, u8 or "
+            "i32), the difference in int32 (wrapping), c the int32 zero point, b the fp32 scale; dst is f32",
+            _VEC),
+        InstructionDef(
+            "vquant", 0xB5, "v4", Engine.VECTOR,
+            "quantize: dst[r, c] = saturate(round_half_even(fp32(a[r, c] / b[r, c])) + c[r, c]) with a "
+            "and the scale b f32, c the int32 zero point (NaN -> 0) and dtype i8 or u8",
+            f"{_VEC} * 4"),
     ]
     return tuple(
         InstructionDef(d.mnemonic, d.opcode, d.format, d.engine, d.semantics, d.latency,

@@ -45,7 +45,7 @@ fails when this file is stale).
 - **Numerics.** Float vector operations are computed in float64 from the operands'
   values and rounded once to fp32 (then to bf16 for bf16 results), which for + - * /
   and sqrt equals IEEE fp32 arithmetic. Integer operations are exact, then wrapped to
-  the result type (vcvt and vreq saturate instead). The matrix unit is exact for
+  the result type (vcvt, vreq and vquant saturate instead). The matrix unit is exact for
   integers (int32 results, wrapping) and sums floats in float64, rounding once to fp32.
 - **Engines.** Instructions are dispatched in program order to four in-order queues:
   load (`dma_load`, `dma_gather`), matrix (`load_weights`, `matmul`), vector (all `v*`) and store

@@ -572,6 +572,40 @@ def exec_vreq(machine: Machine, i: Instruction) -> Effects:
     return Effects([a_access, scale_access, zero_access, dst_access])
 
 
+def exec_vdeq(machine: Machine, i: Instruction) -> Effects:
+    """dequantize: dst[r, c] = fp32(a[r, c] - c[r, c]) * b[r, c], the difference in int32 (wrapping)"""
+    f = i.fields
+    dtype, rows, cols = f["dtype"], f["rows"], f["cols"]
+    if dtype not in (DType.I8, DType.U8, DType.I32):
+        raise OperandError(f"vdeq dequantizes i8, u8 or i32, not {dtype.asm_name}")
+    dst, dst_access = _destination(machine, i, DType.F32, rows, cols)
+    a, a_access = _operand(machine, i, "a", dtype, rows, cols)
+    scale, scale_access = _operand(machine, i, "b", DType.F32, rows, cols)
+    zero, zero_access = _operand(machine, i, "c", DType.I32, rows, cols)
+    centred = wrap_int(a.astype(np.int64) - zero.astype(np.int64), DType.I32)
+    with np.errstate(all="ignore"):
+        dst[...] = centred.astype(np.float32) * scale.astype(np.float32)  # two fp32 roundings, as ONNX's
+    return Effects([a_access, scale_access, zero_access, dst_access])
+
+
+def exec_vquant(machine: Machine, i: Instruction) -> Effects:
+    """quantize: dst[r, c] = saturate(round_half_even(fp32(a[r, c] / b[r, c])) + c[r, c]), NaN -> 0"""
+    f = i.fields
+    dtype, rows, cols = f["dtype"], f["rows"], f["cols"]
+    if dtype not in (DType.I8, DType.U8):
+        raise OperandError(f"vquant produces i8 or u8, not {dtype.asm_name}")
+    dst, dst_access = _destination(machine, i, dtype, rows, cols)
+    a, a_access = _operand(machine, i, "a", DType.F32, rows, cols)
+    scale, scale_access = _operand(machine, i, "b", DType.F32, rows, cols)
+    zero, zero_access = _operand(machine, i, "c", DType.I32, rows, cols)
+    with np.errstate(all="ignore"):
+        quotient = a.astype(np.float32) / scale.astype(np.float32)  # one fp32 rounding
+    low, high = INT_RANGES[dtype]
+    rounded = np.rint(np.nan_to_num(quotient.astype(np.float64), nan=0.0, posinf=high, neginf=low))
+    dst[...] = np.clip(rounded + zero.astype(np.float64), low, high).astype(dtype.numpy)
+    return Effects([a_access, scale_access, zero_access, dst_access])
+
+
 def exec_vfill(machine: Machine, i: Instruction) -> Effects:
     """dst[r, c] = imm for r < rows, c < cols"""
     f = i.fields
@@ -590,7 +624,7 @@ def _build_exec() -> dict:
     table = {"end": exec_nothing, "sync": exec_nothing, "dma_load": exec_dma_load, "dma_store": exec_dma_store,
              "dma_gather": exec_dma_gather, "dma_scatter": exec_dma_scatter,
              "load_weights": exec_load_weights, "matmul": exec_matmul, "vsel": exec_vsel, "vcvt": exec_vcvt,
-             "vreq": exec_vreq, "vfill": exec_vfill}
+             "vreq": exec_vreq, "vfill": exec_vfill, "vdeq": exec_vdeq, "vquant": exec_vquant}
     for name, _, _ in BINARY_OPS:
         table[f"v{name}"] = table[f"v{name}i"] = _vector(name)
     for name, _, _ in UNARY_OPS:

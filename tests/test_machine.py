@@ -103,6 +103,43 @@ def test_vreq_per_channel():
     np.testing.assert_array_equal(read(machine, DST, DType.I8, (4, 8)), expected)
 
 
+@pytest.mark.parametrize("dtype", [DType.U8, DType.I8, DType.I32])
+def test_vdeq_is_onnx_dequantize_linear(dtype):
+    """fp32(x - zero_point) * scale with the subtraction in int32, as onnxruntime computes it."""
+    low, high = {DType.U8: (0, 255), DType.I8: (-128, 127), DType.I32: (-2**31, 2**31 - 1)}[dtype]
+    x = RNG.integers(low, high, size=(4, 8), endpoint=True).astype(dtype.numpy)
+    x[0, :2] = low, high
+    scale = RNG.uniform(0.001, 0.5, size=8).astype(np.float32)
+    zero = np.array([3], np.int32)
+    machine = machine_with(a=(A, x), b=(B, scale), c=(C, zero))
+    execute(machine, "vdeq", dtype=dtype, dst=DST, dst_rs=8, a=A, a_rs=8, b=B, b_rs=0, c=C, c_rs=0, c_cs=0,
+            rows=4, cols=8)
+    centred = (x.astype(np.int64) - 3).astype(np.int32)  # wraps for int32, as ONNX's int32 arithmetic
+    np.testing.assert_array_equal(read(machine, DST, DType.F32, (4, 8)), centred.astype(np.float32) * scale)
+
+
+def test_vquant_divides_rounds_half_to_even_and_saturates():
+    x = np.array([[0.5, 1.5, 2.5, -0.5, -1.5, 1000.0, -1000.0, np.nan],
+                  [0.75, 3.0, np.inf, -np.inf, 0.3, 127.5, -128.5, 12.25]], dtype=np.float32)
+    scale = np.array([0.5], np.float32)
+    for dtype, zero, (low, high) in ((DType.I8, 0, (-128, 127)), (DType.U8, 10, (0, 255))):
+        machine = machine_with(a=(A, x), b=(B, scale), c=(C, np.array([zero], np.int32)))
+        execute(machine, "vquant", dtype=dtype, dst=DST, dst_rs=8, a=A, a_rs=8, b=B, b_rs=0, b_cs=0, c=C, c_rs=0,
+                c_cs=0, rows=2, cols=8)
+        with np.errstate(invalid="ignore"):
+            quotient = np.nan_to_num(x / scale[0], nan=0.0, posinf=high, neginf=low)
+        expected = np.clip(np.rint(quotient.astype(np.float64)) + zero, low, high).astype(dtype.numpy)
+        np.testing.assert_array_equal(read(machine, DST, dtype, (2, 8)), expected)
+
+
+def test_vdeq_and_vquant_refuse_other_types():
+    machine = machine_with(a=(A, X))
+    with pytest.raises(Exception, match="vdeq dequantizes"):
+        execute(machine, "vdeq", dtype=DType.F32, dst=DST, a=A, b=B, c=C, rows=1, cols=4)
+    with pytest.raises(Exception, match="vquant produces"):
+        execute(machine, "vquant", dtype=DType.I32, dst=DST, a=A, b=B, c=C, rows=1, cols=4)
+
+
 def test_row_reductions():
     machine = machine_with(a=(A, X))
     execute(machine, "vrsum", dtype=DType.F32, dst=DST, dst_rs=1, a=A, a_rs=8, rows=4, cols=8)

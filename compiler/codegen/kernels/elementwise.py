@@ -52,8 +52,11 @@ class TileBuilder:
             raise AssertionError("element-wise recipe needs more temporaries than MAX_TEMPS")
         return Tile(self.free.pop(), self.dtype if dtype is None else dtype, self.cols, 1)
 
-    def _emit(self, mnemonic: str, dst: Tile, **operands) -> Tile:
-        fields = dict(dtype=dst.dtype, dst=dst.addr, dst_rs=dst.rs, rows=self.rows, cols=self.cols)
+    def _emit(self, mnemonic: str, dst: Tile, field_dtype: DType | None = None, **operands) -> Tile:
+        """mnemonic over the tile into dst; the instruction's dtype field is dst's unless `field_dtype`
+        (vdeq names its source type)."""
+        fields = dict(dtype=dst.dtype if field_dtype is None else field_dtype, dst=dst.addr, dst_rs=dst.rs,
+                      rows=self.rows, cols=self.cols)
         for name, tile in operands.items():
             if isinstance(tile, Tile):
                 fields.update({name: tile.addr, f"{name}_rs": tile.rs, f"{name}_cs": tile.cs})
@@ -62,7 +65,7 @@ class TileBuilder:
         self.ctx.emitter.emit(mnemonic, **fields)
         return dst
 
-    def _result(self, mnemonic: str, dtype: DType, **operands) -> Tile:
+    def _result(self, mnemonic: str, dtype: DType, field_dtype: DType | None = None, **operands) -> Tile:
         """A new temporary = mnemonic(operands); a scalar when every tile operand is one."""
         dst = self.temp(dtype)
         tiles = [t for t in operands.values() if isinstance(t, Tile)]
@@ -70,11 +73,11 @@ class TileBuilder:
             rows, cols = self.rows, self.cols
             self.rows = self.cols = 1
             try:
-                self._emit(mnemonic, dst, **operands)
+                self._emit(mnemonic, dst, field_dtype, **operands)
             finally:
                 self.rows, self.cols = rows, cols
             return Tile(dst.addr, dtype, 0, 0)
-        return self._emit(mnemonic, dst, **operands)
+        return self._emit(mnemonic, dst, field_dtype, **operands)
 
     def unary(self, op: str, a: Tile) -> Tile:
         return self._result(f"v{op}", a.dtype, a=a)
@@ -96,6 +99,14 @@ class TileBuilder:
     def requantize(self, a: Tile, scale: Tile, zero_point: Tile, dtype: DType) -> Tile:
         """saturate(round_half_even(a * scale) + zero_point) to i8/u8, from an i32 tile."""
         return self._result("vreq", dtype, a=a, b=scale, c=zero_point)
+
+    def dequantize(self, a: Tile, scale: Tile, zero_point: Tile) -> Tile:
+        """fp32(a - zero_point) * scale, from an i8/u8/i32 tile (f32 scale, i32 zero point)."""
+        return self._result("vdeq", DType.F32, a.dtype, a=a, b=scale, c=zero_point)
+
+    def quantize(self, a: Tile, scale: Tile, zero_point: Tile, dtype: DType) -> Tile:
+        """saturate(round_half_even(fp32(a / scale)) + zero_point) to i8/u8, from an f32 tile."""
+        return self._result("vquant", dtype, a=a, b=scale, c=zero_point)
 
     def convert(self, a: Tile, dtype: DType, dst: Tile | None = None) -> Tile:
         if a.dtype == dtype and dst is None:
@@ -393,23 +404,21 @@ def _check_dequantize(node: Node, x: DType) -> None:
 
 
 def quantize_step(b: TileBuilder, tiles: list[Tile], out_dtype: DType) -> Tile:
-    """saturate(round_half_even(x / scale) + zero_point) of the x, scale and (optional) zero point tiles."""
+    """saturate(round_half_even(x / scale) + zero_point) of the x, scale and (optional) zero point
+    tiles: one `vquant` (an fp32 division, as onnxruntime divides) for i8/u8."""
     x_tile, scale_tile = b.convert(tiles[0], DType.F32), b.convert(tiles[1], DType.F32)
     zero_tile = b.convert(tiles[2], DType.I32) if len(tiles) > 2 else b.fill(0, DType.I32)
-    rounded = b.convert(b.binary("div", x_tile, scale_tile), DType.I32)
     if out_dtype == DType.I32:
-        return b.binary("add", rounded, zero_tile)
-    return b.requantize(rounded, b.fill(1.0, DType.F32), zero_tile, out_dtype)
+        return b.binary("add", b.convert(b.binary("div", x_tile, scale_tile), DType.I32), zero_tile)
+    return b.quantize(x_tile, scale_tile, zero_tile, out_dtype)
 
 
 def dequantize_step(b: TileBuilder, tiles: list[Tile]) -> Tile:
-    """(x - zero_point) * scale of the x, scale and (optional) zero point tiles; without a zero
-    point x converts straight to f32 (the same value: x is an integer of at most 32 bits, and
-    int32 -> f32 rounds the same either way)."""
+    """(x - zero_point) * scale of the x, scale and (optional) zero point tiles, the subtraction in
+    int32 as onnxruntime does: one `vdeq`."""
     x_tile, scale_tile = tiles[:2]
-    centred = b.binary("sub", b.convert(x_tile, DType.I32), b.convert(tiles[2], DType.I32)) if len(tiles) > 2 \
-        else x_tile
-    return b.binary("mul", b.convert(centred, DType.F32), b.convert(scale_tile, DType.F32))
+    zero_tile = b.convert(tiles[2], DType.I32) if len(tiles) > 2 else b.fill(0, DType.I32)
+    return b.dequantize(x_tile, b.convert(scale_tile, DType.F32), zero_tile)
 
 
 def quantize_kernel(ctx: CodegenContext, node: Node) -> None:
@@ -443,7 +452,7 @@ class _TempCount(TileBuilder):
         self.most = max(self.most, self.limit - len(self.free))
         return tile
 
-    def _emit(self, mnemonic: str, dst: Tile, **operands) -> Tile:
+    def _emit(self, mnemonic: str, dst: Tile, field_dtype: DType | None = None, **operands) -> Tile:
         return dst
 
 
