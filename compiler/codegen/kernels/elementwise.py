@@ -46,6 +46,7 @@ class TileBuilder:
     def __init__(self, ctx: CodegenContext, rows: int, cols: int, temps: list[int], dtype: DType):
         self.ctx, self.rows, self.cols, self.dtype = ctx, rows, cols, dtype
         self.free = list(temps)
+        self.target: Tile | None = None  # where a program's final quantization may write (dense, rows x cols)
 
     def temp(self, dtype: DType | None = None) -> Tile:
         if not self.free:
@@ -105,7 +106,11 @@ class TileBuilder:
         return self._result("vdeq", DType.F32, a.dtype, a=a, b=scale, c=zero_point)
 
     def quantize(self, a: Tile, scale: Tile, zero_point: Tile, dtype: DType) -> Tile:
-        """saturate(round_half_even(fp32(a / scale)) + zero_point) to i8/u8, from an f32 tile."""
+        """saturate(round_half_even(fp32(a / scale)) + zero_point) to i8/u8, from an f32 tile; into
+        `target` when the program's last step ends with it (no copy into the output buffer)."""
+        target = self.target
+        if target is not None and target.dtype == dtype and any(t.rs or t.cs for t in (a, scale, zero_point)):
+            return self._emit("vquant", target, a=a, b=scale, c=zero_point)
         return self._result("vquant", dtype, a=a, b=scale, c=zero_point)
 
     def convert(self, a: Tile, dtype: DType, dst: Tile | None = None) -> Tile:
@@ -482,9 +487,10 @@ def _step_body(node: Node, step: Step, operand_dtypes: list[DType], result: DTyp
 
 @dataclass
 class StepProgram:
-    """A FusedElementwise step list made ready to emit: `body(builder, tiles)` runs every step on
-    one tile of its operands (tiles[i] is operand x<i>) and returns the last step's result;
-    `temps` is how many temporary tiles it needs at most."""
+    """A FusedElementwise step list made ready to emit: `body(builder, tiles, destination=None)`
+    runs every step on one tile of its operands (tiles[i] is operand x<i>) and returns the last
+    step's result, which a final quantization writes into `destination` directly; `temps` is
+    how many temporary tiles it needs at most."""
 
     body: object
     temps: int
@@ -518,13 +524,16 @@ def step_program(ctx: CodegenContext, node: Node, steps: list[Step], operand_dty
             if isinstance(ref, tuple):
                 last_use[ref[1]] = j
 
-    def body(b: TileBuilder, tiles: list[Tile]) -> Tile:
+    def body(b: TileBuilder, tiles: list[Tile], destination: Tile | None = None) -> Tile:
         temps = list(b.free)
         values: list[Tile] = []
         for j, ((compute, step_body), refs) in enumerate(zip(programs, operands, strict=True)):
             b.dtype = compute
+            last = j == len(programs) - 1
+            b.target = destination if last else None
             value = step_body(b, [values[r[1]] if isinstance(r, tuple) else tiles[r] for r in refs])
-            if j == len(programs) - 1:
+            b.target = None
+            if last:
                 return value
             values.append(_stored(b, value, result_dtypes[j]))
             live = {values[k].addr for k in range(j + 1) if last_use.get(k, -1) > j}

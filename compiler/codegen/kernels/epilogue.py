@@ -258,8 +258,10 @@ class Finisher:
                     tiles.append(Tile(self.tail_buffers[index][self.count % 2] + r0 * cols * size, operand.dtype,
                                       cols, 1))
             builder = TileBuilder(self.ctx, count, cols, list(self.tail_temps), DType.F32)
-            value = tail.program.body(builder, tiles)
             destination = Tile(out + r0 * cols * out_dtype.size, out_dtype, cols, 1)
+            value = tail.program.body(builder, tiles, destination)
+            if value.addr == destination.addr:
+                continue
             if value.dtype != out_dtype:
                 builder.convert(value, out_dtype, destination)
             else:
