@@ -144,10 +144,15 @@ def dequantize(attrs: dict, x: list) -> Result:
 
 
 def _quant_params(attrs: dict, x: list) -> None:
+    """Scales and zero points: one value, one per index of `axis` ([C], as ONNX writes them), or
+    that shaped to broadcast over x ([..., C, 1, ...] of x's rank, as fuse_elementwise writes them)."""
     rank = len(x[0].shape)
     for param in (p for p in x[1:] if p is not None):
         if param.shape not in ((), (1,)):
-            _check(len(param.shape) == 1 and param.shape[0] == x[0].shape[_axis(attrs, rank)],
+            axis = _axis(attrs, rank)
+            broadcast = len(param.shape) == rank > 1 and all(
+                n == (x[0].shape[axis] if i == axis else 1) for i, n in enumerate(param.shape))
+            _check(broadcast or (len(param.shape) == 1 and param.shape[0] == x[0].shape[axis]),
                    f"per-axis parameter {_dims(param.shape)} does not match axis {attrs['axis']} of "
                    f"{_dims(x[0].shape)}")
 

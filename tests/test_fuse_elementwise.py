@@ -54,19 +54,19 @@ PER_CHANNEL_AFTER = """
 graph g
   input %acc: i32[1, 2, 3]
   input %b: f32[1, 2, 3]
-  const %s.axis1: f32[2, 1] = [[0.5], [0.25]]
-  %y: f32[1, 2, 3] = FusedElementwise(%acc, %s.axis1, %b) {steps=["Cast(x0) {to=\\"f32\\"}", "Mul(s0, x1)", \
-"Add(s1, x2)"]}  @add
+  const %s.axis1: f32[1, 2, 1] = [[[0.5], [0.25]]]
+  %y: f32[1, 2, 3] = FusedElementwise(%acc, %s.axis1, %b) {steps=["DequantizeLinear(x0, x1) {axis=1}", \
+"Add(s0, x2)"]}  @add
   output %y
 """
 
 
-def test_per_channel_dequantize_of_an_accumulator_joins_as_cast_and_mul():
+def test_per_channel_dequantize_joins_with_its_scale_shaped_to_broadcast():
     assert run_pass(fuse_elementwise, PER_CHANNEL_BEFORE) == same(PER_CHANNEL_AFTER.replace("\\\n", ""))
 
 
-def test_per_channel_dequantize_of_int8_data_is_left_alone():
-    before = PER_CHANNEL_BEFORE.replace("i32[1, 2, 3]", "i8[1, 2, 3]")
+def test_per_channel_dequantize_with_a_run_time_scale_is_left_alone():
+    before = PER_CHANNEL_BEFORE.replace("  const %s: f32[2] = [0.5, 0.25]\n", "  input %s: f32[2]\n")
     assert run_pass(fuse_elementwise, before) == same(before)
 
 
@@ -149,7 +149,7 @@ graph g
         "per_axis": """
 graph g
   input %x: i8[2, 3]
-  const %s: f32[3] = [0.5, 0.25, 1.0]
+  input %s: f32[3]
   const %z: i8[3] = [0, 0, 0]
   %d: f32[2, 3] = DequantizeLinear(%x, %s, %z) {axis=1}
   %r: f32[2, 3] = Relu(%d)

@@ -10,7 +10,7 @@ The fused node's kernel loads each input tile once and runs every step's recipe 
 from __future__ import annotations
 
 from compiler.codegen.kernels.elementwise import RECIPES
-from compiler.ir import Graph, Node, Value
+from compiler.ir import Graph, Node
 from compiler.shape_rules import Step, broadcast_shapes
 
 QUANTIZATION = ("QuantizeLinear", "DequantizeLinear")
@@ -40,11 +40,11 @@ def fuse_elementwise(graph: Graph) -> Graph:
     else is left as it was; the graph's results do not change by a bit (the kernel converts
     each intermediate to its dtype as the unfused kernels do).
 
-    A per-channel DequantizeLinear of an int32 accumulator (an int8 Conv or MatMul whose result
-    stays float) is first rewritten as Cast to f32 and Mul by its scale shaped to broadcast,
-    which computes the same values and can join the chain that reads it.
+    Constant per-axis quantization parameters are first shaped to broadcast the numpy way
+    (`_per_axis_params_broadcast`), so a per-channel DequantizeLinear can join the chain that
+    reads it.
     """
-    graph = _per_axis_dequantize_as_mul(graph)
+    graph = _per_axis_params_broadcast(graph)
     producers = graph.producers()
     consumers = graph.consumers()
     groups: dict[int, list[Node]] = {}  # id(last node) -> the group's nodes in graph order
@@ -86,34 +86,35 @@ def fuse_elementwise(graph: Graph) -> Graph:
     return graph.prune()
 
 
-def _per_axis_dequantize_as_mul(graph: Graph) -> Graph:
-    """DequantizeLinear(x: i32, scale: const [C], zero point absent or 0) {axis} -> Mul(Cast(x, f32),
-    scale reshaped to [C, 1, ...]): f32(x) * scale, what the DequantizeLinear kernel computes."""
-    nodes = []
+def _per_axis_params_broadcast(graph: Graph) -> Graph:
+    """A QuantizeLinear/DequantizeLinear with constant per-axis parameters ([C] along `axis`) gets
+    them reshaped to [..., C, 1, ...] of its input's rank: the same values, now broadcasting the
+    numpy way, so the node can join a chain (an int8 conv's per-channel dequantization joins
+    the residual join that reads it)."""
     for node in graph.nodes:
-        x = graph.values[node.inputs[0]] if node.op == "DequantizeLinear" else None
-        scale = graph.values[node.inputs[1]] if x is not None else None
-        zero = graph.values[node.inputs[2]] if x is not None and len(node.inputs) > 2 and node.inputs[2] else None
-        if x is None or x.dtype != "i32" or not scale.is_const or scale.size == 1 \
-                or (zero is not None and (not zero.is_const or zero.const.any())):
-            nodes.append(node)
+        if node.op not in QUANTIZATION:
             continue
-        axis = node.attrs.get("axis", 1) % len(x.shape)
-        shaped = graph.fresh_name(f"{scale.name}.axis{axis}")
-        graph.const(shaped, scale.const.reshape((-1,) + (1,) * (len(x.shape) - axis - 1)))
-        as_float = graph.fresh_name(f"{node.outputs[0]}.f32")
-        graph.add_value(Value(as_float, "f32", x.shape))
-        nodes.append(Node("Cast", [x.name], [as_float], {"to": "f32"}, f"{node.name}/cast"))
-        nodes.append(Node("Mul", [as_float, shaped], list(node.outputs), {}, node.name))
-    graph.nodes = nodes
+        rank = len(graph.values[node.inputs[0]].shape)
+        axis = node.attrs.get("axis", 1) % max(rank, 1)
+        params = [graph.values[name] if name else None for name in node.inputs[1:]]
+        if rank < 2 or not all(p is None or p.size == 1 or (p.is_const and len(p.shape) == 1) for p in params) \
+                or all(p is None or p.size == 1 for p in params):
+            continue
+        for index, param in enumerate(params, start=1):
+            if param is not None and param.size > 1:
+                shaped = graph.fresh_name(f"{param.name}.axis{axis}")
+                graph.const(shaped, param.const.reshape((1,) * axis + (-1,) + (1,) * (rank - axis - 1)))
+                node.inputs[index] = shaped
     return graph
 
 
 def _fusible(graph: Graph, node: Node) -> bool:
     if node.op not in FUSIBLE or len(node.outputs) != 1 or not node.outputs[0]:
         return False
-    if node.op in QUANTIZATION and any(graph.values[name].size != 1 for name in node.inputs[1:] if name):
-        return False  # per-axis parameters do not broadcast the numpy way
+    x = graph.values[node.inputs[0]]
+    if node.op in QUANTIZATION and any(len(graph.values[name].shape) != len(x.shape) and graph.values[name].size != 1
+                                       for name in node.inputs[1:] if name):
+        return False  # [C] parameters along `axis` do not broadcast the numpy way
     names = [name for name in node.inputs if name] + node.outputs
     return all(graph.values[name].dtype in STORAGE_DTYPES for name in names)
 

@@ -377,6 +377,8 @@ def _per_axis(param: View, rank: int, axis: int) -> View:
     """A scale or zero point (a scalar, or one value per index of `axis`) shaped to broadcast over a tensor."""
     if param.size == 1:
         return View(param.addr, param.dtype, (1,) * rank, (0,) * rank)
+    if len(param.shape) == rank:  # already shaped to broadcast
+        return param
     shape, strides = [1] * rank, [0] * rank
     shape[axis], strides[axis] = param.size, 1
     return View(param.addr, param.dtype, tuple(shape), tuple(strides))

@@ -43,10 +43,10 @@ class Tail:
 
     def kind(self, index: int) -> str:
         """"scalar" (one value), "channel" (one per output channel) or "block" (one per element)."""
-        strides = self.operands[index].strides
-        if not any(strides):
-            return "scalar"
-        return "channel" if not any(s for axis, s in enumerate(strides) if axis != self.channel_axis) else "block"
+        view = self.operands[index]
+        moving = {axis for axis, (stride, n) in enumerate(zip(view.strides, view.shape, strict=True))
+                  if stride and n != 1}  # the axes along which the operand's value changes
+        return "scalar" if not moving else "channel" if moving == {self.channel_axis} else "block"
 
     def reshaped(self, reshape, channel_axis: int) -> Tail:
         """The same tail with every operand view passed through `reshape` (the kernel's view of the output)."""

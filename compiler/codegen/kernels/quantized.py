@@ -104,6 +104,6 @@ def qlinear_matmul_kernel(ctx: CodegenContext, node: Node) -> None:
 def _as_rows(view: View, shape: tuple[int, int]) -> View:
     """An operand laid out like the output [..., N] as the [rows, N] matrix the kernel computes:
     a scalar or per-column operand by its strides, a whole tensor (dense) by reshaping."""
-    if not any(view.strides[:-1]):
-        return View(view.addr, view.dtype, shape, (0, view.strides[-1]))
+    if not any(s for s, n in zip(view.strides[:-1], view.shape[:-1], strict=True) if n != 1):
+        return View(view.addr, view.dtype, shape, (0, view.strides[-1] if view.shape[-1] != 1 else 0))
     return view.reshape_dense(shape)
