@@ -30,7 +30,7 @@ def _sentence(rng: np.random.Generator) -> dict:
     return {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
 
 
-def _models(names: list[str]):
+def models_and_inputs(names: list[str]):
     """(name, ONNX model, input maker) per model."""
     import onnx
 
@@ -58,7 +58,7 @@ def main() -> int:
     args = parser.parse_args()
     print("| model | precision | cycles | roofline | efficiency | matrix busy | vs fp32 | compile s |")
     print("|---|---|---|---|---|---|---|---|")
-    for name, model, make in _models(args.models.split(",")):
+    for name, model, make in models_and_inputs(args.models.split(",")):
         rng = np.random.default_rng(0)
         inputs = make(rng)
         fp32_cycles = None

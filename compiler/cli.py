@@ -72,6 +72,8 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--list-ops", action="store_true", help="print the supported ops and exit")
     parser.add_argument("--dump-after", metavar="PASS", help="print the IR after this pass (see --list-passes)")
     parser.add_argument("--list-passes", action="store_true", help="print the pass pipeline and exit")
+    parser.add_argument("--disable-pass", action="append", default=[], metavar="PASS",
+                        help="do not run this pass of the -O level (repeatable), to see what it gives")
     parser.add_argument("--report", action="store_true",
                         help="print per layer the kernel's choices, scratchpad used and predicted cycles")
     precision = parser.add_argument_group("precision")
@@ -113,6 +115,9 @@ def _main(argv: list[str]) -> int:
         return _check(args.model, input_shapes)
     if args.dump_after and args.dump_after not in pass_names():
         raise AccError(f"--dump-after: unknown pass {args.dump_after!r} (passes: {', '.join(pass_names())})")
+    unknown = [name for name in args.disable_pass if name not in pass_names()[1:]]
+    if unknown:
+        raise AccError(f"--disable-pass: unknown pass {unknown[0]!r} (passes: {', '.join(pass_names()[1:])})")
     if not args.output and not args.dump_after:
         parser.error("-o/--output is required")
     if args.output:
@@ -132,7 +137,8 @@ def _main(argv: list[str]) -> int:
     state = state_from_options(args.state)
     program = compile(args.model, args.config, opt_level=args.opt_level, input_shapes=input_shapes,
                       dump_after=args.dump_after, precision=precision, keep_intermediates=args.keep_intermediates,
-                      report=lambda line: print(line, file=sys.stderr), state=state)
+                      report=lambda line: print(line, file=sys.stderr), state=state,
+                      disabled_passes=args.disable_pass)
     print(f"DRAM: {program.dram_bytes:,} bytes (activations at peak {program.activation_bytes:,}, "
           f"constants {program.dram_bytes - program.activation_bytes:,})", file=sys.stderr)
     if program.state:

@@ -9,7 +9,7 @@ Graph -> Graph (see compiler/passes/); the verifier runs after every pass when
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -49,12 +49,13 @@ def pass_names() -> list[str]:
 
 
 def run_passes(graph: Graph, opt_level: int = 1, dump_after: str | None = None, verify_each: bool = False,
-               dump=None) -> Graph:
+               dump=None, disabled: Collection[str] = ()) -> Graph:
+    """The passes of `opt_level` in order, but those named in `disabled` (to measure what each one gives)."""
     dump = dump or sys.stdout
     if dump_after == "import":
         dump.write(to_text(graph, full_constants=False))
     for name, function, level in PASSES:
-        if opt_level < level:
+        if opt_level < level or name in disabled:
             continue
         graph = function(graph)
         if verify_each:
@@ -136,13 +137,15 @@ def compile(model: str | Path | onnx.ModelProto, config: str | Path | Accelerato
             opt_level: int = 1, input_shapes: dict[str, tuple[int, ...]] | None = None,
             dump_after: str | None = None, verify_each: bool = False,
             precision: Precision | str = "fp32", report: Callable[[str], None] | None = None,
-            keep_intermediates: bool | None = None, state: StateDeclaration = None) -> Program:
+            keep_intermediates: bool | None = None, state: StateDeclaration = None,
+            disabled_passes: Collection[str] = ()) -> Program:
     """Compile an ONNX model (path or ModelProto) for `config` (preset name, JSON path or config)
     in `precision` (a Precision, or its mode name). `report` receives, for a quantized model, a
     line on what runs in int8 and one on what stays float. `keep_intermediates` (default: below
     -O2) gives every intermediate tensor its own DRAM, for per-layer comparison; otherwise DRAM
     of dead tensors is reused. `state` ("auto", or output -> input pairs) makes outputs update
-    their inputs in place, in DRAM placed first (compiler/state.py)."""
+    their inputs in place, in DRAM placed first (compiler/state.py). `disabled_passes` names passes
+    of the level not to run (see `pass_names`)."""
     config = load_config(config)
     precision = Precision(precision) if isinstance(precision, str) else precision
     if precision.mode == "int8":
@@ -150,7 +153,10 @@ def compile(model: str | Path | onnx.ModelProto, config: str | Path | Accelerato
     graph = import_model(model, input_shapes)
     if verify_each:
         verify(graph)
-    graph = run_passes(graph, opt_level, dump_after, verify_each)
+    unknown = set(disabled_passes) - {name for name, _, _ in PASSES}
+    if unknown:
+        raise ValueError(f"unknown pass(es) {', '.join(sorted(unknown))} (passes: {', '.join(pass_names()[1:])})")
+    graph = run_passes(graph, opt_level, dump_after, verify_each, disabled=disabled_passes)
     if precision.mode == "bf16" or "bf16" in precision.keep.values():
         graph = apply_precision(graph, precision)
         if verify_each:

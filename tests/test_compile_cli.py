@@ -41,6 +41,18 @@ def test_dump_after(tmp_path, capsys):
     assert text.startswith("graph ") and "Gemm" in text
 
 
+def test_disable_pass(tmp_path, capsys):
+    """The MLP's Gemm + Relu fuse at -O2 unless fuse_epilogue is disabled; an unknown name is one line."""
+    shapes = ["--input-shape", "pixels=1,64", "-O", "2"]
+    assert compile_main([str(MLP), *shapes, "--dump-after", "fuse_epilogue"]) == 0
+    assert "FusedGemm" in capsys.readouterr().out
+    assert compile_main([str(MLP), *shapes, "--dump-after", "fuse_epilogue", "--disable-pass", "fuse_epilogue"]) == 0
+    assert "FusedGemm" not in capsys.readouterr().out
+    line = one_line_error(capsys, compile_main([str(MLP), *shapes, "-o", str(tmp_path / "m.bin"),
+                                                "--disable-pass", "fuse_everything"]))
+    assert "unknown pass 'fuse_everything'" in line and not (tmp_path / "m.bin").exists()
+
+
 @pytest.mark.parametrize("content,message", [
     (b"this is not an onnx model", "not"),
     (MLP.read_bytes()[:300], ""),
