@@ -88,6 +88,33 @@ def test_conv(config, x_shape, w_shape, attrs, bias):
     check("Conv", conv_values(0, x_shape, w_shape, w_shape[0] if bias else None), attrs, config)
 
 
+# An image network's stem (few channels, a stride) runs as a stride-1 convolution of the input
+# rearranged space-to-depth when channels x stride^2 fit the array's rows; odd sizes need the
+# padded input extended to a multiple of the stride.
+STEM_CASES = [
+    ((1, 3, 23, 21), (8, 3, 7, 7), dict(pads=[3, 3, 3, 3], strides=[2, 2])),
+    ((2, 2, 9, 10), (5, 2, 3, 3), dict(pads=[1, 0, 1, 2], strides=[2, 2])),
+    ((1, 1, 12, 12), (4, 1, 4, 4), dict(strides=[3, 3])),
+]
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("x_shape,w_shape,attrs", STEM_CASES)
+def test_strided_stem_as_space_to_depth(config, x_shape, w_shape, attrs):
+    check("Conv", conv_values(1, x_shape, w_shape, w_shape[0]), attrs, config)
+    graph = Graph()
+    graph.add_value(Value("x", "f32", x_shape))
+    graph.inputs = ["x"]
+    graph.const("W", conv_values(1, x_shape, w_shape, None)["W"])
+    expected = reference("Conv", conv_values(1, x_shape, w_shape, None), attrs, set())
+    graph.add_value(Value("y", "f32", expected.shape))
+    graph.outputs = ["y"]
+    graph.nodes = [Node("Conv", ["x", "W"], ["y"], attrs, "stem")]
+    notes = generate(graph, load_config(config)).notes["stem"]
+    step = attrs["strides"][0]
+    assert any("space-to-depth" in note for note in notes) == (x_shape[1] * step * step <= load_config(config).array_rows)
+
+
 CONV_TRANSPOSE_CASES = [
     ((1, 3, 4, 5), (3, 2, 3, 3), dict(strides=[2, 2])),
     ((1, 4, 5, 5), (4, 3, 3, 3), dict(strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 1])),

@@ -233,8 +233,66 @@ def conv_kernel(ctx: CodegenContext, node: Node, product: Product | None = None)
     groups = int(attrs.get("group", 1))
     kernel = tuple(attrs["kernel_shape"])
     filters = conv_filters(ctx, node, groups, kernel, transposed=False)
+    strides, dilations = tuple(attrs["strides"]), tuple(attrs["dilations"])
+    step = strides[1]
+    if (groups == 1 and isinstance(filters, np.ndarray) and dilations == (1, 1, 1) and strides[0] == 1
+            and strides[2] == step > 1 and filters.shape[2] * step * step <= ctx.config.array_rows
+            and min(kernel[1:]) >= step):
+        # Few input channels and a stride (an image network's stem): as a stride-1 convolution of
+        # the input rearranged space-to-depth, each K tile's input rows are contiguous runs.
+        size = [-(-(n + b + e) // step) * step for n, b, e in zip(x.shape[3:], attrs["pads"][1:3],
+                                                                      attrs["pads"][4:6], strict=True)]
+        source = padded(ctx, x, attrs["pads"], product.pad_value, (x.shape[2], *size))
+        ctx.note(f"space-to-depth by {step}: {filters.shape[2]} -> {filters.shape[2] * step * step} channels, "
+                 "stride 1")
+        convolve(ctx, node, space_to_depth(ctx, source, step), space_to_depth_filters(filters, step), 1,
+                 (1, 1, 1), dilations, out, product)
+        return
     source = padded(ctx, x, attrs["pads"], product.pad_value)
-    convolve(ctx, node, source, filters, groups, tuple(attrs["strides"]), tuple(attrs["dilations"]), out, product)
+    convolve(ctx, node, source, filters, groups, strides, dilations, out, product)
+
+
+def space_to_depth(ctx: CodegenContext, source: View, step: int) -> View:
+    """source [N, C, D, H, W] (H and W multiples of `step`) as a new dense [N, C*step*step, D, H/step,
+    W/step]: channel (c*step + dy)*step + dx holds source[n, c, d, dy::step, dx::step]. Bands of
+    input rows are loaded whole and each (dy, dx) plane picked out on the vector unit."""
+    batch, channels, depth, height, width = source.shape
+    rows_out, cols_out = height // step, width // step
+    result = ctx.allocate((batch, channels * step * step, depth, rows_out, cols_out), source.dtype)
+    spad, size = ctx.scratchpad(), source.dtype.size
+    band = max(1, min(rows_out, spad.free // (4 * step * width * size)))  # output rows per band
+    inputs = [spad.alloc(band * step * width * size) for _ in range(2)]
+    planes = [spad.alloc(band * cols_out * size) for _ in range(2)]
+    turn = 0
+    for n in range(batch):
+        for c in range(channels):
+            for d in range(depth):
+                for r0 in range(0, rows_out, band):
+                    rows = min(band, rows_out - r0)
+                    loaded = inputs[turn % 2]
+                    ctx.dma_in(loaded, source.at(n, c, d).window(0, r0 * step, (r0 + rows) * step))
+                    for dy in range(step):
+                        for dx in range(step):
+                            plane = planes[turn % 2]
+                            turn += 1
+                            ctx.emitter.emit("vmov", dtype=source.dtype, dst=plane, dst_rs=cols_out,
+                                             a=loaded + (dy * width + dx) * size, a_rs=step * width, a_cs=step,
+                                             rows=rows, cols=cols_out)
+                            channel = (c * step + dy) * step + dx
+                            ctx.dma_out(plane, result.at(n, channel, d).window(0, r0, r0 + rows))
+    return result
+
+
+def space_to_depth_filters(filters: np.ndarray, step: int) -> np.ndarray:
+    """[1, cout, cin, kd, kh, kw] -> [1, cout, cin*step*step, kd, ceil(kh/step), ceil(kw/step)] to match
+    `space_to_depth`: tap (i, j) of channel (c*step + dy)*step + dx is tap (i*step + dy, j*step + dx)
+    of channel c, zero past the kernel's end."""
+    _, cout, cin, kd, kh, kw = filters.shape
+    rows, cols = -(-kh // step), -(-kw // step)
+    grown = np.zeros((1, cout, cin, kd, rows * step, cols * step), filters.dtype)
+    grown[..., :kh, :kw] = filters
+    grown = grown.reshape(1, cout, cin, kd, rows, step, cols, step)
+    return grown.transpose(0, 1, 2, 5, 7, 3, 4, 6).reshape(1, cout, cin * step * step, kd, rows, cols)
 
 
 def conv_transpose_kernel(ctx: CodegenContext, node: Node) -> None:
