@@ -140,7 +140,7 @@ class ConvShape:
         return rows * nrows * ((ncols - 1) * self.strides[2] + 1) * self.source.dtype.size
 
     def load_patch(self, ctx: CodegenContext, local: int, n: int, group: int, pieces, od: int, oh0: int, nrows: int,
-                   ow0: int, ncols: int, staging: int | None = None) -> None:
+                   ow0: int, ncols: int, staging: Staging | None = None) -> None:
         """The input pixels of a K tile for output depth od, rows oh0.., columns ow0..: a dense
         [kt, pixels] tile. With a column stride above 1 and `staging` (staging_bytes of it), each
         piece's input rows come in as contiguous runs and the vector unit picks every stride-th
@@ -166,10 +166,11 @@ class ConvShape:
                 ctx.dma_in(local + row * pixels * size, window)
                 continue
             width = (ncols - 1) * column_stride + 1
-            ctx.dma_in(staging, View(address, self.source.dtype, (count, nrows, width),
-                                     (channel_stride, rows_apart, col_stride)))
+            buffer = staging.next()
+            ctx.dma_in(buffer, View(address, self.source.dtype, (count, nrows, width),
+                                    (channel_stride, rows_apart, col_stride)))
             ctx.emitter.emit("vmov", dtype=self.source.dtype, dst=local + row * pixels * size, dst_rs=ncols,
-                             a=staging, a_rs=width, a_cs=column_stride, rows=count * nrows, cols=ncols)
+                             a=buffer, a_rs=width, a_cs=column_stride, rows=count * nrows, cols=ncols)
 
 
 def conv_filters(ctx: CodegenContext, node: Node, groups: int, kernel: tuple[int, int, int], transposed: bool):
@@ -488,13 +489,25 @@ def _tail_blocks(product: Product, where: tuple) -> list[View]:
     return [_output_block(view, *where) for view in product.tail.operands] if product.tail else []
 
 
-def _staging(spad, shape: ConvShape, rows: int, tiles) -> int | None:
-    """A staging tile for strided input rows (ConvShape.load_patch), when the stride needs one and
-    it takes at most a quarter of the free scratchpad; None otherwise (strided DMA)."""
+class Staging:
+    """Scratchpad buffers that strided input rows are read into (ConvShape.load_patch), taken in
+    turn, so that the next piece's DMA need not wait for the vector unit to finish the last."""
+
+    def __init__(self, buffers: list[int]):
+        self.buffers, self.turn = buffers, 0
+
+    def next(self) -> int:
+        self.turn += 1
+        return self.buffers[self.turn % len(self.buffers)]
+
+
+def _staging(spad, shape: ConvShape, rows: int, tiles) -> Staging | None:
+    """Staging for strided input rows, when the stride needs it: two buffers when they take at
+    most a quarter of the free scratchpad, else one within a quarter; None otherwise (strided DMA)."""
     need = max(shape.staging_bytes(rows, nrows, ncols) for *_, nrows, _, ncols in tiles)
     if need == 0 or 4 * need > spad.free:
         return None
-    return spad.alloc(need)
+    return Staging([spad.alloc(need) for _ in range(2 if 8 * need <= spad.free else 1)])
 
 
 def _resident_block(m_tile: int, shape: ConvShape, wsize: int, free: int, cols: int) -> int:
