@@ -41,6 +41,16 @@ def test_fuses_the_residual_join_of_an_int8_network():
     assert run_pass(fuse_elementwise, RESIDUAL_BEFORE) == same(RESIDUAL_AFTER.replace("\\\n", ""))
 
 
+def test_relu_before_a_quantization_whose_zero_point_is_the_lowest_value_is_dropped():
+    """Q(max(a, 0)) = max(Q(a), zero point): with u8 and zero point 0 the saturation is the Relu."""
+    before = RESIDUAL_BEFORE.replace("const %z: u8[] = [3]", "const %z: u8[] = [0]")
+    after = RESIDUAL_AFTER.replace("const %z: u8[] = [3]", "const %z: u8[] = [0]").replace(
+        '"Relu(s1)", "QuantizeLinear(s2, x1, x2)', '"QuantizeLinear(s1, x1, x2)')
+    assert run_pass(fuse_elementwise, before) == same(after.replace("\\\n", ""))
+    signed = before.replace("u8", "i8").replace('output_dtype="i8"', 'output_dtype="i8"')
+    assert '"Relu(s1)"' in run_pass(fuse_elementwise, signed)  # i8 with zero point 0: the Relu clamps
+
+
 PER_CHANNEL_BEFORE = """
 graph g
   input %acc: i32[1, 2, 3]

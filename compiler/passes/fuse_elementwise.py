@@ -9,6 +9,8 @@ The fused node's kernel loads each input tile once and runs every step's recipe 
 
 from __future__ import annotations
 
+import numpy as np
+
 from compiler.codegen.kernels.elementwise import RECIPES
 from compiler.ir import Graph, Node
 from compiler.shape_rules import Step, broadcast_shapes
@@ -134,8 +136,45 @@ def _fused_node(graph: Graph, members: list[Node]) -> Node:
                 if name not in inputs:
                     inputs.append(name)
                 operands.append(f"x{inputs.index(name)}")
-        steps.append(Step(member.op, tuple(operands), dict(member.attrs)).text())
+        steps.append(Step(member.op, tuple(operands), dict(member.attrs)))
     last = members[-1]
     shape = broadcast_shapes(*(graph.values[name].shape for name in inputs))
     assert shape == graph.values[last.outputs[0]].shape, "element-wise results broadcast their inputs"
-    return Node("FusedElementwise", inputs, list(last.outputs), {"steps": steps}, last.name)
+    steps = _relu_folded_into_quantize(graph, steps, inputs)
+    return Node("FusedElementwise", inputs, list(last.outputs), {"steps": [step.text() for step in steps]},
+                last.name)
+
+
+INT_LOWEST = {"u8": 0, "i8": -128}
+
+
+def _relu_folded_into_quantize(graph: Graph, steps: list[Step], inputs: list[str]) -> list[Step]:
+    """Relu(a) read only by QuantizeLinear(., scale, zero point) whose zero point is its type's
+    lowest value (u8 with 0: any Relu before an asymmetric quantization of a Relu output) is
+    dropped: quantization is monotonic and maps 0 to the zero point, so
+    Q(max(a, 0)) = max(Q(a), zero point) = Q(a). Needs a constant positive scale."""
+    readers: dict[str, list[int]] = {}
+    for index, step in enumerate(steps):
+        for operand in step.operands:
+            readers.setdefault(operand, []).append(index)
+
+    def constant(operand: str):
+        value = graph.values[inputs[int(operand[1:])]] if operand.startswith("x") else None
+        return value.const if value is not None and value.is_const else None
+
+    for index, step in enumerate(steps):
+        if step.op != "QuantizeLinear" or not step.operands[0].startswith("s"):
+            continue
+        relu = int(step.operands[0][1:])
+        scale = constant(step.operands[1])
+        zero = constant(step.operands[2]) if len(step.operands) > 2 and step.operands[2] else np.zeros(1)
+        lowest = INT_LOWEST.get(step.attrs.get("output_dtype", "u8"))
+        if steps[relu].op != "Relu" or readers.get(f"s{relu}") != [index] or scale is None or np.any(scale <= 0) \
+                or lowest is None or np.any(zero != lowest):
+            continue
+        renumber = {f"s{j}": f"s{j - 1}" for j in range(relu + 1, len(steps))}
+        renumber[f"s{relu}"] = steps[relu].operands[0]
+        kept = [Step(s.op, tuple(renumber.get(o, o) for o in s.operands), s.attrs)
+                for j, s in enumerate(steps) if j != relu]
+        return _relu_folded_into_quantize(graph, kept, inputs)
+    return steps
