@@ -51,6 +51,12 @@ class Generation:
     state_bytes: int  # the state it reads per token
     dram_bytes_per_cycle: float
     hazards: int = 0  # found by check_hazards, over every run
+    prefill_roofline_cycles: float = 0.0  # the simulator's roofline of the prefill run
+
+    @property
+    def prefill_roofline_efficiency(self) -> float:
+        """The prefill's roofline cycles over its simulated cycles (1.0: at the roofline)."""
+        return self.prefill_roofline_cycles / self.prefill_cycles if self.prefill_cycles else 1.0
 
     @property
     def prefill_cycles(self) -> int:
@@ -76,7 +82,8 @@ class Generation:
     def figures(self) -> dict:
         """The figures of `table`, for JSON (acc-run --generate --stats)."""
         return {"prompt_tokens": self.prompt_length, "decode_steps": len(self.cycles) - 1,
-                "prefill_cycles": self.prefill_cycles, "decode_cycles_per_token": self.decode_cycles_per_token,
+                "prefill_cycles": self.prefill_cycles, "prefill_roofline_cycles": self.prefill_roofline_cycles,
+                "decode_cycles_per_token": self.decode_cycles_per_token,
                 "decode_cycles": [int(c) for c in self.cycles[1:]], "tokens_per_second": self.tokens_per_second,
                 "clock_mhz": self.clock_mhz, "weight_bytes": self.weight_bytes, "state_bytes": self.state_bytes,
                 "constant_bytes": self.constant_bytes, "bound_cycles": self.bound_cycles,
@@ -87,7 +94,8 @@ class Generation:
         decode = self.cycles[1:]
         rows = [
             ("prefill", f"{self.prefill_cycles:,} cycles", f"{self.prompt_length} prompt tokens, "
-                                                           f"{self.prefill_cycles / self.clock_mhz:,.1f} us"),
+                                                           f"{self.prefill_cycles / self.clock_mhz:,.1f} us, "
+                                                           f"{self.prefill_roofline_efficiency:.2f} of its roofline"),
             ("decode", f"{self.decode_cycles_per_token:,.0f} cycles/token",
              f"mean of {steps} steps, {int(decode.min()):,} .. {int(decode.max()):,}"),
             ("tokens/s", f"{self.tokens_per_second:,.0f}", f"at {self.clock_mhz:g} MHz"),
@@ -119,6 +127,7 @@ def generate(prefill: Program, decode: Program, prompt_ids: np.ndarray, steps: i
     meter = ProgressLine("generating", steps + 1, "runs") if progress else None
     hazards = 0
     logits, cycles = [], []
+    prefill_roofline = 0.0
     for step in range(steps + 1):
         if step == 0:
             program = prefill
@@ -132,6 +141,8 @@ def generate(prefill: Program, decode: Program, prompt_ids: np.ndarray, steps: i
         hazards += len(result.hazards)
         logits.append(result.outputs[LOGITS_OUTPUT].reshape(-1, vocab)[-1])
         cycles.append(result.stats["cycles"])
+        if step == 0:
+            prefill_roofline = result.stats["roofline_cycles"]
         if meter:
             meter.step(f"{cycles[-1]:,} cycles")
     if meter:
@@ -143,7 +154,8 @@ def generate(prefill: Program, decode: Program, prompt_ids: np.ndarray, steps: i
                       clock_mhz=config.clock_mhz, weight_bytes=weight_bytes_read(decode),
                       constant_bytes=sum(len(c.data) for c in decode.constants),
                       state_bytes=sum(t.nbytes for t in decode.state_inputs()),
-                      dram_bytes_per_cycle=config.dram_bytes_per_cycle, hazards=hazards)
+                      dram_bytes_per_cycle=config.dram_bytes_per_cycle, hazards=hazards,
+                      prefill_roofline_cycles=prefill_roofline)
 
 
 def seeded_prompt(length: int, vocab: int, seed: int = 0) -> np.ndarray:
