@@ -77,9 +77,11 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--report", action="store_true",
                         help="print per layer the kernel's choices, scratchpad used and predicted cycles")
     precision = parser.add_argument_group("precision")
-    precision.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32",
-                           help="fp32 (default); bf16 operands with fp32 accumulation; int8 post-training "
-                                "quantization (needs --calibration). A QDQ-quantized model is int8 in any mode")
+    precision.add_argument("--precision", choices=["fp32", "bf16", "w8a16", "int8"], default="fp32",
+                           help="fp32 (default); bf16 operands with fp32 accumulation; w8a16 weight-only int8 "
+                                "(MatMul/Gemm weights int8 per output column, bf16 activations); int8 "
+                                "post-training quantization (needs --calibration). A QDQ-quantized model is "
+                                "int8 in any mode")
     precision.add_argument("--calibration", metavar="SAMPLES.npz",
                            help="int8: sample inputs, one array per model input with the samples along axis 0")
     precision.add_argument("--calibration-method", choices=["minmax", "percentile", "entropy", "mse"],

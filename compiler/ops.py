@@ -133,6 +133,9 @@ _op("FusedGemm", (2, 4), rules.fused_gemm, "Gemm(A, B, C)" + _EPILOGUE_DOC, alph
 _op("FusedMatMul", (2, 4), rules.fused_matmul, "MatMul(A, B) (ranks 2 and more) + C, a bias [N] per column"
     + _EPILOGUE_DOC, **_EPILOGUE)
 _op("MatMul", 2, rules.matmul, "numpy matmul: batched, broadcasting batch axes, 1-D operands promoted")
+_op("MatMulW8", (3, 5), rules.matmul_w8, "weight-only int8 (--precision w8a16): A [..., K] (bf16) @ W [K, N] "
+    "(i8, constant) in fp32, times scale [N] (f32, per column), + bias [N] (f32, optional)" + _EPILOGUE_DOC,
+    **_EPILOGUE)
 _op("Softmax", 1, rules.along_axis, "exp(x) / sum(exp(x)) along axis", axis=REQUIRED)
 _op("LogSoftmax", 1, rules.along_axis, "log(softmax(x)) along axis", axis=REQUIRED)
 _op("Hardmax", 1, rules.along_axis, "1 at the first maximum along axis, 0 elsewhere", axis=REQUIRED)

@@ -21,7 +21,7 @@ from compiler.frontend import import_model
 from compiler.ir import Graph, to_text
 from compiler.passes.fuse_elementwise import fuse_elementwise
 from compiler.passes.fuse_epilogue import fuse_epilogue, fuse_quantized_tail
-from compiler.passes.precision import MATRIX_OPS, to_bf16
+from compiler.passes.precision import MATRIX_OPS, to_bf16, to_w8a16
 from compiler.passes.quantized import fold_dequantized_constants, fuse_qdq
 from compiler.passes.simplify import decompose_batchnorm, fold_batchnorm_into_conv, remove_identities
 from compiler.state import StateDeclaration
@@ -69,10 +69,12 @@ def run_passes(graph: Graph, opt_level: int = 1, dump_after: str | None = None, 
 class Precision:
     """What the matrix unit computes in.
 
-    fp32; bf16 (bf16 operands, fp32 accumulation); int8 (post-training quantization from
-    `calibration`, an .npz path or a list of feeds, by `method`; a model that is already
-    QDQ-quantized is compiled to int8 in any mode, with its own scales). `keep` maps node
-    names to "fp32" or "bf16": those nodes are not quantized (int8) or stay fp32 (bf16)."""
+    fp32; bf16 (bf16 operands, fp32 accumulation); w8a16 (weight-only int8: constant MatMul/Gemm
+    weights in int8 with a scale per output column, bf16 activations, fp32 accumulation; no
+    calibration); int8 (post-training quantization from `calibration`, an .npz path or a list of
+    feeds, by `method`; a model that is already QDQ-quantized is compiled to int8 in any mode,
+    with its own scales). `keep` maps node names to "fp32" or "bf16": those nodes are not
+    quantized (int8, w8a16) or stay fp32 (bf16)."""
 
     mode: str = "fp32"
     calibration: str | Path | Sequence[Mapping[str, np.ndarray]] | None = None
@@ -95,7 +97,7 @@ class Precision:
             raise AccError("int8 needs calibration samples (--calibration samples.npz)")
 
 
-PRECISIONS = ("fp32", "bf16", "int8")
+PRECISIONS = ("fp32", "bf16", "w8a16", "int8")
 
 
 def quantize_for(model: str | Path | onnx.ModelProto | bytes, precision: Precision,
@@ -125,7 +127,10 @@ def quantize_for(model: str | Path | onnx.ModelProto | bytes, precision: Precisi
 
 def apply_precision(graph: Graph, precision: Precision) -> Graph:
     """bf16 on the matrix ops the precision asks for (all but the kept ones in bf16 mode; the ones
-    kept as bf16 in int8 mode)."""
+    kept as bf16 in int8 mode); in w8a16 mode int8 weights for the products with constant weights
+    and bf16 for the rest."""
+    if precision.mode == "w8a16":
+        return to_w8a16(graph, precision.keep)
     if precision.mode == "bf16":
         return to_bf16(graph, keep={name for name, kept in precision.keep.items() if kept == "fp32"})
     matrix = {node.name for node in graph.nodes if node.op in MATRIX_OPS}
@@ -157,7 +162,7 @@ def compile(model: str | Path | onnx.ModelProto, config: str | Path | Accelerato
     if unknown:
         raise ValueError(f"unknown pass(es) {', '.join(sorted(unknown))} (passes: {', '.join(pass_names()[1:])})")
     graph = run_passes(graph, opt_level, dump_after, verify_each, disabled=disabled_passes)
-    if precision.mode == "bf16" or "bf16" in precision.keep.values():
+    if precision.mode in ("bf16", "w8a16") or "bf16" in precision.keep.values():
         graph = apply_precision(graph, precision)
         if verify_each:
             verify(graph)

@@ -543,7 +543,24 @@ def _matmul_with_bias(attrs: dict, x: list) -> Result:
     return [(dtype, shape)]
 
 
+def _matmul_w8_base(attrs: dict, x: list) -> Result:
+    """A [..., K] bf16 @ W [K, N] i8, scale [N] and optional bias [N] f32: an f32 [..., N] result."""
+    a, weight, scale = x[0], x[1], x[2]
+    bias = x[3] if len(x) > 3 else None
+    _check(a.dtype == "bf16" and weight.dtype == "i8", f"operands are {a.dtype} and {weight.dtype}, not bf16 and i8")
+    _check(len(a.shape) >= 2 and len(weight.shape) == 2,
+           f"A {_dims(a.shape)} must have rank 2 or more and W {_dims(weight.shape)} be a matrix")
+    _check(a.shape[-1] == weight.shape[0], f"{_dims(a.shape)} and {_dims(weight.shape)} do not multiply")
+    channels = weight.shape[1]
+    for name, value in (("scale", scale), ("bias", bias)):
+        if value is not None:
+            _check(value.shape == (channels,) and value.dtype == "f32",
+                   f"{name} {value.dtype}{_dims(value.shape)} is not f32[{channels}], one per column")
+    return [("f32", (*a.shape[:-1], channels))]
+
+
 fused_conv = _fused(conv, 3)
+matmul_w8 = _fused(_matmul_w8_base, 4)
 fused_gemm = _fused(gemm, 3)
 fused_matmul = _fused(_matmul_with_bias, 3)
 

@@ -166,7 +166,7 @@ def _parse_sections(sections: dict[int, bytes]) -> Program:
     meta = _parse_json(sections, SECTION_META)
     _expect(isinstance(meta, dict) and _META_KEYS <= set(meta) <= _META_KEYS | {"state"},
             "meta section has the wrong keys")
-    _expect(meta["precision"] in ("fp32", "bf16", "int8"), "meta: precision is not fp32, bf16 or int8")
+    _expect(meta["precision"] in ("fp32", "bf16", "w8a16", "int8"), "meta: precision is not fp32, bf16, w8a16 or int8")
     dram_bytes = meta["dram_bytes"]
     _expect(_is_int(dram_bytes) and 0 <= dram_bytes <= config.dram_bytes,
             "meta: dram_bytes is not a size within the config's DRAM")

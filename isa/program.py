@@ -68,7 +68,7 @@ class Program:
     host_steps: list[str] = field(default_factory=list)  # steps that run on the host; reported by acc-run
     # Intermediate tensors still in DRAM when the run ends, for per-layer comparison.
     debug_tensors: list[TensorInfo] = field(default_factory=list)
-    # What the matrix unit computes in: "fp32", "bf16" or "int8" (the lowest used); acc-run's tolerance.
+    # What the matrix unit computes in: "fp32", "bf16", "w8a16" or "int8" (the lowest used); acc-run's tolerance.
     precision: str = "fp32"
     # The activations' DRAM (I/O, intermediates, kernels' scratch) at its peak: [0, activation_bytes)
     # holds them, constants follow. Smaller than the sum of all activations when DRAM is reused.

@@ -113,7 +113,8 @@ FORMATS: dict[str, tuple[Field, ...]] = {
         _f("limit", "209..178", doc="rows in the DRAM table: an index must lie in [0, limit)"),
     ),
     "weights": (
-        _f("dtype", "22..20", FieldKind.DTYPE, "weight element type: i8, u8, bf16 or f32"),
+        _f("dtype", "22..20", FieldKind.DTYPE, "weight element type: i8, u8, bf16 or f32 (the tile shifts in "
+                                                 "at the row_cycles of this type)"),
         _f("transpose", "23..23", FieldKind.FLAG, "1: the tile is stored n-major (W^T) and transposed on load"),
         _f("addr", "49..24", doc="scratchpad byte address of the tile"),
         _f("k", "61..50", doc="rows of the tile (K), at most array_rows"),
@@ -249,7 +250,9 @@ def _build_instructions() -> tuple[InstructionDef, ...]:
             "matmul", 0x21, "matmul", Engine.MATRIX,
             "for i < m, j < n: acc[c + (i*c_rs + j)*4] (+)= sum_l A[i, l] * W[l, j], A[i, l] at "
             "a + (i*a_rs + l)*size; integers exact into int32 (wrapping), floats summed in "
-            "float64 and rounded to fp32",
+            "float64 and rounded to fp32. The weights have the activations' type, or are integers "
+            "(i8/u8) with integer activations, or are i8 with bf16 activations (weight-only int8: "
+            "each weight enters the multipliers as the bf16 of its integer value, which is exact)",
             "m * row_cycles + array_rows + array_cols - 2"),
     ]
     for index, (name, op, cost) in enumerate(BINARY_OPS):

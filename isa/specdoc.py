@@ -47,6 +47,9 @@ fails when this file is stale).
   and sqrt equals IEEE fp32 arithmetic. Integer operations are exact, then wrapped to
   the result type (vcvt, vreq and vquant saturate instead). The matrix unit is exact for
   integers (int32 results, wrapping) and sums floats in float64, rounding once to fp32.
+  Weight-only int8: `load_weights` of i8 weights followed by a bf16 `matmul` multiplies
+  bf16 activations by the integers (exact in bf16) and accumulates in fp32; the
+  per-channel scale is applied to the accumulator afterwards (on the vector unit).
 - **Engines.** Instructions are dispatched in program order to four in-order queues:
   load (`dma_load`, `dma_gather`), matrix (`load_weights`, `matmul`), vector (all `v*`) and store
   (`dma_store`, `dma_scatter`); `sync` joins the queue its `engine` field names. Dispatch stops at the
@@ -78,7 +81,9 @@ run). How instructions overlap:
 - **Matrix unit** (weight-stationary, `array_rows` R x `array_cols` C). `load_weights`
   shifts its k rows into the array (k x row_cycles). `matmul` streams its m rows (m x
   row_cycles); the last result leaves the array R + C - 2 cycles after the last row
-  entered (skew and drain).
+  entered (skew and drain). Each takes the `row_cycles` of its own `dtype`: i8 weights
+  for bf16 activations shift in at `int8_row_cycles` per row (the weight path moves
+  bytes), the bf16 rows stream at `bf16_row_cycles` (the multipliers are bf16 ones).
   - Without weight double-buffering (`weight_double_buffer = false`): a `load_weights`
     waits until the previous `matmul` has drained. One R x C tile costs
     `R + M + R + C - 2` cycles, `M + 3R - 2` on a square array (SCALE-Sim's

@@ -23,7 +23,8 @@ class Tolerance:
     cosine: float
 
 
-TOLERANCES = {"fp32": Tolerance(1e-4, 0.99999), "bf16": Tolerance(2e-2, 0.999), "int8": Tolerance(1e-1, 0.99)}
+TOLERANCES = {"fp32": Tolerance(1e-4, 0.99999), "bf16": Tolerance(2e-2, 0.999), "w8a16": Tolerance(5e-2, 0.998),
+              "int8": Tolerance(1e-1, 0.99)}
 
 
 @dataclass(frozen=True)

@@ -398,6 +398,9 @@ def exec_dma_scatter(machine: Machine, i: Instruction) -> Effects:
 MATRIX_DTYPES = (DType.I8, DType.U8, DType.BF16, DType.F32)
 _MATRIX_DTYPE_SET = frozenset(MATRIX_DTYPES)
 _INTEGER_OPERANDS = frozenset((DType.I8, DType.U8))
+# bf16 activations with i8 weights: an int8 value is exact in bf16 (8 significant bits), so the
+# array's bf16 multipliers take the weights as they are and the products are the float ones.
+_WEIGHT_ONLY_INT8 = (DType.BF16, DType.I8)
 
 
 def exec_load_weights(machine: Machine, i: Instruction) -> Effects:
@@ -424,7 +427,10 @@ def exec_load_weights(machine: Machine, i: Instruction) -> Effects:
 
 def exec_matmul(machine: Machine, i: Instruction) -> Effects:
     """for i < m, j < n: acc[c + (i*c_rs + j)*4] (+)= sum_l A[i, l] * W[l, j], A[i, l] at a + (i*a_rs +
-    l)*size; integers exact into int32 (wrapping), floats summed in float64 and rounded to fp32"""
+    l)*size; integers exact into int32 (wrapping), floats summed in float64 and rounded to fp32. The
+    weights have the activations' type, or are integers (i8/u8) with integer activations, or are i8
+    with bf16 activations (weight-only int8: each weight enters the multipliers as the bf16 of its
+    integer value, which is exact)"""
     f = i.fields
     dtype = f["dtype"]
     weights = machine.weights
@@ -434,7 +440,8 @@ def exec_matmul(machine: Machine, i: Instruction) -> Effects:
         raise OperandError(f"the matrix unit takes i8, u8, bf16 or f32 activations, not {dtype.asm_name}")
     integer = dtype in _INTEGER_OPERANDS
     weights_dtype = machine.weights_dtype
-    if integer != (weights_dtype in _INTEGER_OPERANDS) or (not integer and dtype != weights_dtype):
+    matching = integer == (weights_dtype in _INTEGER_OPERANDS) and (integer or dtype == weights_dtype)
+    if not matching and (dtype, weights_dtype) != _WEIGHT_ONLY_INT8:
         raise OperandError(f"{dtype.asm_name} activations with {weights_dtype.asm_name} weights")
     k, n = weights.shape
     m = f["m"]

@@ -14,7 +14,7 @@ import numpy as np
 from isa.config import AcceleratorConfig
 from isa.dtypes import DType
 
-PRECISION_DTYPE = {"fp32": DType.F32, "bf16": DType.BF16, "int8": DType.I8}
+PRECISION_DTYPE = {"fp32": DType.F32, "bf16": DType.BF16, "w8a16": DType.BF16, "int8": DType.I8}
 
 
 def roofline_points(layers: list[dict]) -> list[tuple[str, float, float]]:

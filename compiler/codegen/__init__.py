@@ -91,10 +91,14 @@ def _relocated(tensor: TensorInfo, activation_bytes: int) -> TensorInfo:
 
 
 def _precision(graph: Graph) -> str:
-    """The lowest precision any matrix op computes in."""
+    """The lowest precision any matrix op computes in (w8a16: int8 weights with bf16 activations)."""
     operands = {graph.values[node.inputs[0]].dtype for node in graph.nodes
                 if node.op in MATRIX_OPS or node.op in ("QLinearConv", "QLinearMatMul")}
-    return "int8" if operands & {"i8", "u8"} else "bf16" if "bf16" in operands else "fp32"
+    if operands & {"i8", "u8"}:
+        return "int8"
+    if any(node.op == "MatMulW8" for node in graph.nodes):
+        return "w8a16"
+    return "bf16" if "bf16" in operands else "fp32"
 
 
 def _tensor(graph: Graph, name: str, view: View, node: str = "") -> TensorInfo:

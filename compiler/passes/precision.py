@@ -1,4 +1,4 @@
-"""bf16 on the matrix unit (`--precision bf16`): bf16 operands, fp32 accumulation.
+"""bf16 on the matrix unit (`--precision bf16`), and weight-only int8 (`--precision w8a16`).
 
 The matrix unit streams bf16 rows twice as fast as fp32 ones (isa/config.py
 `row_cycles`) and accumulates them in fp32. `to_bf16` gives every Conv, ConvTranspose,
@@ -7,11 +7,20 @@ even, as ml_dtypes and the vector unit's `vcvt` round), run-time operands pass t
 a `Cast` to bf16 on the vector unit. The products' outputs and biases stay f32 (the IR's
 rule: bf16 operands give f32), and so does everything else: LayerNorm, Softmax, GELU and
 the other vector ops keep their fp32 accuracy.
+
+`to_w8a16` goes one step further for MatMul and Gemm with constant weights: the weights
+become int8, symmetric per output column (compiler/quantize/ptq.py `quantize_weights`,
+as post-training quantization makes them), so that a decode step streams one byte per
+weight from DRAM instead of two; the activations are bf16 as above and the matrix unit
+multiplies them by the integers (exact in bf16) into fp32, and each column's scale is
+applied to the accumulator in the kernel's epilogue (`MatMulW8`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
+
+import numpy as np
 
 from compiler.ir import Graph, Node, Value, numpy_dtype
 
@@ -53,3 +62,80 @@ def _bf16_value(graph: Graph, value: Value, nodes: list[Node], user: Node) -> st
         graph.add_value(Value(name, "bf16", value.shape))
         nodes.append(Node("Cast", [value.name], [name], {"to": "bf16"}, f"{user.name}/cast" if user.name else ""))
     return name
+
+
+WEIGHT_ONLY_OPS = frozenset({"MatMul", "Gemm", "FusedGemm", "FusedMatMul"})
+
+
+def to_w8a16(graph: Graph, keep: Mapping[str, str] | None = None) -> Graph:
+    """Weight-only int8: every MatMul, Gemm, FusedMatMul and FusedGemm whose weight B is a 2-D f32
+    constant and whose A is an f32 run-time tensor of rank 2 or more becomes
+    `MatMulW8(A.bf16, B.i8, B.scale[, bias][, Z])`: the weight quantized per output column,
+    Gemm's transB applied to the constant, alpha folded into the scales and beta into a constant
+    bias (a bias must be one value per column, or absent), the epilogue kept. The other matrix
+    ops get bf16 operands as `to_bf16` gives them. `keep` names nodes that stay "fp32" or
+    become only "bf16".
+
+    Invariant: node outputs keep their names, dtypes and shapes; Gemm with transA, or with a C that
+    is not one value per column, is not a weight-only product (it gets bf16 operands)."""
+    from compiler.quantize.ptq import quantize_weights
+
+    keep = dict(keep or {})
+    converted: dict[str, str] = {}  # f32 activation -> its bf16 value
+    quantized: dict[tuple[str, bool], tuple[str, np.ndarray]] = {}  # (weight, transposed) -> (i8 name, scales)
+    nodes: list[Node] = []
+    for node in graph.nodes:
+        parts = None if node.name in keep else _weight_only_parts(graph, node)
+        if parts is None:
+            nodes.append(node)
+            continue
+        weight, transposed, alpha, bias, addend = parts
+        if (weight, transposed) not in quantized:
+            matrix = graph.values[weight].const.astype(np.float32)
+            integers, scales = quantize_weights(matrix.T if transposed else matrix, axis=1)
+            name = graph.fresh_name(weight + ".i8")
+            graph.const(name, integers)
+            quantized[(weight, transposed)] = (name, scales)
+        weight_name, scales = quantized[(weight, transposed)]
+        scale = graph.fresh_name(weight + ".scale")
+        graph.const(scale, (scales * np.float32(alpha)).astype(np.float32))
+        activation = node.inputs[0]
+        if activation not in converted:
+            converted[activation] = _bf16_value(graph, graph.values[activation], nodes, node)
+        inputs = [converted[activation], weight_name, scale, bias or "", addend or ""]
+        while not inputs[-1]:
+            inputs.pop()
+        attrs = {key: node.attrs[key] for key in ("activation", "activation_params") if key in node.attrs}
+        nodes.append(Node("MatMulW8", inputs, node.outputs, attrs, node.name))
+    graph.nodes = nodes
+    graph.prune()
+    return to_bf16(graph, keep={name for name, kept in keep.items() if kept == "fp32"})
+
+
+def _weight_only_parts(graph: Graph, node: Node) -> tuple[str, bool, float, str | None, str | None] | None:
+    """(weight, transposed, alpha, bias, addend) of a product that can be weight-only int8, else None.
+    A Gemm's constant C becomes a new constant bias beta * C, one value per column."""
+    if node.op not in WEIGHT_ONLY_OPS:
+        return None
+    a, b = (graph.values[name] for name in node.inputs[:2])
+    if a.is_const or a.dtype != "f32" or len(a.shape) < 2 or not b.is_const or b.dtype != "f32" or len(b.shape) != 2:
+        return None
+    gemm = node.op in ("Gemm", "FusedGemm")
+    if gemm and node.attrs.get("transA", 0):
+        return None
+    transposed = bool(gemm and node.attrs.get("transB", 0))
+    alpha = float(node.attrs.get("alpha", 1.0)) if gemm else 1.0
+    channels = b.shape[0] if transposed else b.shape[1]
+    bias = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else None
+    addend = node.inputs[3] if len(node.inputs) > 3 and node.inputs[3] else None
+    if bias is not None and gemm:
+        beta = float(node.attrs.get("beta", 1.0))
+        value = graph.values[bias]
+        if value.is_const and value.dtype == "f32" and value.const.size in (1, channels) and \
+                (value.const.ndim <= 1 or value.shape[-1] == value.const.size):
+            per_column = np.broadcast_to(value.const.reshape(-1) * np.float32(beta), (channels,))
+            bias = graph.fresh_name(bias + ".bias")
+            graph.const(bias, per_column.astype(np.float32))
+        elif not (value.shape == (channels,) and beta == 1.0 and value.dtype == "f32"):
+            return None
+    return node.inputs[1], transposed, alpha, bias, addend

@@ -12,7 +12,7 @@ from compiler.codegen.kernels.elementwise import (
     fused_elementwise_kernel,
     quantize_kernel,
 )
-from compiler.codegen.kernels.matmul import gemm_kernel, matmul_kernel
+from compiler.codegen.kernels.matmul import gemm_kernel, matmul_kernel, matmul_w8_kernel
 from compiler.codegen.kernels.movement import MOVEMENT_KERNELS
 from compiler.codegen.kernels.pool import pool_kernel
 from compiler.codegen.kernels.quantized import qlinear_conv_kernel, qlinear_matmul_kernel
@@ -24,7 +24,7 @@ ALIASES = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"}
 KERNELS = {op: elementwise_kernel for op in RECIPES}
 KERNELS.update({"MatMul": matmul_kernel, "Gemm": gemm_kernel, "QuantizeLinear": quantize_kernel,
                 "DequantizeLinear": dequantize_kernel, "QLinearConv": qlinear_conv_kernel,
-                "QLinearMatMul": qlinear_matmul_kernel})
+                "QLinearMatMul": qlinear_matmul_kernel, "MatMulW8": matmul_w8_kernel})
 KERNELS.update({"Conv": conv_kernel, "FusedConv": conv_kernel, "FusedGemm": gemm_kernel, "FusedMatMul": matmul_kernel,
                 "ConvTranspose": conv_transpose_kernel, "MaxPool": pool_kernel,
                 "AveragePool": pool_kernel})

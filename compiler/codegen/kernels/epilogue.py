@@ -1,11 +1,12 @@
 """The arithmetic of a matrix-unit kernel, and the end of each result tile.
 
 A `Product` says what a MatMul/Gemm/Conv kernel multiplies and what it produces: the
-operand dtype (f32, bf16, or i8/u8 with i8/u8 weights), the accumulator dtype (fp32, or
-int32 for integer operands), a per-channel bias, Gemm's alpha, and for quantized ops a
-`Requantization` to an i8/u8 output. `Finisher` turns one finished accumulator tile into
-output: bias added in place, then (integer outputs) `vreq` with the per-channel
-multiplier into an i8/u8 tile and a clamp, then the DMA out. The tile is physically dense
+operand dtype (f32, bf16 with bf16 or i8 weights, or i8/u8 with i8/u8 weights), the
+accumulator dtype (fp32, or int32 for integer operands), a per-channel scale (weight-only
+int8), a per-channel bias, Gemm's alpha, and for quantized ops a `Requantization` to an
+i8/u8 output. `Finisher` turns one finished accumulator tile into output: scale and bias
+applied in place, then (integer outputs) `vreq` with the per-channel multiplier into an
+i8/u8 tile and a clamp, then the DMA out. The tile is physically dense
 [rows, cols] with the output channels along its rows or its columns; `transpose` stores
 it transposed through the vector unit (so the DMA writes whole rows).
 
@@ -25,6 +26,7 @@ import numpy as np
 from compiler.codegen.context import LOCAL_ALIGN, CodegenContext, LocalArena, View
 from compiler.codegen.kernels.elementwise import StepProgram, Tile, TileBuilder
 from compiler.ir import Node
+from compiler.ops import OPS
 from isa.dtypes import INT_RANGES, DType
 
 INTEGER_OPERANDS = (DType.I8, DType.U8)
@@ -77,7 +79,8 @@ class Product:
     bias: View | None = None  # [channels]: f32, or i32 for integer products
     alpha: float = 1.0
     requant: Requantization | None = None
-    weights: DType | None = None  # when it differs from `operand` (u8 activations x i8 weights)
+    weights: DType | None = None  # when it differs from `operand` (u8 x i8, or bf16 x i8: weight-only int8)
+    scale: View | None = None  # f32 [channels]: a float accumulator times this first (weight-only int8)
     pad_value: float = 0.0  # the operand value that means zero (the zero point of quantized data)
     addend: View | None = None  # FusedConv/FusedGemm's Z: the result's shape, added after the bias
     activation: str = ""  # "", "Relu" or "Clip" (float results), after the addend
@@ -115,6 +118,7 @@ class Finisher:
         self.ctx, self.product = ctx, product
         sizes = Finisher._buffer_sizes(product, max_rows, max_cols, max_channels, transpose)
         self.bias = spad.alloc(sizes["bias"][0]) if sizes["bias"] else None
+        self.scale = spad.alloc(sizes["scale"][0]) if sizes["scale"] else None
         self.multiplier = spad.alloc(sizes["multiplier"][0]) if sizes["multiplier"] else None
         self.zero_point = spad.alloc(sizes["zero_point"][0]) if sizes["zero_point"] else None
         self.outputs = [spad.alloc(size) for size in sizes["outputs"]]
@@ -151,6 +155,7 @@ class Finisher:
                               "block": [elements * size] * 2}[kind]
         return {
             "bias": [max_channels * 4] if product.bias is not None else [],
+            "scale": [max_channels * 4] if product.scale is not None else [],
             "multiplier": [max_channels * 4] if requant else [],
             "zero_point": [4] if requant else [],
             # Integer outputs, tails and transposed stores need a tile beside the accumulator's.
@@ -173,6 +178,8 @@ class Finisher:
             return
         if self.bias is not None:
             self.ctx.dma_in(self.bias, self.product.bias.window(0, first, first + count))
+        if self.scale is not None:
+            self.ctx.dma_in(self.scale, self.product.scale.window(0, first, first + count))
         requant = self.product.requant
         if requant:
             multiplier = requant.multiplier
@@ -203,6 +210,8 @@ class Finisher:
         channels = rows if channels_on_rows else cols
         per_channel = dict(b_rs=1, b_cs=0) if channels_on_rows else dict(b_rs=0, b_cs=1)
         self._load_channels(first_channel, channels)
+        if self.scale is not None:
+            emit("vmul", dtype=acc, dst=tile, dst_rs=cols, a=tile, a_rs=cols, b=self.scale, **per_channel, **shape)
         if product.alpha != 1.0:
             emit("vmuli", dtype=acc, dst=tile, dst_rs=cols, a=tile, a_rs=cols, imm=product.alpha, **shape)
         if self.bias is not None:
@@ -287,8 +296,9 @@ class Finisher:
 
 
 def epilogue_of(ctx: CodegenContext, node: Node, own: int) -> dict:
-    """A Fused* node's addend view (its input after the op's `own`) and activation, as Product fields."""
-    if not node.op.startswith("Fused"):
+    """A Fused* (or MatMulW8) node's addend view (its input after the op's `own`) and activation, as
+    Product fields."""
+    if "activation" not in OPS[node.op].attrs:  # the ops with an epilogue (compiler/ops.py _EPILOGUE)
         return {}
     addend = ctx.view(node.inputs[own]) if len(node.inputs) > own and node.inputs[own] else None
     return dict(addend=addend, activation=node.attrs.get("activation", ""),

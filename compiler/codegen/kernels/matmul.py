@@ -262,3 +262,19 @@ def gemm_kernel(ctx: CodegenContext, node: Node) -> None:
         b_transposed = ctx.constant(stored, b.dtype, node.inputs[1] + (".T" if not attrs.get("transB", 0) else ""))
     matmul_views(ctx, a, b, out, node, alpha=float(attrs.get("alpha", 1.0)), bias=bias, b_transposed=b_transposed,
                  epilogue=epilogue_of(ctx, node, 3))
+
+
+def matmul_w8_kernel(ctx: CodegenContext, node: Node) -> None:
+    """MatMulW8: bf16 rows of A times the int8 weights (the matrix unit's weight-only int8 mode),
+    each column's scale and bias applied to the fp32 accumulator, then the epilogue."""
+    a, out = ctx.view(node.inputs[0]), ctx.view(node.outputs[0])
+    if a.strides != View.dense(a.addr, a.dtype, a.shape).strides:
+        raise unsupported(node, "a strided input")
+    a = a.reshape_dense((int(np.prod(a.shape[:-1])), a.shape[-1]))
+    out = out.reshape_dense((a.shape[0], out.shape[-1]))
+    bias = ctx.view(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] else None
+    epilogue = epilogue_of(ctx, node, 4)
+    if epilogue.get("addend") is not None:
+        epilogue["addend"] = epilogue["addend"].reshape_dense(out.shape)
+    product = Product(DType.BF16, weights=DType.I8, scale=ctx.view(node.inputs[2]), bias=bias, **epilogue)
+    matmul_views(ctx, a, ctx.view(node.inputs[1]), out, node, product=product)
