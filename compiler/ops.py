@@ -130,8 +130,10 @@ _EPILOGUE_DOC = ("; then + Z (the result's shape) and the activation (Relu, or C
 _op("FusedConv", (2, 4), rules.fused_conv, "Conv(X, W, B)" + _EPILOGUE_DOC, group=1, **_WINDOW, **_EPILOGUE)
 _op("FusedGemm", (2, 4), rules.fused_gemm, "Gemm(A, B, C)" + _EPILOGUE_DOC, alpha=1.0, beta=1.0, transA=0,
     transB=0, **_EPILOGUE)
-_op("FusedMatMul", (2, 4), rules.fused_matmul, "MatMul(A, B) (ranks 2 and more) + C, a bias [N] per column"
-    + _EPILOGUE_DOC, **_EPILOGUE)
+_op("FusedMatMul", (2, 4), rules.fused_matmul, "MatMul(A, B') (ranks 2 and more) + C, a bias [N] per column"
+    + _EPILOGUE_DOC + "; B' is B, or Transpose(B) {perm=perm_b} read in place when perm_b is given, and "
+    "round_b=\"bf16\" takes an f32 B and rounds it to bf16 on chip (compiler/passes/fold_transpose.py)",
+    perm_b=[], round_b="", **_EPILOGUE)
 _op("MatMul", 2, rules.matmul, "numpy matmul: batched, broadcasting batch axes, 1-D operands promoted")
 _op("MatMulW8", (3, 5), rules.matmul_w8, "weight-only int8 (--precision w8a16): A [..., K] (bf16) @ W [K, N] "
     "(i8, constant) in fp32, times scale [N] (f32, per column), + bias [N] (f32, optional)" + _EPILOGUE_DOC,

@@ -19,6 +19,7 @@ import onnx
 from compiler.codegen import generate
 from compiler.frontend import import_model
 from compiler.ir import Graph, to_text
+from compiler.passes.fold_transpose import fold_cast_into_matmul, fold_transpose_into_matmul
 from compiler.passes.fuse_elementwise import fuse_elementwise
 from compiler.passes.fuse_epilogue import fuse_epilogue, fuse_quantized_tail
 from compiler.passes.precision import MATRIX_OPS, to_bf16, to_w8a16
@@ -41,6 +42,7 @@ PASSES: list[tuple[str, Pass, int]] = [
     ("fuse_epilogue", fuse_epilogue, 2),
     ("fuse_elementwise", fuse_elementwise, 2),
     ("fuse_quantized_tail", fuse_quantized_tail, 2),
+    ("fold_transpose_into_matmul", fold_transpose_into_matmul, 2),
 ]
 
 
@@ -164,6 +166,8 @@ def compile(model: str | Path | onnx.ModelProto, config: str | Path | Accelerato
     graph = run_passes(graph, opt_level, dump_after, verify_each, disabled=disabled_passes)
     if precision.mode in ("bf16", "w8a16") or "bf16" in precision.keep.values():
         graph = apply_precision(graph, precision)
+        if opt_level >= 2:
+            graph = fold_cast_into_matmul(graph)
         if verify_each:
             verify(graph)
     program = generate(graph, config, opt_level < 2 if keep_intermediates is None else keep_intermediates,

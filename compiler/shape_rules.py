@@ -533,9 +533,18 @@ def space_to_depth(attrs: dict, x: list) -> Result:
 
 
 def _matmul_with_bias(attrs: dict, x: list) -> Result:
-    """MatMul of x[0], x[1] (rank 2 or more each), plus a bias [N] per column when x[2] is given."""
+    """MatMul of x[0], x[1] (rank 2 or more each; x[1] transposed by perm_b when given), plus a bias
+    [N] per column when x[2] is given."""
     _check(len(x[0].shape) >= 2 and len(x[1].shape) >= 2, "FusedMatMul operands must have rank 2 or more")
-    ((dtype, shape),) = matmul(attrs, x[:2])
+    b = x[1]
+    if attrs.get("perm_b"):
+        ((_, shape),) = transpose({"perm": attrs["perm_b"]}, [b])
+        b = type(b)(b.name, b.dtype, shape)
+    if attrs.get("round_b"):
+        _check(attrs["round_b"] == "bf16" and b.dtype == "f32" and x[0].dtype == "bf16",
+               f"round_b={attrs['round_b']!r} rounds an f32 B for a bf16 A to bf16, not {b.dtype} for {x[0].dtype}")
+        b = type(b)(b.name, "bf16", b.shape)
+    ((dtype, shape),) = matmul(attrs, [x[0], b])
     bias = x[2] if len(x) > 2 else None
     if bias is not None:
         _check(bias.shape == (shape[-1],) and bias.dtype == dtype,

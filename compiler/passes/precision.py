@@ -115,7 +115,7 @@ def to_w8a16(graph: Graph, keep: Mapping[str, str] | None = None) -> Graph:
 def _weight_only_parts(graph: Graph, node: Node) -> tuple[str, bool, float, str | None, str | None] | None:
     """(weight, transposed, alpha, bias, addend) of a product that can be weight-only int8, else None.
     A Gemm's constant C becomes a new constant bias beta * C, one value per column."""
-    if node.op not in WEIGHT_ONLY_OPS:
+    if node.op not in WEIGHT_ONLY_OPS or node.attrs.get("perm_b"):
         return None
     a, b = (graph.values[name] for name in node.inputs[:2])
     if a.is_const or a.dtype != "f32" or len(a.shape) < 2 or not b.is_const or b.dtype != "f32" or len(b.shape) != 2:

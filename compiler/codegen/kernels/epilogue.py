@@ -173,9 +173,12 @@ class Finisher:
         sizes = Finisher._buffer_sizes(product, max_rows, max_cols, max_channels, transpose)
         return sum(size + LOCAL_ALIGN for buffers in sizes.values() for size in buffers)
 
-    def _load_channels(self, first: int, count: int) -> None:
-        if self.loaded == (first, count):
-            return
+    def load_channels(self, first: int, count: int) -> int:
+        """The per-channel parameters (bias, scale, multiplier) of channels [first, first + count) on
+        chip: loaded unless the last load covered them. Returns the byte offset of channel `first`
+        in the buffers (a kernel may load every channel once up front, then finish block by block)."""
+        if self.loaded is not None and self.loaded[0] <= first and first + count <= sum(self.loaded):
+            return (first - self.loaded[0]) * 4
         if self.bias is not None:
             self.ctx.dma_in(self.bias, self.product.bias.window(0, first, first + count))
         if self.scale is not None:
@@ -197,6 +200,7 @@ class Finisher:
                                 View(operand.addr + first * stride * operand.dtype.size, operand.dtype, (count,),
                                      (stride,)))
         self.loaded = (first, count)
+        return 0
 
     def finish(self, tile: int, rows: int, cols: int, channels_on_rows: bool, first_channel: int,
                target: View, addend: View | None = None, tail_blocks: list[View | None] = ()) -> None:
@@ -209,18 +213,20 @@ class Finisher:
         shape = dict(rows=rows, cols=cols)
         channels = rows if channels_on_rows else cols
         per_channel = dict(b_rs=1, b_cs=0) if channels_on_rows else dict(b_rs=0, b_cs=1)
-        self._load_channels(first_channel, channels)
+        offset = self.load_channels(first_channel, channels)
         if self.scale is not None:
-            emit("vmul", dtype=acc, dst=tile, dst_rs=cols, a=tile, a_rs=cols, b=self.scale, **per_channel, **shape)
+            emit("vmul", dtype=acc, dst=tile, dst_rs=cols, a=tile, a_rs=cols, b=self.scale + offset, **per_channel,
+                 **shape)
         if product.alpha != 1.0:
             emit("vmuli", dtype=acc, dst=tile, dst_rs=cols, a=tile, a_rs=cols, imm=product.alpha, **shape)
         if self.bias is not None:
-            emit("vadd", dtype=acc, dst=tile, dst_rs=cols, a=tile, a_rs=cols, b=self.bias, **per_channel, **shape)
+            emit("vadd", dtype=acc, dst=tile, dst_rs=cols, a=tile, a_rs=cols, b=self.bias + offset, **per_channel,
+                 **shape)
         result, result_dtype = tile, acc
         requant = product.requant
         if requant:
             result, result_dtype = self.outputs[self.count % 2], requant.dtype
-            scale = dict(b=self.multiplier, **per_channel)
+            scale = dict(b=self.multiplier + offset, **per_channel)
             emit("vreq", dtype=requant.dtype, dst=result, dst_rs=cols, a=tile, a_rs=cols, c=self.zero_point, c_rs=0,
                  c_cs=0, **scale, **shape)
             low, high = INT_RANGES[requant.dtype]

@@ -10,7 +10,7 @@ result out. Alternating buffers let the emitter overlap DMA with the array.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -26,14 +26,30 @@ def _as_matrix_batches(view: View, batch_shape: tuple[int, ...]) -> View:
     return view.broadcast_to(batch_shape + view.shape[-2:])
 
 
-def matmul_views(ctx: CodegenContext, a: View, b: View, out: View, node: Node, *, alpha: float = 1.0,
-                 bias: View | None = None, b_transposed: View | None = None, product: Product | None = None,
+@dataclass(frozen=True)
+class ConstantMatrix:
+    """A constant right operand [K, N] (weights). It is placed in DRAM by the schedule that reads it,
+    in the one layout that schedule reads: column blocks (streamed), transposed (activations
+    stationary) or as given."""
+
+    data: np.ndarray  # [K, N]
+    dtype: DType
+    name: str
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.data.shape
+
+
+def matmul_views(ctx: CodegenContext, a: View, b: View | ConstantMatrix, out: View, node: Node, *,
+                 alpha: float = 1.0, bias: View | None = None, product: Product | None = None,
                  epilogue: dict | None = None) -> None:
     """out[..., M, N] = alpha * a[..., M, K] @ b[..., K, N] (+ bias broadcast to [..., M, N]), or
-    `product`'s arithmetic (integer operands, a per-column bias, requantization).
+    `product`'s arithmetic (integer operands, a per-column scale and bias, requantization).
 
-    b_transposed: b as a dense [N, K] tensor (constant weights), which makes the transposed
-    orientation possible: used when more rows would stream that way (few rows of a)."""
+    A constant b (`ConstantMatrix`, 2-D) streams through the array in column blocks while the rows
+    of a stay on chip (`_matmul_streamed`) when they fit; otherwise, with few rows, a stays in the
+    array and b's rows stream (`_matmul_swapped`); otherwise tiles of both are loaded in turn."""
     config = ctx.config
     if product is None:
         if a.dtype not in MATRIX_FLOAT or b.dtype != a.dtype or out.dtype != DType.F32:
@@ -48,12 +64,20 @@ def matmul_views(ctx: CodegenContext, a: View, b: View, out: View, node: Node, *
     alpha = product.alpha
     if bias is not None:  # a matrix bias: alpha is applied before it, block by block
         product = replace(product, alpha=1.0)
-    if b_transposed is not None and len(out.shape) == 2:
-        n_chunk = _swapped_chunk(config, a.shape[0], product.operand)
-        m_tile = min(a.shape[0], config.acc_bytes // (2 * config.array_cols * 4))
-        if min(out.shape[1], n_chunk) > m_tile and a.shape[0] <= 4 * config.array_cols:
-            _matmul_swapped(ctx, a, b_transposed, out, product, bias, alpha, n_chunk)
+    if isinstance(b, ConstantMatrix):
+        if bias is None and len(out.shape) == 2 and _matmul_streamed(ctx, a, b, out, product):
             return
+        # The swapped orientation streams the weights as activations: not for bf16 x i8 (weight-only int8).
+        if len(out.shape) == 2 and (product.integer or product.weight_dtype == product.operand):
+            n_chunk = _swapped_chunk(config, a.shape[0], product.operand)
+            m_tile = min(a.shape[0], config.acc_bytes // (2 * config.array_cols * 4))
+            if min(out.shape[1], n_chunk) > m_tile and a.shape[0] <= 4 * config.array_cols:
+                b_transposed = ctx.constant(b.data.T, b.dtype, b.name + ".T")
+                _matmul_swapped(ctx, a, b_transposed, out, product, bias, alpha, n_chunk)
+                return
+        b = ctx.constant(b.data, b.dtype, b.name)
+    elif bias is None and _matmul_resident(ctx, a, b, out, product):
+        return
     batch_shape = out.shape[:-2]
     a, b = _as_matrix_batches(a, batch_shape), _as_matrix_batches(b, batch_shape)
     m_total, k_total = a.shape[-2:]
@@ -65,10 +89,13 @@ def matmul_views(ctx: CodegenContext, a: View, b: View, out: View, node: Node, *
     # with the epilogue's buffers.
     m_tile = max(1, min(m_total, config.acc_bytes // (2 * cols * 4), 65535))
     reserve = Finisher.reserve_bytes(product, m_tile, cols, cols) + (2 * m_tile * cols * 4 if bias else 0)
-    m_tile = max(1, min(m_tile, (spad.free - reserve - 2 * rows * cols * wsize - 256) // (2 * rows * size)))
+    rounded = b.dtype != product.weight_dtype  # an f32 b rounded to bf16 on chip (FusedMatMul round_b)
+    staging = 2 * rows * cols * b.dtype.size if rounded else 0
+    m_tile = max(1, min(m_tile, (spad.free - reserve - 2 * rows * cols * wsize - staging - 256) // (2 * rows * size)))
     finisher = Finisher(ctx, product, spad, m_tile, cols, cols)
     a_buffers = [spad.alloc(m_tile * rows * size) for _ in range(2)]
     b_buffers = [spad.alloc(rows * cols * wsize) for _ in range(2)]
+    b_staging = [spad.alloc(rows * cols * b.dtype.size) for _ in range(2)] if rounded else []
     bias_buffers = [spad.alloc(m_tile * cols * 4) for _ in range(2)] if bias is not None else []
     c_buffers = [acc.alloc(m_tile * cols * 4) for _ in range(2)]
     ctx.note(f"weights stationary: {-(-n_total // cols)} column blocks x {-(-k_total // rows)} K tiles, "
@@ -90,7 +117,13 @@ def matmul_views(ctx: CodegenContext, a: View, b: View, out: View, node: Node, *
                     kt = min(rows, k_total - k0)
                     a_tile, b_tile = a_buffers[step % 2], b_buffers[step % 2]
                     ctx.dma_in(a_tile, a_batch.window(0, m0, m0 + mt).window(1, k0, k0 + kt))
-                    ctx.dma_in(b_tile, b_batch.window(0, k0, k0 + kt).window(1, n0, n0 + nt))
+                    b_window = b_batch.window(0, k0, k0 + kt).window(1, n0, n0 + nt)
+                    if rounded:
+                        ctx.dma_in(b_staging[step % 2], b_window)
+                        ctx.emitter.emit("vcvt", dtype=product.weight_dtype, src_dtype=b.dtype, dst=b_tile, dst_rs=nt,
+                                         a=b_staging[step % 2], a_rs=nt, rows=kt, cols=nt)
+                    else:
+                        ctx.dma_in(b_tile, b_window)
                     ctx.emitter.emit("load_weights", dtype=product.weight_dtype, addr=b_tile, k=kt, n=nt, stride=nt)
                     ctx.emitter.emit("matmul", dtype=product.operand, a=a_tile, a_rs=kt, m=mt, c=c_tile, c_rs=nt,
                                      accumulate=int(k0 > 0))
@@ -102,6 +135,238 @@ def matmul_views(ctx: CodegenContext, a: View, b: View, out: View, node: Node, *
                 finisher.finish(c_tile, mt, nt, False, n0, _block(out_batch, block), addend,
                                 _tail_blocks(product, block, index))
                 tile += 1
+
+
+# The streamed schedule's sizes: a ring of this many weight chunks of at most this many K tiles
+# (and this share of the scratchpad), and result groups of at most this many column blocks.
+STREAM_SLOTS = 8
+STREAM_CHUNK_TILES = 2
+STREAM_SLOT_SHARE = 64
+STREAM_GROUP_BLOCKS = 8
+
+
+def _matmul_streamed(ctx: CodegenContext, a: View, b: ConstantMatrix, out: View, product: Product) -> bool:
+    """out [M, N] = a [M, K] @ b [K, N] with every weight tile loaded once and a's rows on chip.
+
+    The weights are stored in column blocks (each block's [K, <= array_cols] contiguous), so
+    every DMA of them is one contiguous run; chunks of a block (whole K tiles) cycle through
+    a ring of STREAM_SLOTS scratchpad slots, each fetched again as soon as its last tile is in
+    the array. a [M, K] is loaded once; each tile is `load_weights` then one `matmul` of
+    all M rows (the array's double buffering overlaps the next tile's load with it), and a
+    group of column blocks accumulates in one accumulator tile [M, group], finished (scale,
+    bias, addend, activation, store) while the next group runs. With few rows this is what
+    decode needs: the weights enter the array as fast as its weight path takes them, whatever
+    their dtype, and DRAM reads each byte once in long runs.
+
+    Returns False, placing nothing, when a's rows or the accumulator tiles do not fit."""
+    config = ctx.config
+    rows, cols = config.array_rows, config.array_cols
+    m_total, k_total = a.shape
+    n_total = b.shape[1]
+    size, wsize = product.operand.size, product.weight_dtype.size
+    a_bytes = m_total * k_total * size
+    if m_total > 65535 or k_total > 65535 or a_bytes > config.spad_bytes // 4:
+        return False
+    k_tiles, n_blocks = -(-k_total // rows), -(-n_total // cols)
+    group = min(n_blocks, STREAM_GROUP_BLOCKS, config.acc_bytes // (2 * m_total * cols * 4))
+    if group < 1:
+        return False
+    tile_bytes = rows * cols * wsize
+    slot_tiles = max(1, min(k_tiles, STREAM_CHUNK_TILES, config.spad_bytes // STREAM_SLOT_SHARE // tile_bytes))
+    slot_bytes = slot_tiles * rows * cols * wsize
+    spad = ctx.scratchpad()
+    fixed = a_bytes + STREAM_SLOTS * slot_bytes + 8 * 64
+    channels = n_total  # every channel's parameters loaded once, when they fit
+    while Finisher.reserve_bytes(product, m_total, group * cols, channels) + fixed > spad.free:
+        if channels > group * cols:
+            channels = group * cols
+        elif group > 1:
+            group, channels = group - 1, min(channels, (group - 1) * cols)
+        else:
+            return False
+    width = group * cols
+    finisher = Finisher(ctx, product, spad, m_total, width, channels)
+    a_tile = spad.alloc(a_bytes)
+    slots = [spad.alloc(slot_bytes) for _ in range(STREAM_SLOTS)]
+    acc = ctx.accumulator()
+    c_buffers = [acc.alloc(m_total * width * 4) for _ in range(2)]
+    blocks = [np.ascontiguousarray(b.data[:, n0:n0 + cols]) for n0 in range(0, n_total, cols)]
+    stored = ctx.constant(np.concatenate([block.reshape(-1) for block in blocks]), b.dtype, b.name + ".blocks")
+    # The chunks in the order the array takes them: (column block, first K row, K rows).
+    chunks = [(j, k0, min(slot_tiles * rows, k_total - k0)) for j in range(n_blocks)
+              for k0 in range(0, k_total, slot_tiles * rows)]
+    ctx.note(f"weights streamed: {n_blocks} column blocks x {k_tiles} K tiles in {len(chunks)} contiguous "
+             f"chunks through {STREAM_SLOTS} slots, {m_total} rows on chip, results in groups of {width}")
+
+    def fetch(index: int) -> None:
+        j, k0, count = chunks[index]
+        nt = min(cols, n_total - j * cols)
+        offset = (k_total * j * cols + k0 * nt) * stored.dtype.size
+        ctx.dma_in(slots[index % STREAM_SLOTS], View.dense(stored.addr + offset, stored.dtype, (count * nt,)))
+
+    if channels == n_total:
+        finisher.load_channels(0, n_total)
+    # One chunk before a, the rest after it: the DRAM channel serves DMAs in issue order, and a's
+    # rows usually wait for the node before, whose result should not queue behind our weights.
+    fetch(0)
+    ctx.dma_in(a_tile, a)
+    for index in range(1, min(STREAM_SLOTS, len(chunks))):
+        fetch(index)
+    index = 0
+    for first_block in range(0, n_blocks, group):
+        n0 = first_block * cols
+        width_here = min(width, n_total - n0)
+        c_tile = c_buffers[(first_block // group) % 2]
+        for j in range(first_block, min(n_blocks, first_block + group)):
+            nt = min(cols, n_total - j * cols)
+            while index < len(chunks) and chunks[index][0] == j:
+                _, chunk_k0, count = chunks[index]
+                slot = slots[index % STREAM_SLOTS]
+                for k0 in range(chunk_k0, chunk_k0 + count, rows):
+                    kt = min(rows, k_total - k0)
+                    ctx.emitter.emit("load_weights", dtype=product.weight_dtype,
+                                     addr=slot + (k0 - chunk_k0) * nt * wsize, k=kt, n=nt, stride=nt)
+                    ctx.emitter.emit("matmul", dtype=product.operand, a=a_tile + k0 * size, a_rs=k_total, m=m_total,
+                                     c=c_tile + (j - first_block) * cols * 4, c_rs=width_here, accumulate=int(k0 > 0))
+                if index + STREAM_SLOTS < len(chunks):
+                    fetch(index + STREAM_SLOTS)
+                index += 1
+        block = (slice(0, m_total), slice(n0, n0 + width_here))
+        addend = _block(product.addend, block) if product.addend is not None else None
+        finisher.finish(c_tile, m_total, width_here, False, n0, _block(out, block), addend)
+    return True
+
+
+# A run-time right operand is loaded whole when it takes at most this share of the scratchpad.
+RESIDENT_SHARE = 4
+RESIDENT_DMA_BYTES = 1 << 16  # its DMAs, so that the first tiles start before the last bytes arrive
+
+
+def _matmul_resident(ctx: CodegenContext, a: View, b: View, out: View, product: Product) -> bool:
+    """out[..., M, N] = a[..., M, K] @ b[..., K, N] for a run-time b (attention's caches) that fits on
+    chip: b's DRAM span is loaded once, as it lies, and every weight tile is shifted into the
+    array straight from it, with load_weights' row stride (and its transpose flag when b is read
+    transposed: unit stride along K), so a transposed view of a [tokens, heads, head_dim] cache
+    costs no copy. a's rows (all batches) are loaded once; every result stays in the
+    accumulator and is finished and stored once. The tiles run in the order their bytes arrive.
+
+    Returns False, emitting nothing, when b's strides do not allow it or it does not fit."""
+    config = ctx.config
+    rows, cols = config.array_rows, config.array_cols
+    batch_shape = out.shape[:-2]
+    a, b = _as_matrix_batches(a, batch_shape), _as_matrix_batches(b, batch_shape)
+    m_total, k_total = a.shape[-2:]
+    n_total = b.shape[-1]
+    batches = int(np.prod(batch_shape, dtype=np.int64))
+    size = product.operand.size
+    stride_k, stride_n = b.strides[-2:]
+    transpose = stride_k == 1 and stride_n != 1
+    stride = stride_n if transpose else stride_k
+    rounded = b.dtype != product.weight_dtype  # an f32 b rounded to bf16 on chip (FusedMatMul round_b)
+    if not (stride_n == 1 or transpose) or stride > 65535 or m_total > 65535:
+        return False
+    span = 1 + sum((n - 1) * s for n, s in zip(b.shape, b.strides, strict=True))
+    chunk = max(1, RESIDENT_DMA_BYTES // b.dtype.size)
+    staging = 2 * min(chunk, span) * b.dtype.size if rounded else 0
+    a_bytes, b_bytes = batches * m_total * k_total * size, span * size + staging
+    results = batches * m_total
+    pack = _side_by_side(b, batch_shape, cols) if not transpose else 1
+    packed_bytes = batches // batch_shape[-1] * -(-batch_shape[-1] // pack) * pack * m_total * pack * n_total * 4 \
+        if pack > 1 else 0
+    if a_bytes + b_bytes > config.spad_bytes // RESIDENT_SHARE or \
+            results * n_total * 4 + packed_bytes > config.acc_bytes // 2:
+        return False
+    if not all(view is None or view.strides == View.dense(view.addr, view.dtype, view.shape).strides
+               for view in (out, product.addend)):
+        return False
+    spad = ctx.scratchpad()
+    if Finisher.reserve_bytes(product, results, n_total, n_total) + a_bytes + b_bytes + 256 > spad.free:
+        return False
+    finisher = Finisher(ctx, product, spad, results, n_total, n_total)
+    b_tile, a_tile = spad.alloc(span * size), spad.alloc(a_bytes)
+    b_staging = [spad.alloc(staging // 2) for _ in range(2)] if rounded else []
+    c_tile = ctx.accumulator().alloc(results * n_total * 4)
+    for number, start in enumerate(range(0, span, chunk)):
+        count = min(chunk, span - start)
+        source = View.dense(b.addr + start * b.dtype.size, b.dtype, (count,))
+        if rounded:
+            ctx.dma_in(b_staging[number % 2], source)
+            _round_to(ctx, product.weight_dtype, b_tile + start * size, b_staging[number % 2], b.dtype, count)
+        else:
+            ctx.dma_in(b_tile + start * size, source)
+    ctx.dma_in(a_tile, a.reshape_dense((results, k_total)) if a.strides == View.dense(
+        a.addr, a.dtype, a.shape).strides else a)
+    def batch_offset(batch: int) -> int:  # elements from b's first one
+        return (b.at(*_unravel(batch, batch_shape)).addr - b.addr) // b.dtype.size
+
+    # Narrow batches side by side in b (attention's heads in a [tokens, heads, head_dim] cache) share
+    # one weight tile: their rows stream together and each takes its own block of the results. Groups
+    # of `pack` consecutive batches along the last batch axis; one batch per group without packing.
+    last_axis = batch_shape[-1] if batch_shape else 1
+    per_axis = -(-last_axis // pack)
+
+    def group_of(batch: int) -> tuple[int, int, int]:  # (group, place in it, batches in it)
+        run, index = divmod(batch, last_axis)
+        group, place = divmod(index, pack)
+        return run * per_axis + group, place, min(pack, last_axis - group * pack)
+
+    group_bytes = pack * m_total * pack * n_total * 4
+    c_packed = ctx.accumulator().alloc(batches // last_axis * per_axis * group_bytes) if pack > 1 else 0
+    tiles = []  # (last element of b read, first batch, batches, first column, first K row)
+    for batch in range(batches):
+        group, place, count = group_of(batch)
+        if place:
+            continue
+        for n0 in range(0, n_total, cols):
+            for k0 in range(0, k_total, rows):
+                kt, nt = min(rows, k_total - k0), min(cols, n_total - n0)
+                last = batch_offset(batch + count - 1) + (k0 + kt - 1) * stride_k + (n0 + nt - 1) * stride_n
+                tiles.append((last, batch, count, n0, k0))
+    tiles.sort()
+    ctx.note(f"right operand on chip ({span * size:,} B{', read transposed' if transpose else ''}"
+             f"{', rounded to bf16' if rounded else ''}): {len(tiles)} tiles for {batches} batches of {m_total} rows"
+             + (f", {pack} batches per tile" if pack > 1 else ""))
+    for _, batch, count, n0, k0 in tiles:
+        kt, nt = min(rows, k_total - k0), count * min(cols, n_total - n0)
+        offset = (batch_offset(batch) + k0 * stride_k + n0 * stride_n) * size
+        ctx.emitter.emit("load_weights", dtype=product.weight_dtype, addr=b_tile + offset, k=kt, n=nt,
+                         stride=stride, transpose=int(transpose))
+        if pack > 1:
+            c, c_rs = c_packed + group_of(batch)[0] * group_bytes, pack * n_total
+        else:
+            c, c_rs = c_tile + (batch * m_total * n_total + n0) * 4, n_total
+        ctx.emitter.emit("matmul", dtype=product.operand, a=a_tile + (batch * m_total * k_total + k0) * size,
+                         a_rs=k_total, m=count * m_total, c=c, c_rs=c_rs, accumulate=int(k0 > 0))
+    for batch in range(batches if pack > 1 else 0):  # each batch's own block of its group's results
+        group, place, _ = group_of(batch)
+        block = c_packed + group * group_bytes + (place * m_total * pack * n_total + place * n_total) * 4
+        ctx.emitter.emit("vmov", dtype=DType.F32, dst=c_tile + batch * m_total * n_total * 4, dst_rs=n_total,
+                         a=block, a_rs=pack * n_total, rows=m_total, cols=n_total)
+    target = out.reshape_dense((results, n_total))
+    addend = product.addend.reshape_dense((results, n_total)) if product.addend is not None else None
+    finisher.finish(c_tile, results, n_total, False, 0, target, addend)
+    return True
+
+
+def _side_by_side(b: View, batch_shape: tuple[int, ...], cols: int) -> int:
+    """How many consecutive batches of b (along its last batch axis) one array-wide tile holds: those
+    whose [K, N] matrices lie side by side in DRAM rows (b's batch stride is N, its columns dense)."""
+    if not batch_shape or b.strides[-1] != 1 or b.strides[-3] != b.shape[-1]:
+        return 1
+    return max(1, min(batch_shape[-1], cols // b.shape[-1]))
+
+
+def _round_to(ctx: CodegenContext, dtype: DType, dst: int, src: int, src_dtype: DType, count: int) -> None:
+    """`count` consecutive elements at src converted to `dtype` at dst (vcvt rounds to nearest even)."""
+    width = min(count, 4096)
+    rows, rest = divmod(count, width)
+    if rows:
+        ctx.emitter.emit("vcvt", dtype=dtype, src_dtype=src_dtype, dst=dst, dst_rs=width, a=src, a_rs=width,
+                         rows=rows, cols=width)
+    if rest:
+        done = rows * width
+        ctx.emitter.emit("vcvt", dtype=dtype, src_dtype=src_dtype, dst=dst + done * dtype.size, dst_rs=rest,
+                         a=src + done * src_dtype.size, a_rs=rest, rows=1, cols=rest)
 
 
 def _swapped_chunk(config, m_total: int, dtype: DType) -> int:
@@ -210,26 +475,31 @@ def _matrix_operand(ctx: CodegenContext, name: str, node: Node, transpose: bool 
 
 def matmul_kernel(ctx: CodegenContext, node: Node) -> None:
     """MatMul: numpy matmul semantics, including 1-D operands and broadcast batches."""
-    a, b = ctx.view(node.inputs[0]), ctx.view(node.inputs[1])
-    out = ctx.view(node.outputs[0])
-    if len(a.shape) == 1:  # a row vector; its dimension is dropped from the result
-        a = View(a.addr, a.dtype, (1,) + a.shape, (0,) + a.strides)
-    if len(b.shape) == 1:  # a column vector
-        b = View(b.addr, b.dtype, b.shape + (1,), b.strides + (0,))
-    result = View.dense(out.addr, out.dtype, _batch_of(a, b) + (a.shape[-2], b.shape[-1]))
+    a, out = ctx.view(node.inputs[0]), ctx.view(node.outputs[0])
     b_value = ctx.graph.values[node.inputs[1]]
-    b_transposed = None
-    if b_value.is_const and b_value.const.ndim == 2 and a.strides == View.dense(a.addr, a.dtype, a.shape).strides:
+    perm_b = node.attrs.get("perm_b") or list(range(len(b_value.shape)))  # FusedMatMul: B read transposed
+    if b_value.is_const and b_value.const.ndim == 2 and len(a.shape) >= 2 and \
+            a.strides == View.dense(a.addr, a.dtype, a.shape).strides:
         # Constant weights shared by every batch: one [batch * M, K] x [K, N] product.
         a = a.reshape_dense((int(np.prod(a.shape[:-1])), a.shape[-1]))
-        result = result.reshape_dense((a.shape[0], b.shape[-1]))
-        b_transposed = ctx.constant(b_value.const.T, b.dtype, node.inputs[1] + ".T")
+        b = ConstantMatrix(b_value.const.transpose(perm_b), accelerator_dtype(b_value.dtype, b_value.name),
+                           node.inputs[1])
+        result = View.dense(out.addr, out.dtype, (a.shape[0], b.shape[1]))
+    else:
+        b = ctx.view(node.inputs[1]).transpose(perm_b)
+        if len(a.shape) == 1:  # a row vector; its dimension is dropped from the result
+            a = View(a.addr, a.dtype, (1,) + a.shape, (0,) + a.strides)
+        if len(b.shape) == 1:  # a column vector
+            b = View(b.addr, b.dtype, b.shape + (1,), b.strides + (0,))
+        result = View.dense(out.addr, out.dtype, _batch_of(a, b) + (a.shape[-2], b.shape[-1]))
     # FusedMatMul: its bias per column, addend and activation go to the epilogue.
     bias = ctx.view(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
     epilogue = epilogue_of(ctx, node, 3)
     if epilogue.get("addend") is not None:
         epilogue["addend"] = epilogue["addend"].reshape_dense(result.shape)
-    matmul_views(ctx, a, b, result, node, bias=bias, b_transposed=b_transposed, epilogue=epilogue)
+    # round_b: an f32 B multiplied as bf16, rounded on chip as it is loaded.
+    product = Product(DType.BF16, **epilogue) if node.attrs.get("round_b") == "bf16" else None
+    matmul_views(ctx, a, b, result, node, bias=bias, product=product, epilogue=epilogue)
 
 
 def _batch_of(a: View, b: View) -> tuple[int, ...]:
@@ -243,7 +513,12 @@ def gemm_kernel(ctx: CodegenContext, node: Node) -> None:
     """Gemm: alpha * A' @ B' + beta * C, with A' and B' optionally transposed."""
     attrs = node.attrs
     a = _matrix_operand(ctx, node.inputs[0], node, bool(attrs.get("transA", 0)))
-    b = _matrix_operand(ctx, node.inputs[1], node, bool(attrs.get("transB", 0)))
+    b_value = ctx.graph.values[node.inputs[1]]
+    if b_value.is_const:
+        b = ConstantMatrix(b_value.const.T if attrs.get("transB", 0) else b_value.const,
+                           accelerator_dtype(b_value.dtype, b_value.name), node.inputs[1])
+    else:
+        b = _matrix_operand(ctx, node.inputs[1], node, bool(attrs.get("transB", 0)))
     out = ctx.view(node.outputs[0])
     bias = None
     if len(node.inputs) > 2 and node.inputs[2]:
@@ -255,12 +530,7 @@ def gemm_kernel(ctx: CodegenContext, node: Node) -> None:
             bias = ctx.view(node.inputs[2])
         else:
             raise unsupported(node, "beta != 1 with a run-time C is not supported yet")
-    b_value = ctx.graph.values[node.inputs[1]]
-    b_transposed = None
-    if b_value.is_const:
-        stored = b_value.const if attrs.get("transB", 0) else b_value.const.T
-        b_transposed = ctx.constant(stored, b.dtype, node.inputs[1] + (".T" if not attrs.get("transB", 0) else ""))
-    matmul_views(ctx, a, b, out, node, alpha=float(attrs.get("alpha", 1.0)), bias=bias, b_transposed=b_transposed,
+    matmul_views(ctx, a, b, out, node, alpha=float(attrs.get("alpha", 1.0)), bias=bias,
                  epilogue=epilogue_of(ctx, node, 3))
 
 
@@ -277,4 +547,7 @@ def matmul_w8_kernel(ctx: CodegenContext, node: Node) -> None:
     if epilogue.get("addend") is not None:
         epilogue["addend"] = epilogue["addend"].reshape_dense(out.shape)
     product = Product(DType.BF16, weights=DType.I8, scale=ctx.view(node.inputs[2]), bias=bias, **epilogue)
-    matmul_views(ctx, a, ctx.view(node.inputs[1]), out, node, product=product)
+    weight = ctx.graph.values[node.inputs[1]]
+    if not weight.is_const:
+        raise unsupported(node, "run-time weights")
+    matmul_views(ctx, a, ConstantMatrix(weight.const, DType.I8, weight.name), out, node, product=product)

@@ -18,7 +18,7 @@ from compiler.codegen.context import CodegenContext, View, accelerator_dtype, un
 from compiler.codegen.kernels.conv import conv_kernel
 from compiler.codegen.kernels.elementwise import step_program
 from compiler.codegen.kernels.epilogue import Product, Requantization, Tail
-from compiler.codegen.kernels.matmul import matmul_views
+from compiler.codegen.kernels.matmul import ConstantMatrix, matmul_views
 from compiler.ir import Node, Value
 from compiler.ops import OPS
 from compiler.shape_rules import elementwise_steps, step_types
@@ -96,9 +96,10 @@ def qlinear_matmul_kernel(ctx: CodegenContext, node: Node) -> None:
     out = out.reshape_dense((a.shape[0], out.shape[-1]))
     if product.tail:
         product = replace(product, tail=product.tail.reshaped(lambda view: _as_rows(view, out.shape), 1))
-    b = ctx.view(node.inputs[1])
-    b_transposed = ctx.constant(weight.const.T, b.dtype, node.inputs[1] + ".T")
-    matmul_views(ctx, a, b, out, node, b_transposed=b_transposed, product=product)
+    if not weight.is_const:
+        raise unsupported(node, "run-time quantized weights")
+    b = ConstantMatrix(weight.const, DType.I8 if weight.dtype == "i8" else DType.U8, node.inputs[1])
+    matmul_views(ctx, a, b, out, node, product=product)
 
 
 def _as_rows(view: View, shape: tuple[int, int]) -> View:
