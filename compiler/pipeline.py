@@ -24,7 +24,12 @@ from compiler.passes.fuse_elementwise import fuse_elementwise
 from compiler.passes.fuse_epilogue import fuse_epilogue, fuse_quantized_tail
 from compiler.passes.precision import MATRIX_OPS, to_bf16, to_w8a16
 from compiler.passes.quantized import fold_dequantized_constants, fuse_qdq
-from compiler.passes.simplify import decompose_batchnorm, fold_batchnorm_into_conv, remove_identities
+from compiler.passes.simplify import (
+    decompose_batchnorm,
+    fold_batchnorm_into_conv,
+    remove_identities,
+    transpose_to_reshape,
+)
 from compiler.state import StateDeclaration
 from compiler.verify import verify
 from isa.config import AcceleratorConfig, load_config
@@ -42,6 +47,7 @@ PASSES: list[tuple[str, Pass, int]] = [
     ("fuse_epilogue", fuse_epilogue, 2),
     ("fuse_elementwise", fuse_elementwise, 2),
     ("fuse_quantized_tail", fuse_quantized_tail, 2),
+    ("transpose_to_reshape", transpose_to_reshape, 1),
     ("fold_transpose_into_matmul", fold_transpose_into_matmul, 2),
 ]
 

@@ -536,15 +536,11 @@ def _matmul_with_bias(attrs: dict, x: list) -> Result:
     """MatMul of x[0], x[1] (rank 2 or more each; x[1] transposed by perm_b when given), plus a bias
     [N] per column when x[2] is given."""
     _check(len(x[0].shape) >= 2 and len(x[1].shape) >= 2, "FusedMatMul operands must have rank 2 or more")
-    b = x[1]
+    a, b = _rounded(x[0], attrs, "round_a"), _rounded(x[1], attrs, "round_b")
     if attrs.get("perm_b"):
         ((_, shape),) = transpose({"perm": attrs["perm_b"]}, [b])
         b = type(b)(b.name, b.dtype, shape)
-    if attrs.get("round_b"):
-        _check(attrs["round_b"] == "bf16" and b.dtype == "f32" and x[0].dtype == "bf16",
-               f"round_b={attrs['round_b']!r} rounds an f32 B for a bf16 A to bf16, not {b.dtype} for {x[0].dtype}")
-        b = type(b)(b.name, "bf16", b.shape)
-    ((dtype, shape),) = matmul(attrs, [x[0], b])
+    ((dtype, shape),) = matmul(attrs, [a, b])
     bias = x[2] if len(x) > 2 else None
     if bias is not None:
         _check(bias.shape == (shape[-1],) and bias.dtype == dtype,
@@ -552,9 +548,18 @@ def _matmul_with_bias(attrs: dict, x: list) -> Result:
     return [(dtype, shape)]
 
 
+def _rounded(value, attrs: dict, key: str):
+    """An operand as the product sees it: an f32 one with attribute `key`="bf16" is rounded to bf16 on chip."""
+    if not attrs.get(key):
+        return value
+    _check(attrs[key] == "bf16" and value.dtype == "f32", f"{key}={attrs[key]!r} rounds f32 to bf16, not {value.dtype}")
+    return type(value)(value.name, "bf16", value.shape)
+
+
 def _matmul_w8_base(attrs: dict, x: list) -> Result:
-    """A [..., K] bf16 @ W [K, N] i8, scale [N] and optional bias [N] f32: an f32 [..., N] result."""
-    a, weight, scale = x[0], x[1], x[2]
+    """A [..., K] bf16 (or f32 with round_a) @ W [K, N] i8, scale [N] and optional bias [N] f32: an f32
+    [..., N] result."""
+    a, weight, scale = _rounded(x[0], attrs, "round_a"), x[1], x[2]
     bias = x[3] if len(x) > 3 else None
     _check(a.dtype == "bf16" and weight.dtype == "i8", f"operands are {a.dtype} and {weight.dtype}, not bf16 and i8")
     _check(len(a.shape) >= 2 and len(weight.shape) == 2,

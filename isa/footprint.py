@@ -1,8 +1,9 @@
 """The memory an instruction may touch, as byte spans, derived from its fields.
 
 Used by the compiler's emitter to find dependencies between engines. Each span is the
-bounding range of an operand (strided operands are covered whole), so dependencies
-derived from it are never missed, only occasionally stricter than needed.
+bounding range of an operand (strided operands are covered whole; a weight tile read with
+a row stride wider than its rows, one span per row), so dependencies derived from it are
+never missed, only occasionally stricter than needed.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from isa.dtypes import DType
 from isa.encoding import Instruction
 
 DRAM, LOCAL = "dram", "local"
+SEPARATE_ROWS = 256  # a strided weight tile of at most this many rows gives one span per row
 
 
 @dataclass(frozen=True)
@@ -47,8 +49,14 @@ def footprint(instruction: Instruction, config: AcceleratorConfig) -> list[Span]
         index = Span(LOCAL, f["index"], f["index"] + 4 * f["rows"], False)
         return [table, rows, index]
     if name == "load_weights":
-        counts = (f["n"], f["k"]) if f["transpose"] else (f["k"], f["n"])
-        return [_span(LOCAL, f["addr"], f["dtype"].size, counts, (f["stride"], 1), False)]
+        rows, width = (f["n"], f["k"]) if f["transpose"] else (f["k"], f["n"])
+        size = f["dtype"].size
+        if f["stride"] > width and rows <= SEPARATE_ROWS:
+            # A tile read out of a wider matrix (an attention cache's head): each row on its own, so that
+            # the tile waits only for the rows' own bytes, not for everything between them.
+            return [Span(LOCAL, f["addr"] + r * f["stride"] * size, f["addr"] + (r * f["stride"] + width) * size,
+                         False) for r in range(rows)]
+        return [_span(LOCAL, f["addr"], size, (rows, width), (f["stride"], 1), False)]
     if name == "matmul":
         # The weights' K and N are not in the instruction: cover what the array can hold.
         a = _span(LOCAL, f["a"], f["dtype"].size, (f["m"], config.array_rows), (f["a_rs"], 1), False)

@@ -92,7 +92,7 @@ def _relocated(tensor: TensorInfo, activation_bytes: int) -> TensorInfo:
 
 def _precision(graph: Graph) -> str:
     """The lowest precision any matrix op computes in (w8a16: int8 weights with bf16 activations)."""
-    operands = {graph.values[node.inputs[0]].dtype for node in graph.nodes
+    operands = {"bf16" if node.attrs.get("round_a") else graph.values[node.inputs[0]].dtype for node in graph.nodes
                 if node.op in MATRIX_OPS or node.op in ("QLinearConv", "QLinearMatMul")}
     if operands & {"i8", "u8"}:
         return "int8"

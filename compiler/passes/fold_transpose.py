@@ -1,7 +1,8 @@
-"""Read a transposed (or bf16-rounded) right operand of a MatMul in place instead of copying it in DRAM.
+"""Read a transposed (or bf16-rounded) operand of a MatMul in place instead of copying it in DRAM.
 
-    X -> Transpose {perm} -> MatMul(A, .) | FusedMatMul(A, ., ...)   =>   FusedMatMul(A, X, ...) {perm_b=perm}
-    X (f32) -> Cast {to=bf16} -> FusedMatMul(A, ., ...)              =>   FusedMatMul(A, X, ...) {round_b="bf16"}
+    X -> Transpose {perm} -> MatMul(A, .) | FusedMatMul(A, ., ...)  =>  FusedMatMul(A, X, ...) {perm_b=perm}
+    X (f32) -> Cast {to=bf16} -> FusedMatMul(A, ., ...)             =>  FusedMatMul(A, X, ...) {round_b="bf16"}
+    X (f32) -> Cast {to=bf16} -> MatMul | Gemm | MatMulW8 (., B)  =>  FusedMatMul | MatMulW8 (X, B) {round_a="bf16"}
 
 Attention reads its key and value caches transposed (`K^T` per head, `V` per head from a
 [tokens, heads, head_dim] cache); a Transpose node copies the whole cache through the chip
@@ -13,6 +14,8 @@ not be a graph output; X keeps its own readers. Float products only, as fuse_epi
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 from compiler.ir import Graph, Node
 
@@ -45,20 +48,68 @@ def fold_transpose_into_matmul(graph: Graph) -> Graph:
 
 
 def fold_cast_into_matmul(graph: Graph) -> Graph:
-    """Every FusedMatMul with a bf16 A whose right operand is `Cast(X) {to="bf16"}` of an f32 run-time X,
-    read by nothing else, takes X with round_b="bf16".
+    """A product whose operand is `Cast(X) {to="bf16"}` of an f32 run-time X, read by nothing else, takes X
+    and rounds it on chip: round_a for the left operand of a FusedMatMul or MatMulW8 (a MatMul becomes a
+    FusedMatMul, and so does a Gemm or FusedGemm without transA or alpha whose C is absent or one value
+    per column: transB becomes perm_b, beta * C the bias), round_b for the right operand of a FusedMatMul
+    with a bf16 A.
 
-    Invariant: node outputs keep their names, dtypes and shapes; the Cast is pruned."""
+    Invariant: node outputs keep their names, dtypes and shapes; the folded Casts are pruned."""
     consumers = graph.consumers()
     producers = {name: node for node in graph.nodes for name in node.outputs}
-    for index, node in enumerate(graph.nodes):
-        if node.op != "FusedMatMul" or node.attrs.get("round_b") or graph.values[node.inputs[0]].dtype != "bf16":
-            continue
-        operand = node.inputs[1]
+
+    def rounded_source(node: Node, operand: str) -> str | None:
+        """X when `operand` is a bf16 Cast of the f32 run-time X that only `node` reads, else None."""
         cast = producers.get(operand)
-        if (cast is not None and cast.op == "Cast" and cast.attrs.get("to") == "bf16" and operand not in graph.outputs
-                and len(consumers.get(operand, [])) == 1 and node.inputs.count(operand) == 1
-                and graph.values[cast.inputs[0]].dtype == "f32" and not graph.values[cast.inputs[0]].is_const):
-            graph.nodes[index] = Node(node.op, [node.inputs[0], cast.inputs[0], *node.inputs[2:]], node.outputs,
-                                      {**node.attrs, "round_b": "bf16"}, node.name)
+        if (cast is None or cast.op != "Cast" or cast.attrs.get("to") != "bf16" or operand in graph.outputs
+                or len(consumers.get(operand, [])) != 1 or node.inputs.count(operand) != 1):
+            return None
+        source = graph.values[cast.inputs[0]]
+        return source.name if source.dtype == "f32" and not source.is_const else None
+
+    for index, node in enumerate(graph.nodes):
+        if node.op in ("MatMul", "Gemm", "FusedGemm", "FusedMatMul", "MatMulW8") and not node.attrs.get("round_a"):
+            source = rounded_source(node, node.inputs[0])
+            product = _as_fused_matmul(graph, node) if source and node.op not in ("FusedMatMul", "MatMulW8") else node
+            if source and product is not None:
+                node = Node(product.op, [source, *product.inputs[1:]], product.outputs,
+                            {**product.attrs, "round_a": "bf16"}, product.name)
+        if node.op == "FusedMatMul" and not node.attrs.get("round_b") and \
+                (node.attrs.get("round_a") or graph.values[node.inputs[0]].dtype == "bf16"):
+            source = rounded_source(node, node.inputs[1])
+            if source:
+                node = Node(node.op, [node.inputs[0], source, *node.inputs[2:]], node.outputs,
+                            {**node.attrs, "round_b": "bf16"}, node.name)
+        graph.nodes[index] = node
     return graph.prune()
+
+
+def _as_fused_matmul(graph: Graph, node: Node) -> Node | None:
+    """The MatMul, Gemm or FusedGemm as the FusedMatMul that computes the same, or None when there is
+    none (rank-1 MatMul operands; transA, alpha, or a C that is not one value per column)."""
+    if node.op == "MatMul":
+        if min(len(graph.values[name].shape) for name in node.inputs) < 2:
+            return None
+        return Node("FusedMatMul", list(node.inputs), node.outputs, {}, node.name)
+    attrs = node.attrs
+    if attrs.get("transA", 0) or float(attrs.get("alpha", 1.0)) != 1.0:
+        return None
+    channels = graph.values[node.outputs[0]].shape[-1]
+    bias = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else ""
+    if bias:
+        value, beta = graph.values[bias], float(attrs.get("beta", 1.0))
+        if value.is_const and value.const.size in (1, channels) and value.shape[-1:] in ((), (1,), (channels,)) \
+                and value.dtype == "f32":
+            if beta != 1.0 or value.shape != (channels,):
+                bias = graph.fresh_name(bias + ".bias")
+                graph.const(bias, np.broadcast_to(value.const.reshape(-1) * np.float32(beta), (channels,))
+                            .astype(np.float32))
+        elif not (value.shape == (channels,) and beta == 1.0):
+            return None
+    inputs = [node.inputs[0], node.inputs[1], bias, node.inputs[3] if len(node.inputs) > 3 else ""]
+    while not inputs[-1]:
+        inputs.pop()
+    fused = {key: attrs[key] for key in ("activation", "activation_params") if key in attrs}
+    if attrs.get("transB", 0):
+        fused["perm_b"] = [1, 0]
+    return Node("FusedMatMul", inputs, node.outputs, fused, node.name)

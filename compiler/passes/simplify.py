@@ -23,6 +23,24 @@ def remove_identities(graph: Graph) -> Graph:
     return graph.prune()
 
 
+def transpose_to_reshape(graph: Graph) -> Graph:
+    """Transpose(x) {perm} whose perm keeps every axis longer than 1 in its order only moves size-1 axes:
+    the data is the same sequence, so it becomes Reshape(x) {shape = the output's shape}, which the code
+    generator reads in place (a decode step's [1, heads, d] -> [heads, 1, d] costs no copy).
+
+    Invariant: node outputs keep their names, dtypes and shapes."""
+    for index, node in enumerate(graph.nodes):
+        if node.op != "Transpose":
+            continue
+        shape = graph.values[node.inputs[0]].shape
+        moved = [axis for axis in node.attrs["perm"] if shape[axis] != 1]
+        if moved == sorted(moved):
+            output = graph.values[node.outputs[0]]
+            graph.nodes[index] = Node("Reshape", [node.inputs[0]], node.outputs, {"shape": list(output.shape)},
+                                      node.name)
+    return graph
+
+
 def batchnorm_folded_into_conv(weight: np.ndarray, bias: np.ndarray | None, scale: np.ndarray, shift: np.ndarray,
                                mean: np.ndarray, variance: np.ndarray, epsilon: float) -> tuple[np.ndarray, np.ndarray]:
     """The weight and bias of Conv(W, b) followed by BatchNormalization(scale, shift, mean, variance):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from compiler.codegen.context import CodegenContext, View, accelerator_dtype, unsupported
+from compiler.codegen.context import LOCAL_ALIGN, CodegenContext, View, accelerator_dtype, unsupported
 from compiler.codegen.kernels.epilogue import Finisher, Product, epilogue_of
 from compiler.ir import Node
 from isa.dtypes import DType
@@ -43,13 +43,15 @@ class ConstantMatrix:
 
 def matmul_views(ctx: CodegenContext, a: View, b: View | ConstantMatrix, out: View, node: Node, *,
                  alpha: float = 1.0, bias: View | None = None, product: Product | None = None,
-                 epilogue: dict | None = None) -> None:
+                 epilogue: dict | None = None, a_first: bool = False) -> None:
     """out[..., M, N] = alpha * a[..., M, K] @ b[..., K, N] (+ bias broadcast to [..., M, N]), or
     `product`'s arithmetic (integer operands, a per-column scale and bias, requantization).
 
     A constant b (`ConstantMatrix`, 2-D) streams through the array in column blocks while the rows
     of a stay on chip (`_matmul_streamed`) when they fit; otherwise, with few rows, a stays in the
-    array and b's rows stream (`_matmul_swapped`); otherwise tiles of both are loaded in turn."""
+    array and b's rows stream (`_matmul_swapped`); otherwise tiles of both are loaded in turn.
+    `a_first`: a run-time b that is loaded whole comes after a (a was ready earlier; see
+    `_computed_before`)."""
     config = ctx.config
     if product is None:
         if a.dtype not in MATRIX_FLOAT or b.dtype != a.dtype or out.dtype != DType.F32:
@@ -67,6 +69,7 @@ def matmul_views(ctx: CodegenContext, a: View, b: View | ConstantMatrix, out: Vi
     if isinstance(b, ConstantMatrix):
         if bias is None and len(out.shape) == 2 and _matmul_streamed(ctx, a, b, out, product):
             return
+        a = _rounded_copy(ctx, a, product.operand)
         # The swapped orientation streams the weights as activations: not for bf16 x i8 (weight-only int8).
         if len(out.shape) == 2 and (product.integer or product.weight_dtype == product.operand):
             n_chunk = _swapped_chunk(config, a.shape[0], product.operand)
@@ -76,8 +79,9 @@ def matmul_views(ctx: CodegenContext, a: View, b: View | ConstantMatrix, out: Vi
                 _matmul_swapped(ctx, a, b_transposed, out, product, bias, alpha, n_chunk)
                 return
         b = ctx.constant(b.data, b.dtype, b.name)
-    elif bias is None and _matmul_resident(ctx, a, b, out, product):
+    elif bias is None and _matmul_resident(ctx, a, b, out, product, a_first):
         return
+    a = _rounded_copy(ctx, a, product.operand)
     batch_shape = out.shape[:-2]
     a, b = _as_matrix_batches(a, batch_shape), _as_matrix_batches(b, batch_shape)
     m_total, k_total = a.shape[-2:]
@@ -165,7 +169,8 @@ def _matmul_streamed(ctx: CodegenContext, a: View, b: ConstantMatrix, out: View,
     n_total = b.shape[1]
     size, wsize = product.operand.size, product.weight_dtype.size
     a_bytes = m_total * k_total * size
-    if m_total > 65535 or k_total > 65535 or a_bytes > config.spad_bytes // 4:
+    a_staging = m_total * k_total * a.dtype.size if a.dtype != product.operand else 0  # round_a: f32 rows
+    if m_total > 65535 or k_total > 65535 or a_bytes + a_staging > config.spad_bytes // 4:
         return False
     k_tiles, n_blocks = -(-k_total // rows), -(-n_total // cols)
     group = min(n_blocks, STREAM_GROUP_BLOCKS, config.acc_bytes // (2 * m_total * cols * 4))
@@ -175,7 +180,7 @@ def _matmul_streamed(ctx: CodegenContext, a: View, b: ConstantMatrix, out: View,
     slot_tiles = max(1, min(k_tiles, STREAM_CHUNK_TILES, config.spad_bytes // STREAM_SLOT_SHARE // tile_bytes))
     slot_bytes = slot_tiles * rows * cols * wsize
     spad = ctx.scratchpad()
-    fixed = a_bytes + STREAM_SLOTS * slot_bytes + 8 * 64
+    fixed = a_bytes + a_staging + STREAM_SLOTS * slot_bytes + 8 * 64
     channels = n_total  # every channel's parameters loaded once, when they fit
     while Finisher.reserve_bytes(product, m_total, group * cols, channels) + fixed > spad.free:
         if channels > group * cols:
@@ -187,6 +192,7 @@ def _matmul_streamed(ctx: CodegenContext, a: View, b: ConstantMatrix, out: View,
     width = group * cols
     finisher = Finisher(ctx, product, spad, m_total, width, channels)
     a_tile = spad.alloc(a_bytes)
+    staging = spad.alloc(a_staging) if a_staging else 0
     slots = [spad.alloc(slot_bytes) for _ in range(STREAM_SLOTS)]
     acc = ctx.accumulator()
     c_buffers = [acc.alloc(m_total * width * 4) for _ in range(2)]
@@ -204,12 +210,12 @@ def _matmul_streamed(ctx: CodegenContext, a: View, b: ConstantMatrix, out: View,
         offset = (k_total * j * cols + k0 * nt) * stored.dtype.size
         ctx.dma_in(slots[index % STREAM_SLOTS], View.dense(stored.addr + offset, stored.dtype, (count * nt,)))
 
-    if channels == n_total:
-        finisher.load_channels(0, n_total)
     # One chunk before a, the rest after it: the DRAM channel serves DMAs in issue order, and a's
     # rows usually wait for the node before, whose result should not queue behind our weights.
     fetch(0)
-    ctx.dma_in(a_tile, a)
+    if channels == n_total:
+        finisher.load_channels(0, n_total)
+    _load_rows(ctx, a_tile, a, product.operand, staging)
     for index in range(1, min(STREAM_SLOTS, len(chunks))):
         fetch(index)
     index = 0
@@ -242,7 +248,7 @@ RESIDENT_SHARE = 4
 RESIDENT_DMA_BYTES = 1 << 16  # its DMAs, so that the first tiles start before the last bytes arrive
 
 
-def _matmul_resident(ctx: CodegenContext, a: View, b: View, out: View, product: Product) -> bool:
+def _matmul_resident(ctx: CodegenContext, a: View, b: View, out: View, product: Product, a_first: bool) -> bool:
     """out[..., M, N] = a[..., M, K] @ b[..., K, N] for a run-time b (attention's caches) that fits on
     chip: b's DRAM span is loaded once, as it lies, and every weight tile is shifted into the
     array straight from it, with load_weights' row stride (and its transpose flag when b is read
@@ -266,9 +272,10 @@ def _matmul_resident(ctx: CodegenContext, a: View, b: View, out: View, product: 
     if not (stride_n == 1 or transpose) or stride > 65535 or m_total > 65535:
         return False
     span = 1 + sum((n - 1) * s for n, s in zip(b.shape, b.strides, strict=True))
-    chunk = max(1, RESIDENT_DMA_BYTES // b.dtype.size)
-    staging = 2 * min(chunk, span) * b.dtype.size if rounded else 0
-    a_bytes, b_bytes = batches * m_total * k_total * size, span * size + staging
+    loader = _ResidentLoad(config, b, span, stride, product.weight_dtype)
+    staging = loader.staging_bytes
+    a_staging = batches * m_total * k_total * a.dtype.size if a.dtype != product.operand else 0  # round_a
+    a_bytes, b_bytes = batches * m_total * k_total * size + a_staging, span * size + staging
     results = batches * m_total
     pack = _side_by_side(b, batch_shape, cols) if not transpose else 1
     packed_bytes = batches // batch_shape[-1] * -(-batch_shape[-1] // pack) * pack * m_total * pack * n_total * 4 \
@@ -283,19 +290,18 @@ def _matmul_resident(ctx: CodegenContext, a: View, b: View, out: View, product: 
     if Finisher.reserve_bytes(product, results, n_total, n_total) + a_bytes + b_bytes + 256 > spad.free:
         return False
     finisher = Finisher(ctx, product, spad, results, n_total, n_total)
-    b_tile, a_tile = spad.alloc(span * size), spad.alloc(a_bytes)
-    b_staging = [spad.alloc(staging // 2) for _ in range(2)] if rounded else []
+    b_tile, a_tile = spad.alloc(span * size), spad.alloc(a_bytes - a_staging)
+    a_stage = spad.alloc(a_staging) if a_staging else 0
     c_tile = ctx.accumulator().alloc(results * n_total * 4)
-    for number, start in enumerate(range(0, span, chunk)):
-        count = min(chunk, span - start)
-        source = View.dense(b.addr + start * b.dtype.size, b.dtype, (count,))
-        if rounded:
-            ctx.dma_in(b_staging[number % 2], source)
-            _round_to(ctx, product.weight_dtype, b_tile + start * size, b_staging[number % 2], b.dtype, count)
-        else:
-            ctx.dma_in(b_tile + start * size, source)
-    ctx.dma_in(a_tile, a.reshape_dense((results, k_total)) if a.strides == View.dense(
-        a.addr, a.dtype, a.shape).strides else a)
+    # The engines take their instructions in order: the operand that was ready first is loaded (and
+    # rounded) first, so that neither waits behind the other's wait for the node before.
+    rows_view = a.reshape_dense((results, k_total)) if a.strides == View.dense(a.addr, a.dtype, a.shape).strides else a
+    if a_first:
+        _load_rows(ctx, a_tile, rows_view, product.operand, a_stage)
+    loader.emit(ctx, b_tile, spad.alloc(staging) if staging else 0)
+    if not a_first:
+        _load_rows(ctx, a_tile, rows_view, product.operand, a_stage)
+
     def batch_offset(batch: int) -> int:  # elements from b's first one
         return (b.at(*_unravel(batch, batch_shape)).addr - b.addr) // b.dtype.size
 
@@ -312,7 +318,7 @@ def _matmul_resident(ctx: CodegenContext, a: View, b: View, out: View, product: 
 
     group_bytes = pack * m_total * pack * n_total * 4
     c_packed = ctx.accumulator().alloc(batches // last_axis * per_axis * group_bytes) if pack > 1 else 0
-    tiles = []  # (last element of b read, first batch, batches, first column, first K row)
+    tiles = []  # (the last piece of b it needs, first batch, batches, first column, first K row)
     for batch in range(batches):
         group, place, count = group_of(batch)
         if place:
@@ -320,8 +326,9 @@ def _matmul_resident(ctx: CodegenContext, a: View, b: View, out: View, product: 
         for n0 in range(0, n_total, cols):
             for k0 in range(0, k_total, rows):
                 kt, nt = min(rows, k_total - k0), min(cols, n_total - n0)
-                last = batch_offset(batch + count - 1) + (k0 + kt - 1) * stride_k + (n0 + nt - 1) * stride_n
-                tiles.append((last, batch, count, n0, k0))
+                first = batch_offset(batch) + k0 * stride_k + n0 * stride_n
+                height, width = (nt, kt) if transpose else (kt, count * nt)
+                tiles.append((loader.needed(first, height, width), batch, count, n0, k0))
     tiles.sort()
     ctx.note(f"right operand on chip ({span * size:,} B{', read transposed' if transpose else ''}"
              f"{', rounded to bf16' if rounded else ''}): {len(tiles)} tiles for {batches} batches of {m_total} rows"
@@ -348,12 +355,107 @@ def _matmul_resident(ctx: CodegenContext, a: View, b: View, out: View, product: 
     return True
 
 
+class _ResidentLoad:
+    """The DMAs that bring a run-time right operand's DRAM span on chip, as it lies (rounded to bf16 on
+    the way when it is f32 and the product bf16), in an order the tiles can follow.
+
+    When the span is whole rows of the tiles' row stride (attention's [tokens, heads * head_dim]
+    caches), it comes in blocks of array_rows rows by one DRAM burst of columns, row blocks first, so
+    that the first heads' tiles start once their first block is in, not half the cache; otherwise in
+    contiguous chunks. `needed` says which piece a tile waits for, to sort the tiles by it."""
+
+    STAGING = 4  # conversion buffers in flight
+
+    def __init__(self, config, b: View, span: int, stride: int, dtype: DType):
+        self.b, self.span, self.tile_stride, self.dtype = b, span, stride, dtype
+        self.rounded = b.dtype != dtype
+        self.block_rows = config.array_rows
+        self.block_cols = max(1, config.dram_bytes_per_cycle // b.dtype.size)
+        self.blocked = span % stride == 0 and stride > self.block_cols and stride <= 65535
+        self.stride = stride  # the span seen as rows of this many elements, loaded in blocks
+        if not self.blocked:  # contiguous chunks: rows of one chunk, one row per block
+            self.block_rows, self.block_cols = 1, max(1, min(span, RESIDENT_DMA_BYTES // b.dtype.size))
+            self.stride = self.block_cols
+        piece = self.block_rows * self.block_cols * b.dtype.size
+        self.staging_bytes = self.STAGING * (piece + LOCAL_ALIGN) if self.rounded else 0
+        self.column_blocks = -(-self.stride // self.block_cols) if self.blocked else 1
+
+    def needed(self, first: int, height: int, width: int) -> int:
+        """The position, in load order, of the last piece holding a tile of `height` rows of `width`
+        elements each (rows the tiles' stride apart in the span) starting at element `first`."""
+        last = first + (height - 1) * self.tile_stride + width - 1
+        if not self.blocked:
+            return last // self.block_cols
+        return last // self.stride // self.block_rows * self.column_blocks + \
+            (first % self.stride + width - 1) // self.block_cols
+
+    def emit(self, ctx: CodegenContext, tile: int, staging: int) -> None:
+        b, size, source_size = self.b, self.dtype.size, self.b.dtype.size
+        rows_total = -(-self.span // self.stride)
+        piece = self.block_rows * self.block_cols * source_size + LOCAL_ALIGN
+        number = 0
+        for r0 in range(0, rows_total, self.block_rows):
+            for c0 in range(0, self.stride, self.block_cols):
+                height = min(self.block_rows, rows_total - r0)
+                width = min(self.block_cols, self.stride - c0, self.span - r0 * self.stride - c0)
+                first = r0 * self.stride + c0
+                dram = dict(dram=b.addr + first * source_size, esize=source_size, n0=width, n1=height, n2=1,
+                            ds0=1, ds1=self.stride, ds2=0)
+                if not self.rounded:
+                    ctx.emitter.emit("dma_load", local=tile + first * size, ls1=self.stride,
+                                     ls2=self.stride * height, **dram)
+                    continue
+                buffer = staging + number % self.STAGING * piece
+                ctx.emitter.emit("dma_load", local=buffer, ls1=width, ls2=width * height, **dram)
+                ctx.emitter.emit("vcvt", dtype=self.dtype, src_dtype=b.dtype, dst=tile + first * size,
+                                 dst_rs=self.stride, a=buffer, a_rs=width, rows=height, cols=width)
+                number += 1
+
+
 def _side_by_side(b: View, batch_shape: tuple[int, ...], cols: int) -> int:
     """How many consecutive batches of b (along its last batch axis) one array-wide tile holds: those
     whose [K, N] matrices lie side by side in DRAM rows (b's batch stride is N, its columns dense)."""
     if not batch_shape or b.strides[-1] != 1 or b.strides[-3] != b.shape[-1]:
         return 1
     return max(1, min(batch_shape[-1], cols // b.shape[-1]))
+
+
+def _load_rows(ctx: CodegenContext, tile: int, view: View, dtype: DType, staging: int) -> None:
+    """The view into the dense tile, in `dtype`: an f32 view (round_a) goes through `staging` and vcvt."""
+    if view.dtype == dtype:
+        ctx.dma_in(tile, view)
+        return
+    ctx.dma_in(staging, view)
+    _round_to(ctx, dtype, tile, staging, view.dtype, view.size)
+
+
+def _rounded_copy(ctx: CodegenContext, view: View, dtype: DType) -> View:
+    """The view itself when it has `dtype`; else (an f32 operand with round_a, on a schedule that does not
+    round on chip) a dense copy in `dtype` in the node's DRAM scratch, made through the scratchpad."""
+    if view.dtype == dtype:
+        return view
+    copy = ctx.allocate(view.shape, dtype)
+    spad = ctx.scratchpad()
+    rows_shape, cols = view.shape[:-1], view.shape[-1]
+    chunk = max(1, min(65535, spad.free // 4 // (cols * (view.dtype.size + dtype.size))))
+    if cols * (view.dtype.size + dtype.size) * 2 > spad.free:
+        raise MemoryError(f"scratchpad: a row of {cols} elements does not fit to be rounded")
+    buffers = [(spad.alloc(chunk * cols * view.dtype.size), spad.alloc(chunk * cols * dtype.size)) for _ in range(2)]
+    source = view.reshape_dense((int(np.prod(rows_shape)), cols)) if view.strides == View.dense(
+        view.addr, view.dtype, view.shape).strides else None
+    target = copy.reshape_dense((int(np.prod(rows_shape)), cols))
+    step = 0
+    for number, index in enumerate(np.ndindex(*rows_shape[:-1]) if source is None else [()]):
+        part = view.at(*index) if source is None else source
+        first = number * part.shape[0]
+        for r0 in range(0, part.shape[0], chunk):
+            count = min(chunk, part.shape[0] - r0)
+            staging, rounded = buffers[step % 2]
+            ctx.dma_in(staging, part.window(0, r0, r0 + count))
+            _round_to(ctx, dtype, rounded, staging, view.dtype, count * cols)
+            ctx.dma_out(rounded, target.window(0, first + r0, first + r0 + count))
+            step += 1
+    return copy
 
 
 def _round_to(ctx: CodegenContext, dtype: DType, dst: int, src: int, src_dtype: DType, count: int) -> None:
@@ -497,9 +599,28 @@ def matmul_kernel(ctx: CodegenContext, node: Node) -> None:
     epilogue = epilogue_of(ctx, node, 3)
     if epilogue.get("addend") is not None:
         epilogue["addend"] = epilogue["addend"].reshape_dense(result.shape)
-    # round_b: an f32 B multiplied as bf16, rounded on chip as it is loaded.
-    product = Product(DType.BF16, **epilogue) if node.attrs.get("round_b") == "bf16" else None
-    matmul_views(ctx, a, b, result, node, bias=bias, product=product, epilogue=epilogue)
+    # round_a/round_b: an f32 operand multiplied as bf16, rounded on chip as it is loaded.
+    rounded = "bf16" in (node.attrs.get("round_a"), node.attrs.get("round_b"))
+    product = Product(DType.BF16, **epilogue) if rounded else None
+    matmul_views(ctx, a, b, result, node, bias=bias, product=product, epilogue=epilogue,
+                 a_first=_computed_before(ctx, node.inputs[0], node.inputs[1]))
+
+
+def _computed_before(ctx: CodegenContext, first: str, second: str) -> bool:
+    """Whether value `first` was computed by an earlier node than `second` (through ops that only
+    rename their input: a reshape is ready when its input is; inputs and constants come first)."""
+    from compiler.codegen.kernels import ALIASES
+
+    producers = ctx.graph.producers()
+    position = {id(node): index for index, node in enumerate(ctx.graph.nodes)}
+
+    def computed_at(name: str) -> int:
+        node = producers.get(name)
+        while node is not None and node.op in ALIASES:
+            node = producers.get(node.inputs[0])
+        return -1 if node is None else position[id(node)]
+
+    return computed_at(first) < computed_at(second)
 
 
 def _batch_of(a: View, b: View) -> tuple[int, ...]:
