@@ -93,3 +93,49 @@ def test_one_row_streams_each_weight_once(dtype):
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-3)
     else:
         assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
+
+
+ATTENTION_CASES = [  # (config, tokens, heads, head_dim, rows of q)
+    ("tiny", 16, 3, 2, 2),  # three heads side by side in one 8-wide tile
+    ("tiny", 20, 2, 12, 3),  # K tiles of the array's 8 rows
+    ("edge", 40, 5, 12, 3),  # an odd head count: the last tile holds one head
+    ("edge", 70, 3, 19, 17),
+    ("server", 256, 12, 64, 1),  # GPT-2 small's decode step
+]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("config,tokens,heads,head_dim,m", ATTENTION_CASES)
+def test_attention_reads_its_caches_in_place(config, tokens, heads, head_dim, m, precision):
+    """q @ K^T and p @ V over [tokens, heads, head_dim] caches, at -O2: the transposes fold into the MatMuls,
+    which load each cache whole and shift the heads' tiles in with a row stride (K^T transposed on
+    load), rounding to bf16 on chip in bf16."""
+    import ml_dtypes
+
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((heads, m, head_dim)).astype(np.float32)
+    k, v = (rng.standard_normal((tokens, heads, head_dim)).astype(np.float32) for _ in range(2))
+    nodes = [helper.make_node("Transpose", ["k"], ["kt"], perm=[1, 2, 0]), helper.make_node("MatMul", ["q", "kt"], ["s"]),
+             helper.make_node("Transpose", ["v"], ["vt"], perm=[1, 0, 2]), helper.make_node("MatMul", ["s", "vt"], ["y"])]
+    values = {"q": q, "k": k, "v": v}
+    graph = helper.make_graph(nodes, "attention",
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, x.shape) for n, x in values.items()],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, (heads, m, head_dim)),
+                               helper.make_tensor_value_info("s", TensorProto.FLOAT, (heads, m, tokens))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    program = compile(model, config, opt_level=2, precision=precision)
+    assert not [node for node in program.notes if "Transpose" in node]
+    result = run(program, values, check_hazards=True)
+    assert not result.hazards
+
+    def operand(x):
+        x = np.asarray(x, np.float32)
+        return (x.astype(ml_dtypes.bfloat16) if precision == "bf16" else x).astype(np.float64)
+
+    k_t, v_t = k.transpose(1, 2, 0), v.transpose(1, 0, 2)
+    scores = operand(q) @ operand(k_t)
+    np.testing.assert_allclose(result.outputs["s"], scores, rtol=0,
+                               atol=(head_dim + 1) * 2.0 ** -23 * (np.abs(operand(q)) @ np.abs(operand(k_t))).max())
+    p = operand(result.outputs["s"])  # what p @ V multiplied
+    np.testing.assert_allclose(result.outputs["y"], p @ operand(v_t), rtol=0,
+                               atol=(tokens + 1) * 2.0 ** -23 * (np.abs(p) @ np.abs(operand(v_t))).max())

@@ -4,7 +4,13 @@ import numpy as np
 from ir_cases import run_pass, same
 
 from compiler.ir import parse
-from compiler.passes.simplify import decompose_batchnorm, fold_batchnorm_into_conv, remove_identities
+from compiler.passes.fold_transpose import fold_cast_into_matmul, fold_transpose_into_matmul
+from compiler.passes.simplify import (
+    decompose_batchnorm,
+    fold_batchnorm_into_conv,
+    remove_identities,
+    transpose_to_reshape,
+)
 
 IDENTITY_BEFORE = """
 graph g
@@ -133,3 +139,86 @@ def test_batchnorm_at_O0_and_O1_matches_onnxruntime():
         counts[level] = len(program.instructions)
         np.testing.assert_allclose(run(program, {"x": x}).outputs["r"], expected, rtol=1e-5, atol=1e-5)
     assert counts[1] < counts[0]  # -O1 folds the BatchNormalization into the Conv
+
+
+# Attention's operands read in place (compiler/passes/simplify.py, fold_transpose.py) --------------------
+ATTENTION = """
+graph g
+  input %q: f32[1, 4, 8]
+  input %k: f32[6, 4, 8]
+  %qt: f32[4, 1, 8] = Transpose(%q) {perm=[1, 0, 2]}  @qt
+  %kt: f32[4, 8, 6] = Transpose(%k) {perm=[1, 2, 0]}  @kt
+  %s: f32[4, 1, 6] = MatMul(%qt, %kt)  @qk
+  %v: f32[4, 6, 8] = Transpose(%k) {perm=[1, 0, 2]}  @v
+  %o: f32[4, 1, 8] = MatMul(%s, %v)  @pv
+  %o2: f32[4, 6, 8] = Relu(%v)  @other
+  output %o
+  output %o2
+"""
+# qt only moves a size-1 axis: a Reshape. kt is read only by qk: folded into it. v has another reader: kept.
+ATTENTION_AFTER = """
+graph g
+  input %q: f32[1, 4, 8]
+  input %k: f32[6, 4, 8]
+  %qt: f32[4, 1, 8] = Reshape(%q) {shape=[4, 1, 8]}  @qt
+  %s: f32[4, 1, 6] = FusedMatMul(%qt, %k) {perm_b=[1, 2, 0]}  @qk
+  %v: f32[4, 6, 8] = Transpose(%k) {perm=[1, 0, 2]}  @v
+  %o: f32[4, 1, 8] = MatMul(%s, %v)  @pv
+  %o2: f32[4, 6, 8] = Relu(%v)  @other
+  output %o
+  output %o2
+"""
+
+
+def test_transposes_become_reshapes_or_fold_into_the_matmul():
+    graph = parse(ATTENTION)
+    assert run_pass(fold_transpose_into_matmul, run_pass(transpose_to_reshape, ATTENTION)) == same(ATTENTION_AFTER)
+    assert run_pass(transpose_to_reshape, ATTENTION_AFTER) == same(ATTENTION_AFTER)  # nothing more to do
+    assert graph.values["kt"].shape == (4, 8, 6)
+
+
+ROUNDED = """
+graph g
+  input %x: f32[2, 3]
+  input %z: f32[2, 2]
+  input %q: f32[4, 1, 8]
+  input %k: f32[6, 4, 8]
+  const %w: bf16[2, 3] = [0.5, -1.0, 0.25, 2.0, -0.5, 1.0]
+  const %c: f32[2] = [1.0, 2.0]
+  %x.bf16: bf16[2, 3] = Cast(%x) {to="bf16"}  @fc/cast
+  %h: f32[2, 2] = FusedGemm(%x.bf16, %w, %c, %z) {transB=1, beta=0.5, activation="Relu"}  @fc
+  %q.bf16: bf16[4, 1, 8] = Cast(%q) {to="bf16"}  @qk/cast
+  %k.bf16: bf16[6, 4, 8] = Cast(%k) {to="bf16"}  @qk/cast
+  %s: f32[4, 1, 6] = FusedMatMul(%q.bf16, %k.bf16) {perm_b=[1, 2, 0]}  @qk
+  %s2: f32[4, 1, 6] = FusedMatMul(%q.bf16, %k.bf16) {perm_b=[1, 2, 0]}  @again
+  output %h
+  output %s
+  output %s2
+"""
+# The Gemm becomes the FusedMatMul that computes the same (transB as perm_b, beta * C the bias) and rounds
+# its row on chip; q and k have two readers each, so their Casts stay.
+ROUNDED_AFTER = """
+graph g
+  input %x: f32[2, 3]
+  input %z: f32[2, 2]
+  input %q: f32[4, 1, 8]
+  input %k: f32[6, 4, 8]
+  const %w: bf16[2, 3] = [0.5, -1.0, 0.25, 2.0, -0.5, 1.0]
+  const %c.bias: f32[2] = [0.5, 1.0]
+  %h: f32[2, 2] = FusedMatMul(%x, %w, %c.bias, %z) {perm_b=[1, 0], round_a="bf16", activation="Relu"}  @fc
+  %q.bf16: bf16[4, 1, 8] = Cast(%q) {to="bf16"}  @qk/cast
+  %k.bf16: bf16[6, 4, 8] = Cast(%k) {to="bf16"}  @qk/cast
+  %s: f32[4, 1, 6] = FusedMatMul(%q.bf16, %k.bf16) {perm_b=[1, 2, 0]}  @qk
+  %s2: f32[4, 1, 6] = FusedMatMul(%q.bf16, %k.bf16) {perm_b=[1, 2, 0]}  @again
+  output %h
+  output %s
+  output %s2
+"""
+
+
+def test_bf16_casts_read_by_one_product_fold_into_it():
+    assert run_pass(fold_cast_into_matmul, ROUNDED) == same(ROUNDED_AFTER)
+    single = ROUNDED.replace("  %s2: f32[4, 1, 6] = FusedMatMul(%q.bf16, %k.bf16) {perm_b=[1, 2, 0]}  @again\n", "")
+    single = single.replace("  output %s2\n", "")
+    assert 'FusedMatMul(%q, %k) {perm_b=[1, 2, 0], round_a="bf16", round_b="bf16"}' in run_pass(
+        fold_cast_into_matmul, single)

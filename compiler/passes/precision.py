@@ -28,7 +28,7 @@ MATRIX_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "FusedConv", 
 OPERANDS = (0, 1)  # data/A and weight/B; input 2 (bias or C) stays f32
 
 
-def to_bf16(graph: Graph, keep: Collection[str] = ()) -> Graph:
+def to_bf16(graph: Graph, keep: Collection[str] = (), casts: dict[str, str] | None = None) -> Graph:
     """Every Conv, ConvTranspose, MatMul and Gemm with f32 operands, except the nodes named in
     `keep`, multiplies bf16 x bf16 into fp32: a constant operand is replaced by its bf16
     rounding (`<name>.bf16`), a run-time one by `Cast(x) {to="bf16"}` placed before its first
@@ -36,9 +36,10 @@ def to_bf16(graph: Graph, keep: Collection[str] = ()) -> Graph:
 
     Invariant: node outputs keep their names, dtypes and shapes; a node whose operands are not
     both f32 (integer or already bf16) is left alone. The f32 constants that only the
-    converted products read are pruned."""
+    converted products read are pruned. `casts` (f32 operand -> its bf16 value) are bf16
+    copies made before, used again."""
     keep = set(keep)
-    converted: dict[str, str] = {}  # f32 operand -> its bf16 value
+    converted: dict[str, str] = dict(casts or {})  # f32 operand -> its bf16 value
     nodes: list[Node] = []
     for node in graph.nodes:
         if node.op in MATRIX_OPS and node.name not in keep and \
@@ -109,7 +110,7 @@ def to_w8a16(graph: Graph, keep: Mapping[str, str] | None = None) -> Graph:
         nodes.append(Node("MatMulW8", inputs, node.outputs, attrs, node.name))
     graph.nodes = nodes
     graph.prune()
-    return to_bf16(graph, keep={name for name, kept in keep.items() if kept == "fp32"})
+    return to_bf16(graph, keep={name for name, kept in keep.items() if kept == "fp32"}, casts=converted)
 
 
 def _weight_only_parts(graph: Graph, node: Node) -> tuple[str, bool, float, str | None, str | None] | None:
@@ -133,9 +134,10 @@ def _weight_only_parts(graph: Graph, node: Node) -> tuple[str, bool, float, str 
         value = graph.values[bias]
         if value.is_const and value.dtype == "f32" and value.const.size in (1, channels) and \
                 (value.const.ndim <= 1 or value.shape[-1] == value.const.size):
-            per_column = np.broadcast_to(value.const.reshape(-1) * np.float32(beta), (channels,))
-            bias = graph.fresh_name(bias + ".bias")
-            graph.const(bias, per_column.astype(np.float32))
+            if beta != 1.0 or value.shape != (channels,):
+                per_column = np.broadcast_to(value.const.reshape(-1) * np.float32(beta), (channels,))
+                bias = graph.fresh_name(bias + ".bias")
+                graph.const(bias, per_column.astype(np.float32))
         elif not (value.shape == (channels,) and beta == 1.0 and value.dtype == "f32"):
             return None
     return node.inputs[1], transposed, alpha, bias, addend
