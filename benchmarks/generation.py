@@ -9,7 +9,7 @@ steps and prints one table row: prefill cycles and their roofline efficiency (th
 simulator's roofline: MACs at the array's peak or bytes at DRAM speed, whichever is
 larger), decode cycles per token (mean over the steps), tokens/s at the config's clock, the
 decode's DRAM bound (weights and cache read once per token, runtime/generate.py) and the
-ratio of the two. Then the tokens of each precision against the first one's.
+ratio of the two. Then each precision's tokens and logits against the first one's.
 
 Compiling the small size takes tens of seconds and several GiB per graph, so compiled
 programs are kept beside the ONNX graphs in the model cache (models/cache.py), under a name
@@ -70,6 +70,8 @@ def compiled(size: str, graph: str, config: str, precision: str, use_cache: bool
 
 
 def main() -> int:
+    import numpy as np
+
     from models.gpt2.reference import prompt_ids
     from runtime.generate import generate
 
@@ -91,7 +93,7 @@ def main() -> int:
         start = time.perf_counter()
         result = generate(prefill, decode, prompt, args.steps)
         print(f"  generated {args.steps} tokens in {time.perf_counter() - start:.1f} s", file=sys.stderr)
-        tokens[precision] = result.tokens
+        tokens[precision] = result
         rows.append((precision, result))
     print(f"GPT-2 {args.size}, {args.config}, prompt {prompt.shape[1]} tokens, {args.steps} decode steps\n")
     print("| precision | prefill cycles | prefill roofline eff. | decode cycles/token | tokens/s | "
@@ -105,8 +107,14 @@ def main() -> int:
               f"{first / result.decode_cycles_per_token:.2f}x |")
     reference = tokens[precisions[0]]
     for precision in precisions[1:]:
-        same = int((tokens[precision] == reference).sum())
-        print(f"\n{precision} tokens equal to {precisions[0]}'s: {same} of {reference.size}", end="")
+        result = tokens[precision]
+        same = int((result.tokens == reference.tokens).sum())
+        # Each step's logits come from the tokens before it: comparable up to the first token that differs.
+        agree = same if same == reference.tokens.size else int(np.argmin(result.tokens == reference.tokens)) + 1
+        cosine = (result.logits[:agree] * reference.logits[:agree]).sum(axis=1) / \
+            np.linalg.norm(result.logits[:agree], axis=1) / np.linalg.norm(reference.logits[:agree], axis=1)
+        print(f"\n{precision} against {precisions[0]}: {same} of {reference.tokens.size} tokens equal; logits "
+              f"cosine >= {cosine.min():.6f} over the first {agree} steps", end="")
     print()
     return 0
 

@@ -98,6 +98,7 @@ def test_one_row_streams_each_weight_once(dtype):
 ATTENTION_CASES = [  # (config, tokens, heads, head_dim, rows of q)
     ("tiny", 16, 3, 2, 2),  # three heads side by side in one 8-wide tile
     ("tiny", 20, 2, 12, 3),  # K tiles of the array's 8 rows
+    ("tiny", 40, 4, 16, 5),  # caches too large to load whole: tile by tile, K^T's tiles by rows of K
     ("edge", 40, 5, 12, 3),  # an odd head count: the last tile holds one head
     ("edge", 70, 3, 19, 17),
     ("server", 256, 12, 64, 1),  # GPT-2 small's decode step

@@ -94,6 +94,7 @@ def matmul_views(ctx: CodegenContext, a: View, b: View | ConstantMatrix, out: Vi
     m_tile = max(1, min(m_total, config.acc_bytes // (2 * cols * 4), 65535))
     reserve = Finisher.reserve_bytes(product, m_tile, cols, cols) + (2 * m_tile * cols * 4 if bias else 0)
     rounded = b.dtype != product.weight_dtype  # an f32 b rounded to bf16 on chip (FusedMatMul round_b)
+    b_by_columns = b.strides[-2] == 1 and b.strides[-1] != 1
     staging = 2 * rows * cols * b.dtype.size if rounded else 0
     m_tile = max(1, min(m_tile, (spad.free - reserve - 2 * rows * cols * wsize - staging - 256) // (2 * rows * size)))
     finisher = Finisher(ctx, product, spad, m_tile, cols, cols)
@@ -122,13 +123,19 @@ def matmul_views(ctx: CodegenContext, a: View, b: View | ConstantMatrix, out: Vi
                     a_tile, b_tile = a_buffers[step % 2], b_buffers[step % 2]
                     ctx.dma_in(a_tile, a_batch.window(0, m0, m0 + mt).window(1, k0, k0 + kt))
                     b_window = b_batch.window(0, k0, k0 + kt).window(1, n0, n0 + nt)
+                    # b read transposed (a folded Transpose: unit stride along K): its tile comes in as
+                    # rows of K, dense runs, and shifts in with load_weights' transpose flag.
+                    width, height = (kt, nt) if b_by_columns else (nt, kt)
+                    if b_by_columns:
+                        b_window = b_window.transpose((1, 0))
                     if rounded:
                         ctx.dma_in(b_staging[step % 2], b_window)
-                        ctx.emitter.emit("vcvt", dtype=product.weight_dtype, src_dtype=b.dtype, dst=b_tile, dst_rs=nt,
-                                         a=b_staging[step % 2], a_rs=nt, rows=kt, cols=nt)
+                        ctx.emitter.emit("vcvt", dtype=product.weight_dtype, src_dtype=b.dtype, dst=b_tile,
+                                         dst_rs=width, a=b_staging[step % 2], a_rs=width, rows=height, cols=width)
                     else:
                         ctx.dma_in(b_tile, b_window)
-                    ctx.emitter.emit("load_weights", dtype=product.weight_dtype, addr=b_tile, k=kt, n=nt, stride=nt)
+                    ctx.emitter.emit("load_weights", dtype=product.weight_dtype, addr=b_tile, k=kt, n=nt, stride=width,
+                                     transpose=int(b_by_columns))
                     ctx.emitter.emit("matmul", dtype=product.operand, a=a_tile, a_rs=kt, m=mt, c=c_tile, c_rs=nt,
                                      accumulate=int(k0 > 0))
                     step += 1
