@@ -110,8 +110,9 @@ cycles for 256x256x256 against its 22,399. Compiled layers differ from SCALE-Sim
 figure for two reasons, which `python benchmarks/scalesim.py` separates per layer (its
 "acc folds" and "fold cycles" columns apply the formula to acc's own tiles):
 
-- *Fold structure.* acc's kernels choose the orientation per layer (a GEMM with few
-  rows keeps the activations stationary and streams the weights, `out^T = W^T A^T`, so
+- *Fold structure.* acc's kernels choose the orientation per layer (a GEMM whose rows
+  fit on chip keeps them there and loads each weight tile once; one with few rows that do
+  not keeps the activations stationary and streams the weights, `out^T = W^T A^T`, so
   M=128, K=384, N=1536 becomes 144 folds of 512 streamed rows instead of 576 folds of
   128: fewer cycles than SCALE-Sim), and a fold's results must fit half the accumulator
   (`acc_bytes`, double-buffered) until they are finished, where SCALE-Sim streams all M
