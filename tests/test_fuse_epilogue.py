@@ -281,3 +281,21 @@ def test_int8_tails_equal_the_unfused_program(config, channels, size, kernel):
         assert fused.stats["hazards"] == 0
         for name, value in unfused.outputs.items():
             assert np.array_equal(fused.outputs[name], value), name
+
+
+def test_int8_tail_over_many_column_groups():
+    """A dense layer wide enough for several result groups of the streamed schedule (tiny: 8 columns a
+    block, 8 blocks a group): every group's tail reads its own channels of the per-channel operands,
+    which are loaded once for all of them."""
+    from compiler.pipeline import Precision
+
+    rng = np.random.default_rng(3)
+    model = _transformer_dense(3, 136, seed=5)
+    samples = [{"x": rng.standard_normal((1, 3, 136)).astype(np.float32)} for _ in range(4)]
+    precision = Precision("int8", samples)
+    unfused = run(compile(model, "tiny", opt_level=1, precision=precision), samples[0])
+    fused_program = compile(model, "tiny", opt_level=2, precision=precision)
+    assert any("weights streamed" in note for notes in fused_program.notes.values() for note in notes)
+    fused = run(fused_program, samples[0], check_hazards=True)
+    assert fused.stats["hazards"] == 0
+    assert np.array_equal(fused.outputs["y"], unfused.outputs["y"])

@@ -175,10 +175,10 @@ class Finisher:
 
     def load_channels(self, first: int, count: int) -> int:
         """The per-channel parameters (bias, scale, multiplier) of channels [first, first + count) on
-        chip: loaded unless the last load covered them. Returns the byte offset of channel `first`
-        in the buffers (a kernel may load every channel once up front, then finish block by block)."""
+        chip: loaded unless the last load covered them. Returns where channel `first` is in the buffers,
+        in channels (a kernel may load every channel once up front, then finish block by block)."""
         if self.loaded is not None and self.loaded[0] <= first and first + count <= sum(self.loaded):
-            return (first - self.loaded[0]) * 4
+            return first - self.loaded[0]
         if self.bias is not None:
             self.ctx.dma_in(self.bias, self.product.bias.window(0, first, first + count))
         if self.scale is not None:
@@ -213,20 +213,20 @@ class Finisher:
         shape = dict(rows=rows, cols=cols)
         channels = rows if channels_on_rows else cols
         per_channel = dict(b_rs=1, b_cs=0) if channels_on_rows else dict(b_rs=0, b_cs=1)
-        offset = self.load_channels(first_channel, channels)
+        offset = self.load_channels(first_channel, channels)  # channels; the parameters below are 4 bytes
         if self.scale is not None:
-            emit("vmul", dtype=acc, dst=tile, dst_rs=cols, a=tile, a_rs=cols, b=self.scale + offset, **per_channel,
+            emit("vmul", dtype=acc, dst=tile, dst_rs=cols, a=tile, a_rs=cols, b=self.scale + 4 * offset, **per_channel,
                  **shape)
         if product.alpha != 1.0:
             emit("vmuli", dtype=acc, dst=tile, dst_rs=cols, a=tile, a_rs=cols, imm=product.alpha, **shape)
         if self.bias is not None:
-            emit("vadd", dtype=acc, dst=tile, dst_rs=cols, a=tile, a_rs=cols, b=self.bias + offset, **per_channel,
+            emit("vadd", dtype=acc, dst=tile, dst_rs=cols, a=tile, a_rs=cols, b=self.bias + 4 * offset, **per_channel,
                  **shape)
         result, result_dtype = tile, acc
         requant = product.requant
         if requant:
             result, result_dtype = self.outputs[self.count % 2], requant.dtype
-            scale = dict(b=self.multiplier + offset, **per_channel)
+            scale = dict(b=self.multiplier + 4 * offset, **per_channel)
             emit("vreq", dtype=requant.dtype, dst=result, dst_rs=cols, a=tile, a_rs=cols, c=self.zero_point, c_rs=0,
                  c_cs=0, **scale, **shape)
             low, high = INT_RANGES[requant.dtype]
@@ -244,15 +244,17 @@ class Finisher:
                  cols=rows)
             result, out_rows, out_cols = transposed, cols, rows
         if product.tail:
-            result = self._tail(result, out_rows, out_cols, channels_on_rows != self.transpose, tail_blocks)
+            result = self._tail(result, out_rows, out_cols, channels_on_rows != self.transpose, tail_blocks, offset)
         else:
             self._addend_and_activation(result, result_dtype, out_rows, out_cols, addend)
         self.count += 1
         self.ctx.dma_out(result, target)
 
-    def _tail(self, result: int, rows: int, cols: int, channels_on_rows: bool, blocks: list[View | None]) -> int:
+    def _tail(self, result: int, rows: int, cols: int, channels_on_rows: bool, blocks: list[View | None],
+              offset: int = 0) -> int:
         """The tail's steps on the dense int32 tile at `result` ([rows, cols] as stored), chunk by chunk
-        of whole rows, into an output buffer; returns that buffer."""
+        of whole rows, into an output buffer; returns that buffer. `offset`: where the tile's first
+        channel is in the per-channel buffers (load_channels)."""
         tail, out_dtype = self.product.tail, self.product.out
         out = self.outputs[self.count % 2]
         for index, block in enumerate(blocks):
@@ -267,8 +269,9 @@ class Finisher:
                 if kind == "scalar":
                     tiles.append(Tile(self.tail_buffers[index][0], operand.dtype, 0, 0))
                 elif kind == "channel":
-                    tiles.append(Tile(self.tail_buffers[index][0] + r0 * size, operand.dtype, 1, 0) if channels_on_rows
-                                 else Tile(self.tail_buffers[index][0], operand.dtype, 0, 1))
+                    first = self.tail_buffers[index][0] + offset * size
+                    tiles.append(Tile(first + r0 * size, operand.dtype, 1, 0) if channels_on_rows
+                                 else Tile(first, operand.dtype, 0, 1))
                 else:
                     tiles.append(Tile(self.tail_buffers[index][self.count % 2] + r0 * cols * size, operand.dtype,
                                       cols, 1))

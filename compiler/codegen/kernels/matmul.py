@@ -246,7 +246,8 @@ def _matmul_streamed(ctx: CodegenContext, a: View, b: ConstantMatrix, out: View,
                 index += 1
         block = (slice(0, m_total), slice(n0, n0 + width_here))
         addend = _block(product.addend, block) if product.addend is not None else None
-        finisher.finish(c_tile, m_total, width_here, False, n0, _block(out, block), addend)
+        finisher.finish(c_tile, m_total, width_here, False, n0, _block(out, block), addend,
+                        _tail_blocks(product, block))
     return True
 
 
@@ -276,7 +277,7 @@ def _matmul_resident(ctx: CodegenContext, a: View, b: View, out: View, product: 
     transpose = stride_k == 1 and stride_n != 1
     stride = stride_n if transpose else stride_k
     rounded = b.dtype != product.weight_dtype  # an f32 b rounded to bf16 on chip (FusedMatMul round_b)
-    if not (stride_n == 1 or transpose) or stride > 65535 or m_total > 65535:
+    if not (stride_n == 1 or transpose) or stride > 65535 or m_total > 65535 or product.tail:
         return False
     span = 1 + sum((n - 1) * s for n, s in zip(b.shape, b.strides, strict=True))
     loader = _ResidentLoad(config, b, span, stride, product.weight_dtype)
