@@ -94,7 +94,7 @@ def matmul_views(ctx: CodegenContext, a: View, b: View | ConstantMatrix, out: Vi
     m_tile = max(1, min(m_total, config.acc_bytes // (2 * cols * 4), 65535))
     reserve = Finisher.reserve_bytes(product, m_tile, cols, cols) + (2 * m_tile * cols * 4 if bias else 0)
     rounded = b.dtype != product.weight_dtype  # an f32 b rounded to bf16 on chip (FusedMatMul round_b)
-    b_by_columns = b.strides[-2] == 1 and b.strides[-1] != 1
+    b_by_columns = b.strides[-2] == 1 and b.strides[-1] > 1
     staging = 2 * rows * cols * b.dtype.size if rounded else 0
     m_tile = max(1, min(m_tile, (spad.free - reserve - 2 * rows * cols * wsize - staging - 256) // (2 * rows * size)))
     finisher = Finisher(ctx, product, spad, m_tile, cols, cols)
@@ -274,11 +274,11 @@ def _matmul_resident(ctx: CodegenContext, a: View, b: View, out: View, product: 
     batches = int(np.prod(batch_shape, dtype=np.int64))
     size = product.operand.size
     stride_k, stride_n = b.strides[-2:]
-    transpose = stride_k == 1 and stride_n != 1
+    transpose = stride_k == 1 and stride_n > 1
     stride = stride_n if transpose else stride_k
     rounded = b.dtype != product.weight_dtype  # an f32 b rounded to bf16 on chip (FusedMatMul round_b)
-    if not (stride_n == 1 or transpose) or stride > 65535 or m_total > 65535 or product.tail:
-        return False
+    if not (stride_n == 1 or transpose) or not 1 <= stride <= 65535 or m_total > 65535 or product.tail:
+        return False  # (a broadcast b, stride 0, is left to the tile-by-tile path)
     span = 1 + sum((n - 1) * s for n, s in zip(b.shape, b.strides, strict=True))
     loader = _ResidentLoad(config, b, span, stride, product.weight_dtype)
     staging = loader.staging_bytes
