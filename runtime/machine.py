@@ -560,57 +560,59 @@ def exec_vcvt(machine: Machine, i: Instruction) -> Effects:
     return Effects([a_access, dst_access])
 
 
+def _quantization_operands(machine: Machine, i: Instruction, dst_dtype: DType, a_dtype: DType):
+    """dst, a, the fp32 scale b and the int32 zero point c of vreq, vdeq and vquant, and their accesses."""
+    f = i.fields
+    rows, cols = f["rows"], f["cols"]
+    dst, dst_access = _destination(machine, i, dst_dtype, rows, cols)
+    a, a_access = _operand(machine, i, "a", a_dtype, rows, cols)
+    scale, scale_access = _operand(machine, i, "b", DType.F32, rows, cols)
+    zero, zero_access = _operand(machine, i, "c", DType.I32, rows, cols)
+    return dst, a, scale, zero, Effects([a_access, scale_access, zero_access, dst_access])
+
+
+def _saturated(values: np.ndarray, zero: np.ndarray, dtype: DType) -> np.ndarray:
+    """saturate(round_half_even(values) + zero) in the integer `dtype` (NaN -> 0, infinities saturate)."""
+    low, high = INT_RANGES[dtype]
+    rounded = np.rint(np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=high, neginf=low))
+    return np.clip(rounded + zero.astype(np.float64), low, high).astype(dtype.numpy)
+
+
 def exec_vreq(machine: Machine, i: Instruction) -> Effects:
     """requantize: dst[r, c] = saturate(round_half_even(f32(a[r, c]) * b[r, c]) + c[r, c]) with a int32,
     b the fp32 scale, c the int32 zero point and dtype i8 or u8"""
-    f = i.fields
-    dtype, rows, cols = f["dtype"], f["rows"], f["cols"]
+    dtype = i.fields["dtype"]
     if dtype not in (DType.I8, DType.U8):
         raise OperandError(f"vreq produces i8 or u8, not {dtype.asm_name}")
-    dst, dst_access = _destination(machine, i, dtype, rows, cols)
-    a, a_access = _operand(machine, i, "a", DType.I32, rows, cols)
-    scale, scale_access = _operand(machine, i, "b", DType.F32, rows, cols)
-    zero, zero_access = _operand(machine, i, "c", DType.I32, rows, cols)
+    dst, a, scale, zero, effects = _quantization_operands(machine, i, dtype, DType.I32)
     with np.errstate(all="ignore"):
         scaled = a.astype(np.float32) * scale.astype(np.float32)  # one fp32 rounding, as the hardware
-    low, high = INT_RANGES[dtype]
-    rounded = np.rint(np.nan_to_num(scaled.astype(np.float64), nan=0.0, posinf=high, neginf=low))
-    dst[...] = np.clip(rounded + zero.astype(np.float64), low, high).astype(dtype.numpy)
-    return Effects([a_access, scale_access, zero_access, dst_access])
+    dst[...] = _saturated(scaled, zero, dtype)
+    return effects
 
 
 def exec_vdeq(machine: Machine, i: Instruction) -> Effects:
     """dequantize: dst[r, c] = fp32(a[r, c] - c[r, c]) * b[r, c], the difference in int32 (wrapping)"""
-    f = i.fields
-    dtype, rows, cols = f["dtype"], f["rows"], f["cols"]
+    dtype = i.fields["dtype"]
     if dtype not in (DType.I8, DType.U8, DType.I32):
         raise OperandError(f"vdeq dequantizes i8, u8 or i32, not {dtype.asm_name}")
-    dst, dst_access = _destination(machine, i, DType.F32, rows, cols)
-    a, a_access = _operand(machine, i, "a", dtype, rows, cols)
-    scale, scale_access = _operand(machine, i, "b", DType.F32, rows, cols)
-    zero, zero_access = _operand(machine, i, "c", DType.I32, rows, cols)
+    dst, a, scale, zero, effects = _quantization_operands(machine, i, DType.F32, dtype)
     centred = wrap_int(a.astype(np.int64) - zero.astype(np.int64), DType.I32)
     with np.errstate(all="ignore"):
         dst[...] = centred.astype(np.float32) * scale.astype(np.float32)  # two fp32 roundings, as ONNX's
-    return Effects([a_access, scale_access, zero_access, dst_access])
+    return effects
 
 
 def exec_vquant(machine: Machine, i: Instruction) -> Effects:
     """quantize: dst[r, c] = saturate(round_half_even(fp32(a[r, c] / b[r, c])) + c[r, c]), NaN -> 0"""
-    f = i.fields
-    dtype, rows, cols = f["dtype"], f["rows"], f["cols"]
+    dtype = i.fields["dtype"]
     if dtype not in (DType.I8, DType.U8):
         raise OperandError(f"vquant produces i8 or u8, not {dtype.asm_name}")
-    dst, dst_access = _destination(machine, i, dtype, rows, cols)
-    a, a_access = _operand(machine, i, "a", DType.F32, rows, cols)
-    scale, scale_access = _operand(machine, i, "b", DType.F32, rows, cols)
-    zero, zero_access = _operand(machine, i, "c", DType.I32, rows, cols)
+    dst, a, scale, zero, effects = _quantization_operands(machine, i, dtype, DType.F32)
     with np.errstate(all="ignore"):
         quotient = a.astype(np.float32) / scale.astype(np.float32)  # one fp32 rounding
-    low, high = INT_RANGES[dtype]
-    rounded = np.rint(np.nan_to_num(quotient.astype(np.float64), nan=0.0, posinf=high, neginf=low))
-    dst[...] = np.clip(rounded + zero.astype(np.float64), low, high).astype(dtype.numpy)
-    return Effects([a_access, scale_access, zero_access, dst_access])
+    dst[...] = _saturated(quotient, zero, dtype)
+    return effects
 
 
 def exec_vfill(machine: Machine, i: Instruction) -> Effects:
