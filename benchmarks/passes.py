@@ -6,7 +6,7 @@ pass of -O1/-O2 (and without DRAM reuse), with each one's share of the -O0 -> -O
 int8 models are quantized once (minmax on a few seeded random inputs) and the same QDQ model
 is compiled at every level, so the figures differ only by the passes. A pass's share is
 (cycles without it - cycles at -O2) / (cycles at -O0 - cycles at -O2): the shares need not
-add up to 1 (passes enable each other: fuse_quantized_tail needs fuse_elementwise's nodes).
+add up to 1 (passes enable each other: fuse_tail needs fuse_elementwise's nodes).
 """
 
 from __future__ import annotations

@@ -124,18 +124,19 @@ _op("LpNormalization", 1, rules.along_axis, "x / the p-norm (p 1 or 2) along axi
 # Matrix products, softmax, reductions -------------------------------------------------------------
 _op("Gemm", (2, 3), rules.gemm, "alpha * op(A) @ op(B) + beta * C, op = transpose if transA/transB; "
     "C broadcasts to [M, N]", alpha=1.0, beta=1.0, transA=0, transB=0)
-_EPILOGUE = dict(activation="", activation_params=[])
+_EPILOGUE = dict(activation="", activation_params=[], tail=[])
 _EPILOGUE_DOC = ("; then + Z (the result's shape) and the activation (Relu, or Clip with activation_params "
-                 "[min, max]), applied to each result tile on chip (compiler/passes/fuse_epilogue.py)")
-_op("FusedConv", (2, 4), rules.fused_conv, "Conv(X, W, B)" + _EPILOGUE_DOC, group=1, **_WINDOW, **_EPILOGUE)
-_op("FusedGemm", (2, 4), rules.fused_gemm, "Gemm(A, B, C)" + _EPILOGUE_DOC, alpha=1.0, beta=1.0, transA=0,
+                 "[min, max]), applied to each result tile on chip (compiler/passes/fuse_epilogue.py); then a `tail` "
+                 "of FusedElementwise steps (x0 = that result, x<i> = input 3 + i), if any")
+_op("FusedConv", (2, None), rules.fused_conv, "Conv(X, W, B)" + _EPILOGUE_DOC, group=1, **_WINDOW, **_EPILOGUE)
+_op("FusedGemm", (2, None), rules.fused_gemm, "Gemm(A, B, C)" + _EPILOGUE_DOC, alpha=1.0, beta=1.0, transA=0,
     transB=0, **_EPILOGUE)
-_op("FusedMatMul", (2, 4), rules.fused_matmul, "MatMul(A, B') (ranks 2 and more) + C, a bias [N] per column"
+_op("FusedMatMul", (2, None), rules.fused_matmul, "MatMul(A, B') (ranks 2 and more) + C, a bias [N] per column"
     + _EPILOGUE_DOC + "; B' is B, or Transpose(B) {perm=perm_b} read in place when perm_b is given; "
     "round_a/round_b=\"bf16\" take an f32 A/B and round it to bf16 on chip (compiler/passes/fold_transpose.py)",
     perm_b=[], round_a="", round_b="", **_EPILOGUE)
 _op("MatMul", 2, rules.matmul, "numpy matmul: batched, broadcasting batch axes, 1-D operands promoted")
-_op("MatMulW8", (3, 5), rules.matmul_w8, "weight-only int8 (--precision w8a16): A [..., K] (bf16, or f32 rounded "
+_op("MatMulW8", (3, None), rules.matmul_w8, "weight-only int8 (--precision w8a16): A [..., K] (bf16, or f32 rounded "
     "to bf16 on chip with round_a=\"bf16\") @ W [K, N] (i8, constant) in fp32, times scale [N] (f32, per column), "
     "+ bias [N] (f32, optional)" + _EPILOGUE_DOC, round_a="", **_EPILOGUE)
 _op("Softmax", 1, rules.along_axis, "exp(x) / sum(exp(x)) along axis", axis=REQUIRED)

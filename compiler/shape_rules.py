@@ -170,12 +170,17 @@ def _quantized_product(attrs: dict, x: list, float_rule) -> Result:
     channels = shape[1] if float_rule is conv else shape[-1]
     _check(len(attrs["w_scale"]) in (1, channels), f"w_scale has {len(attrs['w_scale'])} values for "
                                                    f"{channels} output channels")
+    _check(not attrs.get("tail") or attrs["out_dtype"] == "i32", "a tail reads the int32 result: out_dtype must be i32")
+    return _with_tail(attrs, attrs["out_dtype"], shape, x[3:])
+
+
+def _with_tail(attrs: dict, dtype: str, shape, extras: list) -> Result:
+    """A product's result, then its `tail` if it has one: FusedElementwise steps on it (x0) and on
+    the inputs after the product's own (x1, x2, ...), each keeping the result's shape."""
     if not attrs.get("tail"):
-        _check(len(x) <= 3, f"{len(x)} inputs without a tail")
-        return [(attrs["out_dtype"], shape)]
-    _check(attrs["out_dtype"] == "i32", "a tail reads the int32 result: out_dtype must be i32")
-    product = Value("acc", "i32", tuple(shape))
-    types = step_types(elementwise_steps({"steps": attrs["tail"]}), [product, *x[3:]])
+        _check(not extras, f"{len(extras)} more inputs than the op takes without a tail")
+        return [(dtype, shape)]
+    types = step_types(elementwise_steps({"steps": attrs["tail"]}), [Value("product", dtype, tuple(shape)), *extras])
     _check(all(tuple(step_shape) == tuple(shape) for _, step_shape in types),
            f"the tail's steps must keep the result's shape {_dims(shape)}")
     return [(types[-1][0], shape)]
@@ -259,7 +264,7 @@ def _fused(base, own: int):
         if addend is not None:
             _check(addend.shape == tuple(shape) and addend.dtype == dtype,
                    f"Z {addend.dtype}{_dims(addend.shape)} is not the result's {dtype}{_dims(shape)}")
-        return [(dtype, shape)]
+        return _with_tail(attrs, dtype, shape, x[own + 1:])
 
     return rule
 

@@ -10,7 +10,7 @@ import pytest
 from ir_cases import run_pass, same
 from onnx import TensorProto, helper, numpy_helper
 
-from compiler.passes.fuse_epilogue import fuse_epilogue, fuse_quantized_tail
+from compiler.passes.fuse_epilogue import fuse_epilogue, fuse_tail
 from compiler.pipeline import compile
 from runtime.simulator import run
 
@@ -206,7 +206,7 @@ def test_fused_matmul_equals_unfused(config, tokens):
     assert fused.stats["cycles"] < unfused.stats["cycles"]
 
 
-# fuse_quantized_tail -----------------------------------------------------------------------------
+# fuse_tail -----------------------------------------------------------------------------
 QCONV = ('{group=1, kernel_shape=[1, 1], strides=[1, 1], pads=[0, 0, 0, 0], dilations=[1, 1], x_scale=0.5, '
          'x_zero_point=0, w_scale=[0.25, 0.125], w_zero_point=0, y_scale=1.0, y_zero_point=0, out_dtype="i32", '
          'y_min=-2147483648, y_max=2147483647')
@@ -240,7 +240,7 @@ graph g
 
 
 def test_int8_conv_result_joined_on_chip_becomes_its_tail():
-    assert run_pass(fuse_quantized_tail, TAIL_BEFORE.replace("\\\n", "")) == same(TAIL_AFTER.replace("\\\n", ""))
+    assert run_pass(fuse_tail, TAIL_BEFORE.replace("\\\n", "")) == same(TAIL_AFTER.replace("\\\n", ""))
 
 
 def test_tail_is_not_fused_when_an_operand_comes_later_or_does_not_broadcast_per_channel():
@@ -250,10 +250,10 @@ def test_tail_is_not_fused_when_an_operand_comes_later_or_does_not_broadcast_per
                           f"{QCONV}}}  @conv\n",
                           f"  %acc: i32[1, 2, 2, 2] = QLinearConv(%x, %w) {QCONV}}}  @conv\n"
                           "  %skip: u8[1, 2, 2, 2] = Identity(%x)\n")
-    assert run_pass(fuse_quantized_tail, later) == same(later)
+    assert run_pass(fuse_tail, later) == same(later)
     per_row = TAIL_BEFORE.replace("\\\n", "").replace("%cs: f32[2, 1, 1] = [[[0.125]], [[0.0625]]]",
                                                       "%cs: f32[2, 1] = [[0.125], [0.0625]]")
-    assert run_pass(fuse_quantized_tail, per_row) == same(per_row)
+    assert run_pass(fuse_tail, per_row) == same(per_row)
 
 
 @pytest.mark.parametrize("config", ["tiny", "edge"])
@@ -299,3 +299,49 @@ def test_int8_tail_over_many_column_groups():
     fused = run(fused_program, samples[0], check_hazards=True)
     assert fused.stats["hazards"] == 0
     assert np.array_equal(fused.outputs["y"], unfused.outputs["y"])
+
+
+def _float_tails(tokens: int, seed: int) -> onnx.ModelProto:
+    """x -> MatMul -> + bias -> GELU (as exported: x * 0.5 * (1 + erf(x / sqrt 2))), and an image
+    -> Conv -> x * sigmoid(x): chains that run as the products' tails at -O2."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array((rng.standard_normal((48, 40)) * 0.2).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal(40).astype(np.float32), "b"),
+             numpy_helper.from_array((rng.standard_normal((6, 3, 3, 3)) * 0.3).astype(np.float32), "k"),
+             numpy_helper.from_array(np.float32(1.4142135), "r2"), numpy_helper.from_array(np.float32(1.0), "one"),
+             numpy_helper.from_array(np.float32(0.5), "half")]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["a"]),
+             helper.make_node("Div", ["a", "r2"], ["d"]), helper.make_node("Erf", ["d"], ["e"]),
+             helper.make_node("Add", ["e", "one"], ["p"]), helper.make_node("Mul", ["a", "p"], ["q"]),
+             helper.make_node("Mul", ["q", "half"], ["y"]),
+             helper.make_node("Conv", ["image", "k"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Sigmoid", ["c"], ["s"]), helper.make_node("Mul", ["c", "s"], ["z"])]
+    graph = helper.make_graph(nodes, "tails", [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, tokens, 48]),
+        helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 9, 11])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, tokens, 40]),
+         helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 6, 9, 11])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("config", ["tiny", "edge"])
+@pytest.mark.parametrize("tokens", [4, 96])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_float_tails_equal_the_unfused_program(config, tokens, precision):
+    """A GELU after a MatMul's bias and x * sigmoid(x) after a Conv run as tails (both matmul
+    orientations across the cases) and give the -O1 result bit for bit, without hazards."""
+    from compiler.frontend import import_model
+    from compiler.pipeline import run_passes
+
+    model = _float_tails(tokens, seed=tokens)
+    ops = [(node.op, bool(node.attrs.get("tail"))) for node in run_passes(import_model(model), 2).nodes]
+    assert ops == [("FusedMatMul", True), ("FusedConv", True)]
+    rng = np.random.default_rng(3)
+    inputs = {"x": rng.standard_normal((1, tokens, 48)).astype(np.float32),
+              "image": rng.standard_normal((1, 3, 9, 11)).astype(np.float32)}
+    unfused = run(compile(model, config, opt_level=1, precision=precision), inputs, check_hazards=True)
+    fused = run(compile(model, config, opt_level=2, precision=precision), inputs, check_hazards=True)
+    assert fused.stats["hazards"] == 0
+    for name, value in unfused.outputs.items():
+        assert np.array_equal(fused.outputs[name], value), name
+    assert fused.stats["cycles"] < unfused.stats["cycles"]

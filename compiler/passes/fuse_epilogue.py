@@ -10,10 +10,11 @@ tile on chip, in the unfused order (bias, then Z, then the activation), so the r
 the same value for value and two DRAM round trips are saved per fused op. Float products
 only: the int8 ops carry their activation as the requantization clamp already.
 
-`fuse_quantized_tail` does the same for the int8 products whose int32 result goes on in
-float: QLinearConv | QLinearMatMul (out_dtype i32) -> FusedElementwise (its dequantization,
-a residual join, an activation, the next quantization) becomes the product with that
-program as its `tail`, run on each result tile on chip (the int32 result never reaches DRAM).
+`fuse_tail` does the same for any chain of element-wise ops after a matrix product:
+QLinearConv | QLinearMatMul (out_dtype i32) | Conv | Gemm | MatMul | Fused* -> FusedElementwise
+(an int8 product's dequantization, residual join and next quantization; a GELU after a Gemm)
+becomes the product with that program as its `tail`, run on each result tile on chip (the
+product's result never reaches DRAM).
 """
 
 from __future__ import annotations
@@ -103,18 +104,22 @@ def _column_bias(graph: Graph, result: str, user: Node | None) -> str | None:
 
 
 QUANTIZED_PRODUCTS = ("QLinearConv", "QLinearMatMul")
+FLOAT_PRODUCTS = {"Conv": "FusedConv", "Gemm": "FusedGemm", "MatMul": "FusedMatMul", "FusedConv": "FusedConv",
+                  "FusedGemm": "FusedGemm", "FusedMatMul": "FusedMatMul"}
 
 
-def fuse_quantized_tail(graph: Graph) -> Graph:
-    """FusedElementwise nodes that read an int8 product's int32 result become that product's tail.
+def fuse_tail(graph: Graph) -> Graph:
+    """FusedElementwise nodes that read a matrix product's result become that product's tail.
 
-    The product must have out_dtype i32 and no tail yet, its result must be read only by the
-    FusedElementwise and not be a graph output, and the program's result must have the
-    product's shape. Of several such products the program reads (a block's two branches), the
-    last one takes it, and every other input of the program must be ready before that one
-    runs. Each other input must be what the tile epilogue can load: one value, one value per
-    output channel (axis 1 of a convolution, the last axis of a matrix product) or a whole
-    tensor of the result's shape. Anything else is left as it was."""
+    The product is an int8 QLinearConv/QLinearMatMul with out_dtype i32, or an f32 Conv, Gemm or
+    MatMul (becoming FusedConv/FusedGemm/FusedMatMul; one already fused keeps its bias, addend
+    and activation, which come first); it has no tail yet, its result is read only by the
+    FusedElementwise and is not a graph output, and the program's result has the product's
+    shape. Of several such products the program reads (a block's two branches), the last one
+    takes it, and every other input of the program must be ready before that one runs. Each
+    other input must be what the tile epilogue can load: one value, one value per output
+    channel (axis 1 of a convolution, the last axis of a matrix product) or a whole tensor of
+    the result's shape. Anything else is left as it was."""
     consumers = graph.consumers()
     producers = graph.producers()
     position = {id(node): index for index, node in enumerate(graph.nodes)}
@@ -133,7 +138,7 @@ def fuse_quantized_tail(graph: Graph) -> Graph:
         result = product.outputs[0]
         others = [name for name in program.inputs if name != result]
         ready = all(name not in producers or position[id(producers[name])] < position[id(product)] for name in others)
-        channel_axis = 1 if product.op == "QLinearConv" else len(out_shape) - 1
+        channel_axis = 1 if product.op in ("QLinearConv", "Conv", "FusedConv") else len(out_shape) - 1
         if not ready or not all(_tail_operand(graph.values[name].shape, out_shape, channel_axis) for name in others):
             continue
         renumber = {f"x{i}": ("x0" if name == result else f"x{1 + others.index(name)}")
@@ -142,9 +147,13 @@ def fuse_quantized_tail(graph: Graph) -> Graph:
         for text in program.attrs["steps"]:
             step = Step.parse(text)
             steps.append(Step(step.op, tuple(renumber.get(o, o) for o in step.operands), step.attrs).text())
-        inputs = list(product.inputs) + [""] * (3 - len(product.inputs))
-        replaced[id(product)] = Node(product.op, inputs + others, list(program.outputs),
-                                     {**product.attrs, "tail": steps}, product.name)
+        op, own = (product.op, 3) if product.op in QUANTIZED_PRODUCTS else (FLOAT_PRODUCTS[product.op], 4)
+        attrs = dict(product.attrs)
+        if op != product.op:  # a plain product becomes its Fused* form, with an empty epilogue
+            attrs.update(activation="", activation_params=[])
+        inputs = list(product.inputs) + [""] * (own - len(product.inputs))
+        replaced[id(product)] = Node(op, inputs + others, list(program.outputs), {**attrs, "tail": steps},
+                                     product.name)
         removed.add(id(program))
     if not replaced:
         return graph
@@ -153,8 +162,12 @@ def fuse_quantized_tail(graph: Graph) -> Graph:
 
 
 def _tail_candidate(graph: Graph, node: Node, result: str, program: Node, consumers) -> bool:
-    return (node.op in QUANTIZED_PRODUCTS and node.attrs.get("out_dtype") == "i32" and not node.attrs.get("tail")
-            and result not in graph.outputs and [id(user) for user in consumers.get(result, [])] == [id(program)])
+    if node.attrs.get("tail") or result in graph.outputs \
+            or [id(user) for user in consumers.get(result, [])] != [id(program)]:
+        return False
+    if node.op in QUANTIZED_PRODUCTS:
+        return node.attrs.get("out_dtype") == "i32"
+    return node.op in FLOAT_PRODUCTS and graph.values[result].dtype == "f32"
 
 
 def _tail_operand(shape: tuple[int, ...], out_shape: tuple[int, ...], channel_axis: int) -> bool:

@@ -104,9 +104,11 @@ def to_w8a16(graph: Graph, keep: Mapping[str, str] | None = None) -> Graph:
         if activation not in converted:
             converted[activation] = _bf16_value(graph, graph.values[activation], nodes, node)
         inputs = [converted[activation], weight_name, scale, bias or "", addend or ""]
-        while not inputs[-1]:
+        tail_inputs = node.inputs[4:] if node.attrs.get("tail") else []  # a Fused* op's tail operands
+        while not tail_inputs and not inputs[-1]:
             inputs.pop()
-        attrs = {key: node.attrs[key] for key in ("activation", "activation_params") if key in node.attrs}
+        inputs += tail_inputs
+        attrs = {key: node.attrs[key] for key in ("activation", "activation_params", "tail") if key in node.attrs}
         nodes.append(Node("MatMulW8", inputs, node.outputs, attrs, node.name))
     graph.nodes = nodes
     graph.prune()

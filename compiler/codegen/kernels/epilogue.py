@@ -23,10 +23,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from compiler.codegen.context import LOCAL_ALIGN, CodegenContext, LocalArena, View
-from compiler.codegen.kernels.elementwise import StepProgram, Tile, TileBuilder
-from compiler.ir import Node
+from compiler.codegen.context import LOCAL_ALIGN, CodegenContext, LocalArena, View, accelerator_dtype
+from compiler.codegen.kernels.elementwise import StepProgram, Tile, TileBuilder, step_program
+from compiler.ir import Node, Value
 from compiler.ops import OPS
+from compiler.shape_rules import elementwise_steps, step_types
 from isa.dtypes import INT_RANGES, DType
 
 INTEGER_OPERANDS = (DType.I8, DType.U8)
@@ -243,16 +244,15 @@ class Finisher:
             emit("vmov", dtype=result_dtype, dst=transposed, dst_rs=rows, a=result, a_rs=1, a_cs=cols, rows=cols,
                  cols=rows)
             result, out_rows, out_cols = transposed, cols, rows
+        self._addend_and_activation(result, result_dtype, out_rows, out_cols, addend)
         if product.tail:
             result = self._tail(result, out_rows, out_cols, channels_on_rows != self.transpose, tail_blocks, offset)
-        else:
-            self._addend_and_activation(result, result_dtype, out_rows, out_cols, addend)
         self.count += 1
         self.ctx.dma_out(result, target)
 
     def _tail(self, result: int, rows: int, cols: int, channels_on_rows: bool, blocks: list[View | None],
               offset: int = 0) -> int:
-        """The tail's steps on the dense int32 tile at `result` ([rows, cols] as stored), chunk by chunk
+        """The tail's steps on the dense accumulator tile at `result` ([rows, cols] as stored), chunk by chunk
         of whole rows, into an output buffer; returns that buffer. `offset`: where the tile's first
         channel is in the per-channel buffers (load_channels)."""
         tail, out_dtype = self.product.tail, self.product.out
@@ -305,10 +305,30 @@ class Finisher:
 
 
 def epilogue_of(ctx: CodegenContext, node: Node, own: int) -> dict:
-    """A Fused* (or MatMulW8) node's addend view (its input after the op's `own`) and activation, as
-    Product fields."""
+    """A Fused* (or MatMulW8) node's addend view (its input after the op's `own`), activation and
+    tail (on the inputs after the addend), as Product fields."""
     if "activation" not in OPS[node.op].attrs:  # the ops with an epilogue (compiler/ops.py _EPILOGUE)
         return {}
     addend = ctx.view(node.inputs[own]) if len(node.inputs) > own and node.inputs[own] else None
     return dict(addend=addend, activation=node.attrs.get("activation", ""),
-                activation_params=tuple(node.attrs.get("activation_params", ())))
+                activation_params=tuple(node.attrs.get("activation_params", ())),
+                tail=tail_of(ctx, node, own + 1, DType.F32))
+
+
+def tail_of(ctx: CodegenContext, node: Node, first: int, product: DType) -> Tail | None:
+    """The node's `tail` (fused element-wise steps on its result, of dtype `product`) with the
+    operands from input `first` on, laid out like its output (channels on axis 1 for a
+    convolution, on the last axis for a matrix product); None without one."""
+    if not node.attrs.get("tail"):
+        return None
+    graph, out = ctx.graph, ctx.view(node.outputs[0])
+    names = node.inputs[first:]
+    steps = elementwise_steps({"steps": node.attrs["tail"]})
+    where = f"{node.op} node {node.name!r}"
+    types = step_types(steps, [Value("product", product.asm_name, out.shape)] + [graph.values[n] for n in names])
+    results = [accelerator_dtype(dtype, f"{node.outputs[0]} tail step {j}", where)
+               for j, (dtype, _) in enumerate(types)]
+    operands = [ctx.view(name).broadcast_to(out.shape) for name in names]
+    program = step_program(ctx, node, steps, [product] + [v.dtype for v in operands], [None, *names], results)
+    channel_axis = 1 if node.op in ("QLinearConv", "FusedConv") else len(out.shape) - 1
+    return Tail(program, tuple(operands), channel_axis, Tail.chunk_for(ctx.config))

@@ -544,6 +544,16 @@ def _block(view: View, block: tuple[slice, slice]) -> View:
     return view.window(0, rows.start, rows.stop).window(1, cols.start, cols.stop)
 
 
+def laid_out_as(view: View, shape: tuple[int, ...]) -> View:
+    """A tail operand laid out like the output [..., N] as the `shape` (same element count, last
+    axis N) the kernel computes in: a scalar or per-column operand by its strides, a whole tensor
+    (dense) by reshaping."""
+    if not any(s for s, n in zip(view.strides[:-1], view.shape[:-1], strict=True) if n != 1):
+        last = view.strides[-1] if view.shape[-1] != 1 else 0
+        return View(view.addr, view.dtype, tuple(shape), (0,) * (len(shape) - 1) + (last,))
+    return view.reshape_dense(tuple(shape))
+
+
 def _tail_blocks(product: Product, block: tuple[slice, slice], index: tuple[int, ...] = ()) -> list[View]:
     """The block of each of the product's tail operands (laid out like the output)."""
     return [_block(view.at(*index), block) for view in product.tail.operands] if product.tail else []
@@ -607,6 +617,9 @@ def matmul_kernel(ctx: CodegenContext, node: Node) -> None:
     epilogue = epilogue_of(ctx, node, 3)
     if epilogue.get("addend") is not None:
         epilogue["addend"] = epilogue["addend"].reshape_dense(result.shape)
+    if epilogue.get("tail") is not None:
+        epilogue["tail"] = epilogue["tail"].reshaped(lambda view: laid_out_as(view, result.shape),
+                                                     len(result.shape) - 1)
     # round_a/round_b: an f32 operand multiplied as bf16, rounded on chip as it is loaded.
     rounded = "bf16" in (node.attrs.get("round_a"), node.attrs.get("round_b"))
     product = Product(DType.BF16, **epilogue) if rounded else None
@@ -675,6 +688,8 @@ def matmul_w8_kernel(ctx: CodegenContext, node: Node) -> None:
     epilogue = epilogue_of(ctx, node, 4)
     if epilogue.get("addend") is not None:
         epilogue["addend"] = epilogue["addend"].reshape_dense(out.shape)
+    if epilogue.get("tail") is not None:
+        epilogue["tail"] = epilogue["tail"].reshaped(lambda view: laid_out_as(view, out.shape), 1)
     product = Product(DType.BF16, weights=DType.I8, scale=ctx.view(node.inputs[2]), bias=bias, **epilogue)
     weight = ctx.graph.values[node.inputs[1]]
     if not weight.is_const:

@@ -14,14 +14,12 @@ from dataclasses import replace
 
 import numpy as np
 
-from compiler.codegen.context import CodegenContext, View, accelerator_dtype, unsupported
+from compiler.codegen.context import CodegenContext, View, unsupported
 from compiler.codegen.kernels.conv import conv_kernel
-from compiler.codegen.kernels.elementwise import step_program
-from compiler.codegen.kernels.epilogue import Product, Requantization, Tail
-from compiler.codegen.kernels.matmul import ConstantMatrix, matmul_views
-from compiler.ir import Node, Value
+from compiler.codegen.kernels.epilogue import Product, Requantization, tail_of
+from compiler.codegen.kernels.matmul import ConstantMatrix, laid_out_as, matmul_views
+from compiler.ir import Node
 from compiler.ops import OPS
-from compiler.shape_rules import elementwise_steps, step_types
 from isa.dtypes import INT_RANGES, DType
 
 
@@ -57,25 +55,7 @@ def integer_product(ctx: CodegenContext, node: Node, weight_sums: np.ndarray) ->
                                  min(high, int(attrs["y_max"])))
     weight_dtype = DType.I8 if weight.dtype == "i8" else DType.U8
     return Product(x.dtype, bias=bias_view, requant=requant, weights=weight_dtype,
-                   pad_value=int(attrs["x_zero_point"]), tail=_tail(ctx, node, attrs))
-
-
-def _tail(ctx: CodegenContext, node: Node, attrs: dict) -> Tail | None:
-    """The node's fused element-wise steps on its int32 result, operands laid out like its output
-    (channels on axis 1 for a convolution, on the last axis for a matrix product)."""
-    if not attrs["tail"]:
-        return None
-    graph, out = ctx.graph, ctx.view(node.outputs[0])
-    names = node.inputs[3:]
-    steps = elementwise_steps({"steps": attrs["tail"]})
-    where = f"{node.op} node {node.name!r}"
-    types = step_types(steps, [Value("acc", "i32", out.shape)] + [graph.values[name] for name in names])
-    results = [accelerator_dtype(dtype, f"{node.outputs[0]} tail step {j}", where)
-               for j, (dtype, _) in enumerate(types)]
-    operands = [ctx.view(name).broadcast_to(out.shape) for name in names]
-    program = step_program(ctx, node, steps, [DType.I32] + [v.dtype for v in operands], [None, *names], results)
-    return Tail(program, tuple(operands), 1 if node.op == "QLinearConv" else len(out.shape) - 1,
-                Tail.chunk_for(ctx.config))
+                   pad_value=int(attrs["x_zero_point"]), tail=tail_of(ctx, node, 3, DType.I32))
 
 
 def qlinear_conv_kernel(ctx: CodegenContext, node: Node) -> None:
@@ -95,16 +75,8 @@ def qlinear_matmul_kernel(ctx: CodegenContext, node: Node) -> None:
     a = a.reshape_dense((int(np.prod(a.shape[:-1])), a.shape[-1]))
     out = out.reshape_dense((a.shape[0], out.shape[-1]))
     if product.tail:
-        product = replace(product, tail=product.tail.reshaped(lambda view: _as_rows(view, out.shape), 1))
+        product = replace(product, tail=product.tail.reshaped(lambda view: laid_out_as(view, out.shape), 1))
     if not weight.is_const:
         raise unsupported(node, "run-time quantized weights")
     b = ConstantMatrix(weight.const, DType.I8 if weight.dtype == "i8" else DType.U8, node.inputs[1])
     matmul_views(ctx, a, b, out, node, product=product)
-
-
-def _as_rows(view: View, shape: tuple[int, int]) -> View:
-    """An operand laid out like the output [..., N] as the [rows, N] matrix the kernel computes:
-    a scalar or per-column operand by its strides, a whole tensor (dense) by reshaping."""
-    if not any(s for s, n in zip(view.strides[:-1], view.shape[:-1], strict=True) if n != 1):
-        return View(view.addr, view.dtype, shape, (0, view.strides[-1] if view.shape[-1] != 1 else 0))
-    return view.reshape_dense(shape)
