@@ -302,8 +302,9 @@ def test_int8_tail_over_many_column_groups():
 
 
 def _float_tails(tokens: int, seed: int) -> onnx.ModelProto:
-    """x -> MatMul -> + bias -> GELU (as exported: x * 0.5 * (1 + erf(x / sqrt 2))), and an image
-    -> Conv -> x * sigmoid(x): chains that run as the products' tails at -O2."""
+    """x -> MatMul -> + bias -> GELU (as exported: x * 0.5 * (1 + erf(x / sqrt 2))), an image
+    -> Conv -> x * sigmoid(x), and v -> Gemm(+ bias) -> x * tanh(x): chains that run as the
+    products' tails at -O2."""
     rng = np.random.default_rng(seed)
     inits = [numpy_helper.from_array((rng.standard_normal((48, 40)) * 0.2).astype(np.float32), "w"),
              numpy_helper.from_array(rng.standard_normal(40).astype(np.float32), "b"),
@@ -315,12 +316,17 @@ def _float_tails(tokens: int, seed: int) -> onnx.ModelProto:
              helper.make_node("Add", ["e", "one"], ["p"]), helper.make_node("Mul", ["a", "p"], ["q"]),
              helper.make_node("Mul", ["q", "half"], ["y"]),
              helper.make_node("Conv", ["image", "k"], ["c"], pads=[1, 1, 1, 1]),
-             helper.make_node("Sigmoid", ["c"], ["s"]), helper.make_node("Mul", ["c", "s"], ["z"])]
+             helper.make_node("Sigmoid", ["c"], ["s"]), helper.make_node("Mul", ["c", "s"], ["z"]),
+             # A Gemm with a bias (in bf16, fold_cast_into_matmul rewrites it as a FusedMatMul).
+             helper.make_node("Gemm", ["v", "w", "b"], ["g"]), helper.make_node("Tanh", ["g"], ["t"]),
+             helper.make_node("Mul", ["g", "t"], ["u"])]
     graph = helper.make_graph(nodes, "tails", [
         helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, tokens, 48]),
-        helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 9, 11])],
+        helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 9, 11]),
+        helper.make_tensor_value_info("v", TensorProto.FLOAT, [tokens, 48])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, tokens, 40]),
-         helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 6, 9, 11])], inits)
+         helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 6, 9, 11]),
+         helper.make_tensor_value_info("u", TensorProto.FLOAT, [tokens, 40])], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -335,10 +341,11 @@ def test_float_tails_equal_the_unfused_program(config, tokens, precision):
 
     model = _float_tails(tokens, seed=tokens)
     ops = [(node.op, bool(node.attrs.get("tail"))) for node in run_passes(import_model(model), 2).nodes]
-    assert ops == [("FusedMatMul", True), ("FusedConv", True)]
+    assert ops == [("FusedMatMul", True), ("FusedConv", True), ("FusedGemm", True)]
     rng = np.random.default_rng(3)
     inputs = {"x": rng.standard_normal((1, tokens, 48)).astype(np.float32),
-              "image": rng.standard_normal((1, 3, 9, 11)).astype(np.float32)}
+              "image": rng.standard_normal((1, 3, 9, 11)).astype(np.float32),
+              "v": rng.standard_normal((tokens, 48)).astype(np.float32)}
     unfused = run(compile(model, config, opt_level=1, precision=precision), inputs, check_hazards=True)
     fused = run(compile(model, config, opt_level=2, precision=precision), inputs, check_hazards=True)
     assert fused.stats["hazards"] == 0

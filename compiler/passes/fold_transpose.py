@@ -107,9 +107,11 @@ def _as_fused_matmul(graph: Graph, node: Node) -> Node | None:
         elif not (value.shape == (channels,) and beta == 1.0):
             return None
     inputs = [node.inputs[0], node.inputs[1], bias, node.inputs[3] if len(node.inputs) > 3 else ""]
-    while not inputs[-1]:
+    tail_inputs = node.inputs[4:] if attrs.get("tail") else []  # a FusedGemm's tail operands
+    while not tail_inputs and not inputs[-1]:
         inputs.pop()
-    fused = {key: attrs[key] for key in ("activation", "activation_params") if key in attrs}
+    inputs += tail_inputs
+    fused = {key: attrs[key] for key in ("activation", "activation_params", "tail") if key in attrs}
     if attrs.get("transB", 0):
         fused["perm_b"] = [1, 0]
     return Node("FusedMatMul", inputs, node.outputs, fused, node.name)
