@@ -12,19 +12,12 @@ from __future__ import annotations
 import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-ROOT = Path(__file__).resolve().parents[1]
-# `benchmarks` is a folder of the repository, not an installed package; plain `pytest` (unlike
-# `python -m pytest`) does not put the repository root on sys.path.
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.conformance import (  # noqa: E402
+from benchmarks.conformance import (
     MODEL_SUITES,
     Case,
     Outcome,

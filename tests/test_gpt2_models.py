@@ -9,7 +9,6 @@ of its past; static shapes); the model cache must keep valid files and remake ba
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,14 +16,8 @@ import numpy as np
 import onnx
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-# `models` is a folder of the repository, not an installed package; plain `pytest` (unlike
-# `python -m pytest`) does not put the repository root on sys.path.
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from models.cache import CACHE_ENV, gpt2_onnx  # noqa: E402
-from models.gpt2.export import (  # noqa: E402
+from models.cache import CACHE_ENV, gpt2_onnx
+from models.gpt2.export import (
     GRAPHS,
     SIZES,
     build_gpt2,
@@ -35,7 +28,7 @@ from models.gpt2.export import (  # noqa: E402
     is_valid_export,
     static_cache_modules,
 )
-from models.gpt2.reference import generate_onnxruntime, prompt_ids  # noqa: E402
+from models.gpt2.reference import generate_onnxruntime, prompt_ids
 
 torch = pytest.importorskip("torch")
 SIZE = SIZES["test"]

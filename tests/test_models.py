@@ -8,7 +8,6 @@ gives the same sentence embeddings as the PyTorch model run by sentence-transfor
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +15,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from models.digits.data import load_split
+
 ROOT = Path(__file__).resolve().parents[1]
-# `models` is a folder of the repository, not an installed package; plain `pytest` (unlike
-# `python -m pytest`) does not put the repository root on sys.path.
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from models.digits.data import load_split  # noqa: E402
-
 DIGITS = ROOT / "models" / "digits"
 # model kind for load_split, file, input name
 DIGITS_MODELS = [("cnn", "digits_cnn.onnx", "image"), ("mlp", "digits_mlp.onnx", "pixels")]
