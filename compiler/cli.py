@@ -117,9 +117,6 @@ def _main(argv: list[str]) -> int:
         return _check(args.model, input_shapes)
     if args.dump_after and args.dump_after not in pass_names():
         raise AccError(f"--dump-after: unknown pass {args.dump_after!r} (passes: {', '.join(pass_names())})")
-    unknown = [name for name in args.disable_pass if name not in pass_names()[1:]]
-    if unknown:
-        raise AccError(f"--disable-pass: unknown pass {unknown[0]!r} (passes: {', '.join(pass_names()[1:])})")
     if not args.output and not args.dump_after:
         parser.error("-o/--output is required")
     if args.output:

@@ -159,6 +159,9 @@ def compile(model: str | Path | onnx.ModelProto, config: str | Path | Accelerato
     of dead tensors is reused. `state` ("auto", or output -> input pairs) makes outputs update
     their inputs in place, in DRAM placed first (compiler/state.py). `disabled_passes` names passes
     of the level not to run (see `pass_names`)."""
+    unknown = sorted(set(disabled_passes) - {name for name, _, _ in PASSES})
+    if unknown:  # before any work: calibration can take minutes
+        raise AccError(f"unknown pass {unknown[0]!r} (passes: {', '.join(pass_names()[1:])})")
     config = load_config(config)
     precision = Precision(precision) if isinstance(precision, str) else precision
     if precision.mode == "int8":
@@ -166,9 +169,6 @@ def compile(model: str | Path | onnx.ModelProto, config: str | Path | Accelerato
     graph = import_model(model, input_shapes)
     if verify_each:
         verify(graph)
-    unknown = set(disabled_passes) - {name for name, _, _ in PASSES}
-    if unknown:
-        raise ValueError(f"unknown pass(es) {', '.join(sorted(unknown))} (passes: {', '.join(pass_names()[1:])})")
     graph = run_passes(graph, opt_level, dump_after, verify_each, disabled=disabled_passes)
     if precision.mode in ("bf16", "w8a16") or "bf16" in precision.keep.values():
         graph = apply_precision(graph, precision)

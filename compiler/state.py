@@ -80,11 +80,7 @@ def resolve_state(graph: Graph, declaration: StateDeclaration) -> StatePairs:
         pairs = list(declaration.items())
     else:
         pairs = [tuple(pair) for pair in declaration]
-    producers = {name: node for node in graph.nodes for name in node.outputs if name}
-    readers: dict[str, list] = {}
-    for node in graph.nodes:
-        for name in set(node.inputs):
-            readers.setdefault(name, []).append(node)
+    producers, readers = graph.producers(), graph.consumers()
     seen_outputs: set[str] = set()
     seen_inputs: set[str] = set()
     for output, input_name in pairs:

@@ -18,8 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from compiler.ir import Graph, Node
-
-FLOAT = ("f32", "bf16")
+from compiler.passes.fuse_epilogue import FLOAT, epilogue_operands
 
 
 def fold_transpose_into_matmul(graph: Graph) -> Graph:
@@ -27,8 +26,7 @@ def fold_transpose_into_matmul(graph: Graph) -> Graph:
     nothing else becomes a FusedMatMul of the Transpose's input with perm_b = its perm.
 
     Invariant: node outputs keep their names, dtypes and shapes; the Transpose is pruned."""
-    consumers = graph.consumers()
-    producers = {name: node for node in graph.nodes for name in node.outputs}
+    consumers, producers = graph.consumers(), graph.producers()
     nodes: list[Node] = []
     for node in graph.nodes:
         if node.op in ("MatMul", "FusedMatMul") and not node.attrs.get("perm_b"):
@@ -36,7 +34,7 @@ def fold_transpose_into_matmul(graph: Graph) -> Graph:
             transpose = producers.get(operand)
             a = graph.values[node.inputs[0]]
             if (transpose is not None and transpose.op == "Transpose" and operand not in graph.outputs
-                    and len(consumers.get(operand, [])) == 1 and node.inputs.count(operand) == 1
+                    and len(consumers.get(operand, [])) == 1
                     and a.dtype in FLOAT and len(a.shape) >= 2 and len(graph.values[operand].shape) >= 2):
                 attrs = dict(node.attrs) if node.op == "FusedMatMul" else {}
                 attrs["perm_b"] = list(transpose.attrs["perm"])
@@ -55,14 +53,13 @@ def fold_cast_into_matmul(graph: Graph) -> Graph:
     with a bf16 A.
 
     Invariant: node outputs keep their names, dtypes and shapes; the folded Casts are pruned."""
-    consumers = graph.consumers()
-    producers = {name: node for node in graph.nodes for name in node.outputs}
+    consumers, producers = graph.consumers(), graph.producers()
 
     def rounded_source(node: Node, operand: str) -> str | None:
         """X when `operand` is a bf16 Cast of the f32 run-time X that only `node` reads, else None."""
         cast = producers.get(operand)
         if (cast is None or cast.op != "Cast" or cast.attrs.get("to") != "bf16" or operand in graph.outputs
-                or len(consumers.get(operand, [])) != 1 or node.inputs.count(operand) != 1):
+                or len(consumers.get(operand, [])) != 1):
             return None
         source = graph.values[cast.inputs[0]]
         return source.name if source.dtype == "f32" and not source.is_const else None
@@ -106,12 +103,8 @@ def _as_fused_matmul(graph: Graph, node: Node) -> Node | None:
                             .astype(np.float32))
         elif not (value.shape == (channels,) and beta == 1.0):
             return None
-    inputs = [node.inputs[0], node.inputs[1], bias, node.inputs[3] if len(node.inputs) > 3 else ""]
-    tail_inputs = node.inputs[4:] if attrs.get("tail") else []  # a FusedGemm's tail operands
-    while not tail_inputs and not inputs[-1]:
-        inputs.pop()
-    inputs += tail_inputs
-    fused = {key: attrs[key] for key in ("activation", "activation_params", "tail") if key in attrs}
+    inputs, fused = epilogue_operands(node, [node.inputs[0], node.inputs[1], bias],
+                                      node.inputs[3] if len(node.inputs) > 3 else "")
     if attrs.get("transB", 0):
         fused["perm_b"] = [1, 0]
     return Node("FusedMatMul", inputs, node.outputs, fused, node.name)

@@ -104,8 +104,19 @@ def _column_bias(graph: Graph, result: str, user: Node | None) -> str | None:
 
 
 QUANTIZED_PRODUCTS = ("QLinearConv", "QLinearMatMul")
-FLOAT_PRODUCTS = {"Conv": "FusedConv", "Gemm": "FusedGemm", "MatMul": "FusedMatMul", "FusedConv": "FusedConv",
-                  "FusedGemm": "FusedGemm", "FusedMatMul": "FusedMatMul"}
+FLOAT_PRODUCTS = {**{op: fused for op, (fused, _) in FUSED.items()}, **{fused: fused for fused, _ in FUSED.values()}}
+EPILOGUE_ATTRS = ("activation", "activation_params", "tail")
+
+
+def epilogue_operands(node: Node, head: list[str], addend: str | None) -> tuple[list[str], dict]:
+    """The inputs and epilogue attributes of a product rebuilt from the Fused* (or plain) `node`:
+    `head` (its operands and bias slot), the addend, then `node`'s tail operands when it has a
+    tail; without one, absent trailing inputs are dropped."""
+    inputs = [*head, addend or ""]
+    tail_inputs = node.inputs[4:] if node.attrs.get("tail") else []
+    while not tail_inputs and inputs and not inputs[-1]:
+        inputs.pop()
+    return inputs + tail_inputs, {key: node.attrs[key] for key in EPILOGUE_ATTRS if key in node.attrs}
 
 
 def fuse_tail(graph: Graph) -> Graph:

@@ -23,6 +23,7 @@ from collections.abc import Collection, Mapping
 import numpy as np
 
 from compiler.ir import Graph, Node, Value, numpy_dtype
+from compiler.passes.fuse_epilogue import epilogue_operands
 
 MATRIX_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "FusedConv", "FusedGemm", "FusedMatMul"})
 OPERANDS = (0, 1)  # data/A and weight/B; input 2 (bias or C) stays f32
@@ -103,15 +104,9 @@ def to_w8a16(graph: Graph, keep: Mapping[str, str] | None = None) -> Graph:
         activation = node.inputs[0]
         if activation not in converted:
             converted[activation] = _bf16_value(graph, graph.values[activation], nodes, node)
-        inputs = [converted[activation], weight_name, scale, bias or "", addend or ""]
-        tail_inputs = node.inputs[4:] if node.attrs.get("tail") else []  # a Fused* op's tail operands
-        while not tail_inputs and not inputs[-1]:
-            inputs.pop()
-        inputs += tail_inputs
-        attrs = {key: node.attrs[key] for key in ("activation", "activation_params", "tail") if key in node.attrs}
+        inputs, attrs = epilogue_operands(node, [converted[activation], weight_name, scale, bias or ""], addend)
         nodes.append(Node("MatMulW8", inputs, node.outputs, attrs, node.name))
     graph.nodes = nodes
-    graph.prune()
     return to_bf16(graph, keep={name for name, kept in keep.items() if kept == "fp32"}, casts=converted)
 
 
