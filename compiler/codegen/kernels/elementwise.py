@@ -384,7 +384,7 @@ def _per_axis(param: View, rank: int, axis: int) -> View:
     return View(param.addr, param.dtype, tuple(shape), tuple(strides))
 
 
-def _quant_params(ctx: CodegenContext, node: Node, zero_dtype: DType) -> tuple[View, View | None]:
+def _quant_params(ctx: CodegenContext, node: Node) -> tuple[View, View | None]:
     """The scale and zero point views shaped to broadcast over the input; the zero point is None
     when it is absent or a constant 0 (a dequantization then has nothing to subtract)."""
     rank = len(ctx.view(node.inputs[0]).shape)
@@ -433,7 +433,7 @@ def quantize_kernel(ctx: CodegenContext, node: Node) -> None:
     (an fp32 division, rounded to int32, the zero point added with saturation by `vreq`)."""
     x, out = ctx.view(node.inputs[0]), ctx.view(node.outputs[0])
     _check_quantize(node, x.dtype)
-    scale, zero_point = _quant_params(ctx, node, out.dtype)
+    scale, zero_point = _quant_params(ctx, node)
     elementwise_views(ctx, [x, scale] + ([zero_point] if zero_point else []), out,
                       lambda b, tiles: quantize_step(b, tiles, out.dtype), DType.F32)
 
@@ -442,7 +442,7 @@ def dequantize_kernel(ctx: CodegenContext, node: Node) -> None:
     """DequantizeLinear: (x - zero_point) * scale, the subtraction in int32 as onnxruntime does."""
     x, out = ctx.view(node.inputs[0]), ctx.view(node.outputs[0])
     _check_dequantize(node, x.dtype)
-    scale, zero_point = _quant_params(ctx, node, x.dtype)
+    scale, zero_point = _quant_params(ctx, node)
     elementwise_views(ctx, [x, scale] + ([zero_point] if zero_point else []), out, dequantize_step, DType.F32)
 
 

@@ -18,6 +18,7 @@ only its result leaves the chip.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -44,12 +45,25 @@ class Tail:
     channel_axis: int
     chunk: int  # elements the steps run over at once (whole rows of the stored tile, at least one)
 
+    @functools.cached_property
+    def kinds(self) -> tuple[str, ...]:
+        """Per operand: "scalar" (one value), "channel" (one per output channel) or "block" (one per element)."""
+        result = []
+        for view in self.operands:
+            moving = {axis for axis, (stride, n) in enumerate(zip(view.strides, view.shape, strict=True))
+                      if stride and n != 1}  # the axes along which the operand's value changes
+            result.append("scalar" if not moving else "channel" if moving == {self.channel_axis} else "block")
+        return tuple(result)
+
     def kind(self, index: int) -> str:
-        """"scalar" (one value), "channel" (one per output channel) or "block" (one per element)."""
-        view = self.operands[index]
-        moving = {axis for axis, (stride, n) in enumerate(zip(view.strides, view.shape, strict=True))
-                  if stride and n != 1}  # the axes along which the operand's value changes
-        return "scalar" if not moving else "channel" if moving == {self.channel_axis} else "block"
+        return self.kinds[index]
+
+    def buffer_sizes(self, elements: int, max_channels: int) -> list[list[int]]:
+        """Per operand, the bytes of the scratchpad buffers a Finisher keeps for it: one value, a
+        block of channels, or two whole tiles (double-buffered)."""
+        return [{"scalar": [view.dtype.size], "channel": [max_channels * view.dtype.size],
+                 "block": [elements * view.dtype.size] * 2}[kind] for view, kind in zip(self.operands, self.kinds,
+                                                                                       strict=True)]
 
     def reshaped(self, reshape, channel_axis: int) -> Tail:
         """The same tail with every operand view passed through `reshape` (the kernel's view of the output)."""
@@ -126,15 +140,13 @@ class Finisher:
         self.addends = [spad.alloc(size) for size in sizes["addends"]]
         self.transposed = [spad.alloc(size) for size in sizes["transposed"]]
         self.tail_temps = [spad.alloc(size) for size in sizes["tail_temps"]]
-        self.tail_buffers: list[list[int]] = []  # per tail operand: its buffers (two for blocks)
         tail = product.tail
-        for index in range(len(tail.operands) if tail else 0):
-            kind, operand = tail.kind(index), tail.operands[index]
-            size = operand.dtype.size * {"scalar": 1, "channel": max_channels,
-                                         "block": max_rows * max_cols}[kind]
-            self.tail_buffers.append([spad.alloc(size) for _ in range(2 if kind == "block" else 1)])
-            if kind == "scalar":
-                ctx.dma_in(self.tail_buffers[-1][0], View(operand.addr, operand.dtype, (1,), (1,)))
+        # Per tail operand, its buffers (two for blocks); a scalar is loaded once, here.
+        self.tail_buffers = [[spad.alloc(size) for size in sizes]
+                             for sizes in (tail.buffer_sizes(max_rows * max_cols, max_channels) if tail else [])]
+        for index, operand in enumerate(tail.operands if tail else ()):
+            if tail.kind(index) == "scalar":
+                ctx.dma_in(self.tail_buffers[index][0], View(operand.addr, operand.dtype, (1,), (1,)))
         self.transpose = transpose
         self.loaded: tuple[int, int] | None = None
         self.count = 0
@@ -149,11 +161,6 @@ class Finisher:
         elements = max_rows * max_cols
         requant = product.requant is not None
         tail = product.tail
-        tail_operands = []
-        for index in range(len(tail.operands) if tail else 0):
-            kind, size = tail.kind(index), tail.operands[index].dtype.size
-            tail_operands += {"scalar": [size], "channel": [max_channels * size],
-                              "block": [elements * size] * 2}[kind]
         return {
             "bias": [max_channels * 4] if product.bias is not None else [],
             "scale": [max_channels * 4] if product.scale is not None else [],
@@ -164,7 +171,8 @@ class Finisher:
             "addends": [elements * 4] * 2 if product.addend is not None else [],
             "transposed": [elements * 4] * 2 if tail and transpose else [],
             "tail_temps": [4 * max(tail.chunk, max_rows, max_cols)] * tail.program.temps if tail else [],
-            "tail_operands": tail_operands,
+            "tail_operands": [size for sizes in tail.buffer_sizes(elements, max_channels) for size in sizes]
+            if tail else [],
         }
 
     @staticmethod
@@ -330,5 +338,6 @@ def tail_of(ctx: CodegenContext, node: Node, first: int, product: DType) -> Tail
                for j, (dtype, _) in enumerate(types)]
     operands = [ctx.view(name).broadcast_to(out.shape) for name in names]
     program = step_program(ctx, node, steps, [product] + [v.dtype for v in operands], [None, *names], results)
-    channel_axis = 1 if node.op in ("QLinearConv", "FusedConv") else len(out.shape) - 1
-    return Tail(program, tuple(operands), channel_axis, Tail.chunk_for(ctx.config))
+    # The output's last axis; a kernel that lays the operands out as its own view says where the
+    # channels are then (Tail.reshaped).
+    return Tail(program, tuple(operands), len(out.shape) - 1, Tail.chunk_for(ctx.config))

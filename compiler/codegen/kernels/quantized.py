@@ -78,5 +78,5 @@ def qlinear_matmul_kernel(ctx: CodegenContext, node: Node) -> None:
         product = replace(product, tail=product.tail.reshaped(lambda view: laid_out_as(view, out.shape), 1))
     if not weight.is_const:
         raise unsupported(node, "run-time quantized weights")
-    b = ConstantMatrix(weight.const, DType.I8 if weight.dtype == "i8" else DType.U8, node.inputs[1])
+    b = ConstantMatrix(weight.const, product.weight_dtype, node.inputs[1])
     matmul_views(ctx, a, b, out, node, product=product)
