@@ -20,6 +20,7 @@ the compiler compiles again, and the superseded file is removed.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import sys
 import time
@@ -31,7 +32,9 @@ sys.path.insert(0, str(ROOT))
 SOURCES = ("compiler", "isa")  # the code a compiled program depends on
 
 
+@functools.cache
 def sources_digest() -> str:
+    """A hash of the compiler's and ISA's sources (read once per run): compiled programs are cached under it."""
     digest = hashlib.sha256()
     for package in SOURCES:
         for path in sorted((ROOT / package).rglob("*.py")):

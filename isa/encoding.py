@@ -271,7 +271,7 @@ def _latency_fields(definition):
     engine the dtype (of row_cycles). Instructions that differ only in other fields
     (addresses, semaphores) have the same latency, so the formula is evaluated once for them.
     A formula with nested code (whose names co_names does not list) keys on every field."""
-    code = compile(definition.latency, definition.mnemonic, "eval")
+    code = _compiled_latency(definition)
     if any(hasattr(constant, "co_names") for constant in code.co_consts):
         return lambda fields: tuple(fields.values())
     names = set(code.co_names)

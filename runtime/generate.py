@@ -159,8 +159,8 @@ def generate(prefill: Program, decode: Program, prompt_ids: np.ndarray, steps: i
 
 
 def seeded_prompt(length: int, vocab: int, seed: int = 0) -> np.ndarray:
-    """`length` seeded random token ids, int64 [1, length]: the same as models/gpt2/reference.py's
-    prompt_ids for the same seed, so the two loops can be run on one prompt."""
+    """`length` seeded random token ids, int64 [1, length] (models/gpt2/reference.py's prompt_ids
+    calls it, so both loops can be run on one prompt)."""
     return np.random.default_rng(seed).integers(0, vocab, size=(1, length), dtype=np.int64)
 
 

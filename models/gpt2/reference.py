@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from models.gpt2.export import GRAPHS, cache_names, gpt2_size
+from runtime.generate import seeded_prompt
 
 
 @dataclass(frozen=True)
@@ -29,8 +30,7 @@ class GenerationResult:
 def prompt_ids(size: str, n: int | None = None, seed: int = 0) -> np.ndarray:
     """A seeded random prompt of `n` token ids (default: the size's prefill length), int64 [1, n]."""
     spec = gpt2_size(size)
-    length = spec.prefill_length if n is None else n
-    return np.random.default_rng(seed).integers(0, spec.vocab, size=(1, length), dtype=np.int64)
+    return seeded_prompt(spec.prefill_length if n is None else n, spec.vocab, seed)
 
 
 def generate_onnxruntime(size_or_paths: str | tuple[Path, Path], prompt_ids: np.ndarray, steps: int,
