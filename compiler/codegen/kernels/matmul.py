@@ -623,8 +623,10 @@ def matmul_kernel(ctx: CodegenContext, node: Node) -> None:
     # round_a/round_b: an f32 operand multiplied as bf16, rounded on chip as it is loaded.
     rounded = "bf16" in (node.attrs.get("round_a"), node.attrs.get("round_b"))
     product = Product(DType.BF16, **epilogue) if rounded else None
+    # Only a run-time b is ever loaded whole (the order question below); constants skip the graph walk.
+    run_time_b = not ctx.graph.values[node.inputs[1]].is_const
     matmul_views(ctx, a, b, result, node, bias=bias, product=product, epilogue=epilogue,
-                 a_first=_computed_before(ctx, node.inputs[0], node.inputs[1]))
+                 a_first=run_time_b and _computed_before(ctx, node.inputs[0], node.inputs[1]))
 
 
 def _computed_before(ctx: CodegenContext, first: str, second: str) -> bool:
