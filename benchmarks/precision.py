@@ -48,6 +48,7 @@ def models_and_inputs(names: list[str]):
 
 def main() -> int:
     from compiler.pipeline import Precision, compile
+    from compiler.report import prediction_errors
     from runtime.simulator import run
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -56,8 +57,9 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("-O", dest="opt_level", type=int, choices=[0, 1, 2], default=2)
     args = parser.parse_args()
-    print("| model | precision | cycles | roofline | efficiency | matrix busy | vs fp32 | compile s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | precision | cycles | roofline | efficiency | matrix busy | vs fp32 | compile s "
+          "| layers predicted within 5% (worst) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, model, make in models_and_inputs(args.models.split(",")):
         rng = np.random.default_rng(0)
         inputs = make(rng)
@@ -70,9 +72,11 @@ def main() -> int:
             stats = run(program, inputs).stats
             cycles = stats["cycles"]
             fp32_cycles = fp32_cycles or cycles
+            errors = [error for *_, error in prediction_errors(program, stats["layers"])]
             print(f"| {name} | {mode} | {cycles:,} | {stats['roofline_cycles']:,} | "
                   f"{stats['roofline_cycles'] / cycles:.2f} | {stats['engines']['matrix']:,} | "
-                  f"{fp32_cycles / cycles:.2f}x | {seconds:.1f} |", flush=True)
+                  f"{fp32_cycles / cycles:.2f}x | {seconds:.1f} | "
+                  f"{sum(e <= 0.05 for e in errors)} of {len(errors)} ({max(errors):.1%}) |", flush=True)
     return 0
 
 

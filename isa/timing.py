@@ -64,14 +64,6 @@ class Timeline:
         self.cycles = 0
         self.busy = [0] * ENGINE_COUNT
 
-    @classmethod
-    def alone(cls, instructions: Sequence[Instruction], config: AcceleratorConfig) -> Timeline:
-        """The timeline of a run of instructions taken out of a program, as if everything before
-        them had finished: each semaphore starts with the tokens its waits need beyond its signals."""
-        waits = Counter(i.fields["wait"] for i in instructions)
-        signals = Counter(i.fields["signal"] for i in instructions)
-        return cls(instructions, config, {s: n - signals[s] for s, n in waits.items() if s and n > signals[s]})
-
     def __iter__(self) -> Iterator[tuple[int, int, int, int, int]]:
         config = self.config
         instructions = self.instructions
@@ -247,9 +239,18 @@ class Timeline:
         self.cycles = total
 
 
-def cycles_alone(instructions: Sequence[Instruction], config: AcceleratorConfig) -> int:
-    """Cycles of a run of instructions timed alone (Timeline.alone)."""
-    timeline = Timeline.alone(instructions, config)
-    for _ in timeline:
-        pass
-    return timeline.cycles
+def parts_alone(instructions: Sequence[Instruction], config: AcceleratorConfig,
+                parts: Sequence[tuple[int, int]]) -> Iterator[tuple[int, Timeline]]:
+    """Timelines of parts [start, end) of a program, each alone, as if everything before it had
+    finished (a wait in the part that takes the token of a signal before it finds the token
+    there): (part's number, its timeline, to iterate; indices from the part's start), by start."""
+    outstanding: Counter = Counter()  # semaphore -> tokens given and not yet taken before `position`
+    position = 0
+    for number in sorted(range(len(parts)), key=lambda n: parts[n][0]):
+        start, end = parts[number]
+        for instruction in instructions[position:start]:
+            fields = instruction.fields
+            outstanding[fields["signal"]] += 1
+            outstanding[fields["wait"]] -= 1
+        position = start
+        yield number, Timeline(instructions[start:end], config, {s: n for s, n in outstanding.items() if s and n > 0})

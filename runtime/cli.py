@@ -226,10 +226,12 @@ def _compare(program: Program, reference, inputs, result, layers: bool) -> int:
 
 
 def layer_table(layers: list[dict]) -> str:
-    """The per-layer figures of a run's stats as an aligned table, in program order."""
-    lines = [f"{'node':<36} {'cycles':>10} {'MACs':>12} {'DRAM bytes':>11} {'util':>6} {'eff':>6}  bound"]
+    """The per-layer figures of a run's stats as an aligned table, in program order (cycles: the
+    layer's span; own: the cycles it added to the run)."""
+    lines = [f"{'node':<36} {'cycles':>10} {'own':>10} {'MACs':>12} {'DRAM bytes':>11} {'util':>6} {'eff':>6}  bound"]
     for layer in layers:
-        lines.append(f"{layer['node'][:36]:<36} {layer['cycles']:>10,} {layer['macs']:>12,} {layer['dram_bytes']:>11,} "
+        lines.append(f"{layer['node'][:36]:<36} {layer['cycles']:>10,} {layer['own_cycles']:>10,} {layer['macs']:>12,} "
+                     f"{layer['dram_bytes']:>11,} "
                      f"{layer['utilization']:>6.2f} {layer['efficiency']:>6.2f}  {layer['bound']}")
     return "\n".join(lines)
 

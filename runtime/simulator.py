@@ -209,9 +209,7 @@ def run(program: Program, inputs: dict[str, np.ndarray] | None = None, *, check_
         "time_us": total / config.clock_mhz,
         "host_steps": list(program.host_steps),
         "state": [list(pair) for pair in program.state],
-        "layers": [_layer_stats(config, name, first, last, layer_macs[n], layer_compute[n], layer_bytes[n])
-                   for n, (name, first, last) in enumerate(zip(layer_names, layer_start, layer_end, strict=True))
-                   if first is not None],
+        "layers": _layers(config, layer_names, layer_start, layer_end, layer_macs, layer_compute, layer_bytes),
     }
     if checker is not None:
         stats["hazards"] = len(checker.hazards)
@@ -219,14 +217,25 @@ def run(program: Program, inputs: dict[str, np.ndarray] | None = None, *, check_
     return RunResult(outputs, stats, events, checker.hazards if checker else [], tensors)
 
 
-def _layer_stats(config, node: str, first: int, last: int, layer_macs: int, compute: float, nbytes: int) -> dict:
-    """One source node's figures: its instructions ran from `first` to `last` (layers overlap when
-    the engines pipeline them); its roofline is the larger of its compute and DRAM bounds."""
-    memory = nbytes / config.dram_bytes_per_cycle
-    cycles = max(last - first, 1)
-    return {"node": node, "start": first, "cycles": cycles, "macs": layer_macs, "dram_bytes": nbytes,
-            "roofline_cycles": max(compute, memory), "bound": "compute" if compute >= memory else "memory",
-            "utilization": compute / cycles, "efficiency": max(compute, memory) / cycles}
+def _layers(config, names, starts, ends, layer_macs, compute, nbytes) -> list[dict]:
+    """Each source node's figures, in program order: its instructions ran from `start` for `cycles`
+    (layers overlap when the engines pipeline them); `own_cycles` is how far it moved the end of
+    the run past every earlier layer's end (what the layers' own cycles add up to is the run's
+    cycles; what acc-compile --report predicts); its roofline is the larger of its compute and
+    DRAM bounds."""
+    layers = []
+    finished = 0  # the latest end of the layers so far
+    for n, (node, first, last) in enumerate(zip(names, starts, ends, strict=True)):
+        if first is None:
+            continue
+        memory = nbytes[n] / config.dram_bytes_per_cycle
+        cycles = max(last - first, 1)
+        layers.append({"node": node, "start": first, "cycles": cycles, "own_cycles": max(last - finished, 0),
+                       "macs": layer_macs[n], "dram_bytes": nbytes[n], "roofline_cycles": max(compute[n], memory),
+                       "bound": "compute" if compute[n] >= memory else "memory",
+                       "utilization": compute[n] / cycles, "efficiency": max(compute[n], memory) / cycles})
+        finished = max(finished, last)
+    return layers
 
 
 def _read_tensor(machine: Machine, t: TensorInfo) -> np.ndarray:

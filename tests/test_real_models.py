@@ -4,6 +4,7 @@
 The full set (all nine light models, both weight variants) is benchmarks/light_models.py;
 here: the bundled digits models on edge and tiny, SqueezeNet and ResNet-50 with random
 weights, and all-MiniLM-L6-v2 with its real weights (static and bound dynamic shapes).
+Each also checks the cost model against the simulator, layer by layer.
 """
 
 from pathlib import Path
@@ -13,6 +14,7 @@ import onnx
 import pytest
 
 from compiler.pipeline import compile
+from compiler.report import prediction_errors
 from models.light import light_path, randomized
 from runtime.compare import TOLERANCES, compare_arrays, first_divergence, reference_outputs
 from runtime.simulator import run
@@ -35,6 +37,8 @@ def check(model: onnx.ModelProto, config: str, inputs: dict | None = None, input
     layers, first = first_divergence([(t.node, t.name) for t in program.debug_tensors], result.tensors, expected, FP32)
     assert first is None, f"first divergence at node {first[0]}: {first[1].line()}"
     assert result.stats["cycles"] >= result.stats["roofline_cycles"]
+    # The cost model (acc-compile --report) predicts each layer's own cycles within 5%.
+    assert [e for e in prediction_errors(program, result.stats["layers"]) if e[3] > 0.05] == []
     return result
 
 
