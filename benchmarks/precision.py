@@ -55,7 +55,7 @@ def main() -> int:
     parser.add_argument("--config", default="edge")
     parser.add_argument("--models", default="resnet50,minilm")
     parser.add_argument("--samples", type=int, default=4)
-    parser.add_argument("-O", dest="opt_level", type=int, choices=[0, 1, 2], default=2)
+    parser.add_argument("-O", dest="opt_level", type=int, choices=[0, 1, 2, 3], default=2)
     args = parser.parse_args()
     print("| model | precision | cycles | roofline | efficiency | matrix busy | vs fp32 | compile s "
           "| layers predicted within 5% (worst) |")

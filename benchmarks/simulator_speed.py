@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--config", default="edge")
     parser.add_argument("--models", default="resnet50")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("-O", dest="opt_level", type=int, choices=[0, 1, 2], default=2)
+    parser.add_argument("-O", dest="opt_level", type=int, choices=[0, 1, 2, 3], default=2)
     args = parser.parse_args()
     for name in args.models.split(","):
         model = onnx.load(str(light_path(name)))

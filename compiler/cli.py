@@ -58,8 +58,9 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("model", nargs="?", help="model.onnx")
     parser.add_argument("-o", "--output", help="model.bin to write")
     parser.add_argument("--config", default=None, help="preset (tiny, edge, server) or JSON file; default edge")
-    parser.add_argument("-O", dest="opt_level", type=int, choices=[0, 1, 2], default=1,
-                        help="optimisation level: -O0 only what correctness needs, -O1 (default), -O2")
+    parser.add_argument("-O", dest="opt_level", type=int, choices=[0, 1, 2, 3], default=1,
+                        help="optimisation level: -O0 only what correctness needs, -O1 (default), -O2, -O3 (-O2, "
+                             "and each convolution's loop order searched with the cost model: slower to compile)")
     parser.add_argument("--keep-intermediates", action=BooleanOptionalAction, default=None,
                         help="give every intermediate tensor its own DRAM, kept for acc-run --compare-layers "
                              "(default below -O2); --no-keep-intermediates reuses the DRAM of dead tensors")

@@ -1,7 +1,9 @@
 """The compiler pipeline: ONNX -> Graph IR -> passes -> Program, as one readable list.
 
 `PASSES` is the whole optimisation pipeline in order; each entry is (name, pass, lowest
--O level that runs it). -O0 runs only what correctness needs. A pass is a function
+-O level that runs it). -O0 runs only what correctness needs; -O3 adds no pass but has the
+code generator search each convolution's loop order with the cost model (CodegenContext.choose),
+which makes compiling slower. A pass is a function
 Graph -> Graph (see compiler/passes/); the verifier runs after every pass when
 `verify_each` is set (always in tests).
 """
@@ -177,7 +179,7 @@ def compile(model: str | Path | onnx.ModelProto, config: str | Path | Accelerato
         if verify_each:
             verify(graph)
     program = generate(graph, config, opt_level < 2 if keep_intermediates is None else keep_intermediates,
-                       state=state)
+                       state=state, search=opt_level >= 3)
     if report and program.precision == "int8":
         from compiler.quantize.ptq import describe
 

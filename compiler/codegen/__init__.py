@@ -33,8 +33,8 @@ from isa.program import Program, TensorInfo
 
 
 def generate(graph: Graph, config: AcceleratorConfig, keep_intermediates: bool = True,
-             state: StateDeclaration = None) -> Program:
-    ctx = CodegenContext(config, graph)
+             state: StateDeclaration = None, search: bool = False) -> Program:
+    ctx = CodegenContext(config, graph, search)
     reuse = not keep_intermediates
     state_pairs = resolve_state(graph, state)
     state_input_of = dict(state_pairs)  # state output -> the input it updates in place

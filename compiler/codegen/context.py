@@ -8,8 +8,10 @@ DRAM and a dense local tile, splitting where a stride or count exceeds its field
 
 from __future__ import annotations
 
+import copy
 import hashlib
-from contextlib import contextmanager
+from collections.abc import Callable, Hashable
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -21,6 +23,7 @@ from compiler.ir import Graph, Node
 from isa.config import AcceleratorConfig
 from isa.dtypes import DType
 from isa.program import Constant
+from isa.timing import Timeline
 
 LOCAL_ALIGN = 64
 IR_TO_DTYPE = {"f32": DType.F32, "bf16": DType.BF16, "i8": DType.I8, "u8": DType.U8, "i32": DType.I32,
@@ -116,12 +119,18 @@ class LocalArena:
         return address
 
 
+class _Trial:
+    cycles = 0
+
+
 class CodegenContext:
     """The state shared by all kernels of one program."""
 
-    def __init__(self, config: AcceleratorConfig, graph: Graph):
+    def __init__(self, config: AcceleratorConfig, graph: Graph, search: bool = False):
         self.config = config
         self.graph = graph
+        self.search = search  # kernels time their candidate schedules (choose)
+        self._choices: dict = {}  # a searched problem's key -> (the choice, the node searched at)
         self.emitter = Emitter(config)
         self.views: dict[str, View] = {}
         self.constants: list[Constant] = []
@@ -200,6 +209,66 @@ class CodegenContext:
 
     def accumulator(self) -> LocalArena:
         return LocalArena(self.config.acc_base, self.config.local_bytes, "accumulator")
+
+    # Trying schedules -----------------------------------------------------------------------------
+    def choose(self, candidates: dict[str, Callable[[], None]], samples: dict[str, Callable[[], None]] | None = None,
+               sample_note: str = "", key: Hashable = None) -> str:
+        """Emit the candidate schedule (name -> function emitting it) that the cost model times
+        fastest, and return its name. With `search` off, the first.
+
+        Each candidate is emitted into a scratch program and timed alone by the ISA's timing
+        rules (isa/timing.py, as acc-compile --report predicts) — on a smaller representative
+        problem when `samples` gives the same candidates for one (`sample_note` says which); one
+        that does not fit on chip drops out; ties go to the first. A problem with the `key` of
+        one searched before takes the same choice without a search."""
+        if self.search and len(candidates) > 1:
+            if key is not None and key in self._choices:
+                best, searched_at = self._choices[key]
+                self.note(f"as searched for {searched_at}: {best}")
+            else:
+                best = self._search(samples or candidates, sample_note if samples else "")
+                if key is not None and best is not None:
+                    self._choices[key] = best, self.emitter.current_node
+            if best is not None:
+                candidates = {best: candidates[best]}
+        name, emit = next(iter(candidates.items()))
+        emit()
+        return name
+
+    def _search(self, candidates: dict[str, Callable[[], None]], sample_note: str) -> str | None:
+        timed = {}
+        for name, emit in candidates.items():
+            with suppress(MemoryError), self._trial() as trial:
+                emit()
+                timed[name] = trial
+        if not timed:
+            return None
+        cycles = {name: trial.cycles for name, trial in timed.items()}
+        best = min(cycles, key=cycles.get)
+        self.note("searched" + (f" on {sample_note}" if sample_note else "") + ": "
+                  + ", ".join(f"{name} {n:,}" for name, n in cycles.items()) + f" -> {best}")
+        return best
+
+    @contextmanager
+    def _trial(self):
+        """Emit into a scratch program, time it when the block ends (its `cycles`), then put
+        everything the kernel may have changed back as it was."""
+        saved = (self.emitter, len(self.constants), self.constants_end, dict(self._constant_cache),
+                 dict(self.views), copy.deepcopy(self.notes), dict(self.scratchpad_peak), copy.deepcopy(self.dram),
+                 None if self._scratch is None else list(self._scratch))
+        self.emitter = self.emitter.fresh()
+        trial = _Trial()
+        try:
+            yield trial
+            code, _ = self.emitter.finish()
+            timeline = Timeline(code, self.config)
+            for _ in timeline:
+                pass
+            trial.cycles = timeline.cycles
+        finally:
+            (self.emitter, count, self.constants_end, self._constant_cache, self.views, self.notes,
+             self.scratchpad_peak, self.dram, self._scratch) = saved
+            del self.constants[count:]
 
     # DMA ------------------------------------------------------------------------------------------
     def dma_in(self, local: int, view: View) -> None:

@@ -77,6 +77,18 @@ class Emitter:
         self.clock_at: list[list[tuple]] = [[] for _ in range(ENGINES)]  # engine -> seq-1 -> its clock then
         self.current_node: str | None = None
 
+    def fresh(self) -> Emitter:
+        """An emitter with no instructions and no history that knows the same DRAM allocations (for
+        emitting a trial schedule: its dependencies are those it would have alone)."""
+        other = Emitter(self.config)
+        other.dram_starts, other.dram_ends, other.dram_slots = (list(self.dram_starts), list(self.dram_ends),
+                                                                list(self.dram_slots))
+        other.slot_count = self.slot_count
+        other.dram_write = np.zeros_like(self.dram_write)
+        other.dram_touch = np.zeros_like(self.dram_touch)
+        other.current_node = self.current_node
+        return other
+
     # Node annotation ------------------------------------------------------------------------
     @contextmanager
     def node(self, name: str):

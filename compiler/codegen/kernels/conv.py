@@ -21,6 +21,7 @@ flipping its filters, each kernel position's patch is read at the mirrored posit
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -338,15 +339,41 @@ def convolve(ctx: CodegenContext, node: Node, source: View, filters, groups: int
     rows_patch_stationary = min(shape.cout_group, config.acc_bytes // (2 * config.array_cols * 4))
     rows_filter_stationary = min(shape.slice_pixels, 65535, config.acc_bytes // (2 * 4 * shape.cout_group),
                                  config.spad_bytes // (4 * 4 * (config.array_rows + shape.cout_group)))
-    if rows_filter_stationary > rows_patch_stationary:
-        # [group, K, cout] with K ordered (kd, kh, kw, channel), as the K tiles are.
-        arranged = arranged_filters(ctx, node, filters, (0, 3, 4, 5, 2, 1), (groups, shape.k_total, cout_group),
-                                    ".conv_kn", product.weight_dtype)
-        filters_stationary(ctx, shape, arranged, product, out, rows_filter_stationary, size)
-    else:
-        arranged = arranged_filters(ctx, node, filters, (0, 1, 3, 4, 5, 2), (groups, cout_group, shape.k_total),
-                                    ".conv_nk", product.weight_dtype)
-        patch_stationary(ctx, shape, arranged, product, out, size)
+
+    def schedules(shape: ConvShape) -> dict[str, Callable[[], None]]:
+        """The candidate loop orders for `shape`, the one the rows per matmul prefer first (it wins ties)."""
+
+        def filters_stationary_schedule() -> None:
+            # [group, K, cout] with K ordered (kd, kh, kw, channel), as the K tiles are.
+            arranged = arranged_filters(ctx, node, filters, (0, 3, 4, 5, 2, 1), (groups, shape.k_total, cout_group),
+                                        ".conv_kn", product.weight_dtype)
+            filters_stationary(ctx, shape, arranged, product, out, rows_filter_stationary, size)
+
+        def patch_stationary_schedule() -> None:
+            arranged = arranged_filters(ctx, node, filters, (0, 1, 3, 4, 5, 2), (groups, cout_group, shape.k_total),
+                                        ".conv_nk", product.weight_dtype)
+            patch_stationary(ctx, shape, arranged, product, out, size)
+
+        if rows_filter_stationary < 1:
+            return {"patch stationary": patch_stationary_schedule}
+        if rows_filter_stationary > rows_patch_stationary:
+            return {"filters stationary": filters_stationary_schedule, "patch stationary": patch_stationary_schedule}
+        return {"patch stationary": patch_stationary_schedule, "filters stationary": filters_stationary_schedule}
+
+    # The search times each candidate on a sample: an eighth of one image's output rows (at least
+    # one block of filters stationary), every group and channel.
+    rows = max(-(-shape.out[1] // 8), min(shape.out[1], -(-rows_filter_stationary // shape.out[2])))
+    sample = replace(shape, batch=1, out=(1, rows, shape.out[2]))
+    ctx.choose(schedules(shape), schedules(sample), f"{rows} of {shape.out[1]} output rows",
+               key=_search_key(shape, product, out))
+
+
+def _search_key(shape: ConvShape, product: Product, out: View) -> tuple:
+    """What decides a convolution's schedule: its shapes, layouts and arithmetic, not its addresses."""
+    tail = product.tail
+    return (replace(shape, source=replace(shape.source, addr=0)), replace(out, addr=0), product.operand,
+            product.weights, product.bias is None, product.scale is None, product.requant is None,
+            product.addend is None, product.activation, tail and (tail.kinds, tail.program.result))
 
 
 def filters_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, product: Product, out: View,
