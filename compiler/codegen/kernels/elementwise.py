@@ -34,6 +34,14 @@ class Tile:
     cs: int
 
 
+class SharedZero:
+    """An int32 0 in local memory that the tile builders of one kernel share (the zero point of a
+    quantization without one), filled when first used rather than once per tile."""
+
+    def __init__(self, address: int):
+        self.address, self.filled = address, False
+
+
 class TileBuilder:
     """Emits vector instructions over one rows x cols tile, with a few temporary tiles.
 
@@ -43,10 +51,12 @@ class TileBuilder:
 
     FOLD_SCALARS = True
 
-    def __init__(self, ctx: CodegenContext, rows: int, cols: int, temps: list[int], dtype: DType):
+    def __init__(self, ctx: CodegenContext, rows: int, cols: int, temps: list[int], dtype: DType,
+                 zero: SharedZero | None = None):
         self.ctx, self.rows, self.cols, self.dtype = ctx, rows, cols, dtype
         self.free = list(temps)
         self.target: Tile | None = None  # where a program's final quantization may write (dense, rows x cols)
+        self.zero = zero
 
     def temp(self, dtype: DType | None = None) -> Tile:
         if not self.free:
@@ -95,6 +105,12 @@ class TileBuilder:
 
     def fill(self, value: float, dtype: DType | None = None) -> Tile:
         dtype = self.dtype if dtype is None else dtype
+        if value == 0 and dtype is DType.I32 and self.zero is not None:  # a zero point of 0
+            zero = Tile(self.zero.address, DType.I32, 0, 0)
+            if not self.zero.filled:
+                self.ctx.emitter.emit("vfill", dtype=DType.I32, dst=zero.addr, dst_rs=0, imm=0, rows=1, cols=1)
+                self.zero.filled = True
+            return zero
         return self._result("vfill", dtype, imm=float(value) if dtype.is_float else int(value))
 
     def requantize(self, a: Tile, scale: Tile, zero_point: Tile, dtype: DType) -> Tile:
@@ -312,6 +328,7 @@ def elementwise_views(ctx: CodegenContext, ins: list[View], out: View, body, com
             load_dtype = DType.U8 if operand.dtype is DType.BOOL else operand.dtype
             scalars[index] = Tile(spad.alloc(load_dtype.size), load_dtype, 0, 0)
             ctx.dma_in(scalars[index].addr, View(operand.addr, load_dtype, (1,), (1,)))
+    zero = SharedZero(spad.alloc(4))
     widest = max([out.dtype.size] + [v.dtype.size for v in ins] + [4])
     buffers_per_tile = len(ins) - len(scalars) + temps + 2
     per_buffer = spad.free // (2 * buffers_per_tile) // 64 * 64
@@ -357,7 +374,7 @@ def elementwise_views(ctx: CodegenContext, ins: list[View], out: View, body, com
                     ctx.dma_in(local, window)
                     tiles.append(Tile(local, load_dtype, cols_l if rows_l > 1 else 0, 1 if cols_l > 1 else 0))
                 out_local = buffers.pop()
-                builder = TileBuilder(ctx, rt, ct, buffers, compute)
+                builder = TileBuilder(ctx, rt, ct, buffers, compute, zero)
                 result = body(builder, tiles)
                 if out.dtype is DType.BOOL:  # any non-zero is true
                     builder.convert(result, DType.BOOL, Tile(out_local, DType.BOOL, ct, 1))
@@ -497,6 +514,9 @@ class StepProgram:
     body: object
     temps: int
     result: DType
+    # The step that dequantizes operand 0 without a zero point, when no other step reads operand 0:
+    # body(..., offset=t) subtracts the int32 tile t there (vdeq's zero point), for free.
+    offset_step: int | None = None
 
 
 def step_program(ctx: CodegenContext, node: Node, steps: list[Step], operand_dtypes: list[DType],
@@ -526,14 +546,21 @@ def step_program(ctx: CodegenContext, node: Node, steps: list[Step], operand_dty
             if isinstance(ref, tuple):
                 last_use[ref[1]] = j
 
-    def body(b: TileBuilder, tiles: list[Tile], destination: Tile | None = None) -> Tile:
+    readers = [j for j, refs in enumerate(operands) if 0 in refs]
+    offset_step = None
+    if len(readers) == 1 and steps[readers[0]].op == "DequantizeLinear" and operand_dtypes[0] is DType.I32:
+        refs = operands[readers[0]]
+        offset_step = readers[0] if len(refs) == 2 and refs[0] == 0 else None
+
+    def body(b: TileBuilder, tiles: list[Tile], destination: Tile | None = None, offset: Tile | None = None) -> Tile:
         temps = list(b.free)
         values: list[Tile] = []
         for j, ((compute, step_body), refs) in enumerate(zip(programs, operands, strict=True)):
             b.dtype = compute
             last = j == len(programs) - 1
             b.target = destination if last else None
-            value = step_body(b, [values[r[1]] if isinstance(r, tuple) else tiles[r] for r in refs])
+            extra = [offset] if offset is not None and j == offset_step else []
+            value = step_body(b, [values[r[1]] if isinstance(r, tuple) else tiles[r] for r in refs] + extra)
             b.target = None
             if last:
                 return value
@@ -544,7 +571,7 @@ def step_program(ctx: CodegenContext, node: Node, steps: list[Step], operand_dty
 
     counter = _TempCount(4 * MAX_TEMPS * len(steps))
     body(counter, [Tile(-1 - i, DType.U8 if d is DType.BOOL else d, 1, 1) for i, d in enumerate(operand_dtypes)])
-    return StepProgram(body, max(counter.most, 1), result_dtypes[-1])
+    return StepProgram(body, max(counter.most, 1), result_dtypes[-1], offset_step)
 
 
 def fused_elementwise_kernel(ctx: CodegenContext, node: Node) -> None:

@@ -13,7 +13,8 @@ it transposed through the vector unit (so the DMA writes whole rows).
 A `Tail` (an int8 product's fused element-wise steps: dequantize, residual join, quantize)
 runs on each finished int32 tile in its stored orientation, a few rows at a time, with
 its other operands loaded per tile (whole blocks), per channel block or once (scalars);
-only its result leaves the chip.
+only its result leaves the chip. When the tail starts by dequantizing the product, the
+int32 bias is not added by a pass of its own: negated, it is that `vdeq`'s zero point.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from compiler.codegen.context import LOCAL_ALIGN, CodegenContext, LocalArena, View, accelerator_dtype
-from compiler.codegen.kernels.elementwise import StepProgram, Tile, TileBuilder, step_program
+from compiler.codegen.kernels.elementwise import SharedZero, StepProgram, Tile, TileBuilder, step_program
 from compiler.ir import Node, Value
 from compiler.ops import OPS
 from compiler.shape_rules import elementwise_steps, step_types
@@ -140,6 +141,11 @@ class Finisher:
         self.addends = [spad.alloc(size) for size in sizes["addends"]]
         self.transposed = [spad.alloc(size) for size in sizes["transposed"]]
         self.tail_temps = [spad.alloc(size) for size in sizes["tail_temps"]]
+        self.zero = SharedZero(self.zero_point) if product.tail else None
+        # An integer product whose tail starts by dequantizing it: the bias is subtracted there
+        # negated, as the dequantization's zero point (x + bias = x - (-bias), in wrapping int32).
+        self.bias_in_tail = (self.bias is not None and product.integer and product.tail is not None
+                             and product.tail.program.offset_step is not None)
         tail = product.tail
         # Per tail operand, its buffers (two for blocks); a scalar is loaded once, here.
         self.tail_buffers = [[spad.alloc(size) for size in sizes]
@@ -165,7 +171,7 @@ class Finisher:
             "bias": [max_channels * 4] if product.bias is not None else [],
             "scale": [max_channels * 4] if product.scale is not None else [],
             "multiplier": [max_channels * 4] if requant else [],
-            "zero_point": [4] if requant else [],
+            "zero_point": [4] if requant or tail else [],  # a tail's: an int32 0 (SharedZero)
             # Integer outputs, tails and transposed stores need a tile beside the accumulator's.
             "outputs": [elements * product.out.size] * 2 if requant or transpose or tail else [],
             "addends": [elements * 4] * 2 if product.addend is not None else [],
@@ -190,6 +196,9 @@ class Finisher:
             return first - self.loaded[0]
         if self.bias is not None:
             self.ctx.dma_in(self.bias, self.product.bias.window(0, first, first + count))
+            if self.bias_in_tail:
+                self.ctx.emitter.emit("vmuli", dtype=DType.I32, dst=self.bias, dst_rs=count, a=self.bias, a_rs=count,
+                                      imm=-1, rows=1, cols=count)
         if self.scale is not None:
             self.ctx.dma_in(self.scale, self.product.scale.window(0, first, first + count))
         requant = self.product.requant
@@ -228,7 +237,7 @@ class Finisher:
                  **shape)
         if product.alpha != 1.0:
             emit("vmuli", dtype=acc, dst=tile, dst_rs=cols, a=tile, a_rs=cols, imm=product.alpha, **shape)
-        if self.bias is not None:
+        if self.bias is not None and not self.bias_in_tail:
             emit("vadd", dtype=acc, dst=tile, dst_rs=cols, a=tile, a_rs=cols, b=self.bias + 4 * offset, **per_channel,
                  **shape)
         result, result_dtype = tile, acc
@@ -277,15 +286,16 @@ class Finisher:
                 if kind == "scalar":
                     tiles.append(Tile(self.tail_buffers[index][0], operand.dtype, 0, 0))
                 elif kind == "channel":
-                    first = self.tail_buffers[index][0] + offset * size
-                    tiles.append(Tile(first + r0 * size, operand.dtype, 1, 0) if channels_on_rows
-                                 else Tile(first, operand.dtype, 0, 1))
+                    tiles.append(_channel_tile(self.tail_buffers[index][0], operand.dtype, offset, r0,
+                                               channels_on_rows))
                 else:
                     tiles.append(Tile(self.tail_buffers[index][self.count % 2] + r0 * cols * size, operand.dtype,
                                       cols, 1))
-            builder = TileBuilder(self.ctx, count, cols, list(self.tail_temps), DType.F32)
+            builder = TileBuilder(self.ctx, count, cols, list(self.tail_temps), DType.F32, self.zero)
             destination = Tile(out + r0 * cols * out_dtype.size, out_dtype, cols, 1)
-            value = tail.program.body(builder, tiles, destination)
+            negated_bias = _channel_tile(self.bias, DType.I32, offset, r0, channels_on_rows) \
+                if self.bias_in_tail else None
+            value = tail.program.body(builder, tiles, destination, negated_bias)
             if value.addr == destination.addr:
                 continue
             if value.dtype != out_dtype:
@@ -310,6 +320,13 @@ class Finisher:
                 emit("vmaxi", imm=low, **shape)
             if high != math.inf:
                 emit("vmini", imm=high, **shape)
+
+
+def _channel_tile(buffer: int, dtype: DType, offset: int, first_row: int, channels_on_rows: bool) -> Tile:
+    """A per-channel buffer (channel `offset` first) as a tile operand for the chunk of a stored tile
+    from row `first_row`: one value per row, or per column."""
+    first = buffer + offset * dtype.size
+    return Tile(first + first_row * dtype.size, dtype, 1, 0) if channels_on_rows else Tile(first, dtype, 0, 1)
 
 
 def epilogue_of(ctx: CodegenContext, node: Node, own: int) -> dict:
