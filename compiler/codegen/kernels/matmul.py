@@ -498,36 +498,43 @@ def _matmul_swapped(ctx: CodegenContext, a: View, b_transposed: View, out: View,
     spad, acc = ctx.scratchpad(), ctx.accumulator()
     m_width = min(cols, m_total)
 
+    # W^T rows are read `k_group` K tiles wide, so that each row's run fills at least one DRAM beat.
+    k_group = max(1, min(config.dram_bytes_per_cycle // (rows * wsize), -(-k_total // rows)))
+
     def scratchpad_bytes(chunk: int) -> int:
         # The finished out^T tiles are turned back on the vector unit, so that the store writes whole rows.
         return (Finisher.reserve_bytes(product, chunk, m_width, chunk, transpose=True) + 2 * cols * rows * size
-                + 2 * chunk * rows * wsize + (2 * chunk * m_width * 4 if bias is not None else 0) + 512)
+                + 2 * chunk * k_group * rows * wsize + (2 * chunk * m_width * 4 if bias is not None else 0) + 512)
 
     while n_chunk > 1 and scratchpad_bytes(n_chunk) > spad.free:
         n_chunk = max(1, n_chunk * 7 // 8)
     finisher = Finisher(ctx, product, spad, n_chunk, m_width, n_chunk, transpose=True)
     a_buffers = [spad.alloc(cols * rows * size) for _ in range(2)]
-    b_buffers = [spad.alloc(n_chunk * rows * wsize) for _ in range(2)]
+    b_buffers = [spad.alloc(n_chunk * k_group * rows * wsize) for _ in range(2)]
     bias_buffers = [spad.alloc(n_chunk * m_width * 4) for _ in range(2)] if bias is not None else []
     c_buffers = [acc.alloc(n_chunk * m_width * 4) for _ in range(2)]
     ctx.note(f"activations stationary (out^T = W^T A^T): {-(-m_total // cols)} row blocks x {-(-k_total // rows)} "
-             f"K tiles, W^T rows streamed in chunks of {n_chunk}")
-    step = tile = 0
+             f"K tiles, W^T rows streamed in chunks of {n_chunk}, {k_group} K tile(s) a load")
+    step = tile = group = 0
     for m0 in range(0, m_total, cols):
         mt = min(cols, m_total - m0)
         for n0 in range(0, n_total, n_chunk):
             nt = min(n_chunk, n_total - n0)
             c_tile = c_buffers[tile % 2]
-            for k0 in range(0, k_total, rows):
-                kt = min(rows, k_total - k0)
-                a_tile, b_tile = a_buffers[step % 2], b_buffers[step % 2]
-                ctx.dma_in(a_tile, a.window(0, m0, m0 + mt).window(1, k0, k0 + kt))
-                ctx.emitter.emit("load_weights", dtype=product.operand, addr=a_tile, k=kt, n=mt, stride=kt,
-                                 transpose=1)
-                ctx.dma_in(b_tile, b_transposed.window(0, n0, n0 + nt).window(1, k0, k0 + kt))
-                ctx.emitter.emit("matmul", dtype=product.weight_dtype, a=b_tile, a_rs=kt, m=nt, c=c_tile, c_rs=mt,
-                                 accumulate=int(k0 > 0))
-                step += 1
+            for g0 in range(0, k_total, rows * k_group):
+                width = min(rows * k_group, k_total - g0)
+                b_tile = b_buffers[group % 2]
+                group += 1
+                ctx.dma_in(b_tile, b_transposed.window(0, n0, n0 + nt).window(1, g0, g0 + width))
+                for k0 in range(g0, g0 + width, rows):
+                    kt = min(rows, k_total - k0)
+                    a_tile = a_buffers[step % 2]
+                    ctx.dma_in(a_tile, a.window(0, m0, m0 + mt).window(1, k0, k0 + kt))
+                    ctx.emitter.emit("load_weights", dtype=product.operand, addr=a_tile, k=kt, n=mt, stride=kt,
+                                     transpose=1)
+                    ctx.emitter.emit("matmul", dtype=product.weight_dtype, a=b_tile + (k0 - g0) * wsize, a_rs=width,
+                                     m=nt, c=c_tile, c_rs=mt, accumulate=int(k0 > 0))
+                    step += 1
             # The accumulator holds out^T: a matrix bias is read through a transposed view; the
             # finisher transposes the result back before the addend, the activation and the store.
             block = (slice(m0, m0 + mt), slice(n0, n0 + nt))
