@@ -8,7 +8,9 @@ column positions are strided reads of it (column stride = the pooling stride), f
 into the running [channels, pixels] result with vmax or vadd. The input is padded once
 in DRAM (-inf, or the integer minimum, for max; 0 for average), far enough for
 ceil_mode's last window; average divides by a per-pixel count computed at compile time
-(count_include_pad or not).
+(count_include_pad or not). A float pool whose one window is the whole unpadded input is
+a global pool: a row reduction per channel (rows.py), which fills the vector lanes where
+one output column would not.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 
 from compiler.codegen.context import LOCAL_ALIGN, CodegenContext, View, unsupported
 from compiler.codegen.kernels.conv import SPATIAL, as_3d, padded, pixel_tiles
+from compiler.codegen.kernels.rows import reduce_views
 from compiler.ir import Node
 from isa.dtypes import INT_RANGES, DType
 
@@ -45,6 +48,12 @@ def pool_kernel(ctx: CodegenContext, node: Node) -> None:
     kernel, strides, dilations, pads = attrs["kernel_shape"], attrs["strides"], attrs["dilations"], attrs["pads"]
     batch, channels = x.shape[:2]
     sizes, out_sizes = x.shape[2:], out.shape[2:]
+    if dtype == DType.F32 and tuple(kernel) == tuple(sizes) and set(dilations) == {1} and not any(pads):
+        # One window, the whole input (ResNet's last AveragePool): a row reduction over each
+        # channel's pixels fills the vector lanes; output columns (one here) would not.
+        ctx.note(f"one window over the whole input: as Global{node.op}")
+        reduce_views(ctx, node, f"Global{node.op}", x, out, [2, 3, 4])
+        return
     _, out_h, out_w = out_sizes
     needed = tuple((o - 1) * s + (k - 1) * d + 1 for o, s, k, d in zip(out_sizes, strides, kernel, dilations,
                                                                        strict=True))

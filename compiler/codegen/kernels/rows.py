@@ -719,15 +719,22 @@ def reduce_kernel(ctx: CodegenContext, node: Node) -> None:
         axes = list(range(2, rank))
     else:
         axes = list(_attrs(node)["axes"]) or list(range(rank))
-    kept_shape = tuple(1 if i in axes else n for i, n in enumerate(x.shape))
     if out.size == 0:
         return
     count = math.prod(x.shape[i] for i in axes)
     if count == 0:
         _fill(ctx, out, EMPTY_REDUCTION[node.op])
         return
+    reduce_views(ctx, node, node.op, x, out, axes)
+
+
+def reduce_views(ctx: CodegenContext, node: Node, op: str, x: View, out: View, axes: list[int]) -> None:
+    """out = the reduction `op` (a Reduce* or Global*Pool op's name) of f32 x over `axes`, out
+    holding x's shape with those axes 1."""
+    kept_shape = tuple(1 if i in axes else n for i, n in enumerate(x.shape))
     result = View.dense(out.addr, out.dtype, kept_shape).broadcast_to(x.shape)
-    run_segments(ctx, node, _reduction(node.op, count), plan_segments(x.shape, axes, x, result=result))
+    count = math.prod(x.shape[i] for i in axes)
+    run_segments(ctx, node, _reduction(op, count), plan_segments(x.shape, axes, x, result=result))
 
 
 def arg_kernel(ctx: CodegenContext, node: Node) -> None:
