@@ -165,7 +165,8 @@ def _matmul_streamed(ctx: CodegenContext, a: View, b: ConstantMatrix, out: View,
     the array. a [M, K] is loaded once; each tile is `load_weights` then one `matmul` of
     all M rows (the array's double buffering overlaps the next tile's load with it), and a
     group of column blocks accumulates in one accumulator tile [M, group], finished (scale,
-    bias, addend, activation, store) while the next group runs. With few rows this is what
+    bias, addend, activation, tail, store) while the next group runs; the groups get smaller
+    towards the end, so that little finishing is left when the last matmul ends. With few rows this is what
     decode needs: the weights enter the array as fast as its weight path takes them, whatever
     their dtype, and DRAM reads each byte once in long runs.
 
@@ -209,7 +210,8 @@ def _matmul_streamed(ctx: CodegenContext, a: View, b: ConstantMatrix, out: View,
     chunks = [(j, k0, min(slot_tiles * rows, k_total - k0)) for j in range(n_blocks)
               for k0 in range(0, k_total, slot_tiles * rows)]
     ctx.note(f"weights streamed: {n_blocks} column blocks x {k_tiles} K tiles in {len(chunks)} contiguous "
-             f"chunks through {STREAM_SLOTS} slots, {m_total} rows on chip, results in groups of {width}")
+             f"chunks through {STREAM_SLOTS} slots, {m_total} rows on chip, results in groups of up to {width}, "
+             "halving towards the end")
 
     def fetch(index: int) -> None:
         j, k0, count = chunks[index]
@@ -226,11 +228,11 @@ def _matmul_streamed(ctx: CodegenContext, a: View, b: ConstantMatrix, out: View,
     for index in range(1, min(STREAM_SLOTS, len(chunks))):
         fetch(index)
     index = 0
-    for first_block in range(0, n_blocks, group):
+    for number, (first_block, blocks_here) in enumerate(_groups(n_blocks, group)):
         n0 = first_block * cols
-        width_here = min(width, n_total - n0)
-        c_tile = c_buffers[(first_block // group) % 2]
-        for j in range(first_block, min(n_blocks, first_block + group)):
+        width_here = min(blocks_here * cols, n_total - n0)
+        c_tile = c_buffers[number % 2]
+        for j in range(first_block, first_block + blocks_here):
             nt = min(cols, n_total - j * cols)
             while index < len(chunks) and chunks[index][0] == j:
                 _, chunk_k0, count = chunks[index]
@@ -249,6 +251,19 @@ def _matmul_streamed(ctx: CodegenContext, a: View, b: ConstantMatrix, out: View,
         finisher.finish(c_tile, m_total, width_here, False, n0, _block(out, block), addend,
                         _tail_blocks(product, block))
     return True
+
+
+def _groups(n_blocks: int, group: int) -> list[tuple[int, int]]:
+    """(first block, blocks) of each result group: groups of `group` blocks, halving towards the end
+    (..., 4, 2, 1), so that the group whose finishing nothing overlaps is one block."""
+    sizes, size, left = [], 1, n_blocks
+    while left:
+        sizes.append(min(size, left))
+        left -= sizes[-1]
+        size = min(2 * size, group)
+    sizes.reverse()
+    starts = np.cumsum([0] + sizes[:-1]).tolist()
+    return list(zip(starts, sizes, strict=True))
 
 
 # A run-time right operand is loaded whole when it takes at most this share of the scratchpad.
