@@ -66,7 +66,9 @@ fails when this file is stale).
 ## Timing
 
 Every instruction's latency formula is listed with it below; the simulator evaluates
-exactly these expressions. Names in formulas are the instruction's fields, the config's
+exactly these expressions, and the rules below for how instructions overlap are
+isa/timing.py, which both the simulator and the compiler's cost model (`acc-compile
+--report`, the schedule search of -O3) run. Names in formulas are the instruction's fields, the config's
 fields (`isa/config.py`), `row_cycles` (cycles per streamed row for the instruction's
 dtype: `int8_row_cycles`, `bf16_row_cycles` or `fp32_row_cycles`) and `transfer` (the
 DRAM channel cycles of a DMA: each contiguous DRAM run costs
