@@ -14,13 +14,15 @@ The filters are arranged as [group, K, cout] or [group, cout, K], K ordered (kd,
 channel) as the K tiles are: at compile time when they are a constant, else on the
 accelerator by a (transposing) copy into a scratch DRAM tensor. When one output channel
 block's filters fit the scratchpad they are loaded once and stay there for every pixel
-tile. Padding is materialised once in DRAM (zeros around a copy of the input).
+tile; else constant filters are also stored tile by tile, so that each streamed tile is
+one contiguous DMA run (a K tile of a row is shorter than a DRAM beat). Padding is materialised once in DRAM (zeros around a copy of the input).
 ConvTranspose is a stride-1 convolution of the input spread out with zeros; instead of
 flipping its filters, each kernel position's patch is read at the mirrored position.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -350,9 +352,28 @@ def convolve(ctx: CodegenContext, node: Node, source: View, filters, groups: int
             filters_stationary(ctx, shape, arranged, product, out, rows_filter_stationary, size)
 
         def patch_stationary_schedule() -> None:
-            arranged = arranged_filters(ctx, node, filters, (0, 1, 3, 4, 5, 2), (groups, cout_group, shape.k_total),
+            @functools.cache
+            def arranged() -> View:  # made when first needed: not at all when the tiles are streamed
+                return arranged_filters(ctx, node, filters, (0, 1, 3, 4, 5, 2), (groups, cout_group, shape.k_total),
                                         ".conv_nk", product.weight_dtype)
-            patch_stationary(ctx, shape, arranged, product, out, size)
+
+            def tile_major(m_tile: int) -> tuple[View, dict] | None:
+                """The constant filters stored tile by tile, for streaming (each tile one DMA run)."""
+                if not isinstance(filters, np.ndarray):
+                    return None
+                nk = filters.transpose((0, 1, 3, 4, 5, 2)).reshape(groups, cout_group, shape.k_total)
+                pieces, offsets, offset = [], {}, 0
+                for group in range(groups):
+                    for m0 in range(0, cout_group, m_tile):
+                        for k0 in range(0, shape.k_total, config.array_rows):
+                            piece = nk[group, m0:m0 + m_tile, k0:k0 + config.array_rows]
+                            offsets[group, m0, k0] = offset
+                            offset += piece.size
+                            pieces.append(piece.reshape(-1))
+                view = ctx.constant(np.concatenate(pieces), product.weight_dtype, node.inputs[1] + ".conv_tiles")
+                return view, offsets
+
+            patch_stationary(ctx, shape, arranged, product, out, size, tile_major)
 
         if rows_filter_stationary < 1:
             return {"patch stationary": patch_stationary_schedule}
@@ -441,11 +462,13 @@ def filters_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, pro
                                 _tail_blocks(product, where))
 
 
-def patch_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, product: Product, out: View,
-                     size: int) -> None:
-    """Patch tiles [K, pixels] stay in the array while the filters' rows [cout, K] stream; the
-    accumulator collects [cout, pixels], NCHW rows. An output-channel block's filters stay on
-    chip when they fit."""
+def patch_stationary(ctx: CodegenContext, shape: ConvShape, filters: Callable[[], View], product: Product,
+                     out: View, size: int, tile_major=None) -> None:
+    """Patch tiles [K, pixels] stay in the array while the filters' rows [cout, K] (`filters()`,
+    [group, cout, K]) stream; the accumulator collects [cout, pixels], NCHW rows. An
+    output-channel block's filters stay on chip when they fit; else they are streamed per
+    tile, from `tile_major(channel_block)`'s copy (view, (group, first channel, first K) ->
+    element offset) when it gives one, so that each tile is one contiguous DMA run."""
     config = ctx.config
     rows, cols = config.array_rows, config.array_cols
     cout_group = shape.cout_group
@@ -467,6 +490,7 @@ def patch_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, produ
         m_tile = max(1, min(m_tile, (spad.free // 2 - 1024) // (rows * wsize)))
     filter_base = spad.alloc(m_tile * shape.k_total * wsize) if resident else None
     filter_tiles = None if resident else [spad.alloc(m_tile * rows * wsize) for _ in range(2)]
+    streamed = None if resident or tile_major is None else tile_major(m_tile)
     ctx.note(f"patch stationary: {len(tiles)} pixel tiles x {len(k_tiles)} K tiles, channel blocks of {m_tile} "
              f"streamed, filters {'on chip per block' if resident else 'streamed'}"
              + (", strided rows staged" if staging is not None else ""))
@@ -478,7 +502,7 @@ def patch_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, produ
                 mt = min(m_tile, cout_group - m0)
                 first_channel = group * cout_group + m0
                 if resident:
-                    ctx.dma_in(filter_base, filters.at(group).window(0, m0, m0 + mt))
+                    ctx.dma_in(filter_base, filters().at(group).window(0, m0, m0 + mt))
                 for od, oh0, nrows, ow0, ncols in tiles:
                     pixels = nrows * ncols
                     c_tile = c_buffers[tile_count % 2]
@@ -490,7 +514,13 @@ def patch_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, produ
                             filter_rows, stride = filter_base + k0 * wsize, shape.k_total
                         else:
                             filter_rows, stride = filter_tiles[count % 2], kt
-                            ctx.dma_in(filter_rows, filters.at(group).window(0, m0, m0 + mt).window(1, k0, k0 + kt))
+                            if streamed is not None:
+                                tiles_view, offsets = streamed
+                                ctx.dma_in(filter_rows, View.dense(tiles_view.addr + offsets[group, m0, k0] * wsize,
+                                                                   tiles_view.dtype, (mt * kt,)))
+                            else:
+                                ctx.dma_in(filter_rows,
+                                           filters().at(group).window(0, m0, m0 + mt).window(1, k0, k0 + kt))
                         # The patch is the stationary operand: with integer products it holds the
                         # activations (u8 or i8) and the filters stream.
                         ctx.emitter.emit("load_weights", dtype=product.operand, addr=patch, k=kt, n=pixels,
