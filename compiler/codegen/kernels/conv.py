@@ -15,7 +15,8 @@ channel) as the K tiles are: at compile time when they are a constant, else on t
 accelerator by a (transposing) copy into a scratch DRAM tensor. When one output channel
 block's filters fit the scratchpad they are loaded once and stay there for every pixel
 tile; else constant filters are also stored tile by tile, so that each streamed tile is
-one contiguous DMA run (a K tile of a row is shorter than a DRAM beat). Padding is materialised once in DRAM (zeros around a copy of the input).
+one contiguous DMA run (a K tile of a row is shorter than a DRAM beat). Padding is
+materialised once in DRAM (zeros around a copy of the input).
 ConvTranspose is a stride-1 convolution of the input spread out with zeros; instead of
 flipping its filters, each kernel position's patch is read at the mirrored position.
 """

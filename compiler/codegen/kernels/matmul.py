@@ -228,7 +228,9 @@ def _matmul_streamed(ctx: CodegenContext, a: View, b: ConstantMatrix, out: View,
     for index in range(1, min(STREAM_SLOTS, len(chunks))):
         fetch(index)
     index = 0
-    for number, (first_block, blocks_here) in enumerate(_groups(n_blocks, group)):
+    # Smaller groups at the end pay when a block's finishing outweighs a vector instruction's latency.
+    tapered = m_total * cols > config.vector_lanes * config.vector_latency
+    for number, (first_block, blocks_here) in enumerate(_groups(n_blocks, group, tapered)):
         n0 = first_block * cols
         width_here = min(blocks_here * cols, n_total - n0)
         c_tile = c_buffers[number % 2]
@@ -253,9 +255,11 @@ def _matmul_streamed(ctx: CodegenContext, a: View, b: ConstantMatrix, out: View,
     return True
 
 
-def _groups(n_blocks: int, group: int) -> list[tuple[int, int]]:
-    """(first block, blocks) of each result group: groups of `group` blocks, halving towards the end
-    (..., 4, 2, 1), so that the group whose finishing nothing overlaps is one block."""
+def _groups(n_blocks: int, group: int, tapered: bool) -> list[tuple[int, int]]:
+    """(first block, blocks) of each result group: groups of `group` blocks, when `tapered` halving
+    towards the end (..., 4, 2, 1), so that the group whose finishing nothing overlaps is one block."""
+    if not tapered:
+        return [(first, min(group, n_blocks - first)) for first in range(0, n_blocks, group)]
     sizes, size, left = [], 1, n_blocks
     while left:
         sizes.append(min(size, left))
