@@ -1,7 +1,7 @@
 """Simulated cycles of ResNet-50 (light model, seeded random weights) and all-MiniLM-L6-v2
 (sequence 128) in fp32, bf16 and int8 on one config, with the roofline bound of each.
 
-    python benchmarks/precision.py [--config edge] [--models resnet50,minilm] [--samples 4] [-O 2]
+    python benchmarks/precision.py [--config edge] [--models resnet50,minilm,vgg19] [--samples 4] [-O 2]
 
 int8 is calibrated (minmax) on a few seeded random inputs: the figures are cycles, not
 accuracy (tests/test_ptq.py and docs/quantization.md measure accuracy).
@@ -20,8 +20,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def _image(rng: np.random.Generator) -> dict:
-    return {"gpu_0/data_0": rng.random((1, 3, 224, 224), dtype=np.float32)}
+def _image(name: str):
+    """A maker of random images for the model input `name`."""
+    return lambda rng: {name: rng.random((1, 3, 224, 224), dtype=np.float32)}
 
 
 def _sentence(rng: np.random.Generator) -> dict:
@@ -38,12 +39,14 @@ def models_and_inputs(names: list[str]):
     from models.light import randomized
 
     for name in names:
-        if name == "resnet50":
-            yield name, randomized("resnet50"), _image
+        if name in ("resnet50", "vgg19"):
+            model = randomized(name)
+            constants = {tensor.name for tensor in model.graph.initializer}
+            yield name, model, _image(next(i.name for i in model.graph.input if i.name not in constants))
         elif name == "minilm":
             yield name, onnx.load(str(minilm_onnx(static=True))), _sentence
         else:
-            raise SystemExit(f"unknown model {name!r} (resnet50, minilm)")
+            raise SystemExit(f"unknown model {name!r} (resnet50, vgg19, minilm)")
 
 
 def main() -> int:

@@ -8,7 +8,8 @@ array as the weight tile (K = channels, N = pixels). The streamed rows are the f
 `W[cout, cin]` of that kernel position, and the accumulator collects `Y[cout, pixels]`:
 exactly NCHW rows, stored with one DMA. Summing over kernel positions and channel blocks
 is the matmul's accumulate flag. Pixel tiles lie within one output depth slice: whole
-output rows when a row is narrower than the array, else row segments.
+output rows when a row is narrower than the array, else row segments (a pointwise
+convolution's rows are merged into one, so that its tiles fill the array across row ends).
 
 The filters are arranged as [group, K, cout] or [group, cout, K], K ordered (kd, kh, kw,
 channel) as the K tiles are: at compile time when they are a constant, else on the
@@ -253,8 +254,29 @@ def conv_kernel(ctx: CodegenContext, node: Node, product: Product | None = None)
         convolve(ctx, node, space_to_depth(ctx, source, step), space_to_depth_filters(filters, step), 1,
                  (1, 1, 1), dilations, out, product)
         return
+    if kernel[1:] == (1, 1) and strides[1:] == (1, 1) and not any(attrs["pads"]):
+        # A pointwise convolution: each output row's pixels are the input row's, so the rows can
+        # be one long row and the pixel tiles fill the array's columns across row ends.
+        views = [x, out] + ([product.addend] if product.addend is not None else []) \
+            + (list(product.tail.operands) if product.tail else [])
+        if all(_rows_merged(view) is not None for view in views):
+            ctx.note(f"pointwise: {x.shape[3]} rows of {x.shape[4]} pixels as one row")
+            x, out = _rows_merged(x), _rows_merged(out)
+            if product.addend is not None:
+                product = replace(product, addend=_rows_merged(product.addend))
+            if product.tail is not None:
+                product = replace(product, tail=product.tail.reshaped(_rows_merged, 1))
     source = padded(ctx, x, attrs["pads"], product.pad_value)
     convolve(ctx, node, source, filters, groups, strides, dilations, out, product)
+
+
+def _rows_merged(view: View) -> View | None:
+    """An [N, C, D, H, W] view as [N, C, D, 1, H*W] when its rows follow one another (None if not)."""
+    *lead, height, width = view.shape
+    *lead_strides, row_stride, column_stride = view.strides
+    if row_stride != width * column_stride:
+        return None
+    return View(view.addr, view.dtype, (*lead, 1, height * width), (*lead_strides, row_stride, column_stride))
 
 
 def space_to_depth(ctx: CodegenContext, source: View, step: int) -> View:
