@@ -404,12 +404,16 @@ def convolve(ctx: CodegenContext, node: Node, source: View, filters, groups: int
             return {"filters stationary": filters_stationary_schedule, "patch stationary": patch_stationary_schedule}
         return {"patch stationary": patch_stationary_schedule, "filters stationary": filters_stationary_schedule}
 
-    # The search times each candidate on a sample: an eighth of one image's output rows (at least
-    # one block of filters stationary), every group and channel.
-    rows = max(-(-shape.out[1] // 8), min(shape.out[1], -(-rows_filter_stationary // shape.out[2])))
-    sample = replace(shape, batch=1, out=(1, rows, shape.out[2]))
-    ctx.choose(schedules(shape), schedules(sample), f"{rows} of {shape.out[1]} output rows",
-               key=_search_key(shape, product, out))
+    # The search times each candidate on a sample: an eighth of one image's output rows, or of
+    # the pixels of one long row (at least one block of filters stationary), every group and channel.
+    _, height, width = shape.out
+    if height > 1:
+        rows = max(-(-height // 8), min(height, -(-rows_filter_stationary // width)))
+        sample, what = replace(shape, batch=1, out=(1, rows, width)), f"{rows} of {height} output rows"
+    else:
+        pixels = max(-(-width // 8), min(width, rows_filter_stationary))
+        sample, what = replace(shape, batch=1, out=(1, 1, pixels)), f"{pixels} of {width} output pixels"
+    ctx.choose(schedules(shape), schedules(sample), what, key=_search_key(shape, product, out))
 
 
 def _search_key(shape: ConvShape, product: Product, out: View) -> tuple:
