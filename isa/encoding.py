@@ -38,29 +38,35 @@ class Instruction:
     __slots__ = ("definition", "fields")
 
     def __init__(self, mnemonic: str, **values):
-        definition = BY_MNEMONIC.get(mnemonic)
-        if definition is None:
+        layout = _LAYOUTS.get(mnemonic)
+        if layout is None:
             raise EncodingError(f"unknown instruction {mnemonic!r}")
-        known, plain = _FIELDS[mnemonic]
-        for name in values:
-            if name not in known:
-                raise EncodingError(f"{mnemonic} has no field '{name}' (fields: {', '.join(known)})")
+        definition, known, defaults, canonical = layout
+        if not values.keys() <= known.keys():
+            name = next(name for name in values if name not in known)
+            raise EncodingError(f"{mnemonic} has no field '{name}' (fields: {', '.join(known)})")
         self.definition: InstructionDef = definition
-        fields: dict = {}
-        dtype = _coerce(known["dtype"], values.get("dtype", 0)) if "dtype" in known else DType.F32
-        for name, f in known.items():
-            value = values.get(name, f.default)
-            if name in plain and type(value) is int and 0 <= value >> f.width == 0 <= value:
-                fields[name] = value  # the common case: an in-range unsigned integer
+        dtype = values.get("dtype", DType.F32)
+        if type(dtype) is not DType and "dtype" in known:
+            dtype = _coerce(known["dtype"], dtype)
+        fields = defaults.copy()  # in the definition's order, every value canonical
+        for name, value in values.items():
+            kind = canonical.get(name)
+            if kind is not None and type(value) is kind[0] and value in kind[1]:
+                fields[name] = value  # the common case: already canonical and in range
                 continue
+            f = known[name]
             fields[name] = _coerce_imm(value, dtype) if f.kind is FieldKind.IMM32 else _coerce(f, value)
             _field_bits(f, fields[name], dtype)  # refuse now what could not be encoded later
+        if "imm" in known and "imm" not in values:
+            fields["imm"] = _coerce_imm(known["imm"].default, dtype)  # 0.0 or 0, by the dtype
         self.fields = fields
 
     def set_sync(self, wait: int, signal: int) -> None:
         """Set the semaphore fields in place (for the instruction's creator, before anyone shares it)."""
         for name, value in (("wait", wait), ("signal", signal)):
-            _field_bits(_HEADER_FIELDS[name], value, DType.F32)
+            if not 0 <= value < _SEMAPHORE_LIMIT:
+                _field_bits(_HEADER_FIELDS[name], value, DType.F32)  # raises, naming the field
             self.fields[name] = value
 
     @property
@@ -89,12 +95,26 @@ class Instruction:
 
 
 _HEADER_FIELDS = {f.name: f for f in HEADER}
-# mnemonic -> (fields by name without the opcode, names of the plain unsigned ones)
-_FIELDS = {
-    d.mnemonic: ({f.name: f for f in d.fields if f.name != "opcode"},
-                 {f.name for f in d.fields if f.kind in (FieldKind.UINT, FieldKind.SEM) and f.name != "opcode"})
-    for d in BY_MNEMONIC.values()
-}
+_SEMAPHORE_LIMIT = 1 << _HEADER_FIELDS["wait"].width
+
+
+def _layout(definition: InstructionDef) -> tuple[InstructionDef, dict, dict, dict]:
+    """(definition, its fields by name without the opcode, each field's canonical default, and per
+    field but the immediate the type and the values that are canonical and fit): what `Instruction`
+    checks values against."""
+    known = {f.name: f for f in definition.fields if f.name != "opcode"}
+    defaults = {name: f.default if f.kind is FieldKind.IMM32 else _coerce(f, f.default) for name, f in known.items()}
+    canonical = {}
+    for name, f in known.items():
+        if f.kind is FieldKind.DTYPE:
+            canonical[name] = (DType, frozenset(d for d in DType if d >> f.width == 0))
+        elif f.kind is FieldKind.ENGINE:
+            canonical[name] = (Engine, frozenset(e for e in Engine if e >> f.width == 0))
+        elif f.kind is FieldKind.ESIZE:
+            canonical[name] = (int, frozenset(_ESIZE_CODES))
+        elif f.kind is not FieldKind.IMM32:
+            canonical[name] = (int, range(1 << f.width))
+    return definition, known, defaults, canonical
 
 
 def _coerce(f: Field, value):
@@ -143,6 +163,9 @@ def _field_bits(f: Field, value, dtype: DType) -> int:
         shown = value if abs(int(raw)).bit_length() <= 64 else f"a {abs(int(raw)).bit_length()}-bit value"
         raise EncodingError(f"field '{f.name}': {shown} does not fit in {f.width} bits")
     return raw << f.lo
+
+
+_LAYOUTS = {mnemonic: _layout(definition) for mnemonic, definition in BY_MNEMONIC.items()}
 
 
 def encode(instruction: Instruction) -> bytes:

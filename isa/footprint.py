@@ -8,18 +8,18 @@ never missed, only occasionally stricter than needed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from isa.config import AcceleratorConfig
 from isa.dtypes import DType
 from isa.encoding import Instruction
+from isa.spec import BY_MNEMONIC
 
 DRAM, LOCAL = "dram", "local"
 SEPARATE_ROWS = 256  # a strided weight tile of at most this many rows gives one span per row
 
 
-@dataclass(frozen=True)
-class Span:
+class Span(NamedTuple):  # a tuple: the emitter makes several per instruction, a model millions
     memory: str
     start: int
     end: int  # exclusive
@@ -27,7 +27,10 @@ class Span:
 
 
 def _span(memory: str, address: int, size: int, counts, strides, write: bool) -> Span:
-    last = sum((n - 1) * s for n, s in zip(counts, strides, strict=True) if n > 0)
+    last = 0
+    for n, s in zip(counts, strides, strict=True):
+        if n > 0:
+            last += (n - 1) * s
     return Span(memory, address, address + (last + 1) * size, write)
 
 
@@ -71,20 +74,30 @@ def footprint(instruction: Instruction, config: AcceleratorConfig) -> list[Span]
     spans = []
     if name in ("vrsum", "vrmax", "vrmin"):  # one result per row, dst_rs apart
         spans.append(_span(LOCAL, f["dst"], dtype.size, (rows,), (f["dst_rs"],), True))
+    elif name == "vdeq":
+        spans.append(_span(LOCAL, f["dst"], DType.F32.size, (rows, cols), (f["dst_rs"], 1), True))
     else:
         spans.append(_span(LOCAL, f["dst"], dtype.size, (rows, cols), (f["dst_rs"], 1), True))
-    operand_dtypes = {"a": dtype, "b": dtype, "c": dtype}
-    if name == "vcvt":
-        operand_dtypes["a"] = f["src_dtype"]
+    # The element types of operands a, b, c.
     if name == "vreq":
-        operand_dtypes = {"a": DType.I32, "b": DType.F32, "c": DType.I32}
-    if name == "vdeq":
-        spans[0] = _span(LOCAL, f["dst"], DType.F32.size, (rows, cols), (f["dst_rs"], 1), True)
-        operand_dtypes = {"a": dtype, "b": DType.F32, "c": DType.I32}
-    if name == "vquant":
-        operand_dtypes = {"a": DType.F32, "b": DType.F32, "c": DType.I32}
-    for operand in ("a", "b", "c"):
-        if operand in f and f"{operand}_rs" in f:
-            spans.append(_span(LOCAL, f[operand], operand_dtypes[operand].size, (rows, cols),
-                               (f[f"{operand}_rs"], f[f"{operand}_cs"]), False))
+        operand_dtypes = (DType.I32, DType.F32, DType.I32)
+    elif name == "vdeq":
+        operand_dtypes = (dtype, DType.F32, DType.I32)
+    elif name == "vquant":
+        operand_dtypes = (DType.F32, DType.F32, DType.I32)
+    elif name == "vcvt":
+        operand_dtypes = (f["src_dtype"], dtype, dtype)
+    else:
+        operand_dtypes = (dtype, dtype, dtype)
+    for position, operand, row_stride, column_stride in _OPERANDS[name]:
+        spans.append(_span(LOCAL, f[operand], operand_dtypes[position].size, (rows, cols),
+                           (f[row_stride], f[column_stride]), False))
     return spans
+
+
+# Per instruction, its strided operands among a, b, c: (0, 1, 2 for a, b, c; address field, row stride
+# field, column stride field).
+_OPERANDS = {d.mnemonic: tuple((position, operand, f"{operand}_rs", f"{operand}_cs")
+                               for position, operand in enumerate(("a", "b", "c"))
+                               if {operand, f"{operand}_rs"} <= {field.name for field in d.fields})
+             for d in BY_MNEMONIC.values()}

@@ -12,7 +12,8 @@ read, write after write) and makes the new instruction wait for it:
   tokens of one semaphore are given and taken in the same order, so each wait takes
   exactly the token meant for it;
 - what an engine is already ordered after is tracked with vector clocks, so a
-  dependency implied by an earlier one costs nothing.
+  dependency implied by an earlier one costs nothing (and the memory is not even
+  looked up while no other engine has an access newer than the clock).
 
 Local memory is tracked in 64-byte blocks, DRAM in the allocations the DRAM plan made
 (an allocation that reuses dead tensors' DRAM inherits their history); a span that
@@ -23,6 +24,7 @@ compiler emits is therefore free of hazards by construction.
 from __future__ import annotations
 
 import bisect
+import operator
 from contextlib import contextmanager
 
 import numpy as np
@@ -72,6 +74,10 @@ class Emitter:
         self.slot_count = 1
         self.dram_write = np.zeros((ENGINES, 64), dtype=np.int64)
         self.dram_touch = np.zeros((ENGINES, 64), dtype=np.int64)
+        # Per memory, indexed by "is it a write": per engine the latest sequence number among its writes
+        # [False] and among all its accesses [True], anywhere in that memory (bounds of the arrays above).
+        self.local_latest = ([0] * ENGINES, [0] * ENGINES)
+        self.dram_latest = ([0] * ENGINES, [0] * ENGINES)
         # Vector clocks: clock[e][f] = the last instruction of engine f that engine e is ordered after.
         self.clock = [[0] * ENGINES for _ in range(ENGINES)]
         self.clock_at: list[list[tuple]] = [[] for _ in range(ENGINES)]  # engine -> seq-1 -> its clock then
@@ -135,11 +141,6 @@ class Emitter:
             index += 1
         return slots or [0]
 
-    def _targets(self, span) -> tuple[np.ndarray, np.ndarray, object]:
-        if span.memory == DRAM:
-            return self.dram_write, self.dram_touch, self._dram_slots(span.start, span.end)
-        return self.local_write, self.local_touch, slice(span.start // BLOCK, -(-span.end // BLOCK))
-
     # Emission ---------------------------------------------------------------------------------
     def emit(self, mnemonic: str, **fields) -> Instruction:
         """Append one instruction; its dependencies on other engines are added automatically."""
@@ -147,27 +148,44 @@ class Emitter:
             raise ValueError("kernels do not set wait/signal: the emitter does")
         instruction = Instruction(mnemonic, **fields)
         engine = int(instruction.engine)
-        targets = [(span.write, *self._targets(span)) for span in footprint(instruction, self.config)]
+        clock = self.clock[engine]
+        accesses = []  # (write, writes, touches, where, latest) per span
         needed = [0] * ENGINES
-        for write, writes, touches, where in targets:
-            source = touches if write else writes  # a write conflicts with any earlier access
-            block = source[:, where]
-            if block.size:
-                for other, latest in enumerate(block.max(axis=1).tolist()):
-                    if latest > needed[other]:
-                        needed[other] = latest
+        for memory, start, end, write in footprint(instruction, self.config):
+            if memory == DRAM:
+                writes, touches, latest = self.dram_write, self.dram_touch, self.dram_latest
+                slots = self._dram_slots(start, end)
+                # One slot (the usual case) is a plain index: a column, no reduction needed.
+                where = slots[0] if len(slots) == 1 else slots
+            else:
+                writes, touches, latest = self.local_write, self.local_touch, self.local_latest
+                first, last = start // BLOCK, -(-end // BLOCK)
+                if last <= first:
+                    continue  # no block: nothing to order, nothing to record
+                where = slice(first, last)
+            accesses.append((write, writes, touches, where, latest))
+            # A write conflicts with any earlier access, a read with earlier writes. Only an access this
+            # engine is not yet ordered after can add a dependency: look only when some engine has one.
+            if not any(map(operator.gt, latest[write], clock)):
+                continue
+            block = (touches if write else writes)[:, where]
+            found = (block if block.ndim == 1 else np.maximum.reduce(block, axis=1)).tolist()
+            for other in range(ENGINES):
+                if found[other] > needed[other]:
+                    needed[other] = found[other]
         item = _Item(instruction, engine, self.current_node)
         self._order_after(item, engine, needed)
         self.items.append(item)
         self.by_engine[engine].append(len(self.items) - 1)
         seq = len(self.by_engine[engine])
-        clock = self.clock[engine]
         clock[engine] = seq
         self.clock_at[engine].append(tuple(clock))
-        for write, writes, touches, where in targets:
+        for write, writes, touches, where, latest in accesses:
             touches[engine, where] = seq
+            latest[True][engine] = seq
             if write:
                 writes[engine, where] = seq
+                latest[False][engine] = seq
         return instruction
 
     def _order_after(self, item: _Item, engine: int, needed: list[int]) -> None:

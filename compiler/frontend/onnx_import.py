@@ -91,7 +91,7 @@ def import_model(model: ModelSource, input_shapes: Mapping[str, Iterable[int]] |
         set_input_shapes(model.graph, shapes)
     _guard_shape_inference(model.graph, source)
     try:
-        inferred = onnx.shape_inference.infer_shapes(_without_large_initializers(model), check_type=True,
+        inferred = onnx.shape_inference.infer_shapes(without_large_initializers(model), check_type=True,
                                                      strict_mode=True, data_prop=True)
     except Exception as error:  # InferenceError and friends
         raise ModelError(f"{source}: shape inference failed: {_first_line(error)}") from None
@@ -160,7 +160,7 @@ def _guard_shape_inference(graph: onnx.GraphProto, source: str) -> None:
                                  f"but {len(node.output)} outputs")
 
 
-def _without_large_initializers(model: onnx.ModelProto, limit: int = 4096) -> onnx.ModelProto:
+def without_large_initializers(model: onnx.ModelProto, limit: int = 4096) -> onnx.ModelProto:
     """The model for shape inference: large initializers become typed inputs.
 
     Inference needs their types and shapes, and the values only of small ones (shape

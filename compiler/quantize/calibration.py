@@ -39,7 +39,7 @@ import onnx
 
 from compiler.errors import CalibrationError, ModelError
 from compiler.frontend.input_shapes import dims_text, resolve_input_shapes, set_input_shapes
-from compiler.frontend.onnx_import import ModelSource, load_onnx
+from compiler.frontend.onnx_import import ModelSource, load_onnx, without_large_initializers
 from isa.cli_common import ProgressLine
 
 if TYPE_CHECKING:
@@ -215,12 +215,11 @@ def _observing_session(loaded, samples) -> tuple[onnxruntime.InferenceSession, l
                 agreed[value.name] = list(shape)
     set_input_shapes(graph, agreed)
     try:
-        model = onnx.shape_inference.infer_shapes(model)
+        inferred = onnx.shape_inference.infer_shapes(without_large_initializers(model)).graph
     except Exception as error:  # onnx's InferenceError, ValidationError
         raise ModelError(f"{loaded.source}: shape inference failed: {_one_line(error)}") from None
-    graph = model.graph
     float_type = onnx.TensorProto.FLOAT
-    typed = {value.name: value.type.tensor_type.elem_type for value in (*graph.value_info, *graph.output)}
+    typed = {value.name: value.type.tensor_type.elem_type for value in (*inferred.value_info, *inferred.output)}
     present = {output.name for output in graph.output}
     for node in graph.node:
         for name in node.output:
