@@ -113,16 +113,15 @@ figure for two reasons, which `python benchmarks/scalesim.py` separates per laye
 "acc folds" and "fold cycles" columns apply the formula to acc's own tiles):
 
 - *Fold structure.* acc's kernels choose the orientation per layer (a GEMM whose rows
-  fit on chip keeps them there and loads each weight tile once; one with few rows that do
-  not keeps the activations stationary and streams the weights, `out^T = W^T A^T`, so
-  M=128, K=384, N=1536 becomes 144 folds of 512 streamed rows instead of 576 folds of
-  128: fewer cycles than SCALE-Sim), and a fold's results must fit half the accumulator
-  (`acc_bytes`, double-buffered) until they are finished, where SCALE-Sim streams all M
-  rows per fold. On `edge` (128 KiB) a 3x3 convolution over 56x56x64 -> 64 runs 504
-  folds of 224 pixels (SCALE-Sim: 36 folds of 3,136) and a 1x1 56x56x64 -> 256 runs 224
-  folds of 256 output channels over 32- and 24-pixel patch tiles (SCALE-Sim: 16 folds of
-  3,136): each fold pays the fill and drain again, and a 24-pixel tile leaves 8 of the
-  32 columns idle.
+  fit on chip keeps them there and loads each weight tile once, so M=128, K=384, N=1536
+  runs SCALE-Sim's 576 folds of 128 rows; one with few rows that do not keeps the
+  activations stationary and streams the weights, `out^T = W^T A^T`), and a fold's
+  results must fit half the accumulator (`acc_bytes`, double-buffered) until they are
+  finished, where SCALE-Sim streams all M rows per fold. On `edge` (128 KiB) a 3x3
+  convolution over 56x56x64 -> 64 runs 504 folds of 224 pixels (SCALE-Sim: 36 folds of
+  3,136) and a 1x1 56x56x64 -> 256 runs 196 folds of 256 output channels over 32-pixel
+  patch tiles (the plane as one row; SCALE-Sim: 16 folds of 3,136): each fold pays the
+  fill and drain again.
 - *Operand supply.* acc's span is measured on the whole program, so it includes the
   matrix unit waiting for DMA (`dma_latency` before the first tiles arrive) and for the
   vector unit (a convolution's patches turned into rows, results finished and stored);
