@@ -38,7 +38,7 @@ from isa.errors import SimulationError
 from isa.spec import Engine
 
 ENGINE_COUNT = len(Engine)
-LOAD, MATRIX, VECTOR, STORE = (int(engine) for engine in (Engine.LOAD, Engine.MATRIX, Engine.VECTOR, Engine.STORE))
+MATRIX, VECTOR = int(Engine.MATRIX), int(Engine.VECTOR)
 
 # The kinds of matrix-engine instruction (see the module docstring).
 _LOAD_WEIGHTS, _MATMUL, _FENCE = 0, 1, 2

@@ -166,9 +166,9 @@ def _matmul_streamed(ctx: CodegenContext, a: View, b: ConstantMatrix, out: View,
     all M rows (the array's double buffering overlaps the next tile's load with it), and a
     group of column blocks accumulates in one accumulator tile [M, group], finished (scale,
     bias, addend, activation, tail, store) while the next group runs; the groups get smaller
-    towards the end, so that little finishing is left when the last matmul ends. With few rows this is what
-    decode needs: the weights enter the array as fast as its weight path takes them, whatever
-    their dtype, and DRAM reads each byte once in long runs.
+    towards the end, so that little finishing is left when the last matmul ends. With few
+    rows this is what decode needs: the weights enter the array as fast as its weight path
+    takes them, whatever their dtype, and DRAM reads each byte once in long runs.
 
     Returns False, placing nothing, when a's rows or the accumulator tiles do not fit."""
     config = ctx.config
