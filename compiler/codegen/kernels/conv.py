@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from compiler.codegen.context import CodegenContext, View, merge_dims, unsupported
+from compiler.codegen.context import LOCAL_ALIGN, CodegenContext, View, merge_dims, unsupported
 from compiler.codegen.kernels.epilogue import Finisher, Product, epilogue_of
 from compiler.codegen.kernels.movement import Stager
 from compiler.ir import Node
@@ -437,17 +437,29 @@ def filters_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, pro
     rows, cols = config.array_rows, config.array_cols
     cout_group = shape.cout_group
     addend = product.addend
+    wsize = product.weight_dtype.size
+    spad, acc = ctx.scratchpad(), ctx.accumulator()
+
+    def largest_block(pixels: int) -> int:
+        return max(nrows * ncols for _, _, nrows, _, ncols in shape.pixel_tiles(pixels))
+
+    def scratchpad_bytes(pixels: int) -> int:
+        """What the blocks of `pixels` take at least: patches and their rows, the finisher, two filter tiles."""
+        largest = largest_block(pixels)
+        return (4 * rows * largest * size + Finisher.reserve_bytes(product, largest, cout_group, cout_group, True)
+                + 2 * rows * cols * wsize + 8 * LOCAL_ALIGN)
+
+    while max_pixels > 1 and scratchpad_bytes(max_pixels) > spad.free:
+        max_pixels = max(1, max_pixels * 7 // 8)
     blocks = shape.pixel_tiles(max_pixels)
-    largest = max(nrows * ncols for _, _, nrows, _, ncols in blocks)
+    largest = largest_block(max_pixels)
     k_tiles = shape.k_tiles(rows)
     cout_blocks = [(j0, min(cols, cout_group - j0)) for j0 in range(0, cout_group, cols)]
-    spad, acc = ctx.scratchpad(), ctx.accumulator()
     patches = [spad.alloc(rows * largest * size) for _ in range(2)]
     transposed = [spad.alloc(rows * largest * size) for _ in range(2)]
     finisher = Finisher(ctx, product, spad, largest, cout_group, cout_group, transpose=True)
     staging = _staging(spad, shape, rows, blocks)
     results = [acc.alloc(largest * cout_group * 4) for _ in range(2)]
-    wsize = product.weight_dtype.size
     resident = shape.k_total * cout_group * wsize <= spad.free
     filter_base = spad.alloc(shape.k_total * cout_group * wsize) if resident else None
     filter_tiles = None if resident else [spad.alloc(rows * cols * wsize) for _ in range(2)]
