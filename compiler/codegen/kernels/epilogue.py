@@ -74,7 +74,7 @@ class Tail:
     def chunk_for(config) -> int:
         """Long enough that a vector instruction's fixed latency is small beside its work, small
         enough that the temporaries take a sliver of the scratchpad."""
-        return max(1, min(64 * config.vector_lanes, config.spad_bytes // 256))
+        return max(1, min(128 * config.vector_lanes, config.spad_bytes // 128))
 
 
 @dataclass(frozen=True)
