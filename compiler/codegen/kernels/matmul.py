@@ -209,9 +209,11 @@ def _matmul_streamed(ctx: CodegenContext, a: View, b: ConstantMatrix, out: View,
     # The chunks in the order the array takes them: (column block, first K row, K rows).
     chunks = [(j, k0, min(slot_tiles * rows, k_total - k0)) for j in range(n_blocks)
               for k0 in range(0, k_total, slot_tiles * rows)]
+    # Smaller groups at the end pay when a block's finishing outweighs a vector instruction's latency.
+    tapered = m_total * cols > config.vector_lanes * config.vector_latency
     ctx.note(f"weights streamed: {n_blocks} column blocks x {k_tiles} K tiles in {len(chunks)} contiguous "
-             f"chunks through {STREAM_SLOTS} slots, {m_total} rows on chip, results in groups of up to {width}, "
-             "halving towards the end")
+             f"chunks through {STREAM_SLOTS} slots, {m_total} rows on chip, results in groups of "
+             + (f"up to {width}, halving towards the end" if tapered else f"{width}"))
 
     def fetch(index: int) -> None:
         j, k0, count = chunks[index]
@@ -228,8 +230,6 @@ def _matmul_streamed(ctx: CodegenContext, a: View, b: ConstantMatrix, out: View,
     for index in range(1, min(STREAM_SLOTS, len(chunks))):
         fetch(index)
     index = 0
-    # Smaller groups at the end pay when a block's finishing outweighs a vector instruction's latency.
-    tapered = m_total * cols > config.vector_lanes * config.vector_latency
     for number, (first_block, blocks_here) in enumerate(_groups(n_blocks, group, tapered)):
         n0 = first_block * cols
         width_here = min(blocks_here * cols, n_total - n0)
