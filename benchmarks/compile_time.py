@@ -3,7 +3,7 @@
 
     python benchmarks/compile_time.py [--config edge] [--models resnet50,minilm] [--repeat 3] [--profile]
 
-int8 is calibrated as /work/helpers/fingerprint.py does: ResNet-50 on one seeded random image,
+int8 is calibrated on few samples (compile time, not accuracy): ResNet-50 on one seeded random image,
 MiniLM on the first four calibration sentences. For int8 the table also splits the time into
 calibration (`collect_ranges`: onnxruntime over the samples, timed on its own, best of N) and the
 rest (best compile minus best calibration). `--profile` prints cProfile's top functions of one
