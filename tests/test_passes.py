@@ -222,3 +222,18 @@ def test_bf16_casts_read_by_one_product_fold_into_it():
     single = single.replace("  output %s2\n", "")
     assert 'FusedMatMul(%q, %k) {perm_b=[1, 2, 0], round_a="bf16", round_b="bf16"}' in run_pass(
         fold_cast_into_matmul, single)
+
+
+def test_a_gemm_bias_per_row_is_not_taken_for_one_per_column():
+    """C [M, 1] (one value per row) with M equal to the column count is no per-column bias: the Gemm
+    keeps its Cast rather than becoming a FusedMatMul with C as its bias."""
+    text = """
+graph g
+  input %x: f32[2, 3]
+  const %w: bf16[3, 2] = [0.5, -1.0, 0.25, 2.0, -0.5, 1.0]
+  const %c: f32[2, 1] = [1.0, 2.0]
+  %x.bf16: bf16[2, 3] = Cast(%x) {to="bf16"}  @fc/cast
+  %h: f32[2, 2] = Gemm(%x.bf16, %w, %c)  @fc
+  output %h
+"""
+    assert run_pass(fold_cast_into_matmul, text) == same(text)

@@ -15,10 +15,8 @@ not be a graph output; X keeps its own readers. Float products only, as fuse_epi
 
 from __future__ import annotations
 
-import numpy as np
-
 from compiler.ir import Graph, Node
-from compiler.passes.fuse_epilogue import FLOAT, epilogue_operands
+from compiler.passes.fuse_epilogue import FLOAT, epilogue_operands, gemm_column_bias
 
 
 def fold_transpose_into_matmul(graph: Graph) -> Graph:
@@ -91,18 +89,9 @@ def _as_fused_matmul(graph: Graph, node: Node) -> Node | None:
     attrs = node.attrs
     if attrs.get("transA", 0) or float(attrs.get("alpha", 1.0)) != 1.0:
         return None
-    channels = graph.values[node.outputs[0]].shape[-1]
-    bias = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else ""
-    if bias:
-        value, beta = graph.values[bias], float(attrs.get("beta", 1.0))
-        if value.is_const and value.const.size in (1, channels) and value.shape[-1:] in ((), (1,), (channels,)) \
-                and value.dtype == "f32":
-            if beta != 1.0 or value.shape != (channels,):
-                bias = graph.fresh_name(bias + ".bias")
-                graph.const(bias, np.broadcast_to(value.const.reshape(-1) * np.float32(beta), (channels,))
-                            .astype(np.float32))
-        elif not (value.shape == (channels,) and beta == 1.0):
-            return None
+    bias = gemm_column_bias(graph, node, graph.values[node.outputs[0]].shape[-1])
+    if bias is None:
+        return None
     inputs, fused = epilogue_operands(node, [node.inputs[0], node.inputs[1], bias],
                                       node.inputs[3] if len(node.inputs) > 3 else "")
     if attrs.get("transB", 0):

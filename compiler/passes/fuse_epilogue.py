@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from compiler.ir import Graph, Node
 from compiler.shape_rules import Step
 
@@ -117,6 +119,27 @@ def epilogue_operands(node: Node, head: list[str], addend: str | None) -> tuple[
     while not tail_inputs and inputs and not inputs[-1]:
         inputs.pop()
     return inputs + tail_inputs, {key: node.attrs[key] for key in EPILOGUE_ATTRS if key in node.attrs}
+
+
+def gemm_column_bias(graph: Graph, node: Node, channels: int) -> str | None:
+    """A Gemm's (or FusedGemm's) beta * C as one f32 value per output column: "" without C; C itself
+    when it is f32 [channels] and beta is 1; a new constant for a constant f32 C of one value, or of
+    one value per column ([..., channels], every other axis 1). None for any other C (one value per
+    row, a matrix, or a run-time C to scale)."""
+    bias = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else ""
+    if not bias:
+        return ""
+    value, beta = graph.values[bias], float(node.attrs.get("beta", 1.0))
+    if value.dtype != "f32":
+        return None
+    if value.shape == (channels,) and beta == 1.0:
+        return bias
+    if not value.is_const or value.const.size not in (1, channels) or \
+            (value.const.size > 1 and value.shape[-1] != channels):
+        return None
+    name = graph.fresh_name(bias + ".bias")
+    graph.const(name, np.broadcast_to(value.const.reshape(-1) * np.float32(beta), (channels,)).astype(np.float32))
+    return name
 
 
 def fuse_tail(graph: Graph) -> Graph:

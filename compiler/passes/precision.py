@@ -23,7 +23,7 @@ from collections.abc import Collection, Mapping
 import numpy as np
 
 from compiler.ir import Graph, Node, Value, numpy_dtype
-from compiler.passes.fuse_epilogue import epilogue_operands
+from compiler.passes.fuse_epilogue import epilogue_operands, gemm_column_bias
 
 MATRIX_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "FusedConv", "FusedGemm", "FusedMatMul"})
 OPERANDS = (0, 1)  # data/A and weight/B; input 2 (bias or C) stays f32
@@ -126,15 +126,8 @@ def _weight_only_parts(graph: Graph, node: Node) -> tuple[str, bool, float, str 
     channels = b.shape[0] if transposed else b.shape[1]
     bias = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else None
     addend = node.inputs[3] if len(node.inputs) > 3 and node.inputs[3] else None
-    if bias is not None and gemm:
-        beta = float(node.attrs.get("beta", 1.0))
-        value = graph.values[bias]
-        if value.is_const and value.dtype == "f32" and value.const.size in (1, channels) and \
-                (value.const.ndim <= 1 or value.shape[-1] == value.const.size):
-            if beta != 1.0 or value.shape != (channels,):
-                per_column = np.broadcast_to(value.const.reshape(-1) * np.float32(beta), (channels,))
-                bias = graph.fresh_name(bias + ".bias")
-                graph.const(bias, per_column.astype(np.float32))
-        elif not (value.shape == (channels,) and beta == 1.0 and value.dtype == "f32"):
+    if gemm:
+        bias = gemm_column_bias(graph, node, channels)
+        if bias is None:
             return None
     return node.inputs[1], transposed, alpha, bias, addend
