@@ -231,11 +231,9 @@ def _float_product(ctx: CodegenContext, node: Node) -> Product:
 def conv_kernel(ctx: CodegenContext, node: Node, product: Product | None = None) -> None:
     product = product or _float_product(ctx, node)
     x, out, attrs = _checked(ctx, node, product)
-    if product.addend is not None:  # widened to 3-D like the output
-        product = replace(product, addend=View(product.addend.addr, product.addend.dtype, out.shape, out.strides))
-    if product.tail is not None:
-        missing = len(out.shape) - len(product.tail.operands[0].shape) if product.tail.operands else 0
-        product = replace(product, tail=product.tail.reshaped(lambda view: widened(view, missing), 1))
+    # The output is seen as 3-D (as_3d): so is what is laid out like it.
+    missing = len(out.shape) - len(ctx.view(node.outputs[0]).shape)
+    product = product.laid_out(lambda view: widened(view, missing), 1)
     groups = int(attrs.get("group", 1))
     kernel = tuple(attrs["kernel_shape"])
     filters = conv_filters(ctx, node, groups, kernel, transposed=False)
@@ -257,15 +255,9 @@ def conv_kernel(ctx: CodegenContext, node: Node, product: Product | None = None)
     if kernel[1:] == (1, 1) and strides[1:] == (1, 1) and not any(attrs["pads"]):
         # A pointwise convolution: each output row's pixels are the input row's, so the rows can
         # be one long row and the pixel tiles fill the array's columns across row ends.
-        views = [x, out] + ([product.addend] if product.addend is not None else []) \
-            + (list(product.tail.operands) if product.tail else [])
-        if all(_rows_merged(view) is not None for view in views):
+        if all(_rows_merged(view) is not None for view in [x, out, *product.output_like]):
             ctx.note(f"pointwise: {x.shape[3]} rows of {x.shape[4]} pixels as one row")
-            x, out = _rows_merged(x), _rows_merged(out)
-            if product.addend is not None:
-                product = replace(product, addend=_rows_merged(product.addend))
-            if product.tail is not None:
-                product = replace(product, tail=product.tail.reshaped(_rows_merged, 1))
+            x, out, product = _rows_merged(x), _rows_merged(out), product.laid_out(_rows_merged, 1)
     source = padded(ctx, x, attrs["pads"], product.pad_value)
     convolve(ctx, node, source, filters, groups, strides, dilations, out, product)
 
@@ -436,7 +428,6 @@ def filters_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, pro
     config = ctx.config
     rows, cols = config.array_rows, config.array_cols
     cout_group = shape.cout_group
-    addend = product.addend
     wsize = product.weight_dtype.size
     spad, acc = ctx.scratchpad(), ctx.accumulator()
 
@@ -495,10 +486,8 @@ def filters_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, pro
                                          c=result + j0 * 4, c_rs=cout_group, accumulate=int(index > 0))
                         count += 1
                 # [pixels, cout] in the accumulator -> [cout, pixels], NCHW rows.
-                where = (n, first_channel, cout_group, od, oh0, nrows, ow0, ncols)
-                finisher.finish(result, pixels, cout_group, False, first_channel, _output_block(out, *where),
-                                _output_block(addend, *where) if addend is not None else None,
-                                _tail_blocks(product, where))
+                finisher.finish(result, pixels, cout_group, False, first_channel, out,
+                                _block_of(n, first_channel, cout_group, od, oh0, nrows, ow0, ncols))
 
 
 def patch_stationary(ctx: CodegenContext, shape: ConvShape, filters: Callable[[], View], product: Product,
@@ -511,7 +500,6 @@ def patch_stationary(ctx: CodegenContext, shape: ConvShape, filters: Callable[[]
     config = ctx.config
     rows, cols = config.array_rows, config.array_cols
     cout_group = shape.cout_group
-    addend = product.addend
     k_tiles = shape.k_tiles(rows)
     tiles = shape.pixel_tiles(cols)
     spad, acc = ctx.scratchpad(), ctx.accumulator()
@@ -567,22 +555,16 @@ def patch_stationary(ctx: CodegenContext, shape: ConvShape, filters: Callable[[]
                         ctx.emitter.emit("matmul", dtype=product.weight_dtype, a=filter_rows, a_rs=stride, m=mt,
                                          c=c_tile, c_rs=pixels, accumulate=int(index > 0))
                         count += 1
-                    where = (n, first_channel, mt, od, oh0, nrows, ow0, ncols)
-                    finisher.finish(c_tile, mt, pixels, True, first_channel, _output_block(out, *where),
-                                    _output_block(addend, *where) if addend is not None else None,
-                                    _tail_blocks(product, where))
+                    finisher.finish(c_tile, mt, pixels, True, first_channel, out,
+                                    _block_of(n, first_channel, mt, od, oh0, nrows, ow0, ncols))
 
 
-def _output_block(view: View, n: int, first_channel: int, channels: int, od: int, oh0: int, nrows: int, ow0: int,
-                  ncols: int) -> View:
-    """Batch n, channels first_channel.., output depth od, rows oh0.., columns ow0.. of an NCDHW view."""
-    return (view.at(n).window(0, first_channel, first_channel + channels).window(1, od, od + 1)
-            .window(2, oh0, oh0 + nrows).window(3, ow0, ow0 + ncols))
-
-
-def _tail_blocks(product: Product, where: tuple) -> list[View]:
-    """The block of each of the product's tail operands (laid out like the output)."""
-    return [_output_block(view, *where) for view in product.tail.operands] if product.tail else []
+def _block_of(n: int, first_channel: int, channels: int, od: int, oh0: int, nrows: int, ow0: int,
+              ncols: int) -> Callable[[View], View]:
+    """A tile's block of an NCDHW view laid out like the output: batch n, channels first_channel..,
+    output depth od, rows oh0.., columns ow0..."""
+    return lambda view: (view.at(n).window(0, first_channel, first_channel + channels).window(1, od, od + 1)
+                         .window(2, oh0, oh0 + nrows).window(3, ow0, ow0 + ncols))
 
 
 class Staging:

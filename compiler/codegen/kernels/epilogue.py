@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -114,6 +115,16 @@ class Product:
     @property
     def weight_dtype(self) -> DType:
         return self.operand if self.weights is None else self.weights
+
+    @property
+    def output_like(self) -> list[View]:
+        """The views laid out like the product's output: the addend and the tail's operands."""
+        return ([self.addend] if self.addend is not None else []) + list(self.tail.operands if self.tail else ())
+
+    def laid_out(self, reshape: Callable[[View], View], channel_axis: int) -> Product:
+        """The product with its addend and its tail's operands passed through `reshape`, the kernel's
+        view of the output (its channels on `channel_axis`)."""
+        return replace(self, **laid_out_epilogue({"addend": self.addend, "tail": self.tail}, reshape, channel_axis))
 
     @property
     def out(self) -> DType:
@@ -220,13 +231,15 @@ class Finisher:
         self.loaded = (first, count)
         return 0
 
-    def finish(self, tile: int, rows: int, cols: int, channels_on_rows: bool, first_channel: int,
-               target: View, addend: View | None = None, tail_blocks: list[View | None] = ()) -> None:
-        """The dense [rows, cols] accumulator tile at `tile` -> target ([rows, cols], or [cols, rows]
-        when transposing), channels first_channel.. along its rows or columns; `addend` is the
-        same block of the product's addend, `tail_blocks` of each tail operand (used for the
-        per-element ones)."""
+    def finish(self, tile: int, rows: int, cols: int, channels_on_rows: bool, first_channel: int, out: View,
+               block_of: Callable[[View], View]) -> None:
+        """The dense [rows, cols] accumulator tile at `tile` -> its block of `out` ([rows, cols], or
+        [cols, rows] when transposing), channels first_channel.. along its rows or columns.
+        `block_of` gives the tile's block of a view laid out like the output: of `out`, of the
+        product's addend and of its tail's per-element operands."""
         product, emit = self.product, self.ctx.emitter.emit
+        target = block_of(out)
+        addend = block_of(product.addend) if product.addend is not None else None
         acc = product.accumulator
         shape = dict(rows=rows, cols=cols)
         channels = rows if channels_on_rows else cols
@@ -263,20 +276,20 @@ class Finisher:
             result, out_rows, out_cols = transposed, cols, rows
         self._addend_and_activation(result, result_dtype, out_rows, out_cols, addend)
         if product.tail:
-            result = self._tail(result, out_rows, out_cols, channels_on_rows != self.transpose, tail_blocks, offset)
+            result = self._tail(result, out_rows, out_cols, channels_on_rows != self.transpose, block_of, offset)
         self.count += 1
         self.ctx.dma_out(result, target)
 
-    def _tail(self, result: int, rows: int, cols: int, channels_on_rows: bool, blocks: list[View | None],
+    def _tail(self, result: int, rows: int, cols: int, channels_on_rows: bool, block_of: Callable[[View], View],
               offset: int = 0) -> int:
         """The tail's steps on the dense accumulator tile at `result` ([rows, cols] as stored), chunk by chunk
         of whole rows, into an output buffer; returns that buffer. `offset`: where the tile's first
         channel is in the per-channel buffers (load_channels)."""
         tail, out_dtype = self.product.tail, self.product.out
         out = self.outputs[self.count % 2]
-        for index, block in enumerate(blocks):
+        for index, operand in enumerate(tail.operands):
             if tail.kind(index) == "block":
-                self.ctx.dma_in(self.tail_buffers[index][self.count % 2], block)
+                self.ctx.dma_in(self.tail_buffers[index][self.count % 2], block_of(operand))
         chunk_rows = max(1, tail.chunk // cols)
         for r0 in range(0, rows, chunk_rows):
             count = min(chunk_rows, rows - r0)
@@ -338,6 +351,18 @@ def epilogue_of(ctx: CodegenContext, node: Node, own: int) -> dict:
     return dict(addend=addend, activation=node.attrs.get("activation", ""),
                 activation_params=tuple(node.attrs.get("activation_params", ())),
                 tail=tail_of(ctx, node, own + 1, DType.F32))
+
+
+def laid_out_epilogue(epilogue: dict, reshape: Callable[[View], View], channel_axis: int) -> dict:
+    """Epilogue fields (epilogue_of's) with the addend and the tail's operands, laid out like the
+    node's output, passed through `reshape`: the kernel's view of the output, its channels on
+    `channel_axis`."""
+    fields = dict(epilogue)
+    if fields.get("addend") is not None:
+        fields["addend"] = reshape(fields["addend"])
+    if fields.get("tail") is not None:
+        fields["tail"] = fields["tail"].reshaped(reshape, channel_axis)
+    return fields
 
 
 def tail_of(ctx: CodegenContext, node: Node, first: int, product: DType) -> Tail | None:

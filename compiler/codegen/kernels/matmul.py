@@ -10,12 +10,13 @@ result out. Alternating buffers let the emitter overlap DMA with the array.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from compiler.codegen.context import LOCAL_ALIGN, CodegenContext, View, accelerator_dtype, unsupported
-from compiler.codegen.kernels.epilogue import Finisher, Product, epilogue_of
+from compiler.codegen.kernels.epilogue import Finisher, Product, epilogue_of, laid_out_epilogue
 from compiler.ir import Node
 from isa.dtypes import DType
 
@@ -111,7 +112,7 @@ def matmul_views(ctx: CodegenContext, a: View, b: View | ConstantMatrix, out: Vi
         batch_count *= n
     for batch in range(batch_count):
         index = _unravel(batch, batch_shape)
-        a_batch, b_batch, out_batch = a.at(*index), b.at(*index), out.at(*index)
+        a_batch, b_batch = a.at(*index), b.at(*index)
         bias_batch = bias.at(*index) if bias is not None else None
         for n0 in range(0, n_total, cols):
             nt = min(cols, n_total - n0)
@@ -142,9 +143,7 @@ def matmul_views(ctx: CodegenContext, a: View, b: View | ConstantMatrix, out: Vi
                 block = (slice(m0, m0 + mt), slice(n0, n0 + nt))
                 if bias_batch is not None:
                     _add_matrix_bias(ctx, c_tile, _block(bias_batch, block), bias_buffers[tile % 2], alpha)
-                addend = _block(product.addend.at(*index), block) if product.addend is not None else None
-                finisher.finish(c_tile, mt, nt, False, n0, _block(out_batch, block), addend,
-                                _tail_blocks(product, block, index))
+                finisher.finish(c_tile, mt, nt, False, n0, out, _block_of(block, index))
                 tile += 1
 
 
@@ -248,10 +247,8 @@ def _matmul_streamed(ctx: CodegenContext, a: View, b: ConstantMatrix, out: View,
                 if index + STREAM_SLOTS < len(chunks):
                     fetch(index + STREAM_SLOTS)
                 index += 1
-        block = (slice(0, m_total), slice(n0, n0 + width_here))
-        addend = _block(product.addend, block) if product.addend is not None else None
-        finisher.finish(c_tile, m_total, width_here, False, n0, _block(out, block), addend,
-                        _tail_blocks(product, block))
+        finisher.finish(c_tile, m_total, width_here, False, n0, out,
+                        _block_of((slice(0, m_total), slice(n0, n0 + width_here))))
     return True
 
 
@@ -376,9 +373,7 @@ def _matmul_resident(ctx: CodegenContext, a: View, b: View, out: View, product: 
         block = c_packed + group * group_bytes + (place * m_total * pack * n_total + place * n_total) * 4
         ctx.emitter.emit("vmov", dtype=DType.F32, dst=c_tile + batch * m_total * n_total * 4, dst_rs=n_total,
                          a=block, a_rs=pack * n_total, rows=m_total, cols=n_total)
-    target = out.reshape_dense((results, n_total))
-    addend = product.addend.reshape_dense((results, n_total)) if product.addend is not None else None
-    finisher.finish(c_tile, results, n_total, False, 0, target, addend)
+    finisher.finish(c_tile, results, n_total, False, 0, out, lambda view: view.reshape_dense((results, n_total)))
     return True
 
 
@@ -560,14 +555,23 @@ def _matmul_swapped(ctx: CodegenContext, a: View, b_transposed: View, out: View,
             if bias is not None:
                 _add_matrix_bias(ctx, c_tile, _block(bias, block).transpose((1, 0)), bias_buffers[tile % 2],
                                  alpha)
-            addend = _block(product.addend, block) if product.addend is not None else None
-            finisher.finish(c_tile, nt, mt, True, n0, _block(out, block), addend, _tail_blocks(product, block))
+            finisher.finish(c_tile, nt, mt, True, n0, out, _block_of(block))
             tile += 1
 
 
 def _block(view: View, block: tuple[slice, slice]) -> View:
     rows, cols = block
     return view.window(0, rows.start, rows.stop).window(1, cols.start, cols.stop)
+
+
+def as_rows(ctx: CodegenContext, node: Node) -> tuple[View, View]:
+    """The node's dense input 0 [..., K] and output [..., N] as [rows, K] and [rows, N]: every batch's
+    rows through one product with constant weights."""
+    a, out = ctx.view(node.inputs[0]), ctx.view(node.outputs[0])
+    if a.strides != View.dense(a.addr, a.dtype, a.shape).strides:
+        raise unsupported(node, "a strided input")
+    a = a.reshape_dense((int(np.prod(a.shape[:-1])), a.shape[-1]))
+    return a, out.reshape_dense((a.shape[0], out.shape[-1]))
 
 
 def laid_out_as(view: View, shape: tuple[int, ...]) -> View:
@@ -580,9 +584,9 @@ def laid_out_as(view: View, shape: tuple[int, ...]) -> View:
     return view.reshape_dense(tuple(shape))
 
 
-def _tail_blocks(product: Product, block: tuple[slice, slice], index: tuple[int, ...] = ()) -> list[View]:
-    """The block of each of the product's tail operands (laid out like the output)."""
-    return [_block(view.at(*index), block) for view in product.tail.operands] if product.tail else []
+def _block_of(block: tuple[slice, slice], index: tuple[int, ...] = ()) -> Callable[[View], View]:
+    """A tile's block of a view laid out like the output: batch `index`, rows and columns `block`."""
+    return lambda view: _block(view.at(*index), block)
 
 
 def _add_matrix_bias(ctx: CodegenContext, c_tile: int, bias: View, bias_tile: int, alpha: float) -> None:
@@ -640,12 +644,8 @@ def matmul_kernel(ctx: CodegenContext, node: Node) -> None:
         result = View.dense(out.addr, out.dtype, _batch_of(a, b) + (a.shape[-2], b.shape[-1]))
     # FusedMatMul: its bias per column, addend and activation go to the epilogue.
     bias = ctx.view(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
-    epilogue = epilogue_of(ctx, node, 3)
-    if epilogue.get("addend") is not None:
-        epilogue["addend"] = epilogue["addend"].reshape_dense(result.shape)
-    if epilogue.get("tail") is not None:
-        epilogue["tail"] = epilogue["tail"].reshaped(lambda view: laid_out_as(view, result.shape),
-                                                     len(result.shape) - 1)
+    epilogue = laid_out_epilogue(epilogue_of(ctx, node, 3), lambda view: laid_out_as(view, result.shape),
+                                 len(result.shape) - 1)
     # round_a/round_b: an f32 operand multiplied as bf16, rounded on chip as it is loaded.
     rounded = "bf16" in (node.attrs.get("round_a"), node.attrs.get("round_b"))
     product = Product(DType.BF16, **epilogue) if rounded else None
@@ -707,18 +707,11 @@ def gemm_kernel(ctx: CodegenContext, node: Node) -> None:
 def matmul_w8_kernel(ctx: CodegenContext, node: Node) -> None:
     """MatMulW8: bf16 rows of A times the int8 weights (the matrix unit's weight-only int8 mode),
     each column's scale and bias applied to the fp32 accumulator, then the epilogue."""
-    a, out = ctx.view(node.inputs[0]), ctx.view(node.outputs[0])
-    if a.strides != View.dense(a.addr, a.dtype, a.shape).strides:
-        raise unsupported(node, "a strided input")
-    a = a.reshape_dense((int(np.prod(a.shape[:-1])), a.shape[-1]))
-    out = out.reshape_dense((a.shape[0], out.shape[-1]))
+    a, out = as_rows(ctx, node)
     bias = ctx.view(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] else None
     epilogue = epilogue_of(ctx, node, 4)
-    if epilogue.get("addend") is not None:
-        epilogue["addend"] = epilogue["addend"].reshape_dense(out.shape)
-    if epilogue.get("tail") is not None:
-        epilogue["tail"] = epilogue["tail"].reshaped(lambda view: laid_out_as(view, out.shape), 1)
-    product = Product(DType.BF16, weights=DType.I8, scale=ctx.view(node.inputs[2]), bias=bias, **epilogue)
+    product = Product(DType.BF16, weights=DType.I8, scale=ctx.view(node.inputs[2]), bias=bias,
+                      **epilogue).laid_out(lambda view: laid_out_as(view, out.shape), 1)
     weight = ctx.graph.values[node.inputs[1]]
     if not weight.is_const:
         raise unsupported(node, "run-time weights")

@@ -10,14 +10,12 @@ that order, as onnxruntime's QLinearConv computes it.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 
-from compiler.codegen.context import CodegenContext, View, unsupported
+from compiler.codegen.context import CodegenContext, unsupported
 from compiler.codegen.kernels.conv import conv_kernel
 from compiler.codegen.kernels.epilogue import Product, Requantization, tail_of
-from compiler.codegen.kernels.matmul import ConstantMatrix, laid_out_as, matmul_views
+from compiler.codegen.kernels.matmul import ConstantMatrix, as_rows, laid_out_as, matmul_views
 from compiler.ir import Node
 from compiler.ops import OPS
 from isa.dtypes import INT_RANGES, DType
@@ -69,13 +67,8 @@ def qlinear_matmul_kernel(ctx: CodegenContext, node: Node) -> None:
     weight = ctx.graph.values[node.inputs[1]]
     sums = weight.const.astype(np.int64).sum(axis=0) if weight.is_const else np.zeros(1)
     product = integer_product(ctx, node, sums)
-    a, out = ctx.view(node.inputs[0]), ctx.view(node.outputs[0])
-    if a.strides != View.dense(a.addr, a.dtype, a.shape).strides:
-        raise unsupported(node, "a strided input")
-    a = a.reshape_dense((int(np.prod(a.shape[:-1])), a.shape[-1]))
-    out = out.reshape_dense((a.shape[0], out.shape[-1]))
-    if product.tail:
-        product = replace(product, tail=product.tail.reshaped(lambda view: laid_out_as(view, out.shape), 1))
+    a, out = as_rows(ctx, node)
+    product = product.laid_out(lambda view: laid_out_as(view, out.shape), 1)
     if not weight.is_const:
         raise unsupported(node, "run-time quantized weights")
     b = ConstantMatrix(weight.const, product.weight_dtype, node.inputs[1])
