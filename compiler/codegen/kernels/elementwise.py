@@ -447,7 +447,7 @@ def dequantize_step(b: TileBuilder, tiles: list[Tile]) -> Tile:
 
 def quantize_kernel(ctx: CodegenContext, node: Node) -> None:
     """QuantizeLinear: saturate(round_half_even(x / scale) + zero_point), as onnxruntime computes it
-    (an fp32 division, rounded to int32, the zero point added with saturation by `vreq`)."""
+    (an fp32 division): one `vquant` per tile (quantize_step)."""
     x, out = ctx.view(node.inputs[0]), ctx.view(node.outputs[0])
     _check_quantize(node, x.dtype)
     scale, zero_point = _quant_params(ctx, node)
