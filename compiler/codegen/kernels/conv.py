@@ -37,6 +37,8 @@ from compiler.ir import Node
 from isa.dtypes import DType
 
 SPATIAL = 3  # every kernel here works on (depth, height, width)
+LOOKAHEAD = 4  # K tiles filters stationary loads and turns into rows ahead of their matmuls
+PATCH_BUFFERS = 4  # patch tiles in flight in patch stationary: a tile's matmul can be shorter than a DMA's latency
 
 
 def pixel_tiles(out_h: int, out_w: int, width: int) -> list[tuple[int, int, int, int]]:
@@ -424,7 +426,9 @@ def filters_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, pro
     on the vector unit (a strided copy); the accumulator holds the block's results for
     every output channel [pixels, cout], finished (bias, requantization) and turned back
     into NCHW rows [cout, pixels] on the vector unit, and stored with one DMA. A group's
-    filters stay on chip when they fit."""
+    filters stay on chip when they fit. Patches are turned into rows LOOKAHEAD K tiles ahead of
+    their matmuls, across pixel blocks, so the matrix unit does not wait while the vector unit
+    finishes a block."""
     config = ctx.config
     rows, cols = config.array_rows, config.array_cols
     cout_group = shape.cout_group
@@ -437,7 +441,8 @@ def filters_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, pro
     def scratchpad_bytes(pixels: int) -> int:
         """What the blocks of `pixels` take at least: patches and their rows, the finisher, two filter tiles."""
         largest = largest_block(pixels)
-        return (4 * rows * largest * size + Finisher.reserve_bytes(product, largest, cout_group, cout_group, True)
+        return (2 * (LOOKAHEAD + 2) * rows * largest * size
+                + Finisher.reserve_bytes(product, largest, cout_group, cout_group, True)
                 + 2 * rows * cols * wsize + 8 * LOCAL_ALIGN)
 
     while max_pixels > 1 and scratchpad_bytes(max_pixels) > spad.free:
@@ -446,8 +451,8 @@ def filters_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, pro
     largest = largest_block(max_pixels)
     k_tiles = shape.k_tiles(rows)
     cout_blocks = [(j0, min(cols, cout_group - j0)) for j0 in range(0, cout_group, cols)]
-    patches = [spad.alloc(rows * largest * size) for _ in range(2)]
-    transposed = [spad.alloc(rows * largest * size) for _ in range(2)]
+    patches = [spad.alloc(rows * largest * size) for _ in range(LOOKAHEAD + 2)]
+    transposed = [spad.alloc(rows * largest * size) for _ in range(LOOKAHEAD + 2)]
     finisher = Finisher(ctx, product, spad, largest, cout_group, cout_group, transpose=True)
     staging = _staging(spad, shape, rows, blocks)
     results = [acc.alloc(largest * cout_group * 4) for _ in range(2)]
@@ -457,37 +462,49 @@ def filters_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, pro
     ctx.note(f"filters stationary: {len(blocks)} pixel blocks of <= {largest} streamed, {len(k_tiles)} K tiles x "
              f"{len(cout_blocks)} channel blocks, filters {'on chip' if resident else 'streamed'}"
              + (", strided rows staged" if staging is not None else ""))
-    count = block_count = step = 0
-    for n in range(shape.batch):
-        for group in range(shape.groups):
-            first_channel = group * cout_group
-            if resident and (n == 0 or shape.groups > 1):
+    # Every (batch, group, pixel block, K tile) in order; prepare(step) loads its patch and turns it into rows.
+    steps = [(n, group, block, k_tile) for n in range(shape.batch) for group in range(shape.groups)
+             for block in range(len(blocks)) for k_tile in k_tiles]
+
+    def prepare(step: int) -> None:
+        n, group, block, (_, kt, pieces) = steps[step]
+        od, oh0, nrows, ow0, ncols = blocks[block]
+        patch, rows_tile = patches[step % len(patches)], transposed[step % len(patches)]
+        shape.load_patch(ctx, patch, n, group, pieces, od, oh0, nrows, ow0, ncols, staging)
+        ctx.emitter.emit("vmov", dtype=product.operand, dst=rows_tile, dst_rs=kt, a=patch, a_rs=1,
+                         a_cs=nrows * ncols, rows=nrows * ncols, cols=kt)
+
+    for step in range(min(LOOKAHEAD, len(steps))):
+        prepare(step)
+    count = block_count = 0
+    for step, (n, group, block, (k0, kt, _)) in enumerate(steps):
+        od, oh0, nrows, ow0, ncols = blocks[block]
+        first_channel = group * cout_group
+        pixels = nrows * ncols
+        first_tile, last_tile = k0 == 0, k0 + kt == shape.k_total
+        if first_tile:
+            if resident and block == 0 and (n == 0 or shape.groups > 1):
                 ctx.dma_in(filter_base, filters.at(group))
-            for od, oh0, nrows, ow0, ncols in blocks:
-                pixels = nrows * ncols
-                result = results[block_count % 2]
-                block_count += 1
-                for index, (k0, kt, pieces) in enumerate(k_tiles):
-                    # Alternate per K tile (not per matmul: a K tile feeds one matmul per cout block).
-                    patch, rows_tile = patches[step % 2], transposed[step % 2]
-                    step += 1
-                    shape.load_patch(ctx, patch, n, group, pieces, od, oh0, nrows, ow0, ncols, staging)
-                    ctx.emitter.emit("vmov", dtype=product.operand, dst=rows_tile, dst_rs=kt, a=patch, a_rs=1,
-                                     a_cs=pixels, rows=pixels, cols=kt)
-                    for j0, nt in cout_blocks:
-                        if resident:
-                            filter_tile, stride = filter_base + (k0 * cout_group + j0) * wsize, cout_group
-                        else:
-                            filter_tile, stride = filter_tiles[count % 2], nt
-                            ctx.dma_in(filter_tile, filters.at(group).window(0, k0, k0 + kt).window(1, j0, j0 + nt))
-                        ctx.emitter.emit("load_weights", dtype=product.weight_dtype, addr=filter_tile, k=kt, n=nt,
-                                         stride=stride)
-                        ctx.emitter.emit("matmul", dtype=product.operand, a=rows_tile, a_rs=kt, m=pixels,
-                                         c=result + j0 * 4, c_rs=cout_group, accumulate=int(index > 0))
-                        count += 1
-                # [pixels, cout] in the accumulator -> [cout, pixels], NCHW rows.
-                finisher.finish(result, pixels, cout_group, False, first_channel, out,
-                                _block_of(n, first_channel, cout_group, od, oh0, nrows, ow0, ncols))
+            result = results[block_count % 2]
+            block_count += 1
+        if step + LOOKAHEAD < len(steps):
+            prepare(step + LOOKAHEAD)
+        rows_tile = transposed[step % len(patches)]
+        for j0, nt in cout_blocks:
+            if resident:
+                filter_tile, stride = filter_base + (k0 * cout_group + j0) * wsize, cout_group
+            else:
+                filter_tile, stride = filter_tiles[count % 2], nt
+                ctx.dma_in(filter_tile, filters.at(group).window(0, k0, k0 + kt).window(1, j0, j0 + nt))
+            ctx.emitter.emit("load_weights", dtype=product.weight_dtype, addr=filter_tile, k=kt, n=nt,
+                             stride=stride)
+            ctx.emitter.emit("matmul", dtype=product.operand, a=rows_tile, a_rs=kt, m=pixels,
+                             c=result + j0 * 4, c_rs=cout_group, accumulate=int(not first_tile))
+            count += 1
+        if last_tile:
+            # [pixels, cout] in the accumulator -> [cout, pixels], NCHW rows.
+            finisher.finish(result, pixels, cout_group, False, first_channel, out,
+                            _block_of(n, first_channel, cout_group, od, oh0, nrows, ow0, ncols))
 
 
 def patch_stationary(ctx: CodegenContext, shape: ConvShape, filters: Callable[[], View], product: Product,
@@ -503,7 +520,7 @@ def patch_stationary(ctx: CodegenContext, shape: ConvShape, filters: Callable[[]
     k_tiles = shape.k_tiles(rows)
     tiles = shape.pixel_tiles(cols)
     spad, acc = ctx.scratchpad(), ctx.accumulator()
-    patches = [spad.alloc(rows * cols * size) for _ in range(2)]
+    patches = [spad.alloc(rows * cols * size) for _ in range(PATCH_BUFFERS)]
     m_tile = max(1, min(cout_group, config.acc_bytes // (2 * cols * 4), 65535))
     finisher = Finisher(ctx, product, spad, m_tile, cols, m_tile)
     staging = _staging(spad, shape, rows, tiles)
@@ -535,7 +552,7 @@ def patch_stationary(ctx: CodegenContext, shape: ConvShape, filters: Callable[[]
                     c_tile = c_buffers[tile_count % 2]
                     tile_count += 1
                     for index, (k0, kt, pieces) in enumerate(k_tiles):
-                        patch = patches[count % 2]
+                        patch = patches[count % len(patches)]
                         shape.load_patch(ctx, patch, n, group, pieces, od, oh0, nrows, ow0, ncols, staging)
                         if resident:
                             filter_rows, stride = filter_base + k0 * wsize, shape.k_total
