@@ -275,6 +275,30 @@ class CodegenContext:
         """Copy `view` (at most 3-D after merging) into a dense local tile at `local`."""
         self._dma("dma_load", local, view)
 
+    def dma_in_box(self, local: int, view: View, local_strides: tuple[int, ...]) -> None:
+        """Copy a 2-D or 3-D `view` into a box of a larger local tile: element (..., i, j) goes to
+        `local` + (the outer indices times `local_strides`, in elements) + j. One DMA per outermost
+        index when the box does not fit one instruction."""
+        if len(view.shape) != len(local_strides) + 1 or view.dtype.size not in (1, 2, 4):
+            raise ValueError(f"a box of {view.shape} {view.dtype.asm_name} with local strides {local_strides}")
+        shape, strides, size = list(view.shape), list(view.strides), view.dtype.size
+        if len(shape) not in (2, 3):
+            raise ValueError(f"a box of {view.shape}: only 2-D and 3-D")
+        padded_shape = [1] * (3 - len(shape)) + shape
+        padded_strides = [0] * (3 - len(strides)) + strides
+        padded_local = [0] * (3 - len(shape)) + list(local_strides) + [1]
+        if _fits(padded_shape, padded_strides) and padded_local[1] <= MAX_LS[0] and padded_local[0] <= MAX_LS[1]:
+            self.emitter.emit("dma_load", dram=view.addr, local=local, esize=size, n0=padded_shape[2],
+                              n1=padded_shape[1], n2=padded_shape[0], ds0=padded_strides[2], ds1=padded_strides[1],
+                              ds2=padded_strides[0], ls1=padded_local[1], ls2=padded_local[0])
+            return
+        for index in range(shape[0]):
+            inner = View(view.addr + index * strides[0] * size, view.dtype, tuple(shape[1:]), tuple(strides[1:]))
+            if len(shape) == 2:
+                self.dma_in(local + index * local_strides[0] * size, inner)
+            else:
+                self.dma_in_box(local + index * local_strides[0] * size, inner, tuple(local_strides[1:]))
+
     def dma_out(self, local: int, view: View) -> None:
         """Copy the dense local tile at `local` out to `view`."""
         self._dma("dma_store", local, view)

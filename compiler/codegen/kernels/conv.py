@@ -3,7 +3,7 @@
 Convolutions of one, two and three spatial axes are all handled as 3-D (depth, height,
 width); the missing leading axes have size one. For one kernel position (kd, kh, kw) and a
 block of input channels, the pixels an output tile needs form a strided window of the
-(padded) input, `X[cin, pixels]`, which one DMA brings in densely; it is loaded into the
+input, `X[cin, pixels]`, which one DMA brings in densely; it is loaded into the
 array as the weight tile (K = channels, N = pixels). The streamed rows are the filter taps
 `W[cout, cin]` of that kernel position, and the accumulator collects `Y[cout, pixels]`:
 exactly NCHW rows, stored with one DMA. Summing over kernel positions and channel blocks
@@ -16,8 +16,10 @@ channel) as the K tiles are: at compile time when they are a constant, else on t
 accelerator by a (transposing) copy into a scratch DRAM tensor. When one output channel
 block's filters fit the scratchpad they are loaded once and stay there for every pixel
 tile; else constant filters are also stored tile by tile, so that each streamed tile is
-one contiguous DMA run (a K tile of a row is shorter than a DRAM beat). Padding is
-materialised once in DRAM (zeros around a copy of the input).
+one contiguous DMA run (a K tile of a row is shorter than a DRAM beat). Padding is not
+written out: where a patch falls outside the input, that part of the tile is loaded from
+a constant run of the pad value (zero, or the input's zero point); only the space-to-depth
+stem pads a copy in DRAM.
 ConvTranspose is a stride-1 convolution of the input spread out with zeros; instead of
 flipping its filters, each kernel position's patch is read at the mirrored position.
 """
@@ -102,8 +104,12 @@ class ConvShape:
     strides: tuple[int, int, int]
     dilations: tuple[int, int, int]
     out: tuple[int, int, int]
-    source: View  # the padded input, NCDHW
+    source: View  # the input, NCDHW
     mirrored: bool = False  # kernel position p reads the input at the position of kernel - 1 - p
+    # The source is read as if padded by `pads` (the begins of each spatial axis) and at the ends as far
+    # as the output needs, with `pad_value`: patches are filled on chip where they fall outside it.
+    pads: tuple[int, int, int] = (0, 0, 0)
+    pad_value: float = 0.0
 
     @property
     def k_total(self) -> int:
@@ -153,31 +159,70 @@ class ConvShape:
         piece's input rows come in as contiguous runs and the vector unit picks every stride-th
         column; a strided DMA would move one element per burst."""
         pixels = nrows * ncols
-        _, channel_stride, depth_stride, row_stride, col_stride = self.source.strides
         size = self.source.dtype.size
         column_stride = self.strides[2]
         for row, position, channel, count in pieces:
             if self.mirrored:
                 position = tuple(k - 1 - p for k, p in zip(self.kernel, position, strict=True))
-            first_depth, first_row, first_col = (o * s + p * d for o, s, p, d in
-                                                 zip((od, oh0, ow0), self.strides, position, self.dilations,
-                                                     strict=True))
+            depth, first_row, first_col = (o * s + p * d - pad for o, s, p, d, pad in
+                                           zip((od, oh0, ow0), self.strides, position, self.dilations, self.pads,
+                                               strict=True))
             first = group * self.cin_group + channel
-            offset = (first * channel_stride + first_depth * depth_stride + first_row * row_stride
-                      + first_col * col_stride)
-            address = self.source.at(n).addr + offset * size
-            rows_apart = self.strides[1] * row_stride
+            rows = (first_row, nrows, self.strides[1])
             if staging is None or column_stride == 1:
-                window = View(address, self.source.dtype, (count, nrows, ncols),
-                              (channel_stride, rows_apart, column_stride * col_stride))
-                ctx.dma_in(local + row * pixels * size, window)
+                load_box(ctx, self.source, self.pad_value, local + row * pixels * size, n, first, count, depth, rows,
+                               (first_col, ncols, column_stride))
                 continue
             width = (ncols - 1) * column_stride + 1
             buffer = staging.next()
-            ctx.dma_in(buffer, View(address, self.source.dtype, (count, nrows, width),
-                                    (channel_stride, rows_apart, col_stride)))
+            load_box(ctx, self.source, self.pad_value, buffer, n, first, count, depth, rows, (first_col, width, 1))
             ctx.emitter.emit("vmov", dtype=self.source.dtype, dst=local + row * pixels * size, dst_rs=ncols,
                              a=buffer, a_rs=width, a_cs=column_stride, rows=count * nrows, cols=ncols)
+
+
+def load_box(ctx: CodegenContext, source: View, pad_value: float, local: int, n: int, channel: int, count: int,
+             depth: int, rows: tuple[int, int, int], cols: tuple[int, int, int]) -> None:
+    """A dense local tile [count, rows, cols] of an NCDHW source's channels channel.. at `depth`,
+    rows and columns each (first, number, step) in source coordinates. What falls outside the
+    source is padding: loaded from a constant run of pad_value, so the vector unit is not involved."""
+    (first_row, nrows, row_step), (first_col, ncols, col_step) = rows, cols
+    _, channel_stride, depth_stride, row_stride, col_stride = source.strides
+    *_, depth_size, height, width = source.shape
+    dtype, size = source.dtype, source.dtype.size
+    row_lo, row_hi = _inside(first_row, nrows, row_step, height)
+    col_lo, col_hi = _inside(first_col, ncols, col_step, width)
+    if not 0 <= depth < depth_size or row_lo >= row_hi or col_lo >= col_hi:
+        row_lo = row_hi = col_lo = col_hi = 0
+    whole = (row_lo, row_hi, col_lo, col_hi) == (0, nrows, 0, ncols)
+    tile = (nrows * ncols, ncols)  # local strides of a channel and of a row
+    if not whole:
+        pad = ctx.constant(np.full(nrows * ncols, pad_value), dtype, "padding")
+        # Whole rows above and below the source, then the columns left and right of it in every row.
+        for lo, hi in ((0, row_lo), (row_hi, nrows)):
+            if hi > lo:
+                ctx.dma_in_box(local + lo * ncols * size, View(pad.addr, dtype, (count, (hi - lo) * ncols), (0, 1)),
+                               tile[:1])
+        for lo, hi in ((0, col_lo), (col_hi, ncols)) if row_hi > row_lo else ():
+            if hi > lo:
+                ctx.dma_in_box(local + (row_lo * ncols + lo) * size,
+                               View(pad.addr, dtype, (count, row_hi - row_lo, hi - lo), (0, 0, 1)), tile)
+    if row_hi > row_lo:
+        address = source.at(n).addr + (channel * channel_stride + depth * depth_stride
+                                       + (first_row + row_lo * row_step) * row_stride
+                                       + (first_col + col_lo * col_step) * col_stride) * size
+        box = View(address, dtype, (count, row_hi - row_lo, col_hi - col_lo),
+                   (channel_stride, row_step * row_stride, col_step * col_stride))
+        if whole:
+            ctx.dma_in(local, box)
+        else:
+            ctx.dma_in_box(local + (row_lo * ncols + col_lo) * size, box, tile)
+
+
+def _inside(first: int, number: int, step: int, size: int) -> tuple[int, int]:
+    """The indices i in [lo, hi) of [0, number) with 0 <= first + i * step < size (step > 0)."""
+    lo = max(0, -(first // step)) if first < 0 else 0
+    hi = min(number, (size - 1 - first) // step + 1) if first < size else 0
+    return lo, max(lo, hi)
 
 
 def conv_filters(ctx: CodegenContext, node: Node, groups: int, kernel: tuple[int, int, int], transposed: bool):
@@ -260,8 +305,9 @@ def conv_kernel(ctx: CodegenContext, node: Node, product: Product | None = None)
         if all(_rows_merged(view) is not None for view in [x, out, *product.output_like]):
             ctx.note(f"pointwise: {x.shape[3]} rows of {x.shape[4]} pixels as one row")
             x, out, product = _rows_merged(x), _rows_merged(out), product.laid_out(_rows_merged, 1)
-    source = padded(ctx, x, attrs["pads"], product.pad_value)
-    convolve(ctx, node, source, filters, groups, strides, dilations, out, product)
+    # The padding is not written out: patches are filled on chip where they fall outside x.
+    convolve(ctx, node, x, filters, groups, strides, dilations, out, product,
+             pads=tuple(attrs["pads"][:SPATIAL]), pad_value=product.pad_value)
 
 
 def _rows_merged(view: View) -> View | None:
@@ -346,13 +392,15 @@ def conv_transpose_kernel(ctx: CodegenContext, node: Node) -> None:
 
 
 def convolve(ctx: CodegenContext, node: Node, source: View, filters, groups: int, strides: tuple[int, int, int],
-             dilations: tuple[int, int, int], out: View, product: Product, mirrored: bool = False) -> None:
-    """out = conv(source, filters) for a padded NCDHW source and filters [group, cout/group,
-    cin/group, kd, kh, kw] (a constant array or a DRAM view), with `product`'s arithmetic."""
+             dilations: tuple[int, int, int], out: View, product: Product, mirrored: bool = False,
+             pads: tuple[int, int, int] = (0, 0, 0), pad_value: float = 0.0) -> None:
+    """out = conv(source, filters) for an NCDHW source padded at the begins by `pads` (and at the
+    ends as far as `out` reaches) with `pad_value`, and filters [group, cout/group, cin/group, kd,
+    kh, kw] (a constant array or a DRAM view), with `product`'s arithmetic."""
     config = ctx.config
     _, cout_group, cin_group, *kernel = filters.shape
     shape = ConvShape(source.shape[0], groups, cin_group, cout_group, tuple(kernel), strides, dilations,
-                      tuple(out.shape[2:]), source, mirrored)
+                      tuple(out.shape[2:]), source, mirrored, pads, pad_value)
     size = product.operand.size
     # Rows streamed per matmul: output channels (patch stationary) or pixels (filters stationary).
     rows_patch_stationary = min(shape.cout_group, config.acc_bytes // (2 * config.array_cols * 4))

@@ -5,9 +5,9 @@ missing leading axes of size one. For a block of channels and a tile of output p
 (within one output depth slice; whole rows when they fit), each kernel (depth, row)
 position's input rows are one DMA of contiguous runs into a staging tile; the kernel's
 column positions are strided reads of it (column stride = the pooling stride), folded
-into the running [channels, pixels] result with vmax or vadd. The input is padded once
-in DRAM (-inf, or the integer minimum, for max; 0 for average), far enough for
-ceil_mode's last window; average divides by a per-pixel count computed at compile time
+into the running [channels, pixels] result with vmax or vadd. Padding (-inf, or the
+integer minimum, for max; 0 for average), as far as ceil_mode's last window reaches, is
+loaded into the staging tile from a constant where a window leaves the input; average divides by a per-pixel count computed at compile time
 (count_include_pad or not). A float pool whose one window is the whole unpadded input is
 a global pool: a row reduction per channel (rows.py), which fills the vector lanes where
 one output column would not.
@@ -19,8 +19,8 @@ import itertools
 
 import numpy as np
 
-from compiler.codegen.context import LOCAL_ALIGN, CodegenContext, View, unsupported
-from compiler.codegen.kernels.conv import SPATIAL, as_3d, padded, pixel_tiles
+from compiler.codegen.context import LOCAL_ALIGN, CodegenContext, unsupported
+from compiler.codegen.kernels.conv import SPATIAL, as_3d, load_box, pixel_tiles
 from compiler.codegen.kernels.rows import reduce_views
 from compiler.ir import Node
 from isa.dtypes import INT_RANGES, DType
@@ -55,10 +55,8 @@ def pool_kernel(ctx: CodegenContext, node: Node) -> None:
         reduce_views(ctx, node, f"Global{node.op}", x, out, [2, 3, 4])
         return
     _, out_h, out_w = out_sizes
-    needed = tuple((o - 1) * s + (k - 1) * d + 1 for o, s, k, d in zip(out_sizes, strides, kernel, dilations,
-                                                                       strict=True))
     lowest = -np.inf if dtype.is_float else INT_RANGES[dtype][0]
-    source = padded(ctx, x, pads, lowest if is_max else 0.0, needed)
+    pad_value = lowest if is_max else 0.0
     divisor = None
     if not is_max:
         include_pad = bool(attrs.get("count_include_pad", 0))
@@ -99,7 +97,6 @@ def pool_kernel(ctx: CodegenContext, node: Node) -> None:
     results = [spad.alloc(channel_tile * largest * esize) for _ in range(2)]
     staging = [spad.alloc(channel_tile * staged * esize) for _ in range(2)]
     divisors = [spad.alloc(largest * 4) for _ in range(2)]
-    _, channel_stride, depth_stride, row_stride, col_stride = source.strides
     count = 0
     for n in range(batch):
         for c0 in range(0, channels, channel_tile):
@@ -112,13 +109,11 @@ def pool_kernel(ctx: CodegenContext, node: Node) -> None:
                     # Per kernel (depth, row): the input rows it reads, each a contiguous run of
                     # `width` columns, in one DMA; the kernel's columns are strided reads of it.
                     for kd, kh in itertools.product(range(kernel[0]), range(kernel[1])):
-                        depth = od * strides[0] + kd * dilations[0]
-                        row = oh0 * strides[1] + kh * dilations[1]
-                        offset = c0 * channel_stride + depth * depth_stride + row * row_stride + ow0 * strides[2] * \
-                            col_stride
+                        depth = od * strides[0] + kd * dilations[0] - pads[0]
+                        row = oh0 * strides[1] + kh * dilations[1] - pads[1]
                         stage = staging[(count + kd * kernel[1] + kh) % 2]
-                        ctx.dma_in(stage, View(source.at(n).addr + offset * esize, dtype, (ct, nrows, width),
-                                               (channel_stride, strides[1] * row_stride, col_stride)))
+                        load_box(ctx, x, pad_value, stage, n, c0, ct, depth, (row, nrows, strides[1]),
+                                 (ow0 * strides[2] - pads[2], width, 1))
                         for kw in range(kernel[2]):
                             window = dict(a=stage + kw * dilations[2] * esize, a_rs=width, a_cs=strides[2])
                             shape = dict(dtype=dtype, dst=result, dst_rs=ncols, rows=ct * nrows, cols=ncols)
