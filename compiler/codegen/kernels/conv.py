@@ -39,8 +39,7 @@ from compiler.ir import Node
 from isa.dtypes import DType
 
 SPATIAL = 3  # every kernel here works on (depth, height, width)
-LOOKAHEAD = 4  # K tiles filters stationary loads and turns into rows ahead of their matmuls
-PATCH_BUFFERS = 4  # patch tiles in flight in patch stationary: a tile's matmul can be shorter than a DMA's latency
+LOOKAHEAD = 4  # K tiles whose patches are loaded (and prepared on the vector unit) ahead of their matmuls
 
 
 def pixel_tiles(out_h: int, out_w: int, width: int) -> list[tuple[int, int, int, int]]:
@@ -568,7 +567,7 @@ def patch_stationary(ctx: CodegenContext, shape: ConvShape, filters: Callable[[]
     k_tiles = shape.k_tiles(rows)
     tiles = shape.pixel_tiles(cols)
     spad, acc = ctx.scratchpad(), ctx.accumulator()
-    patches = [spad.alloc(rows * cols * size) for _ in range(PATCH_BUFFERS)]
+    patches = [spad.alloc(rows * cols * size) for _ in range(LOOKAHEAD + 2)]
     m_tile = max(1, min(cout_group, config.acc_bytes // (2 * cols * 4), 65535))
     finisher = Finisher(ctx, product, spad, m_tile, cols, m_tile)
     staging = _staging(spad, shape, rows, tiles)
@@ -587,41 +586,55 @@ def patch_stationary(ctx: CodegenContext, shape: ConvShape, filters: Callable[[]
              f"streamed, filters {'on chip per block' if resident else 'streamed'}"
              + (", strided rows staged" if staging is not None else ""))
     c_buffers = [acc.alloc(m_tile * cols * 4) for _ in range(2)]
-    count = tile_count = 0
-    for n in range(shape.batch):
-        for group in range(shape.groups):
-            for m0 in range(0, cout_group, m_tile):
-                mt = min(m_tile, cout_group - m0)
-                first_channel = group * cout_group + m0
-                if resident:
-                    ctx.dma_in(filter_base, filters().at(group).window(0, m0, m0 + mt))
-                for od, oh0, nrows, ow0, ncols in tiles:
-                    pixels = nrows * ncols
-                    c_tile = c_buffers[tile_count % 2]
-                    tile_count += 1
-                    for index, (k0, kt, pieces) in enumerate(k_tiles):
-                        patch = patches[count % len(patches)]
-                        shape.load_patch(ctx, patch, n, group, pieces, od, oh0, nrows, ow0, ncols, staging)
-                        if resident:
-                            filter_rows, stride = filter_base + k0 * wsize, shape.k_total
-                        else:
-                            filter_rows, stride = filter_tiles[count % 2], kt
-                            if streamed is not None:
-                                tiles_view, offsets = streamed
-                                ctx.dma_in(filter_rows, View.dense(tiles_view.addr + offsets[group, m0, k0] * wsize,
-                                                                   tiles_view.dtype, (mt * kt,)))
-                            else:
-                                ctx.dma_in(filter_rows,
-                                           filters().at(group).window(0, m0, m0 + mt).window(1, k0, k0 + kt))
-                        # The patch is the stationary operand: with integer products it holds the
-                        # activations (u8 or i8) and the filters stream.
-                        ctx.emitter.emit("load_weights", dtype=product.operand, addr=patch, k=kt, n=pixels,
-                                         stride=pixels)
-                        ctx.emitter.emit("matmul", dtype=product.weight_dtype, a=filter_rows, a_rs=stride, m=mt,
-                                         c=c_tile, c_rs=pixels, accumulate=int(index > 0))
-                        count += 1
-                    finisher.finish(c_tile, mt, pixels, True, first_channel, out,
-                                    _block_of(n, first_channel, mt, od, oh0, nrows, ow0, ncols))
+    # Every (batch, group, channel block, pixel tile, K tile) in order. Patches are loaded LOOKAHEAD K
+    # tiles ahead of their matmuls, across tiles: staged ones (strided rows) are picked out on the
+    # vector unit, which would otherwise finish a tile before it prepares the next tile's patches.
+    steps = [(n, group, m0, tile, index) for n in range(shape.batch) for group in range(shape.groups)
+             for m0 in range(0, cout_group, m_tile) for tile in range(len(tiles)) for index in range(len(k_tiles))]
+
+    def prepare(step: int) -> None:
+        n, group, _, tile, index = steps[step]
+        od, oh0, nrows, ow0, ncols = tiles[tile]
+        shape.load_patch(ctx, patches[step % len(patches)], n, group, k_tiles[index][2], od, oh0, nrows, ow0, ncols,
+                         staging)
+
+    if resident or streamed is None:
+        filters()  # arranged now if it is to be: arranging uses the scratchpad the patches are loaded into
+    for step in range(min(LOOKAHEAD, len(steps))):
+        prepare(step)
+    tile_count = 0
+    for step, (n, group, m0, tile, index) in enumerate(steps):
+        od, oh0, nrows, ow0, ncols = tiles[tile]
+        k0, kt, _ = k_tiles[index]
+        mt = min(m_tile, cout_group - m0)
+        first_channel = group * cout_group + m0
+        pixels = nrows * ncols
+        if index == 0:
+            if resident and tile == 0:
+                ctx.dma_in(filter_base, filters().at(group).window(0, m0, m0 + mt))
+            c_tile = c_buffers[tile_count % 2]
+            tile_count += 1
+        if step + LOOKAHEAD < len(steps):
+            prepare(step + LOOKAHEAD)
+        patch = patches[step % len(patches)]
+        if resident:
+            filter_rows, stride = filter_base + k0 * wsize, shape.k_total
+        else:
+            filter_rows, stride = filter_tiles[step % 2], kt
+            if streamed is not None:
+                tiles_view, offsets = streamed
+                ctx.dma_in(filter_rows, View.dense(tiles_view.addr + offsets[group, m0, k0] * wsize,
+                                                   tiles_view.dtype, (mt * kt,)))
+            else:
+                ctx.dma_in(filter_rows, filters().at(group).window(0, m0, m0 + mt).window(1, k0, k0 + kt))
+        # The patch is the stationary operand: with integer products it holds the
+        # activations (u8 or i8) and the filters stream.
+        ctx.emitter.emit("load_weights", dtype=product.operand, addr=patch, k=kt, n=pixels, stride=pixels)
+        ctx.emitter.emit("matmul", dtype=product.weight_dtype, a=filter_rows, a_rs=stride, m=mt, c=c_tile,
+                         c_rs=pixels, accumulate=int(index > 0))
+        if index == len(k_tiles) - 1:
+            finisher.finish(c_tile, mt, pixels, True, first_channel, out,
+                            _block_of(n, first_channel, mt, od, oh0, nrows, ow0, ncols))
 
 
 def _block_of(n: int, first_channel: int, channels: int, od: int, oh0: int, nrows: int, ow0: int,

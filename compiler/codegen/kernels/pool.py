@@ -7,10 +7,10 @@ position's input rows are one DMA of contiguous runs into a staging tile; the ke
 column positions are strided reads of it (column stride = the pooling stride), folded
 into the running [channels, pixels] result with vmax or vadd. Padding (-inf, or the
 integer minimum, for max; 0 for average), as far as ceil_mode's last window reaches, is
-loaded into the staging tile from a constant where a window leaves the input; average divides by a per-pixel count computed at compile time
-(count_include_pad or not). A float pool whose one window is the whole unpadded input is
-a global pool: a row reduction per channel (rows.py), which fills the vector lanes where
-one output column would not.
+loaded into the staging tile from a constant where a window leaves the input; average
+divides by a per-pixel count computed at compile time (count_include_pad or not). A float
+pool whose one window is the whole unpadded input is a global pool: a row reduction per
+channel (rows.py), which fills the vector lanes where one output column would not.
 """
 
 from __future__ import annotations
