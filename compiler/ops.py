@@ -131,10 +131,12 @@ _EPILOGUE_DOC = ("; then + Z (the result's shape) and the activation (Relu, or C
 _op("FusedConv", (2, None), rules.fused_conv, "Conv(X, W, B)" + _EPILOGUE_DOC, group=1, **_WINDOW, **_EPILOGUE)
 _op("FusedGemm", (2, None), rules.fused_gemm, "Gemm(A, B, C)" + _EPILOGUE_DOC, alpha=1.0, beta=1.0, transA=0,
     transB=0, **_EPILOGUE)
-_op("FusedMatMul", (2, None), rules.fused_matmul, "MatMul(A, B') (ranks 2 and more) + C, a bias [N] per column"
-    + _EPILOGUE_DOC + "; B' is B, or Transpose(B) {perm=perm_b} read in place when perm_b is given; "
-    "round_a/round_b=\"bf16\" take an f32 A/B and round it to bf16 on chip (compiler/passes/fold_transpose.py)",
-    perm_b=[], round_a="", round_b="", **_EPILOGUE)
+_op("FusedMatMul", (2, None), rules.fused_matmul, "MatMul(A', B') (ranks 2 and more) + C, a bias [N] per column"
+    + _EPILOGUE_DOC + "; A' and B' are A and B, or Transpose(A) {perm=perm_a} and Transpose(B) {perm=perm_b} read "
+    "in place when given; with perm_out the output is Transpose(result) {perm=perm_out} (N stays last), "
+    "written in place; round_a/round_b=\"bf16\" take an f32 A/B and round it to bf16 on chip "
+    "(compiler/passes/fold_transpose.py)",
+    perm_a=[], perm_b=[], perm_out=[], round_a="", round_b="", **_EPILOGUE)
 _op("MatMul", 2, rules.matmul, "numpy matmul: batched, broadcasting batch axes, 1-D operands promoted")
 _op("MatMulW8", (3, None), rules.matmul_w8, "weight-only int8 (--precision w8a16): A [..., K] (bf16, or f32 rounded "
     "to bf16 on chip with round_a=\"bf16\") @ W [K, N] (i8, constant) in fp32, times scale [N] (f32, per column), "

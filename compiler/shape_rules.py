@@ -538,10 +538,13 @@ def space_to_depth(attrs: dict, x: list) -> Result:
 
 
 def _matmul_with_bias(attrs: dict, x: list) -> Result:
-    """MatMul of x[0], x[1] (rank 2 or more each; x[1] transposed by perm_b when given), plus a bias
-    [N] per column when x[2] is given."""
+    """MatMul of x[0], x[1] (rank 2 or more each; transposed by perm_a and perm_b when given), plus a
+    bias [N] per column when x[2] is given; the result transposed by perm_out (keeping N last) when given."""
     _check(len(x[0].shape) >= 2 and len(x[1].shape) >= 2, "FusedMatMul operands must have rank 2 or more")
     a, b = _rounded(x[0], attrs, "round_a"), _rounded(x[1], attrs, "round_b")
+    if attrs.get("perm_a"):
+        ((_, shape),) = transpose({"perm": attrs["perm_a"]}, [a])
+        a = type(a)(a.name, a.dtype, shape)
     if attrs.get("perm_b"):
         ((_, shape),) = transpose({"perm": attrs["perm_b"]}, [b])
         b = type(b)(b.name, b.dtype, shape)
@@ -550,6 +553,10 @@ def _matmul_with_bias(attrs: dict, x: list) -> Result:
     if bias is not None:
         _check(bias.shape == (shape[-1],) and bias.dtype == dtype,
                f"bias {bias.dtype}{_dims(bias.shape)} is not {dtype}[{shape[-1]}], one per result column")
+    if attrs.get("perm_out"):
+        _check(len(attrs["perm_out"]) == len(shape) and attrs["perm_out"][-1] == len(shape) - 1,
+               f"perm_out={attrs['perm_out']} does not keep the last of {len(shape)} axes last")
+        shape = tuple(shape[axis] for axis in attrs["perm_out"])
     return [(dtype, shape)]
 
 

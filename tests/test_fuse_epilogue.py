@@ -359,3 +359,69 @@ def test_float_tails_equal_the_unfused_program(config, tokens, precision):
     for name, value in unfused.outputs.items():
         assert np.array_equal(fused.outputs[name], value), name
     assert fused.stats["cycles"] < unfused.stats["cycles"]
+
+
+def _attention_scores(tokens: int) -> onnx.ModelProto:
+    """q [1, 2, T, 8] x k [1, 2, 8, T] (both run-time) * scale + mask [1, 1, T, T]: attention's
+    scores, the mask one plane repeated over the heads."""
+    nodes = [helper.make_node("MatMul", ["q", "k"], ["s"]), helper.make_node("Mul", ["s", "scale"], ["m"]),
+             helper.make_node("Add", ["m", "mask"], ["y"])]
+    graph = helper.make_graph(nodes, "scores", [
+        helper.make_tensor_value_info("q", TensorProto.FLOAT, [1, 2, tokens, 8]),
+        helper.make_tensor_value_info("k", TensorProto.FLOAT, [1, 2, 8, tokens]),
+        helper.make_tensor_value_info("mask", TensorProto.FLOAT, [1, 1, tokens, tokens])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, tokens, tokens])],
+        [numpy_helper.from_array(np.float32(0.35), "scale")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("config", ["tiny", "edge"])
+def test_attention_scale_and_mask_become_the_scores_tail(config):
+    """With run-time operands the product takes a tail only when it has more than one row (a
+    decode step's one-row product reads its operands in place, where per-tile loads cost more);
+    the mask, one [T, T] plane for every head, is loaded per tile like a whole tensor."""
+    from compiler.frontend import import_model
+    from compiler.pipeline import run_passes
+
+    ops = [(node.op, bool(node.attrs.get("tail"))) for node in run_passes(import_model(_attention_scores(1)), 2).nodes]
+    assert ("FusedElementwise", False) in ops
+    model = _attention_scores(40)
+    ops = [(node.op, bool(node.attrs.get("tail"))) for node in run_passes(import_model(model), 2).nodes]
+    assert ops == [("FusedMatMul", True)]
+    rng = np.random.default_rng(4)
+    inputs = {"q": rng.standard_normal((1, 2, 40, 8)).astype(np.float32),
+              "k": rng.standard_normal((1, 2, 8, 40)).astype(np.float32),
+              "mask": np.where(rng.random((1, 1, 40, 40)) < 0.3, -1e4, 0.0).astype(np.float32)}
+    unfused = run(compile(model, config, opt_level=1), inputs, check_hazards=True)
+    fused = run(compile(model, config, opt_level=2), inputs, check_hazards=True)
+    assert fused.stats["hazards"] == 0
+    assert np.array_equal(fused.outputs["y"], unfused.outputs["y"])
+    assert fused.stats["cycles"] < unfused.stats["cycles"]
+
+
+@pytest.mark.parametrize("config", ["tiny", "edge"])
+def test_prefill_attention_in_place_equals_the_copies(config):
+    """The folded transposes (queries read per head, the result written back between the tokens)
+    give the -O1 result (Transposes copied in DRAM) bit for bit, without hazards."""
+    nodes = [helper.make_node("Transpose", ["q"], ["qt"], perm=[1, 0, 2]),
+             helper.make_node("Transpose", ["k"], ["kt"], perm=[1, 2, 0]),
+             helper.make_node("MatMul", ["qt", "kt"], ["s"]), helper.make_node("Softmax", ["s"], ["p"], axis=-1),
+             helper.make_node("Transpose", ["v"], ["vt"], perm=[1, 0, 2]),
+             helper.make_node("MatMul", ["p", "vt"], ["o"]),
+             helper.make_node("Transpose", ["o"], ["y"], perm=[1, 0, 2])]
+    info = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [40, 4, 8]) for name in "qkv"]
+    model = helper.make_model(helper.make_graph(nodes, "attention", info,
+                                                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [40, 4, 8])]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    rng = np.random.default_rng(5)
+    inputs = {name: rng.standard_normal((40, 4, 8)).astype(np.float32) for name in "qkv"}
+    copied = run(compile(model, config, opt_level=1), inputs, check_hazards=True)
+    from compiler.frontend import import_model
+    from compiler.pipeline import run_passes
+
+    assert [node.op for node in run_passes(import_model(model), 2).nodes] == ["FusedMatMul", "Softmax", "FusedMatMul"]
+    folded = run(compile(model, config, opt_level=2), inputs, check_hazards=True)
+    assert folded.stats["hazards"] == 0
+    assert np.array_equal(folded.outputs["y"], copied.outputs["y"])
+    assert folded.stats["cycles"] < copied.stats["cycles"]
+

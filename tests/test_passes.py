@@ -177,6 +177,48 @@ def test_transposes_become_reshapes_or_fold_into_the_matmul():
     assert graph.values["kt"].shape == (4, 8, 6)
 
 
+# Prefill attention in a [tokens, heads, head_dim] layout: the queries' transpose (the keys are
+# run-time) and the heads put back between the tokens fold into the products. A product with
+# constant weights keeps its transposed left operand, and a Transpose that moves the last axis stays.
+PREFILL = """
+graph g
+  input %q: f32[6, 4, 8]
+  input %k: f32[6, 4, 8]
+  input %v: f32[6, 4, 8]
+  const %w: f32[8, 3] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24]
+  %qt: f32[4, 6, 8] = Transpose(%q) {perm=[1, 0, 2]}  @qt
+  %kt: f32[4, 8, 6] = Transpose(%k) {perm=[1, 2, 0]}  @kt
+  %s: f32[4, 6, 6] = MatMul(%qt, %kt)  @qk
+  %vt: f32[4, 6, 8] = Transpose(%v) {perm=[1, 0, 2]}  @vt
+  %o: f32[4, 6, 8] = MatMul(%s, %vt)  @pv
+  %ot: f32[6, 4, 8] = Transpose(%o) {perm=[1, 0, 2]}  @ot
+  %vt2: f32[4, 6, 8] = Transpose(%v) {perm=[1, 0, 2]}  @vt2
+  %p: f32[4, 6, 3] = MatMul(%vt2, %w)  @proj
+  %pt: f32[4, 3, 6] = Transpose(%p) {perm=[0, 2, 1]}  @pt
+  output %ot
+  output %pt
+"""
+PREFILL_AFTER = """
+graph g
+  input %q: f32[6, 4, 8]
+  input %k: f32[6, 4, 8]
+  input %v: f32[6, 4, 8]
+  const %w: f32[8, 3] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24]
+  %s: f32[4, 6, 6] = FusedMatMul(%q, %k) {perm_a=[1, 0, 2], perm_b=[1, 2, 0]}  @qk
+  %ot: f32[6, 4, 8] = FusedMatMul(%s, %v) {perm_b=[1, 0, 2], perm_out=[1, 0, 2]}  @pv
+  %vt2: f32[4, 6, 8] = Transpose(%v) {perm=[1, 0, 2]}  @vt2
+  %p: f32[4, 6, 3] = MatMul(%vt2, %w)  @proj
+  %pt: f32[4, 3, 6] = Transpose(%p) {perm=[0, 2, 1]}  @pt
+  output %ot
+  output %pt
+"""
+
+
+def test_prefill_attention_reads_queries_and_writes_its_result_in_place():
+    assert run_pass(fold_transpose_into_matmul, PREFILL) == same(PREFILL_AFTER)
+    assert run_pass(fold_transpose_into_matmul, PREFILL_AFTER) == same(PREFILL_AFTER)
+
+
 ROUNDED = """
 graph g
   input %x: f32[2, 3]

@@ -1,6 +1,9 @@
 """Read a transposed (or bf16-rounded) operand of a MatMul in place instead of copying it in DRAM.
 
     X -> Transpose {perm} -> MatMul(A, .) | FusedMatMul(A, ., ...)  =>  FusedMatMul(A, X, ...) {perm_b=perm}
+    X -> Transpose {perm} -> MatMul(., B) | FusedMatMul(., B, ...)  =>  FusedMatMul(X, B, ...) {perm_a=perm}
+    MatMul | FusedMatMul (., B) -> Transpose {perm} -> Z            =>  FusedMatMul(., B, ...) -> Z {perm_out=perm}
+      (the last two for a run-time B only)
     X (f32) -> Cast {to=bf16} -> FusedMatMul(A, ., ...)             =>  FusedMatMul(A, X, ...) {round_b="bf16"}
     X (f32) -> Cast {to=bf16} -> MatMul | Gemm | MatMulW8 (., B)  =>  FusedMatMul | MatMulW8 (X, B) {round_a="bf16"}
 
@@ -20,24 +23,58 @@ from compiler.passes.fuse_epilogue import FLOAT, epilogue_operands, gemm_column_
 
 
 def fold_transpose_into_matmul(graph: Graph) -> Graph:
-    """Every MatMul/FusedMatMul (without perm_b) whose right operand is made by a Transpose read by
-    nothing else becomes a FusedMatMul of the Transpose's input with perm_b = its perm.
+    """Every MatMul/FusedMatMul whose right operand is made by a Transpose read by nothing else
+    becomes a FusedMatMul of the Transpose's input with perm_b = its perm; one whose left operand
+    is, and whose right operand is computed at run time (attention's queries per head against
+    its keys), takes it with perm_a (a product with constant weights reads its rows densely); and
+    such a product whose result only a Transpose keeping the last axis reads (the heads put back
+    between the tokens), without an addend or tail, writes the Transpose's output with perm_out.
 
     Invariant: node outputs keep their names, dtypes and shapes; the Transpose is pruned."""
     consumers, producers = graph.consumers(), graph.producers()
+
+    def transposed_source(operand: str) -> Node | None:
+        """The Transpose that makes `operand` when only the product reads it, else None."""
+        transpose = producers.get(operand)
+        if (transpose is None or transpose.op != "Transpose" or operand in graph.outputs
+                or len(consumers.get(operand, [])) != 1 or len(graph.values[operand].shape) < 2):
+            return None
+        return transpose
+
+    def transposed_result(node: Node) -> Node | None:
+        """The Transpose that alone reads the product's result, keeping its last axis, when the
+        product has no addend or tail laid out like that result; else None."""
+        result = node.outputs[0]
+        users = consumers.get(result, [])
+        if (len(users) != 1 or users[0].op != "Transpose" or result in graph.outputs or node.attrs.get("tail")
+                or node.attrs.get("perm_out") or any(node.inputs[3:])):
+            return None
+        perm = list(users[0].attrs["perm"])
+        return users[0] if perm[-1] == len(perm) - 1 else None
+
     nodes: list[Node] = []
+    folded: set[int] = set()  # Transposes now written by the product before them
     for node in graph.nodes:
-        if node.op in ("MatMul", "FusedMatMul") and not node.attrs.get("perm_b"):
-            operand = node.inputs[1]
-            transpose = producers.get(operand)
-            a = graph.values[node.inputs[0]]
-            if (transpose is not None and transpose.op == "Transpose" and operand not in graph.outputs
-                    and len(consumers.get(operand, [])) == 1
-                    and a.dtype in FLOAT and len(a.shape) >= 2 and len(graph.values[operand].shape) >= 2):
+        if id(node) in folded:
+            continue
+        if node.op in ("MatMul", "FusedMatMul") and graph.values[node.inputs[0]].dtype in FLOAT \
+                and len(graph.values[node.inputs[0]].shape) >= 2:
+            run_time_b = not graph.values[node.inputs[1]].is_const
+            for index, key in ((1, "perm_b"), (0, "perm_a")):
+                transpose = None if node.attrs.get(key) else transposed_source(node.inputs[index])
+                if transpose is None or (key == "perm_a" and not run_time_b):
+                    continue
                 attrs = dict(node.attrs) if node.op == "FusedMatMul" else {}
-                attrs["perm_b"] = list(transpose.attrs["perm"])
-                inputs = [node.inputs[0], transpose.inputs[0], *node.inputs[2:]]
+                attrs[key] = list(transpose.attrs["perm"])
+                inputs = list(node.inputs)
+                inputs[index] = transpose.inputs[0]
                 node = Node("FusedMatMul", inputs, node.outputs, attrs, node.name)
+            transpose = transposed_result(node) if run_time_b else None
+            if transpose is not None:
+                attrs = dict(node.attrs) if node.op == "FusedMatMul" else {}
+                attrs["perm_out"] = list(transpose.attrs["perm"])
+                node = Node("FusedMatMul", list(node.inputs), list(transpose.outputs), attrs, node.name)
+                folded.add(id(transpose))
         nodes.append(node)
     graph.nodes = nodes
     return graph.prune()

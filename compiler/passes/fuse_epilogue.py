@@ -152,8 +152,9 @@ def fuse_tail(graph: Graph) -> Graph:
     shape. Of several such products the program reads (a block's two branches), the last one
     takes it, and every other input of the program must be ready before that one runs. Each
     other input must be what the tile epilogue can load: one value, one value per output
-    channel (axis 1 of a convolution, the last axis of a matrix product) or a whole tensor of
-    the result's shape. Anything else is left as it was."""
+    channel (axis 1 of a convolution, the last axis of a matrix product), a whole tensor of
+    the result's shape, or one [rows, columns] plane of it repeated over the leading axes
+    (attention's mask over the heads). Anything else is left as it was."""
     consumers = graph.consumers()
     producers = graph.producers()
     position = {id(node): index for index, node in enumerate(graph.nodes)}
@@ -201,10 +202,11 @@ def _tail_candidate(graph: Graph, node: Node, result: str, program: Node, consum
         return False
     if node.op in QUANTIZED_PRODUCTS:
         return node.attrs.get("out_dtype") == "i32"
-    # Float products with constant weights only: a run-time right operand (attention's scores
-    # and values) is read in place in its own layout, where per-tile operands would cost more
-    # than the round trip they save (GPT-2 decode measured slower).
-    return node.op in FLOAT_PRODUCTS and graph.values[result].dtype == "f32" and graph.values[node.inputs[1]].is_const
+    # A float product with a run-time right operand (attention's scores and values) only when it
+    # has more than one row: a decode step's one-row products read their operands in place, where
+    # per-tile tail operands cost more than the round trip they save (GPT-2 decode measured slower).
+    return (node.op in FLOAT_PRODUCTS and graph.values[result].dtype == "f32"
+            and (graph.values[node.inputs[1]].is_const or graph.values[node.inputs[0]].shape[-2] > 1))
 
 
 def _tail_operand(shape: tuple[int, ...], out_shape: tuple[int, ...], channel_axis: int) -> bool:
@@ -212,5 +214,12 @@ def _tail_operand(shape: tuple[int, ...], out_shape: tuple[int, ...], channel_ax
     if shape == out_shape or math.prod(shape) == 1:
         return True
     padded = (1,) * (len(out_shape) - len(shape)) + tuple(shape)
-    return len(padded) == len(out_shape) and all(n == 1 for axis, n in enumerate(padded) if axis != channel_axis) \
-        and padded[channel_axis] == out_shape[channel_axis]
+    if len(padded) != len(out_shape):
+        return False
+    if all(n == 1 for axis, n in enumerate(padded) if axis != channel_axis) \
+            and padded[channel_axis] == out_shape[channel_axis]:
+        return True
+    # Whole [rows, columns] planes repeated over leading axes (attention's mask over heads): each
+    # tile's block is runs of whole rows, as for a tensor of the result's shape.
+    return len(out_shape) >= 2 and padded[-2:] == tuple(out_shape[-2:]) \
+        and all(n in (1, m) for n, m in zip(padded[:-2], out_shape[:-2], strict=True))

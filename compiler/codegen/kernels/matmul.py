@@ -293,7 +293,7 @@ def _matmul_resident(ctx: CodegenContext, a: View, b: View, out: View, product: 
     transpose = stride_k == 1 and stride_n > 1
     stride = stride_n if transpose else stride_k
     rounded = b.dtype != product.weight_dtype  # an f32 b rounded to bf16 on chip (FusedMatMul round_b)
-    if not (stride_n == 1 or transpose) or not 1 <= stride <= 65535 or m_total > 65535 or product.tail:
+    if not (stride_n == 1 or transpose) or not 1 <= stride <= 65535 or m_total > 65535:
         return False  # (a broadcast b, stride 0, is left to the tile-by-tile path)
     span = 1 + sum((n - 1) * s for n, s in zip(b.shape, b.strides, strict=True))
     loader = _ResidentLoad(config, b, span, stride, product.weight_dtype)
@@ -307,8 +307,8 @@ def _matmul_resident(ctx: CodegenContext, a: View, b: View, out: View, product: 
     if a_bytes + b_bytes > config.spad_bytes // RESIDENT_SHARE or \
             results * n_total * 4 + packed_bytes > config.acc_bytes // 2:
         return False
-    if not all(view is None or view.strides == View.dense(view.addr, view.dtype, view.shape).strides
-               for view in (out, product.addend)):
+    addend = product.addend
+    if addend is not None and addend.strides != View.dense(addend.addr, addend.dtype, addend.shape).strides:
         return False
     spad = ctx.scratchpad()
     if Finisher.reserve_bytes(product, results, n_total, n_total) + a_bytes + b_bytes + 256 > spad.free:
@@ -373,7 +373,15 @@ def _matmul_resident(ctx: CodegenContext, a: View, b: View, out: View, product: 
         block = c_packed + group * group_bytes + (place * m_total * pack * n_total + place * n_total) * 4
         ctx.emitter.emit("vmov", dtype=DType.F32, dst=c_tile + batch * m_total * n_total * 4, dst_rs=n_total,
                          a=block, a_rs=pack * n_total, rows=m_total, cols=n_total)
-    finisher.finish(c_tile, results, n_total, False, 0, out, lambda view: view.reshape_dense((results, n_total)))
+    if product.tail is None and out.strides == View.dense(out.addr, out.dtype, out.shape).strides:
+        finisher.finish(c_tile, results, n_total, False, 0, out, lambda view: view.reshape_dense((results, n_total)))
+        return True
+    # Batch by batch: the output is written transposed (heads back between tokens), or a tail operand
+    # repeats over batches (a mask over heads).
+    for batch in range(batches):
+        index = _unravel(batch, batch_shape)
+        finisher.finish(c_tile + batch * m_total * n_total * 4, m_total, n_total, False, 0, out,
+                        lambda view, index=index: view.at(*index))
     return True
 
 
@@ -577,7 +585,9 @@ def as_rows(ctx: CodegenContext, node: Node) -> tuple[View, View]:
 def laid_out_as(view: View, shape: tuple[int, ...]) -> View:
     """A tail operand laid out like the output [..., N] as the `shape` (same element count, last
     axis N) the kernel computes in: a scalar or per-column operand by its strides, a whole tensor
-    (dense) by reshaping."""
+    (dense) by reshaping; one already of that shape (a plane repeated over batches) as it is."""
+    if view.shape == tuple(shape):
+        return view
     if not any(s for s, n in zip(view.strides[:-1], view.shape[:-1], strict=True) if n != 1):
         last = view.strides[-1] if view.shape[-1] != 1 else 0
         return View(view.addr, view.dtype, tuple(shape), (0,) * (len(shape) - 1) + (last,))
@@ -626,6 +636,8 @@ def _matrix_operand(ctx: CodegenContext, name: str, node: Node, transpose: bool 
 def matmul_kernel(ctx: CodegenContext, node: Node) -> None:
     """MatMul: numpy matmul semantics, including 1-D operands and broadcast batches."""
     a, out = ctx.view(node.inputs[0]), ctx.view(node.outputs[0])
+    if node.attrs.get("perm_a"):  # FusedMatMul: A read transposed (with a run-time B)
+        a = a.transpose(node.attrs["perm_a"])
     b_value = ctx.graph.values[node.inputs[1]]
     perm_b = node.attrs.get("perm_b") or list(range(len(b_value.shape)))  # FusedMatMul: B read transposed
     if b_value.is_const and b_value.const.ndim == 2 and len(a.shape) >= 2 and \
@@ -642,6 +654,8 @@ def matmul_kernel(ctx: CodegenContext, node: Node) -> None:
         if len(b.shape) == 1:  # a column vector
             b = View(b.addr, b.dtype, b.shape + (1,), b.strides + (0,))
         result = View.dense(out.addr, out.dtype, _batch_of(a, b) + (a.shape[-2], b.shape[-1]))
+        if node.attrs.get("perm_out"):  # FusedMatMul: the output is the result transposed, written in place
+            result = out.transpose([int(axis) for axis in np.argsort(node.attrs["perm_out"])])
     # FusedMatMul: its bias per column, addend and activation go to the epilogue.
     bias = ctx.view(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
     epilogue = laid_out_epilogue(epilogue_of(ctx, node, 3), lambda view: laid_out_as(view, result.shape),
