@@ -425,3 +425,63 @@ def test_prefill_attention_in_place_equals_the_copies(config):
     assert np.array_equal(folded.outputs["y"], copied.outputs["y"])
     assert folded.stats["cycles"] < copied.stats["cycles"]
 
+
+
+MOVED_BEFORE = """
+graph g
+  input %p: f32[2, 4, 6]
+  input %v: f32[2, 6, 8]
+  const %s: f32[] = [0.5]
+  const %z: u8[] = [3]
+  %o: f32[2, 4, 8] = MatMul(%p, %v)  @pv
+  %t: f32[4, 2, 8] = Transpose(%o) {perm=[1, 0, 2]}  @heads
+  %r: f32[4, 16] = Reshape(%t) {shape=[4, 16]}  @merge
+  %q: u8[4, 16] = QuantizeLinear(%r, %s, %z) {output_dtype="u8"}  @quantize
+  output %q
+"""
+MOVED_AFTER = """
+graph g
+  input %p: f32[2, 4, 6]
+  input %v: f32[2, 6, 8]
+  const %s: f32[] = [0.5]
+  const %z: u8[] = [3]
+  %q.early: u8[2, 4, 8] = FusedMatMul(%p, %v, _, _, %s, %z) {activation="", activation_params=[], \\
+tail=["QuantizeLinear(x0, x1, x2) {output_dtype=\\"u8\\"}"]}  @pv
+  %t.early: u8[4, 2, 8] = Transpose(%q.early) {perm=[1, 0, 2]}  @heads
+  %q: u8[4, 16] = Reshape(%t.early) {shape=[4, 16]}  @merge
+  output %q
+"""
+
+
+def test_quantize_behind_head_transposes_moves_before_them_into_the_tail():
+    """A per-tensor QuantizeLinear of attention's output, its heads put back between the tokens,
+    runs on the product's tiles; a Transpose that moves the last axis keeps it where it was."""
+    assert run_pass(fuse_tail, MOVED_BEFORE) == same(MOVED_AFTER.replace("\\\n", ""))
+    last_axis_moved = MOVED_BEFORE.replace("perm=[1, 0, 2]}", "perm=[0, 2, 1]}").replace("%t: f32[4, 2, 8]",
+                                                                                         "%t: f32[2, 8, 4]")
+    assert run_pass(fuse_tail, last_axis_moved) == same(last_axis_moved)
+
+
+@pytest.mark.parametrize("config", ["tiny", "edge"])
+def test_quantized_attention_output_equals_the_unfused_program(config):
+    nodes = [helper.make_node("Transpose", ["q"], ["qt"], perm=[1, 0, 2]),
+             helper.make_node("Transpose", ["k"], ["kt"], perm=[1, 2, 0]),
+             helper.make_node("MatMul", ["qt", "kt"], ["s"]),
+             helper.make_node("Transpose", ["v"], ["vt"], perm=[1, 0, 2]),
+             helper.make_node("MatMul", ["s", "vt"], ["o"]),
+             helper.make_node("Transpose", ["o"], ["ot"], perm=[1, 0, 2]),
+             helper.make_node("Reshape", ["ot", "shape"], ["r"]),
+             helper.make_node("QuantizeLinear", ["r", "scale", "zero"], ["y"])]
+    model = helper.make_model(helper.make_graph(
+        nodes, "attention", [helper.make_tensor_value_info(name, TensorProto.FLOAT, [24, 4, 8]) for name in "qkv"],
+        [helper.make_tensor_value_info("y", TensorProto.UINT8, [24, 32])],
+        [numpy_helper.from_array(np.array([24, 32], np.int64), "shape"),
+         numpy_helper.from_array(np.float32(0.25), "scale"), numpy_helper.from_array(np.uint8(128), "zero")]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    rng = np.random.default_rng(6)
+    inputs = {name: rng.standard_normal((24, 4, 8)).astype(np.float32) for name in "qkv"}
+    unfused = run(compile(model, config, opt_level=1), inputs, check_hazards=True)
+    fused = run(compile(model, config, opt_level=2), inputs, check_hazards=True)
+    assert fused.stats["hazards"] == 0
+    assert np.array_equal(fused.outputs["y"], unfused.outputs["y"])
+    assert fused.stats["cycles"] < unfused.stats["cycles"]

@@ -28,7 +28,8 @@ def fold_transpose_into_matmul(graph: Graph) -> Graph:
     is, and whose right operand is computed at run time (attention's queries per head against
     its keys), takes it with perm_a (a product with constant weights reads its rows densely); and
     such a product whose result only a Transpose keeping the last axis reads (the heads put back
-    between the tokens), without an addend or tail, writes the Transpose's output with perm_out.
+    between the tokens), without an addend and with single values as its tail's other operands,
+    writes the Transpose's output with perm_out.
 
     Invariant: node outputs keep their names, dtypes and shapes; the Transpose is pruned."""
     consumers, producers = graph.consumers(), graph.producers()
@@ -43,11 +44,11 @@ def fold_transpose_into_matmul(graph: Graph) -> Graph:
 
     def transposed_result(node: Node) -> Node | None:
         """The Transpose that alone reads the product's result, keeping its last axis, when the
-        product has no addend or tail laid out like that result; else None."""
+        product has no addend and its tail (if any) only single values besides the result; else None."""
         result = node.outputs[0]
         users = consumers.get(result, [])
-        if (len(users) != 1 or users[0].op != "Transpose" or result in graph.outputs or node.attrs.get("tail")
-                or node.attrs.get("perm_out") or any(node.inputs[3:])):
+        if (len(users) != 1 or users[0].op != "Transpose" or result in graph.outputs or node.attrs.get("perm_out")
+                or any(node.inputs[3:4]) or any(graph.values[name].size != 1 for name in node.inputs[4:] if name)):
             return None
         perm = list(users[0].attrs["perm"])
         return users[0] if perm[-1] == len(perm) - 1 else None

@@ -23,7 +23,7 @@ import math
 
 import numpy as np
 
-from compiler.ir import Graph, Node
+from compiler.ir import Graph, Node, Value
 from compiler.shape_rules import Step
 
 FUSED = {"Conv": ("FusedConv", 3), "Gemm": ("FusedGemm", 3), "MatMul": ("FusedMatMul", 3)}
@@ -154,7 +154,10 @@ def fuse_tail(graph: Graph) -> Graph:
     other input must be what the tile epilogue can load: one value, one value per output
     channel (axis 1 of a convolution, the last axis of a matrix product), a whole tensor of
     the result's shape, or one [rows, columns] plane of it repeated over the leading axes
-    (attention's mask over the heads). Anything else is left as it was."""
+    (attention's mask over the heads). Anything else is left as it was. A program with single
+    values besides the result, behind Reshapes and Transposes that keep the last axis, first
+    moves before them (`_before_layout_ops`)."""
+    graph = _before_layout_ops(graph)
     consumers = graph.consumers()
     producers = graph.producers()
     position = {id(node): index for index, node in enumerate(graph.nodes)}
@@ -193,6 +196,50 @@ def fuse_tail(graph: Graph) -> Graph:
     if not replaced:
         return graph
     graph.nodes = [replaced.get(id(node), node) for node in graph.nodes if id(node) not in removed]
+    return graph.prune()
+
+
+def _before_layout_ops(graph: Graph) -> Graph:
+    """An element-wise node (or FusedElementwise) whose one non-scalar input is a product's result
+    moved by Reshapes and Transposes that keep the last axis (each value read only by the next
+    op) runs before them instead, on the result as the product lays it out, so that it can
+    become the product's tail: attention's output, its heads put back between the tokens, is
+    quantized for the next int8 product. An element-wise op with single-value operands commutes
+    with moving elements, so the values do not change."""
+    from compiler.passes.fuse_elementwise import _fused_node, _fusible
+
+    consumers, producers = graph.consumers(), graph.producers()
+    moved: dict[int, list[Node]] = {}  # id(node) -> the nodes that replace it
+    for node in graph.nodes:
+        if node.op != "FusedElementwise" and not _fusible(graph, node):
+            continue
+        wide = [name for name in node.inputs if name and graph.values[name].size != 1]
+        if len(wide) != 1 or node.inputs.count(wide[0]) != 1:
+            continue
+        value, chain = wide[0], []
+        while (value in producers and value not in graph.outputs and len(consumers.get(value, [])) == 1
+               and producers[value].op in ("Reshape", "Transpose") and len(producers[value].inputs) == 1
+               and (producers[value].op == "Reshape" or producers[value].attrs["perm"][-1] == len(
+                   graph.values[value].shape) - 1)):
+            chain.append(producers[value])
+            value = producers[value].inputs[0]
+        product = producers.get(value)
+        if not chain or product is None or not _tail_candidate(graph, product, value, chain[-1], consumers):
+            continue
+        dtype = graph.values[node.outputs[0]].dtype
+        early = graph.add_value(Value(graph.fresh_name(node.outputs[0] + ".early"), dtype, graph.values[value].shape))
+        first = Node(node.op, [value if name == wide[0] else name for name in node.inputs], [early.name],
+                     dict(node.attrs), node.name)
+        nodes = [first if first.op == "FusedElementwise" else _fused_node(graph, [first])]
+        for op in reversed(chain):
+            last = op is chain[0]
+            out = node.outputs[0] if last else graph.add_value(
+                Value(graph.fresh_name(op.outputs[0] + ".early"), dtype, graph.values[op.outputs[0]].shape)).name
+            nodes.append(Node(op.op, [nodes[-1].outputs[0]], [out], dict(op.attrs), op.name))
+        moved[id(node)] = nodes
+    if not moved:
+        return graph
+    graph.nodes = [new for node in graph.nodes for new in moved.get(id(node), [node])]
     return graph.prune()
 
 

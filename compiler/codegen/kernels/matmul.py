@@ -55,10 +55,10 @@ def matmul_views(ctx: CodegenContext, a: View, b: View | ConstantMatrix, out: Vi
     `_computed_before`)."""
     config = ctx.config
     if product is None:
-        if a.dtype not in MATRIX_FLOAT or b.dtype != a.dtype or out.dtype != DType.F32:
+        product = Product(a.dtype, alpha=alpha, **(epilogue or {}))
+        if a.dtype not in MATRIX_FLOAT or b.dtype != a.dtype or out.dtype != product.out:  # (a tail's result type)
             raise unsupported(node, f"matmul of {a.dtype.asm_name} x {b.dtype.asm_name} -> {out.dtype.asm_name} "
                                     "is not supported yet")
-        product = Product(a.dtype, alpha=alpha, **(epilogue or {}))
     if bias is not None:
         bias = bias.broadcast_to(out.shape)
         if all(s == 0 for s in bias.strides[:-1]):  # one value per output column: the epilogue's bias
