@@ -42,6 +42,22 @@ SPATIAL = 3  # every kernel here works on (depth, height, width)
 LOOKAHEAD = 4  # K tiles whose patches are loaded (and prepared on the vector unit) ahead of their matmuls
 
 
+class Lookahead:
+    """Issues `prepare(step)` (a step's patch loads, and their work on the vector unit) for
+    steps 0..count-1 in order, LOOKAHEAD steps ahead of the matmuls that use them: the first
+    LOOKAHEAD at once, then one more each time `advance(step)` is called as step's matmuls
+    are about to be issued."""
+
+    def __init__(self, count: int, prepare: Callable[[int], None]):
+        self.count, self.prepare = count, prepare
+        for step in range(min(LOOKAHEAD, count)):
+            prepare(step)
+
+    def advance(self, step: int) -> None:
+        if step + LOOKAHEAD < self.count:
+            self.prepare(step + LOOKAHEAD)
+
+
 def pixel_tiles(out_h: int, out_w: int, width: int) -> list[tuple[int, int, int, int]]:
     """(first row, rows, first column, columns) of each tile of at most `width` output pixels."""
     if out_w <= width:
@@ -169,8 +185,8 @@ class ConvShape:
             first = group * self.cin_group + channel
             rows = (first_row, nrows, self.strides[1])
             if staging is None or column_stride == 1:
-                load_box(ctx, self.source, self.pad_value, local + row * pixels * size, n, first, count, depth, rows,
-                               (first_col, ncols, column_stride))
+                load_box(ctx, self.source, self.pad_value, local + row * pixels * size, n, first, count, depth,
+                         rows, (first_col, ncols, column_stride))
                 continue
             width = (ncols - 1) * column_stride + 1
             buffer = staging.next()
@@ -521,8 +537,7 @@ def filters_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, pro
         ctx.emitter.emit("vmov", dtype=product.operand, dst=rows_tile, dst_rs=kt, a=patch, a_rs=1,
                          a_cs=nrows * ncols, rows=nrows * ncols, cols=kt)
 
-    for step in range(min(LOOKAHEAD, len(steps))):
-        prepare(step)
+    lookahead = Lookahead(len(steps), prepare)
     count = block_count = 0
     for step, (n, group, block, (k0, kt, _)) in enumerate(steps):
         od, oh0, nrows, ow0, ncols = blocks[block]
@@ -534,8 +549,7 @@ def filters_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, pro
                 ctx.dma_in(filter_base, filters.at(group))
             result = results[block_count % 2]
             block_count += 1
-        if step + LOOKAHEAD < len(steps):
-            prepare(step + LOOKAHEAD)
+        lookahead.advance(step)
         rows_tile = transposed[step % len(patches)]
         for j0, nt in cout_blocks:
             if resident:
@@ -600,8 +614,7 @@ def patch_stationary(ctx: CodegenContext, shape: ConvShape, filters: Callable[[]
 
     if resident or streamed is None:
         filters()  # arranged now if it is to be: arranging uses the scratchpad the patches are loaded into
-    for step in range(min(LOOKAHEAD, len(steps))):
-        prepare(step)
+    lookahead = Lookahead(len(steps), prepare)
     tile_count = 0
     for step, (n, group, m0, tile, index) in enumerate(steps):
         od, oh0, nrows, ow0, ncols = tiles[tile]
@@ -614,8 +627,7 @@ def patch_stationary(ctx: CodegenContext, shape: ConvShape, filters: Callable[[]
                 ctx.dma_in(filter_base, filters().at(group).window(0, m0, m0 + mt))
             c_tile = c_buffers[tile_count % 2]
             tile_count += 1
-        if step + LOOKAHEAD < len(steps):
-            prepare(step + LOOKAHEAD)
+        lookahead.advance(step)
         patch = patches[step % len(patches)]
         if resident:
             filter_rows, stride = filter_base + k0 * wsize, shape.k_total
