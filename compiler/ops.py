@@ -135,8 +135,9 @@ _op("FusedMatMul", (2, None), rules.fused_matmul, "MatMul(A', B') (ranks 2 and m
     + _EPILOGUE_DOC + "; A' and B' are A and B, or Transpose(A) {perm=perm_a} and Transpose(B) {perm=perm_b} read "
     "in place when given; with perm_out the output is Transpose(result) {perm=perm_out} (N stays last), "
     "written in place; round_a/round_b=\"bf16\" take an f32 A/B and round it to bf16 on chip "
-    "(compiler/passes/fold_transpose.py)",
-    perm_a=[], perm_b=[], perm_out=[], round_a="", round_b="", **_EPILOGUE)
+    "(compiler/passes/fold_transpose.py); with softmax=1 the output is Softmax along the last axis of all "
+    "that, on whole result rows on chip",
+    perm_a=[], perm_b=[], perm_out=[], round_a="", round_b="", softmax=0, **_EPILOGUE)
 _op("MatMul", 2, rules.matmul, "numpy matmul: batched, broadcasting batch axes, 1-D operands promoted")
 _op("MatMulW8", (3, None), rules.matmul_w8, "weight-only int8 (--precision w8a16): A [..., K] (bf16, or f32 rounded "
     "to bf16 on chip with round_a=\"bf16\") @ W [K, N] (i8, constant) in fp32, times scale [N] (f32, per column), "

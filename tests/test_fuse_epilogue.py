@@ -10,7 +10,7 @@ import pytest
 from ir_cases import run_pass, same
 from onnx import TensorProto, helper, numpy_helper
 
-from compiler.passes.fuse_epilogue import fuse_epilogue, fuse_tail
+from compiler.passes.fuse_epilogue import fuse_epilogue, fuse_softmax, fuse_tail
 from compiler.pipeline import compile
 from isa.dtypes import DType
 from runtime.simulator import run
@@ -402,7 +402,8 @@ def test_attention_scale_and_mask_become_the_scores_tail(config):
 @pytest.mark.parametrize("config", ["tiny", "edge"])
 def test_prefill_attention_in_place_equals_the_copies(config):
     """The folded transposes (queries read per head, the result written back between the tokens)
-    give the -O1 result (Transposes copied in DRAM) bit for bit, without hazards."""
+    and the softmax on whole rows of the scores give the -O1 result (Transposes copied in DRAM,
+    the softmax its own pass) bit for bit, without hazards."""
     nodes = [helper.make_node("Transpose", ["q"], ["qt"], perm=[1, 0, 2]),
              helper.make_node("Transpose", ["k"], ["kt"], perm=[1, 2, 0]),
              helper.make_node("MatMul", ["qt", "kt"], ["s"]), helper.make_node("Softmax", ["s"], ["p"], axis=-1),
@@ -419,7 +420,7 @@ def test_prefill_attention_in_place_equals_the_copies(config):
     from compiler.frontend import import_model
     from compiler.pipeline import run_passes
 
-    assert [node.op for node in run_passes(import_model(model), 2).nodes] == ["FusedMatMul", "Softmax", "FusedMatMul"]
+    assert [node.op for node in run_passes(import_model(model), 2).nodes] == ["FusedMatMul", "FusedMatMul"]
     folded = run(compile(model, config, opt_level=2), inputs, check_hazards=True)
     assert folded.stats["hazards"] == 0
     assert np.array_equal(folded.outputs["y"], copied.outputs["y"])
@@ -485,3 +486,37 @@ def test_quantized_attention_output_equals_the_unfused_program(config):
     assert fused.stats["hazards"] == 0
     assert np.array_equal(fused.outputs["y"], unfused.outputs["y"])
     assert fused.stats["cycles"] < unfused.stats["cycles"]
+
+
+SOFTMAX_BEFORE = """
+graph g
+  input %q: f32[2, 4, 8]
+  input %k: f32[2, 8, 4]
+  input %one: f32[2, 1, 8]
+  const %w: f32[8, 4] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, \
+25, 26, 27, 28, 29, 30, 31, 32]
+  %s: f32[2, 4, 4] = FusedMatMul(%q, %k, _, _) {activation="", activation_params=[]}  @scores
+  %p: f32[2, 4, 4] = Softmax(%s) {axis=2}  @softmax
+  %d: f32[2, 1, 4] = MatMul(%one, %k)  @decode
+  %dp: f32[2, 1, 4] = Softmax(%d) {axis=2}  @decode_softmax
+  %c: f32[2, 4, 4] = MatMul(%q, %w)  @constant
+  %cp: f32[2, 4, 4] = Softmax(%c) {axis=2}  @constant_softmax
+  %t: f32[2, 4, 4] = MatMul(%q, %k)  @columns
+  %tp: f32[2, 4, 4] = Softmax(%t) {axis=1}  @columns_softmax
+  output %p
+  output %dp
+  output %cp
+  output %tp
+"""
+SOFTMAX_AFTER = SOFTMAX_BEFORE.replace(
+    """  %s: f32[2, 4, 4] = FusedMatMul(%q, %k, _, _) {activation="", activation_params=[]}  @scores
+  %p: f32[2, 4, 4] = Softmax(%s) {axis=2}  @softmax
+""", """  %p: f32[2, 4, 4] = FusedMatMul(%q, %k, _, _) {activation="", activation_params=[], softmax=1}  @scores
+""")
+
+
+def test_softmax_along_the_scores_rows_joins_the_product():
+    """Attention's scores (a run-time right operand, several rows) take the Softmax along their
+    rows; one row (a decode step), constant weights or a softmax along another axis do not."""
+    before = SOFTMAX_BEFORE.replace("\\\n", "")
+    assert run_pass(fuse_softmax, before) == same(SOFTMAX_AFTER.replace("\\\n", ""))

@@ -199,6 +199,34 @@ def fuse_tail(graph: Graph) -> Graph:
     return graph.prune()
 
 
+def fuse_softmax(graph: Graph) -> Graph:
+    """A float MatMul/FusedMatMul with a run-time right operand and more than one row (attention's
+    scores) whose result only a Softmax along the last axis reads takes it (softmax=1): the
+    kernel finishes whole result rows and runs the softmax on them on chip, after the bias,
+    addend, activation and tail, so the scores never reach DRAM. The result must not be a
+    graph output. Invariant: node outputs keep their names, dtypes and shapes."""
+    consumers = graph.consumers()
+    absorbed: set[int] = set()
+    nodes: list[Node] = []
+    for node in graph.nodes:
+        if id(node) in absorbed:
+            continue
+        result = node.outputs[0] if node.outputs else ""
+        users = consumers.get(result, [])
+        if (node.op in ("MatMul", "FusedMatMul") and not node.attrs.get("softmax") and len(users) == 1
+                and users[0].op == "Softmax" and result not in graph.outputs and graph.values[result].dtype == "f32"
+                and graph.values[node.inputs[0]].dtype in FLOAT and not graph.values[node.inputs[1]].is_const):
+            shape = graph.values[result].shape
+            if len(shape) >= 2 and shape[-2] > 1 and users[0].attrs["axis"] % len(shape) == len(shape) - 1:
+                attrs = dict(node.attrs) if node.op == "FusedMatMul" else {"activation": "", "activation_params": []}
+                node = Node("FusedMatMul", list(node.inputs), list(users[0].outputs), {**attrs, "softmax": 1},
+                            node.name)
+                absorbed.add(id(users[0]))
+        nodes.append(node)
+    graph.nodes = nodes
+    return graph.prune()
+
+
 def _before_layout_ops(graph: Graph) -> Graph:
     """An element-wise node (or FusedElementwise) whose one non-scalar input is a product's result
     moved by Reshapes and Transposes that keep the last axis (each value read only by the next

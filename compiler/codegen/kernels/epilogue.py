@@ -28,6 +28,7 @@ import numpy as np
 
 from compiler.codegen.context import LOCAL_ALIGN, CodegenContext, LocalArena, View, accelerator_dtype
 from compiler.codegen.kernels.elementwise import SharedZero, StepProgram, Tile, TileBuilder, step_program
+from compiler.codegen.kernels.rows import Chunk, SoftmaxOp, Stats
 from compiler.ir import Node, Value
 from compiler.ops import OPS
 from compiler.shape_rules import elementwise_steps, step_types
@@ -103,6 +104,7 @@ class Product:
     activation: str = ""  # "", "Relu" or "Clip" (float results), after the addend
     activation_params: tuple[float, ...] = ()
     tail: Tail | None = None  # steps on the int32 result (then no requantization)
+    softmax: bool = False  # then Softmax along each result row (the tile holds whole rows)
 
     @property
     def integer(self) -> bool:
@@ -152,6 +154,8 @@ class Finisher:
         self.addends = [spad.alloc(size) for size in sizes["addends"]]
         self.transposed = [spad.alloc(size) for size in sizes["transposed"]]
         self.tail_temps = [spad.alloc(size) for size in sizes["tail_temps"]]
+        self.softmax_tiles = [spad.alloc(size) for size in sizes["softmax_tiles"]]
+        self.softmax_stats = [spad.alloc(size) for size in sizes["softmax_stats"]]
         self.zero = SharedZero(self.zero_point) if product.tail else None
         # An integer product whose tail starts by dequantizing it: the bias is subtracted there
         # negated, as the dequantization's zero point (x + bias = x - (-bias), in wrapping int32).
@@ -190,6 +194,9 @@ class Finisher:
             "tail_temps": [4 * max(tail.chunk, max_rows, max_cols)] * tail.program.temps if tail else [],
             "tail_operands": [size for sizes in tail.buffer_sizes(elements, max_channels) for size in sizes]
             if tail else [],
+            # Softmax over whole rows: rows.SoftmaxOp's tile temporaries and its per-row statistics.
+            "softmax_tiles": [elements * 4] * SoftmaxOp.chunk_temps if product.softmax else [],
+            "softmax_stats": [max_rows * 4] * (len(SoftmaxOp.stats) + SoftmaxOp.stat_temps) if product.softmax else [],
         }
 
     @staticmethod
@@ -277,8 +284,22 @@ class Finisher:
         self._addend_and_activation(result, result_dtype, out_rows, out_cols, addend)
         if product.tail:
             result = self._tail(result, out_rows, out_cols, channels_on_rows != self.transpose, block_of, offset)
+        if product.softmax:
+            result = self._softmax(result, out_rows, out_cols)
         self.count += 1
         self.ctx.dma_out(result, target)
+
+    def _softmax(self, result: int, rows: int, cols: int) -> int:
+        """Softmax along each row of the dense f32 tile at `result` (whole rows), as the Softmax
+        kernel computes it on a row that fits one tile (rows.SoftmaxOp); returns where it is."""
+        op = SoftmaxOp(log=False)
+        chunk = Chunk(self.ctx, True, rows, cols, Tile(result, DType.F32, cols, 1), [], list(self.softmax_tiles), 0)
+        named = {name: Tile(address, DType.F32, rows, 1) for name, address in zip(op.stats, self.softmax_stats,
+                                                                                   strict=False)}
+        stats = Stats(self.ctx, rows, named, [], self.softmax_stats[len(op.stats):])
+        op.accumulate(0, chunk, stats, True)
+        op.finish(0, stats)
+        return op.output(chunk, stats).addr
 
     def _tail(self, result: int, rows: int, cols: int, channels_on_rows: bool, block_of: Callable[[View], View],
               offset: int = 0) -> int:
@@ -350,7 +371,7 @@ def epilogue_of(ctx: CodegenContext, node: Node, own: int) -> dict:
     addend = ctx.view(node.inputs[own]) if len(node.inputs) > own and node.inputs[own] else None
     return dict(addend=addend, activation=node.attrs.get("activation", ""),
                 activation_params=tuple(node.attrs.get("activation_params", ())),
-                tail=tail_of(ctx, node, own + 1, DType.F32))
+                tail=tail_of(ctx, node, own + 1, DType.F32), softmax=bool(node.attrs.get("softmax")))
 
 
 def laid_out_epilogue(epilogue: dict, reshape: Callable[[View], View], channel_axis: int) -> dict:

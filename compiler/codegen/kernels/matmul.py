@@ -64,6 +64,8 @@ def matmul_views(ctx: CodegenContext, a: View, b: View | ConstantMatrix, out: Vi
         if all(s == 0 for s in bias.strides[:-1]):  # one value per output column: the epilogue's bias
             product = replace(product, bias=View(bias.addr, bias.dtype, bias.shape[-1:], bias.strides[-1:]))
             bias = None
+    if product.softmax and isinstance(b, ConstantMatrix):
+        raise unsupported(node, "a softmax after a product with constant weights")
     alpha = product.alpha
     if bias is not None:  # a matrix bias: alpha is applied before it, block by block
         product = replace(product, alpha=1.0)
@@ -81,6 +83,11 @@ def matmul_views(ctx: CodegenContext, a: View, b: View | ConstantMatrix, out: Vi
                 return
         b = ctx.constant(b.data, b.dtype, b.name)
     elif bias is None and _matmul_resident(ctx, a, b, out, product, a_first):
+        return
+    elif product.softmax:
+        if bias is not None:
+            raise unsupported(node, "a softmax after a product with a bias matrix")
+        _matmul_whole_rows(ctx, a, b, out, node, product)
         return
     a = _rounded_copy(ctx, a, product.operand)
     batch_shape = out.shape[:-2]
@@ -145,6 +152,78 @@ def matmul_views(ctx: CodegenContext, a: View, b: View | ConstantMatrix, out: Vi
                     _add_matrix_bias(ctx, c_tile, _block(bias_batch, block), bias_buffers[tile % 2], alpha)
                 finisher.finish(c_tile, mt, nt, False, n0, out, _block_of(block, index))
                 tile += 1
+
+
+def _matmul_whole_rows(ctx: CodegenContext, a: View, b: View, out: View, node: Node, product: Product) -> None:
+    """out[..., M, N] = a @ b for a run-time b, tile by tile as the weights-stationary path, but each
+    block of rows collects all N columns in the accumulator before it is finished: the product's
+    softmax takes whole rows. A block of rows loads its rows of a once when K is one tile."""
+    config = ctx.config
+    rows, cols = config.array_rows, config.array_cols
+    a = _rounded_copy(ctx, a, product.operand)
+    batch_shape = out.shape[:-2]
+    a, b = _as_matrix_batches(a, batch_shape), _as_matrix_batches(b, batch_shape)
+    m_total, k_total = a.shape[-2:]
+    n_total = b.shape[-1]
+    size, wsize = product.operand.size, product.weight_dtype.size
+    rounded = b.dtype != product.weight_dtype  # an f32 b rounded to bf16 on chip (FusedMatMul round_b)
+    b_by_columns = b.strides[-2] == 1 and b.strides[-1] > 1
+    spad, acc = ctx.scratchpad(), ctx.accumulator()
+    fixed = 2 * rows * cols * wsize + (2 * rows * cols * b.dtype.size if rounded else 0) + 8 * LOCAL_ALIGN
+
+    def scratchpad_bytes(m: int) -> int:
+        return Finisher.reserve_bytes(product, m, n_total, n_total) + 2 * m * rows * size + fixed
+
+    m_tile = min(m_total, 65535, config.acc_bytes // (2 * n_total * 4))
+    while m_tile > 1 and scratchpad_bytes(m_tile) > spad.free:
+        m_tile = -(-m_tile // 2)
+    if m_tile < 1 or scratchpad_bytes(m_tile) > spad.free:
+        raise unsupported(node, f"a softmax over rows of {n_total} does not fit on chip")
+    finisher = Finisher(ctx, product, spad, m_tile, n_total, n_total)
+    a_buffers = [spad.alloc(m_tile * rows * size) for _ in range(2)]
+    b_buffers = [spad.alloc(rows * cols * wsize) for _ in range(2)]
+    b_staging = [spad.alloc(rows * cols * b.dtype.size) for _ in range(2)] if rounded else []
+    c_buffers = [acc.alloc(m_tile * n_total * 4) for _ in range(2)]
+    one_k_tile = k_total <= rows
+    ctx.note(f"whole rows: {-(-n_total // cols)} column blocks x {-(-k_total // rows)} K tiles into blocks of "
+             f"{m_tile} rows of {n_total}, then the softmax" + (f", {int(np.prod(batch_shape))} batches"
+                                                                  if batch_shape else ""))
+    step = tile = 0
+    for batch in range(int(np.prod(batch_shape, dtype=np.int64))):
+        index = _unravel(batch, batch_shape)
+        a_batch, b_batch = a.at(*index), b.at(*index)
+        for m0 in range(0, m_total, m_tile):
+            mt = min(m_tile, m_total - m0)
+            c_tile = c_buffers[tile % 2]
+            if one_k_tile:
+                a_tile = a_buffers[tile % 2]
+                ctx.dma_in(a_tile, a_batch.window(0, m0, m0 + mt))
+            for n0 in range(0, n_total, cols):
+                nt = min(cols, n_total - n0)
+                for k0 in range(0, k_total, rows):
+                    kt = min(rows, k_total - k0)
+                    b_tile = b_buffers[step % 2]
+                    if not one_k_tile:
+                        a_tile = a_buffers[step % 2]
+                        ctx.dma_in(a_tile, a_batch.window(0, m0, m0 + mt).window(1, k0, k0 + kt))
+                    b_window = b_batch.window(0, k0, k0 + kt).window(1, n0, n0 + nt)
+                    width, height = (kt, nt) if b_by_columns else (nt, kt)
+                    if b_by_columns:
+                        b_window = b_window.transpose((1, 0))
+                    if rounded:
+                        ctx.dma_in(b_staging[step % 2], b_window)
+                        ctx.emitter.emit("vcvt", dtype=product.weight_dtype, src_dtype=b.dtype, dst=b_tile,
+                                         dst_rs=width, a=b_staging[step % 2], a_rs=width, rows=height, cols=width)
+                    else:
+                        ctx.dma_in(b_tile, b_window)
+                    ctx.emitter.emit("load_weights", dtype=product.weight_dtype, addr=b_tile, k=kt, n=nt, stride=width,
+                                     transpose=int(b_by_columns))
+                    ctx.emitter.emit("matmul", dtype=product.operand, a=a_tile, a_rs=kt, m=mt, c=c_tile + n0 * 4,
+                                     c_rs=n_total, accumulate=int(k0 > 0))
+                    step += 1
+            finisher.finish(c_tile, mt, n_total, False, 0, out, _block_of((slice(m0, m0 + mt), slice(0, n_total)),
+                                                                          index))
+            tile += 1
 
 
 # The streamed schedule's sizes: a ring of this many weight chunks of at most this many K tiles
