@@ -51,7 +51,7 @@ def fuse_elementwise(graph: Graph) -> Graph:
     consumers = graph.consumers()
     groups: dict[int, list[Node]] = {}  # id(last node) -> the group's nodes in graph order
     for node in graph.nodes:
-        if not _fusible(graph, node):
+        if not fusible(graph, node):
             continue
         out = graph.values[node.outputs[0]]
         members, inside = [node], {id(node)}
@@ -79,7 +79,7 @@ def fuse_elementwise(graph: Graph) -> Graph:
         if len(members) < 2:
             continue
         members.sort(key=lambda member: position[id(member)])
-        fused[last] = _fused_node(graph, members)
+        fused[last] = fused_node(graph, members)
         removed.update(id(member) for member in members)
     if not fused:
         return graph
@@ -110,7 +110,8 @@ def _per_axis_params_broadcast(graph: Graph) -> Graph:
     return graph
 
 
-def _fusible(graph: Graph, node: Node) -> bool:
+def fusible(graph: Graph, node: Node) -> bool:
+    """Whether `node` is an element-wise node a FusedElementwise program can take (see fuse_elementwise)."""
     if node.op not in FUSIBLE or len(node.outputs) != 1 or not node.outputs[0]:
         return False
     x = graph.values[node.inputs[0]]
@@ -121,7 +122,8 @@ def _fusible(graph: Graph, node: Node) -> bool:
     return all(graph.values[name].dtype in STORAGE_DTYPES for name in names)
 
 
-def _fused_node(graph: Graph, members: list[Node]) -> Node:
+def fused_node(graph: Graph, members: list[Node]) -> Node:
+    """The FusedElementwise node that computes `members` (element-wise nodes in graph order, one or more)."""
     step_of = {out: index for index, member in enumerate(members) for out in member.outputs}
     inputs: list[str] = []
     steps = []

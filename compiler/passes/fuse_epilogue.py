@@ -234,12 +234,13 @@ def _before_layout_ops(graph: Graph) -> Graph:
     become the product's tail: attention's output, its heads put back between the tokens, is
     quantized for the next int8 product. An element-wise op with single-value operands commutes
     with moving elements, so the values do not change."""
-    from compiler.passes.fuse_elementwise import _fused_node, _fusible
+    # Imported here: fuse_elementwise reaches the code generator, which imports this module.
+    from compiler.passes.fuse_elementwise import fused_node, fusible
 
     consumers, producers = graph.consumers(), graph.producers()
     moved: dict[int, list[Node]] = {}  # id(node) -> the nodes that replace it
     for node in graph.nodes:
-        if node.op != "FusedElementwise" and not _fusible(graph, node):
+        if node.op != "FusedElementwise" and not fusible(graph, node):
             continue
         wide = [name for name in node.inputs if name and graph.values[name].size != 1]
         if len(wide) != 1 or node.inputs.count(wide[0]) != 1:
@@ -258,7 +259,7 @@ def _before_layout_ops(graph: Graph) -> Graph:
         early = graph.add_value(Value(graph.fresh_name(node.outputs[0] + ".early"), dtype, graph.values[value].shape))
         first = Node(node.op, [value if name == wide[0] else name for name in node.inputs], [early.name],
                      dict(node.attrs), node.name)
-        nodes = [first if first.op == "FusedElementwise" else _fused_node(graph, [first])]
+        nodes = [first if first.op == "FusedElementwise" else fused_node(graph, [first])]
         for op in reversed(chain):
             last = op is chain[0]
             out = node.outputs[0] if last else graph.add_value(

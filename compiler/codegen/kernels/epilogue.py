@@ -145,6 +145,8 @@ class Finisher:
     def __init__(self, ctx: CodegenContext, product: Product, spad: LocalArena, max_rows: int, max_cols: int,
                  max_channels: int, transpose: bool = False):
         self.ctx, self.product = ctx, product
+        if product.softmax and transpose:
+            raise ValueError("a softmax runs along the stored rows: not with a transposing finish")
         sizes = Finisher._buffer_sizes(product, max_rows, max_cols, max_channels, transpose)
         self.bias = spad.alloc(sizes["bias"][0]) if sizes["bias"] else None
         self.scale = spad.alloc(sizes["scale"][0]) if sizes["scale"] else None
