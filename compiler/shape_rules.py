@@ -340,6 +340,13 @@ def layer_norm(attrs: dict, x: list) -> Result:
     return [(_same_dtype(x), data.shape), ("f32", stats), ("f32", stats)]
 
 
+def fused_layer_norm(attrs: dict, x: list) -> Result:
+    """LayerNormalization's y of x[0] with scale x[1] and bias x[2] (may be absent), then its `tail`
+    on the inputs after them."""
+    ((dtype, shape), *_) = layer_norm(attrs, [value for value in x[:3] if value is not None])
+    return _with_tail(attrs, dtype, shape, x[3:])
+
+
 def along_axis(attrs: dict, x: list) -> Result:
     """Softmax, LogSoftmax, Hardmax, CumSum, LpNormalization: same shape, one axis."""
     _axis(attrs, len(x[0].shape))

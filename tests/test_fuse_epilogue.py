@@ -10,7 +10,7 @@ import pytest
 from ir_cases import run_pass, same
 from onnx import TensorProto, helper, numpy_helper
 
-from compiler.passes.fuse_epilogue import fuse_epilogue, fuse_softmax, fuse_tail
+from compiler.passes.fuse_epilogue import fuse_epilogue, fuse_norm_tail, fuse_softmax, fuse_tail
 from compiler.pipeline import compile
 from isa.dtypes import DType
 from runtime.simulator import run
@@ -520,3 +520,60 @@ def test_softmax_along_the_scores_rows_joins_the_product():
     rows; one row (a decode step), constant weights or a softmax along another axis do not."""
     before = SOFTMAX_BEFORE.replace("\\\n", "")
     assert run_pass(fuse_softmax, before) == same(SOFTMAX_AFTER.replace("\\\n", ""))
+
+
+NORM_BEFORE = """
+graph g
+  input %x: f32[4, 16]
+  input %s2: f32[]
+  const %g: f32[16] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]
+  const %s: f32[] = [0.05]
+  const %z: u8[] = [128]
+  %y: f32[4, 16] = LayerNormalization(%x, %g) {axis=1}  @norm
+  %q: u8[4, 16] = QuantizeLinear(%y, %s, %z) {output_dtype="u8"}  @quantize
+  %y2: f32[4, 16] = LayerNormalization(%x, %g) {axis=1}  @norm_twice_read
+  %q2: u8[4, 16] = QuantizeLinear(%y2, %s, %z) {output_dtype="u8"}  @quantize2
+  %r2: f32[4, 16] = Relu(%y2)  @other_reader
+  %y3: f32[4, 16] = LayerNormalization(%x, %g) {axis=1}  @norm_run_time_scale
+  %q3: u8[4, 16] = QuantizeLinear(%y3, %s2, %z) {output_dtype="u8"}  @quantize3
+  output %q
+  output %q2
+  output %r2
+  output %q3
+"""
+NORM_AFTER = NORM_BEFORE.replace(
+    """  %y: f32[4, 16] = LayerNormalization(%x, %g) {axis=1}  @norm
+  %q: u8[4, 16] = QuantizeLinear(%y, %s, %z) {output_dtype="u8"}  @quantize
+""", """  %q: u8[4, 16] = FusedLayerNorm(%x, %g, _, %s, %z) {axis=1, epsilon=1e-05, \\
+tail=["QuantizeLinear(x0, x1, x2) {output_dtype=\\"u8\\"}"]}  @norm
+""")
+
+
+def test_layer_norm_takes_its_quantization_as_a_tail():
+    """A LayerNormalization's y quantized per tensor (constant scale and zero point) is quantized
+    on its row tiles; a y with another reader, or a run-time scale, is left as it was."""
+    assert run_pass(fuse_norm_tail, NORM_BEFORE) == same(NORM_AFTER.replace("\\\n", ""))
+
+
+@pytest.mark.parametrize("config", ["tiny", "edge"])
+def test_layer_norm_with_its_quantization_equals_the_unfused_program(config):
+    nodes = [helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["y"], axis=-1, epsilon=1e-5),
+             helper.make_node("QuantizeLinear", ["y", "scale", "zero"], ["q"])]
+    rng = np.random.default_rng(7)
+    model = helper.make_model(helper.make_graph(
+        nodes, "norm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 24, 48])],
+        [helper.make_tensor_value_info("q", TensorProto.UINT8, [1, 24, 48])],
+        [numpy_helper.from_array(rng.standard_normal(48).astype(np.float32), "gamma"),
+         numpy_helper.from_array(rng.standard_normal(48).astype(np.float32), "beta"),
+         numpy_helper.from_array(np.float32(0.03), "scale"), numpy_helper.from_array(np.uint8(120), "zero")]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    inputs = {"x": rng.standard_normal((1, 24, 48)).astype(np.float32)}
+    from compiler.frontend import import_model
+    from compiler.pipeline import run_passes
+
+    assert [node.op for node in run_passes(import_model(model), 2).nodes] == ["FusedLayerNorm"]
+    unfused = run(compile(model, config, opt_level=1), inputs, check_hazards=True)
+    fused = run(compile(model, config, opt_level=2), inputs, check_hazards=True)
+    assert fused.stats["hazards"] == 0
+    assert np.array_equal(fused.outputs["q"], unfused.outputs["q"])
+    assert fused.stats["cycles"] < unfused.stats["cycles"]

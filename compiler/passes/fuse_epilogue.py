@@ -199,6 +199,48 @@ def fuse_tail(graph: Graph) -> Graph:
     return graph.prune()
 
 
+def fuse_norm_tail(graph: Graph) -> Graph:
+    """A LayerNormalization (only its y used) whose y only an element-wise node or program reads,
+    with constant single values as its other operands (the quantization for the next int8
+    product), becomes a FusedLayerNorm with that program as its `tail`, run on each row tile
+    before it is stored: y never reaches DRAM in float. Invariant: node outputs keep their
+    names, dtypes and shapes."""
+    # Imported here: fuse_elementwise reaches the code generator, which imports this module.
+    from compiler.passes.fuse_elementwise import fused_node, fusible
+
+    consumers = graph.consumers()
+    replaced: dict[int, Node] = {}
+    removed: set[int] = set()
+    for node in graph.nodes:
+        if node.op != "LayerNormalization" or any(name and (consumers.get(name) or name in graph.outputs)
+                                                  for name in node.outputs[1:]):
+            continue
+        y = node.outputs[0]
+        users = consumers.get(y, [])
+        if len(users) != 1 or y in graph.outputs:
+            continue
+        program = users[0] if users[0].op == "FusedElementwise" else \
+            fused_node(graph, [users[0]]) if fusible(graph, users[0]) else None
+        if program is None or program.inputs.count(y) != 1 \
+                or graph.values[program.outputs[0]].shape != graph.values[y].shape:
+            continue
+        others = [name for name in program.inputs if name != y]
+        if not all(graph.values[name].is_const and graph.values[name].size == 1 for name in others):
+            continue
+        renumber = {f"x{i}": ("x0" if name == y else f"x{1 + others.index(name)}")
+                    for i, name in enumerate(program.inputs)}
+        steps = [Step(step.op, tuple(renumber.get(o, o) for o in step.operands), step.attrs).text()
+                 for step in map(Step.parse, program.attrs["steps"])]
+        inputs = list(node.inputs) + [""] * (3 - len(node.inputs))
+        attrs = {"axis": node.attrs["axis"], "epsilon": node.attrs.get("epsilon", 1e-5), "tail": steps}
+        replaced[id(node)] = Node("FusedLayerNorm", inputs + others, list(program.outputs), attrs, node.name)
+        removed.add(id(users[0]))
+    if not replaced:
+        return graph
+    graph.nodes = [replaced.get(id(node), node) for node in graph.nodes if id(node) not in removed]
+    return graph.prune()
+
+
 def fuse_softmax(graph: Graph) -> Graph:
     """A float MatMul/FusedMatMul with a run-time right operand and more than one row (attention's
     scores) whose result only a Softmax along the last axis reads takes it (softmax=1): the

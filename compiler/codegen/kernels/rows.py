@@ -27,15 +27,19 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from compiler.codegen.context import LOCAL_ALIGN, CodegenContext, LocalArena, View, unsupported
-from compiler.codegen.kernels.elementwise import Tile, TileBuilder, merge_joint
+from compiler.codegen.kernels.elementwise import SharedZero, Tile, TileBuilder, merge_joint
 from compiler.ir import Node
 from compiler.ops import OPS
 from isa.dtypes import DType
 from isa.spec import FORMATS
+
+if TYPE_CHECKING:  # epilogue.py imports this module
+    from compiler.codegen.kernels.epilogue import Tail
 
 F32 = DType.F32
 
@@ -561,9 +565,15 @@ class _Buffers:
     scratch: list[int]  # per set: rows for halving reductions (column orientation)
     element_params: list[list[int]]  # per set (or one resident set)
     stats: list[list[int]]  # per set: named stats, segment params, stat temporaries
+    # A tail (FusedLayerNorm): its result tile per set, its temporaries, its single-value operands and a zero.
+    tail_out: list[int] = field(default_factory=list)
+    tail_temps: list[int] = field(default_factory=list)
+    tail_scalars: list[int] = field(default_factory=list)
+    zero: SharedZero | None = None
 
 
-def _allocate(ctx: CodegenContext, plan: SegmentPlan, op: SegmentOp, node: Node) -> tuple[_Geometry, _Buffers]:
+def _allocate(ctx: CodegenContext, plan: SegmentPlan, op: SegmentOp, node: Node,
+              tail: Tail | None = None) -> tuple[_Geometry, _Buffers]:
     """The largest tiles for which two sets of buffers fit; statistics go to the accumulator when they fit."""
     tiles_per_set = 1 + op.chunk_temps
     stat_count = len(op.stats) + len(plan.segment_params) + op.stat_temps
@@ -578,6 +588,9 @@ def _allocate(ctx: CodegenContext, plan: SegmentPlan, op: SegmentOp, node: Node)
             tile += 2 * _aligned(geometry.n * (geometry.m + 1) // 2 * 4)
         params = param_sets * len(plan.element_params) * _aligned(geometry.m * 4)
         stats = 2 * stat_count * _aligned(geometry.n * 8)
+        if tail is not None:
+            tile += 2 * _aligned(geometry.n * geometry.m * tail.program.result.size)
+            tile += tail.program.temps * _aligned(geometry.n * geometry.m * 4) + (len(tail.operands) + 1) * LOCAL_ALIGN
         return geometry, param_sets, tile + params, stats
 
     spad, acc = ctx.scratchpad(), ctx.accumulator()
@@ -598,12 +611,40 @@ def _allocate(ctx: CodegenContext, plan: SegmentPlan, op: SegmentOp, node: Node)
     scratch = [0, 0] if plan.rowwise else [spad.alloc(geometry.n * (geometry.m + 1) // 2 * 4) for _ in range(2)]
     params = [[spad.alloc(geometry.m * 4) for _ in plan.element_params] for _ in range(param_sets)]
     stat_sets = [[stat_arena.alloc(geometry.n * 8) for _ in range(stat_count)] for _ in range(2)]
-    return geometry, _Buffers(tiles, scratch, params, stat_sets)
+    buffers = _Buffers(tiles, scratch, params, stat_sets)
+    if tail is not None:
+        elements = geometry.n * geometry.m
+        buffers.tail_out = [spad.alloc(elements * tail.program.result.size) for _ in range(2)]
+        buffers.tail_temps = [spad.alloc(elements * 4) for _ in range(tail.program.temps)]
+        buffers.tail_scalars = [spad.alloc(operand.dtype.size) for operand in tail.operands]
+        buffers.zero = SharedZero(spad.alloc(4))
+        for address, operand in zip(buffers.tail_scalars, tail.operands, strict=True):
+            ctx.dma_in(address, View(operand.addr, operand.dtype, (1,), (1,)))
+    return geometry, buffers
 
 
-def run_segments(ctx: CodegenContext, node: Node, op: SegmentOp, plan: SegmentPlan) -> None:
-    """Emit `op` over every segment of `plan`: statistics passes, then the output."""
-    geometry, buffers = _allocate(ctx, plan, op, node)
+def _run_tail(ctx: CodegenContext, tail: Tail, y: Tile, n: int, m: int, buffers: _Buffers, turn: int) -> Tile:
+    """The tail's steps on the output tile y ([n, m] rows), into a tile of the tail's result type."""
+    builder = TileBuilder(ctx, n, m, list(buffers.tail_temps), F32, buffers.zero)
+    tiles = [y] + [Tile(address, operand.dtype, 0, 0)
+                   for address, operand in zip(buffers.tail_scalars, tail.operands, strict=True)]
+    destination = Tile(buffers.tail_out[turn % 2], tail.program.result, m, 1)
+    value = tail.program.body(builder, tiles, destination, None)
+    if value.addr != destination.addr:
+        if value.dtype != destination.dtype:
+            builder.convert(value, destination.dtype, destination)
+        else:
+            builder._emit("vmov", destination, a=value)
+    return destination
+
+
+def run_segments(ctx: CodegenContext, node: Node, op: SegmentOp, plan: SegmentPlan,
+                 tail: Tail | None = None) -> None:
+    """Emit `op` over every segment of `plan`: statistics passes, then the output (through `tail`'s steps,
+    single-value operands only, when given)."""
+    if tail is not None and (not plan.rowwise or any(kind != "scalar" for kind in tail.kinds)):
+        raise unsupported(node, "a tail on a normalisation of rows, with single-value operands only")
+    geometry, buffers = _allocate(ctx, plan, op, node, tail)
     reduced_boxes = _boxes(plan.reduced, geometry.reduced_chunk)
     single = len(reduced_boxes) == 1
     whole_outer = tuple((0, 1) for _ in plan.outer)
@@ -660,6 +701,8 @@ def run_segments(ctx: CodegenContext, node: Node, op: SegmentOp, plan: SegmentPl
             for reduced_box in reduced_boxes:
                 chunk = cached or load(outer_box, inner_box, reduced_box)
                 y = op.output(chunk, stats)
+                if tail is not None:
+                    y = _run_tail(ctx, tail, y, chunk.n, chunk.m, buffers, index)
                 ctx.dma_out(y.addr, _window(plan.target, outer_box + reduced_box + (inner_box,)))
         else:
             ctx.dma_out(op.result(stats).addr, _window(plan.result, segment_box))
@@ -784,11 +827,18 @@ def lp_normalization_kernel(ctx: CodegenContext, node: Node) -> None:
 
 
 def layer_norm_kernel(ctx: CodegenContext, node: Node) -> None:
-    """LayerNormalization over the axes from `axis` on; only output 0 (Mean and InvStdDev are not produced)."""
+    """LayerNormalization over the axes from `axis` on; only output 0 (Mean and InvStdDev are not produced).
+    FusedLayerNorm: then its tail's steps on each row tile before it is stored."""
     used = {name for other in ctx.graph.nodes for name in other.inputs} | set(ctx.graph.outputs)
     if any(name and name in used for name in node.outputs[1:]):
         raise unsupported(node, "its Mean/InvStdDev outputs are used; only output 0 is produced")
-    _float_input(ctx, node, node.inputs)
+    _float_input(ctx, node, node.inputs[:3])
+    tail = None
+    if node.op == "FusedLayerNorm":
+        # Imported here: epilogue.py imports this module (its Softmax on result rows).
+        from compiler.codegen.kernels.epilogue import tail_of
+
+        tail = tail_of(ctx, node, 3, F32)
     attrs = _attrs(node)
     x, out = ctx.view(node.inputs[0]), ctx.view(node.outputs[0])
     if out.size == 0:
@@ -796,7 +846,7 @@ def layer_norm_kernel(ctx: CodegenContext, node: Node) -> None:
     axes = list(range(attrs["axis"], len(x.shape)))
     params = [ctx.view(name).broadcast_to(x.shape) for name in node.inputs[1:3] if name]
     op = NormaliseOp(math.prod(x.shape[i] for i in axes), float(attrs["epsilon"]), len(params), 0)
-    run_segments(ctx, node, op, plan_segments(x.shape, axes, x, target=out, element_params=params))
+    run_segments(ctx, node, op, plan_segments(x.shape, axes, x, target=out, element_params=params), tail)
 
 
 def instance_norm_kernel(ctx: CodegenContext, node: Node) -> None:
@@ -892,6 +942,7 @@ ROW_KERNELS = {
     "GlobalAveragePool": reduce_kernel, "GlobalMaxPool": reduce_kernel,
     "ArgMax": arg_kernel, "ArgMin": arg_kernel, "Hardmax": arg_kernel,
     "Softmax": softmax_kernel, "LogSoftmax": softmax_kernel, "LpNormalization": lp_normalization_kernel,
-    "LayerNormalization": layer_norm_kernel, "InstanceNormalization": instance_norm_kernel,
+    "LayerNormalization": layer_norm_kernel, "FusedLayerNorm": layer_norm_kernel,
+    "InstanceNormalization": instance_norm_kernel,
     "LRN": lrn_kernel,
 }
