@@ -179,12 +179,7 @@ def fuse_tail(graph: Graph) -> Graph:
         channel_axis = 1 if product.op in ("QLinearConv", "Conv", "FusedConv") else len(out_shape) - 1
         if not ready or not all(_tail_operand(graph.values[name].shape, out_shape, channel_axis) for name in others):
             continue
-        renumber = {f"x{i}": ("x0" if name == result else f"x{1 + others.index(name)}")
-                    for i, name in enumerate(program.inputs)}
-        steps = []
-        for text in program.attrs["steps"]:
-            step = Step.parse(text)
-            steps.append(Step(step.op, tuple(renumber.get(o, o) for o in step.operands), step.attrs).text())
+        steps = tail_steps(program, result, others)
         op, own = (product.op, 3) if product.op in QUANTIZED_PRODUCTS else (FLOAT_PRODUCTS[product.op], 4)
         attrs = dict(product.attrs)
         if op != product.op:  # a plain product becomes its Fused* form, with an empty epilogue
@@ -227,10 +222,7 @@ def fuse_norm_tail(graph: Graph) -> Graph:
         others = [name for name in program.inputs if name != y]
         if not all(graph.values[name].is_const and graph.values[name].size == 1 for name in others):
             continue
-        renumber = {f"x{i}": ("x0" if name == y else f"x{1 + others.index(name)}")
-                    for i, name in enumerate(program.inputs)}
-        steps = [Step(step.op, tuple(renumber.get(o, o) for o in step.operands), step.attrs).text()
-                 for step in map(Step.parse, program.attrs["steps"])]
+        steps = tail_steps(program, y, others)
         inputs = list(node.inputs) + [""] * (3 - len(node.inputs))
         attrs = {"axis": node.attrs["axis"], "epsilon": node.attrs.get("epsilon", 1e-5), "tail": steps}
         replaced[id(node)] = Node("FusedLayerNorm", inputs + others, list(program.outputs), attrs, node.name)
@@ -267,6 +259,15 @@ def fuse_softmax(graph: Graph) -> Graph:
         nodes.append(node)
     graph.nodes = nodes
     return graph.prune()
+
+
+def tail_steps(program: Node, result: str, others: list[str]) -> list[str]:
+    """A FusedElementwise program's steps as a tail: operand x0 is `result` (what the op it joins
+    computes), x1, x2, ... are `others`, the program's other inputs in that order."""
+    renumber = {f"x{i}": ("x0" if name == result else f"x{1 + others.index(name)}")
+                for i, name in enumerate(program.inputs)}
+    return [Step(step.op, tuple(renumber.get(o, o) for o in step.operands), step.attrs).text()
+            for step in map(Step.parse, program.attrs["steps"])]
 
 
 def _before_layout_ops(graph: Graph) -> Graph:
