@@ -102,7 +102,6 @@ def matmul_views(ctx: CodegenContext, a: View, b: View | ConstantMatrix, out: Vi
     m_tile = max(1, min(m_total, config.acc_bytes // (2 * cols * 4), 65535))
     reserve = Finisher.reserve_bytes(product, m_tile, cols, cols) + (2 * m_tile * cols * 4 if bias else 0)
     rounded = b.dtype != product.weight_dtype  # an f32 b rounded to bf16 on chip (FusedMatMul round_b)
-    b_by_columns = b.strides[-2] == 1 and b.strides[-1] > 1
     staging = 2 * rows * cols * b.dtype.size if rounded else 0
     m_tile = max(1, min(m_tile, (spad.free - reserve - 2 * rows * cols * wsize - staging - 256) // (2 * rows * size)))
     finisher = Finisher(ctx, product, spad, m_tile, cols, cols)
@@ -130,20 +129,8 @@ def matmul_views(ctx: CodegenContext, a: View, b: View | ConstantMatrix, out: Vi
                     kt = min(rows, k_total - k0)
                     a_tile, b_tile = a_buffers[step % 2], b_buffers[step % 2]
                     ctx.dma_in(a_tile, a_batch.window(0, m0, m0 + mt).window(1, k0, k0 + kt))
-                    b_window = b_batch.window(0, k0, k0 + kt).window(1, n0, n0 + nt)
-                    # b read transposed (a folded Transpose: unit stride along K): its tile comes in as
-                    # rows of K, dense runs, and shifts in with load_weights' transpose flag.
-                    width, height = (kt, nt) if b_by_columns else (nt, kt)
-                    if b_by_columns:
-                        b_window = b_window.transpose((1, 0))
-                    if rounded:
-                        ctx.dma_in(b_staging[step % 2], b_window)
-                        ctx.emitter.emit("vcvt", dtype=product.weight_dtype, src_dtype=b.dtype, dst=b_tile,
-                                         dst_rs=width, a=b_staging[step % 2], a_rs=width, rows=height, cols=width)
-                    else:
-                        ctx.dma_in(b_tile, b_window)
-                    ctx.emitter.emit("load_weights", dtype=product.weight_dtype, addr=b_tile, k=kt, n=nt, stride=width,
-                                     transpose=int(b_by_columns))
+                    _load_b_tile(ctx, b_batch.window(0, k0, k0 + kt).window(1, n0, n0 + nt), b_tile,
+                                 b_staging[step % 2] if rounded else None, product.weight_dtype)
                     ctx.emitter.emit("matmul", dtype=product.operand, a=a_tile, a_rs=kt, m=mt, c=c_tile, c_rs=nt,
                                      accumulate=int(k0 > 0))
                     step += 1
@@ -152,6 +139,26 @@ def matmul_views(ctx: CodegenContext, a: View, b: View | ConstantMatrix, out: Vi
                     _add_matrix_bias(ctx, c_tile, _block(bias_batch, block), bias_buffers[tile % 2], alpha)
                 finisher.finish(c_tile, mt, nt, False, n0, out, _block_of(block, index))
                 tile += 1
+
+
+def _load_b_tile(ctx: CodegenContext, window: View, b_tile: int, staging: int | None, weight_dtype: DType) -> None:
+    """A run-time b's [kt, nt] tile into the array's weights: DMA'd (through `staging` and rounded
+    to `weight_dtype` on the vector unit when given) and shifted in. A b read transposed (a folded
+    Transpose: unit stride along K) comes in as rows of K, dense runs, and shifts in with
+    load_weights' transpose flag."""
+    kt, nt = window.shape
+    by_columns = window.strides[0] == 1 and window.strides[1] > 1
+    width, height = (kt, nt) if by_columns else (nt, kt)
+    if by_columns:
+        window = window.transpose((1, 0))
+    if staging is not None:
+        ctx.dma_in(staging, window)
+        ctx.emitter.emit("vcvt", dtype=weight_dtype, src_dtype=window.dtype, dst=b_tile, dst_rs=width, a=staging,
+                         a_rs=width, rows=height, cols=width)
+    else:
+        ctx.dma_in(b_tile, window)
+    ctx.emitter.emit("load_weights", dtype=weight_dtype, addr=b_tile, k=kt, n=nt, stride=width,
+                     transpose=int(by_columns))
 
 
 def _matmul_whole_rows(ctx: CodegenContext, a: View, b: View, out: View, node: Node, product: Product) -> None:
@@ -167,7 +174,6 @@ def _matmul_whole_rows(ctx: CodegenContext, a: View, b: View, out: View, node: N
     n_total = b.shape[-1]
     size, wsize = product.operand.size, product.weight_dtype.size
     rounded = b.dtype != product.weight_dtype  # an f32 b rounded to bf16 on chip (FusedMatMul round_b)
-    b_by_columns = b.strides[-2] == 1 and b.strides[-1] > 1
     spad, acc = ctx.scratchpad(), ctx.accumulator()
     fixed = 2 * rows * cols * wsize + (2 * rows * cols * b.dtype.size if rounded else 0) + 8 * LOCAL_ALIGN
 
@@ -206,18 +212,8 @@ def _matmul_whole_rows(ctx: CodegenContext, a: View, b: View, out: View, node: N
                     if not one_k_tile:
                         a_tile = a_buffers[step % 2]
                         ctx.dma_in(a_tile, a_batch.window(0, m0, m0 + mt).window(1, k0, k0 + kt))
-                    b_window = b_batch.window(0, k0, k0 + kt).window(1, n0, n0 + nt)
-                    width, height = (kt, nt) if b_by_columns else (nt, kt)
-                    if b_by_columns:
-                        b_window = b_window.transpose((1, 0))
-                    if rounded:
-                        ctx.dma_in(b_staging[step % 2], b_window)
-                        ctx.emitter.emit("vcvt", dtype=product.weight_dtype, src_dtype=b.dtype, dst=b_tile,
-                                         dst_rs=width, a=b_staging[step % 2], a_rs=width, rows=height, cols=width)
-                    else:
-                        ctx.dma_in(b_tile, b_window)
-                    ctx.emitter.emit("load_weights", dtype=product.weight_dtype, addr=b_tile, k=kt, n=nt, stride=width,
-                                     transpose=int(b_by_columns))
+                    _load_b_tile(ctx, b_batch.window(0, k0, k0 + kt).window(1, n0, n0 + nt), b_tile,
+                                 b_staging[step % 2] if rounded else None, product.weight_dtype)
                     ctx.emitter.emit("matmul", dtype=product.operand, a=a_tile, a_rs=kt, m=mt, c=c_tile + n0 * 4,
                                      c_rs=n_total, accumulate=int(k0 > 0))
                     step += 1
