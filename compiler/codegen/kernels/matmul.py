@@ -84,60 +84,110 @@ def matmul_views(ctx: CodegenContext, a: View, b: View | ConstantMatrix, out: Vi
         b = ctx.constant(b.data, b.dtype, b.name)
     elif bias is None and _matmul_resident(ctx, a, b, out, product, a_first):
         return
-    elif product.softmax:
-        if bias is not None:
-            raise unsupported(node, "a softmax after a product with a bias matrix")
-        _matmul_whole_rows(ctx, a, b, out, node, product)
-        return
     a = _rounded_copy(ctx, a, product.operand)
     batch_shape = out.shape[:-2]
     a, b = _as_matrix_batches(a, batch_shape), _as_matrix_batches(b, batch_shape)
-    m_total, k_total = a.shape[-2:]
-    n_total = b.shape[-1]
+    if product.softmax:
+        if bias is not None:
+            raise unsupported(node, "a softmax after a product with a bias matrix")
+        _matmul_tiles(ctx, a, b, out, product, _whole_rows_tile(ctx, a, b, node, product), b.shape[-1])
+    else:
+        _matmul_tiles(ctx, a, b, out, product, _column_block_tile(ctx, a, b, product, bias), config.array_cols,
+                      bias, alpha)
+
+
+def _column_block_tile(ctx: CodegenContext, a: View, b: View, product: Product, bias: View | None) -> int:
+    """The rows of a result tile one array width wide: two fill at most the accumulator; two A slices
+    and two B tiles share the scratchpad with the epilogue's buffers."""
+    config = ctx.config
     rows, cols = config.array_rows, config.array_cols
     size, wsize = product.operand.size, product.weight_dtype.size
-    spad, acc = ctx.scratchpad(), ctx.accumulator()
-    # Two result tiles fill at most the accumulator; two A slices and two B tiles share the scratchpad
-    # with the epilogue's buffers.
-    m_tile = max(1, min(m_total, config.acc_bytes // (2 * cols * 4), 65535))
+    m_tile = max(1, min(a.shape[-2], config.acc_bytes // (2 * cols * 4), 65535))
     reserve = Finisher.reserve_bytes(product, m_tile, cols, cols) + (2 * m_tile * cols * 4 if bias else 0)
+    staging = 2 * rows * cols * b.dtype.size if b.dtype != product.weight_dtype else 0
+    return max(1, min(m_tile, (ctx.scratchpad().free - reserve - 2 * rows * cols * wsize - staging - 256)
+                      // (2 * rows * size)))
+
+
+def _whole_rows_tile(ctx: CodegenContext, a: View, b: View, node: Node, product: Product) -> int:
+    """The rows of a result tile holding every column (a softmax finishes whole rows): halved from
+    what half the accumulator holds until its buffers fit the scratchpad."""
+    config = ctx.config
+    rows, cols = config.array_rows, config.array_cols
+    n_total = b.shape[-1]
+    fixed = (2 * rows * cols * product.weight_dtype.size
+             + (2 * rows * cols * b.dtype.size if b.dtype != product.weight_dtype else 0) + 8 * LOCAL_ALIGN)
+
+    def scratchpad_bytes(m: int) -> int:
+        return Finisher.reserve_bytes(product, m, n_total, n_total) + 2 * m * rows * product.operand.size + fixed
+
+    free = ctx.scratchpad().free
+    m_tile = min(a.shape[-2], 65535, config.acc_bytes // (2 * n_total * 4))
+    while m_tile > 1 and scratchpad_bytes(m_tile) > free:
+        m_tile = -(-m_tile // 2)
+    if m_tile < 1 or scratchpad_bytes(m_tile) > free:
+        raise unsupported(node, f"a softmax over rows of {n_total} does not fit on chip")
+    return m_tile
+
+
+def _matmul_tiles(ctx: CodegenContext, a: View, b: View, out: View, product: Product, m_tile: int, width: int,
+                  bias: View | None = None, alpha: float = 1.0) -> None:
+    """out[..., M, N] = a @ b (a and b as batches of matrices), tile by tile: each block of m_tile
+    rows collects `width` columns (one array width, or every column for a softmax on whole rows)
+    in the accumulator, a K tile of a and a [K, array width] tile of b at a time, and is then
+    finished; a block's rows of a are loaded once when K is one tile. A matrix bias is added
+    block by block, after alpha."""
+    config = ctx.config
+    rows, cols = config.array_rows, config.array_cols
+    batch_shape = out.shape[:-2]
+    m_total, k_total = a.shape[-2:]
+    n_total = b.shape[-1]
+    size, wsize = product.operand.size, product.weight_dtype.size
+    spad, acc = ctx.scratchpad(), ctx.accumulator()
     rounded = b.dtype != product.weight_dtype  # an f32 b rounded to bf16 on chip (FusedMatMul round_b)
-    staging = 2 * rows * cols * b.dtype.size if rounded else 0
-    m_tile = max(1, min(m_tile, (spad.free - reserve - 2 * rows * cols * wsize - staging - 256) // (2 * rows * size)))
-    finisher = Finisher(ctx, product, spad, m_tile, cols, cols)
+    finisher = Finisher(ctx, product, spad, m_tile, width, width)
     a_buffers = [spad.alloc(m_tile * rows * size) for _ in range(2)]
     b_buffers = [spad.alloc(rows * cols * wsize) for _ in range(2)]
     b_staging = [spad.alloc(rows * cols * b.dtype.size) for _ in range(2)] if rounded else []
-    bias_buffers = [spad.alloc(m_tile * cols * 4) for _ in range(2)] if bias is not None else []
-    c_buffers = [acc.alloc(m_tile * cols * 4) for _ in range(2)]
-    ctx.note(f"weights stationary: {-(-n_total // cols)} column blocks x {-(-k_total // rows)} K tiles, "
-             f"rows streamed in blocks of {m_tile}" + (f", {int(np.prod(batch_shape))} batches" if batch_shape else ""))
+    bias_buffers = [spad.alloc(m_tile * width * 4) for _ in range(2)] if bias is not None else []
+    c_buffers = [acc.alloc(m_tile * width * 4) for _ in range(2)]
+    batches = f", {int(np.prod(batch_shape))} batches" if batch_shape else ""
+    if product.softmax:
+        ctx.note(f"whole rows: {-(-n_total // cols)} column blocks x {-(-k_total // rows)} K tiles into blocks of "
+                 f"{m_tile} rows of {n_total}, then the softmax" + batches)
+    else:
+        ctx.note(f"weights stationary: {-(-n_total // cols)} column blocks x {-(-k_total // rows)} K tiles, "
+                 f"rows streamed in blocks of {m_tile}" + batches)
+    one_k_tile = k_total <= rows
     step = tile = 0
-    batch_count = 1
-    for n in batch_shape:
-        batch_count *= n
-    for batch in range(batch_count):
+    for batch in range(int(np.prod(batch_shape, dtype=np.int64))):
         index = _unravel(batch, batch_shape)
         a_batch, b_batch = a.at(*index), b.at(*index)
         bias_batch = bias.at(*index) if bias is not None else None
-        for n0 in range(0, n_total, cols):
-            nt = min(cols, n_total - n0)
+        for g0 in range(0, n_total, width):
+            group_width = min(width, n_total - g0)
             for m0 in range(0, m_total, m_tile):
                 mt = min(m_tile, m_total - m0)
                 c_tile = c_buffers[tile % 2]
-                for k0 in range(0, k_total, rows):
-                    kt = min(rows, k_total - k0)
-                    a_tile, b_tile = a_buffers[step % 2], b_buffers[step % 2]
-                    ctx.dma_in(a_tile, a_batch.window(0, m0, m0 + mt).window(1, k0, k0 + kt))
-                    _load_b_tile(ctx, b_batch.window(0, k0, k0 + kt).window(1, n0, n0 + nt), b_tile,
-                                 b_staging[step % 2] if rounded else None, product.weight_dtype)
-                    ctx.emitter.emit("matmul", dtype=product.operand, a=a_tile, a_rs=kt, m=mt, c=c_tile, c_rs=nt,
-                                     accumulate=int(k0 > 0))
-                    step += 1
-                block = (slice(m0, m0 + mt), slice(n0, n0 + nt))
+                if one_k_tile:
+                    a_tile = a_buffers[tile % 2]
+                    ctx.dma_in(a_tile, a_batch.window(0, m0, m0 + mt))
+                for n0 in range(g0, g0 + group_width, cols):
+                    nt = min(cols, n_total - n0)
+                    for k0 in range(0, k_total, rows):
+                        kt = min(rows, k_total - k0)
+                        if not one_k_tile:
+                            a_tile = a_buffers[step % 2]
+                            ctx.dma_in(a_tile, a_batch.window(0, m0, m0 + mt).window(1, k0, k0 + kt))
+                        _load_b_tile(ctx, b_batch.window(0, k0, k0 + kt).window(1, n0, n0 + nt), b_buffers[step % 2],
+                                     b_staging[step % 2] if rounded else None, product.weight_dtype)
+                        ctx.emitter.emit("matmul", dtype=product.operand, a=a_tile, a_rs=kt, m=mt,
+                                         c=c_tile + (n0 - g0) * 4, c_rs=group_width, accumulate=int(k0 > 0))
+                        step += 1
+                block = (slice(m0, m0 + mt), slice(g0, g0 + group_width))
                 if bias_batch is not None:
                     _add_matrix_bias(ctx, c_tile, _block(bias_batch, block), bias_buffers[tile % 2], alpha)
-                finisher.finish(c_tile, mt, nt, False, n0, out, _block_of(block, index))
+                finisher.finish(c_tile, mt, group_width, False, g0, out, _block_of(block, index))
                 tile += 1
 
 
@@ -159,67 +209,6 @@ def _load_b_tile(ctx: CodegenContext, window: View, b_tile: int, staging: int | 
         ctx.dma_in(b_tile, window)
     ctx.emitter.emit("load_weights", dtype=weight_dtype, addr=b_tile, k=kt, n=nt, stride=width,
                      transpose=int(by_columns))
-
-
-def _matmul_whole_rows(ctx: CodegenContext, a: View, b: View, out: View, node: Node, product: Product) -> None:
-    """out[..., M, N] = a @ b for a run-time b, tile by tile as the weights-stationary path, but each
-    block of rows collects all N columns in the accumulator before it is finished: the product's
-    softmax takes whole rows. A block of rows loads its rows of a once when K is one tile."""
-    config = ctx.config
-    rows, cols = config.array_rows, config.array_cols
-    a = _rounded_copy(ctx, a, product.operand)
-    batch_shape = out.shape[:-2]
-    a, b = _as_matrix_batches(a, batch_shape), _as_matrix_batches(b, batch_shape)
-    m_total, k_total = a.shape[-2:]
-    n_total = b.shape[-1]
-    size, wsize = product.operand.size, product.weight_dtype.size
-    rounded = b.dtype != product.weight_dtype  # an f32 b rounded to bf16 on chip (FusedMatMul round_b)
-    spad, acc = ctx.scratchpad(), ctx.accumulator()
-    fixed = 2 * rows * cols * wsize + (2 * rows * cols * b.dtype.size if rounded else 0) + 8 * LOCAL_ALIGN
-
-    def scratchpad_bytes(m: int) -> int:
-        return Finisher.reserve_bytes(product, m, n_total, n_total) + 2 * m * rows * size + fixed
-
-    m_tile = min(m_total, 65535, config.acc_bytes // (2 * n_total * 4))
-    while m_tile > 1 and scratchpad_bytes(m_tile) > spad.free:
-        m_tile = -(-m_tile // 2)
-    if m_tile < 1 or scratchpad_bytes(m_tile) > spad.free:
-        raise unsupported(node, f"a softmax over rows of {n_total} does not fit on chip")
-    finisher = Finisher(ctx, product, spad, m_tile, n_total, n_total)
-    a_buffers = [spad.alloc(m_tile * rows * size) for _ in range(2)]
-    b_buffers = [spad.alloc(rows * cols * wsize) for _ in range(2)]
-    b_staging = [spad.alloc(rows * cols * b.dtype.size) for _ in range(2)] if rounded else []
-    c_buffers = [acc.alloc(m_tile * n_total * 4) for _ in range(2)]
-    one_k_tile = k_total <= rows
-    ctx.note(f"whole rows: {-(-n_total // cols)} column blocks x {-(-k_total // rows)} K tiles into blocks of "
-             f"{m_tile} rows of {n_total}, then the softmax" + (f", {int(np.prod(batch_shape))} batches"
-                                                                  if batch_shape else ""))
-    step = tile = 0
-    for batch in range(int(np.prod(batch_shape, dtype=np.int64))):
-        index = _unravel(batch, batch_shape)
-        a_batch, b_batch = a.at(*index), b.at(*index)
-        for m0 in range(0, m_total, m_tile):
-            mt = min(m_tile, m_total - m0)
-            c_tile = c_buffers[tile % 2]
-            if one_k_tile:
-                a_tile = a_buffers[tile % 2]
-                ctx.dma_in(a_tile, a_batch.window(0, m0, m0 + mt))
-            for n0 in range(0, n_total, cols):
-                nt = min(cols, n_total - n0)
-                for k0 in range(0, k_total, rows):
-                    kt = min(rows, k_total - k0)
-                    b_tile = b_buffers[step % 2]
-                    if not one_k_tile:
-                        a_tile = a_buffers[step % 2]
-                        ctx.dma_in(a_tile, a_batch.window(0, m0, m0 + mt).window(1, k0, k0 + kt))
-                    _load_b_tile(ctx, b_batch.window(0, k0, k0 + kt).window(1, n0, n0 + nt), b_tile,
-                                 b_staging[step % 2] if rounded else None, product.weight_dtype)
-                    ctx.emitter.emit("matmul", dtype=product.operand, a=a_tile, a_rs=kt, m=mt, c=c_tile + n0 * 4,
-                                     c_rs=n_total, accumulate=int(k0 > 0))
-                    step += 1
-            finisher.finish(c_tile, mt, n_total, False, 0, out, _block_of((slice(m0, m0 + mt), slice(0, n_total)),
-                                                                          index))
-            tile += 1
 
 
 # The streamed schedule's sizes: a ring of this many weight chunks of at most this many K tiles
