@@ -277,27 +277,12 @@ class CodegenContext:
 
     def dma_in_box(self, local: int, view: View, local_strides: tuple[int, ...]) -> None:
         """Copy a 2-D or 3-D `view` into a box of a larger local tile: element (..., i, j) goes to
-        `local` + (the outer indices times `local_strides`, in elements) + j. One DMA per outermost
-        index when the box does not fit one instruction."""
-        if len(view.shape) != len(local_strides) + 1 or view.dtype.size not in (1, 2, 4):
+        `local` + (the outer indices times `local_strides`, in elements) + j."""
+        if len(view.shape) not in (2, 3) or len(view.shape) != len(local_strides) + 1 \
+                or view.dtype.size not in (1, 2, 4):
             raise ValueError(f"a box of {view.shape} {view.dtype.asm_name} with local strides {local_strides}")
-        shape, strides, size = list(view.shape), list(view.strides), view.dtype.size
-        if len(shape) not in (2, 3):
-            raise ValueError(f"a box of {view.shape}: only 2-D and 3-D")
-        padded_shape = [1] * (3 - len(shape)) + shape
-        padded_strides = [0] * (3 - len(strides)) + strides
-        padded_local = [0] * (3 - len(shape)) + list(local_strides) + [1]
-        if _fits(padded_shape, padded_strides) and padded_local[1] <= MAX_LS[0] and padded_local[0] <= MAX_LS[1]:
-            self.emitter.emit("dma_load", dram=view.addr, local=local, esize=size, n0=padded_shape[2],
-                              n1=padded_shape[1], n2=padded_shape[0], ds0=padded_strides[2], ds1=padded_strides[1],
-                              ds2=padded_strides[0], ls1=padded_local[1], ls2=padded_local[0])
-            return
-        for index in range(shape[0]):
-            inner = View(view.addr + index * strides[0] * size, view.dtype, tuple(shape[1:]), tuple(strides[1:]))
-            if len(shape) == 2:
-                self.dma_in(local + index * local_strides[0] * size, inner)
-            else:
-                self.dma_in_box(local + index * local_strides[0] * size, inner, tuple(local_strides[1:]))
+        self._dma_nd("dma_load", local, view.addr, view.dtype.size, list(view.shape), list(view.strides),
+                     list(local_strides) + [1])
 
     def dma_out(self, local: int, view: View) -> None:
         """Copy the dense local tile at `local` out to `view`."""
@@ -313,23 +298,31 @@ class CodegenContext:
             esize = 4
         self._dma_nd(mnemonic, local, view.addr, esize, list(shape), list(strides))
 
-    def _dma_nd(self, mnemonic, local, dram, esize, shape, strides) -> None:
+    def _dma_nd(self, mnemonic, local, dram, esize, shape, strides, local_strides=None) -> None:
+        """DMAs of `shape` (innermost last) with DRAM `strides`, into a dense local tile, or with
+        `local_strides` (elements per index of each dimension, the innermost 1) into a box of one."""
         if len(shape) == 1:
             if strides[0] > MAX_DS[0]:  # rows of one element: the wider row stride field
                 shape, strides = [shape[0], 1], [strides[0], 1]
+                local_strides = local_strides and [local_strides[0], 1]
             elif shape[0] > MAX_COUNT:
                 for start in range(0, shape[0], MAX_COUNT):
                     self._dma_nd(mnemonic, local + start * esize, dram + start * strides[0] * esize, esize,
-                                 [min(MAX_COUNT, shape[0] - start)], strides)
+                                 [min(MAX_COUNT, shape[0] - start)], strides, local_strides)
                 return
-        if _fits(shape, strides):
+        boxed = local_strides is not None
+        local_fits = not boxed or (local_strides[-2] <= MAX_LS[0] and (len(shape) < 3 or local_strides[0] <= MAX_LS[1]))
+        if _fits(shape, strides) and local_fits:
             dims = [1] * (3 - len(shape)) + list(shape)
             steps = [0] * (3 - len(strides)) + list(strides)
+            # A dense tile's row and plane strides follow from its shape; a box's are given.
+            ls1, ls2 = ((local_strides[-2], local_strides[-3] if len(shape) == 3 else 0) if boxed
+                        else (dims[2], dims[1] * dims[2]))
             self.emitter.emit(mnemonic, dram=dram, local=local, esize=esize, n0=dims[2], n1=dims[1], n2=dims[0],
-                              ds0=steps[2], ds1=steps[1], ds2=steps[0], ls1=dims[2], ls2=dims[1] * dims[2])
+                              ds0=steps[2], ds1=steps[1], ds2=steps[0], ls1=ls1, ls2=ls2)
             return
-        inner = int(np.prod(shape[1:], dtype=np.int64))
-        if len(shape) <= 3 and _fits([1] + list(shape[1:]), [0] + list(strides[1:])):
+        outer_step = local_strides[0] if boxed else int(np.prod(shape[1:], dtype=np.int64))
+        if len(shape) <= 3 and _fits([1] + list(shape[1:]), [0] + list(strides[1:])) and local_fits:
             chunk = MAX_COUNT  # only the outermost count is too large
         else:
             chunk = 1
@@ -337,8 +330,9 @@ class CodegenContext:
             count = min(chunk, shape[0] - start)
             sub_shape = ([count] if chunk > 1 else []) + list(shape[1:])
             sub_strides = ([strides[0]] if chunk > 1 else []) + list(strides[1:])
-            self._dma_nd(mnemonic, local + start * inner * esize, dram + start * strides[0] * esize, esize,
-                         sub_shape, sub_strides)
+            sub_local = None if not boxed else ([local_strides[0]] if chunk > 1 else []) + list(local_strides[1:])
+            self._dma_nd(mnemonic, local + start * outer_step * esize, dram + start * strides[0] * esize, esize,
+                         sub_shape, sub_strides, sub_local)
 
 
 def _fits(shape, strides) -> bool:
