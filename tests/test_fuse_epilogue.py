@@ -568,3 +568,22 @@ def test_layer_norm_with_its_quantization_equals_the_unfused_program(config):
     assert fused.stats["hazards"] == 0
     assert np.array_equal(fused.outputs["q"], unfused.outputs["q"])
     assert fused.stats["cycles"] < unfused.stats["cycles"]
+
+
+def test_vector_times_run_time_matrix_keeps_its_element_wise_chain():
+    """A vector (one row) times a run-time matrix, then an element-wise chain: the chain stays its
+    own node (the one-row rule) and the program gives the -O1 result."""
+    from compiler.frontend import import_model
+    from compiler.pipeline import run_passes
+
+    nodes = [helper.make_node("MatMul", ["v", "w"], ["m"]), helper.make_node("Relu", ["m"], ["r"]),
+             helper.make_node("Mul", ["r", "m"], ["y"])]
+    model = helper.make_model(helper.make_graph(
+        nodes, "vector", [helper.make_tensor_value_info("v", TensorProto.FLOAT, [8]),
+                          helper.make_tensor_value_info("w", TensorProto.FLOAT, [8, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [16])]), opset_imports=[helper.make_opsetid("", 17)])
+    assert [node.op for node in run_passes(import_model(model), 2).nodes] == ["MatMul", "FusedElementwise"]
+    rng = np.random.default_rng(8)
+    inputs = {"v": rng.standard_normal(8).astype(np.float32), "w": rng.standard_normal((8, 16)).astype(np.float32)}
+    expected = run(compile(model, "edge", opt_level=1), inputs).outputs["y"]
+    assert np.array_equal(run(compile(model, "edge", opt_level=2), inputs).outputs["y"], expected)

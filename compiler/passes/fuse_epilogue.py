@@ -251,7 +251,7 @@ def fuse_softmax(graph: Graph) -> Graph:
                 and users[0].op == "Softmax" and result not in graph.outputs and graph.values[result].dtype == "f32"
                 and graph.values[node.inputs[0]].dtype in FLOAT and not graph.values[node.inputs[1]].is_const):
             shape = graph.values[result].shape
-            if len(shape) >= 2 and shape[-2] > 1 and users[0].attrs["axis"] % len(shape) == len(shape) - 1:
+            if len(shape) >= 2 and _several_rows(graph, node) and users[0].attrs["axis"] % len(shape) == len(shape) - 1:
                 attrs = dict(node.attrs) if node.op == "FusedMatMul" else {"activation": "", "activation_params": []}
                 node = Node("FusedMatMul", list(node.inputs), list(users[0].outputs), {**attrs, "softmax": 1},
                             node.name)
@@ -321,11 +321,17 @@ def _tail_candidate(graph: Graph, node: Node, result: str, program: Node, consum
         return False
     if node.op in QUANTIZED_PRODUCTS:
         return node.attrs.get("out_dtype") == "i32"
-    # A float product with a run-time right operand (attention's scores and values) only when it
-    # has more than one row: a decode step's one-row products read their operands in place, where
-    # per-tile tail operands cost more than the round trip they save (GPT-2 decode measured slower).
     return (node.op in FLOAT_PRODUCTS and graph.values[result].dtype == "f32"
-            and (graph.values[node.inputs[1]].is_const or graph.values[node.inputs[0]].shape[-2] > 1))
+            and (graph.values[node.inputs[1]].is_const or _several_rows(graph, node)))
+
+
+def _several_rows(graph: Graph, node: Node) -> bool:
+    """Whether a matrix product's left operand has more than one row. A float product with a run-time
+    right operand (attention's scores and values) takes a tail or a softmax only then: a decode
+    step's one-row products read their operands in place, where per-tile tail operands cost more
+    than the round trip they save (GPT-2 decode measured slower). A vector has one row."""
+    shape = graph.values[node.inputs[0]].shape
+    return len(shape) >= 2 and shape[-2] > 1
 
 
 def _tail_operand(shape: tuple[int, ...], out_shape: tuple[int, ...], channel_axis: int) -> bool:
