@@ -200,9 +200,6 @@ def fuse_norm_tail(graph: Graph) -> Graph:
     product), becomes a FusedLayerNorm with that program as its `tail`, run on each row tile
     before it is stored: y never reaches DRAM in float. Invariant: node outputs keep their
     names, dtypes and shapes."""
-    # Imported here: fuse_elementwise reaches the code generator, which imports this module.
-    from compiler.passes.fuse_elementwise import fused_node, fusible
-
     consumers = graph.consumers()
     replaced: dict[int, Node] = {}
     removed: set[int] = set()
@@ -214,8 +211,7 @@ def fuse_norm_tail(graph: Graph) -> Graph:
         users = consumers.get(y, [])
         if len(users) != 1 or y in graph.outputs:
             continue
-        program = users[0] if users[0].op == "FusedElementwise" else \
-            fused_node(graph, [users[0]]) if fusible(graph, users[0]) else None
+        program = _as_program(graph, users[0])
         if program is None or program.inputs.count(y) != 1 \
                 or graph.values[program.outputs[0]].shape != graph.values[y].shape:
             continue
@@ -277,13 +273,10 @@ def _before_layout_ops(graph: Graph) -> Graph:
     become the product's tail: attention's output, its heads put back between the tokens, is
     quantized for the next int8 product. An element-wise op with single-value operands commutes
     with moving elements, so the values do not change."""
-    # Imported here: fuse_elementwise reaches the code generator, which imports this module.
-    from compiler.passes.fuse_elementwise import fused_node, fusible
-
     consumers, producers = graph.consumers(), graph.producers()
     moved: dict[int, list[Node]] = {}  # id(node) -> the nodes that replace it
     for node in graph.nodes:
-        if node.op != "FusedElementwise" and not fusible(graph, node):
+        if _as_program(graph, node) is None:
             continue
         wide = [name for name in node.inputs if name and graph.values[name].size != 1]
         if len(wide) != 1 or node.inputs.count(wide[0]) != 1:
@@ -300,9 +293,8 @@ def _before_layout_ops(graph: Graph) -> Graph:
             continue
         dtype = graph.values[node.outputs[0]].dtype
         early = graph.add_value(Value(graph.fresh_name(node.outputs[0] + ".early"), dtype, graph.values[value].shape))
-        first = Node(node.op, [value if name == wide[0] else name for name in node.inputs], [early.name],
-                     dict(node.attrs), node.name)
-        nodes = [first if first.op == "FusedElementwise" else fused_node(graph, [first])]
+        nodes = [_as_program(graph, Node(node.op, [value if name == wide[0] else name for name in node.inputs],
+                                         [early.name], dict(node.attrs), node.name))]
         for op in reversed(chain):
             last = op is chain[0]
             out = node.outputs[0] if last else graph.add_value(
@@ -313,6 +305,17 @@ def _before_layout_ops(graph: Graph) -> Graph:
         return graph
     graph.nodes = [new for node in graph.nodes for new in moved.get(id(node), [node])]
     return graph.prune()
+
+
+def _as_program(graph: Graph, node: Node) -> Node | None:
+    """The node as a FusedElementwise program: itself, or one element-wise node made a program of one
+    step; None when it is neither."""
+    # Imported here: fuse_elementwise reaches the code generator, which imports this module.
+    from compiler.passes.fuse_elementwise import fused_node, fusible
+
+    if node.op == "FusedElementwise":
+        return node
+    return fused_node(graph, [node]) if fusible(graph, node) else None
 
 
 def _tail_candidate(graph: Graph, node: Node, result: str, program: Node, consumers) -> bool:

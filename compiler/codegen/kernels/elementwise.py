@@ -518,6 +518,17 @@ class StepProgram:
     # body(..., offset=t) subtracts the int32 tile t there (vdeq's zero point), for free.
     offset_step: int | None = None
 
+    def run_into(self, builder: TileBuilder, tiles: list[Tile], destination: Tile, offset: Tile | None = None) -> None:
+        """Run the steps on one tile and leave the result in `destination` (converted to its type
+        when the last step's differs), where a final quantization has not written it already."""
+        value = self.body(builder, tiles, destination, offset)
+        if value.addr == destination.addr:
+            return
+        if value.dtype != destination.dtype:
+            builder.convert(value, destination.dtype, destination)
+        else:
+            builder._emit("vmov", destination, a=value)
+
 
 def step_program(ctx: CodegenContext, node: Node, steps: list[Step], operand_dtypes: list[DType],
                  operand_names: list[str | None], result_dtypes: list[DType]) -> StepProgram:

@@ -331,13 +331,7 @@ class Finisher:
             destination = Tile(out + r0 * cols * out_dtype.size, out_dtype, cols, 1)
             negated_bias = _channel_tile(self.bias, DType.I32, offset, r0, channels_on_rows) \
                 if self.bias_in_tail else None
-            value = tail.program.body(builder, tiles, destination, negated_bias)
-            if value.addr == destination.addr:
-                continue
-            if value.dtype != out_dtype:
-                builder.convert(value, out_dtype, destination)
-            else:
-                builder._emit("vmov", destination, a=value)
+            tail.program.run_into(builder, tiles, destination, negated_bias)
         return out
 
     def _addend_and_activation(self, result: int, dtype: DType, rows: int, cols: int, addend: View | None) -> None:

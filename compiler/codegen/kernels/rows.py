@@ -629,12 +629,7 @@ def _run_tail(ctx: CodegenContext, tail: Tail, y: Tile, n: int, m: int, buffers:
     tiles = [y] + [Tile(address, operand.dtype, 0, 0)
                    for address, operand in zip(buffers.tail_scalars, tail.operands, strict=True)]
     destination = Tile(buffers.tail_out[turn % 2], tail.program.result, m, 1)
-    value = tail.program.body(builder, tiles, destination, None)
-    if value.addr != destination.addr:
-        if value.dtype != destination.dtype:
-            builder.convert(value, destination.dtype, destination)
-        else:
-            builder._emit("vmov", destination, a=value)
+    tail.program.run_into(builder, tiles, destination)
     return destination
 
 
