@@ -55,6 +55,18 @@ def check(op: str, values: dict, attrs: dict, config: str, runtime: set = frozen
     np.testing.assert_allclose(actual, expected, rtol=tolerance, atol=tolerance * max(np.abs(expected).max(), 1))
 
 
+def conv_notes(values: dict, attrs: dict, config: str) -> list[str]:
+    """The code generator's notes on a Conv of values' x by its constant W (no bias)."""
+    graph = Graph()
+    graph.add_value(Value("x", "f32", values["x"].shape))
+    graph.inputs = ["x"]
+    graph.const("W", values["W"])
+    graph.add_value(Value("y", "f32", reference("Conv", {"x": values["x"], "W": values["W"]}, attrs, set()).shape))
+    graph.outputs = ["y"]
+    graph.nodes = [Node("Conv", ["x", "W"], ["y"], attrs, "conv")]
+    return generate(graph, load_config(config)).notes["conv"]
+
+
 def conv_values(seed: int, x_shape, w_shape, bias_channels: int | None) -> dict:
     rng = np.random.default_rng(seed)
     values = {"x": rng.standard_normal(x_shape).astype(np.float32),
@@ -88,6 +100,45 @@ def test_conv(config, x_shape, w_shape, attrs, bias):
     check("Conv", conv_values(0, x_shape, w_shape, w_shape[0] if bias else None), attrs, config)
 
 
+# Stride-1 convolutions whose output rows do not fill the array's columns: pixel tiles run across
+# row ends (patch and filters stationary, wider kernels, dilation with uneven pads, groups, depth,
+# batches), with the pixels a kernel column moves out of their row set to the padding.
+ROW_END_CASES = [
+    ((1, 6, 3, 20), (64, 6, 3, 3), dict(pads=[1, 1, 1, 1])),
+    ((1, 5, 9, 13), (7, 5, 3, 3), dict(pads=[1, 1, 1, 1])),
+    ((1, 4, 6, 17), (120, 4, 5, 5), dict(pads=[2, 2, 2, 2])),
+    ((1, 3, 7, 17), (8, 3, 3, 3), dict(pads=[1, 3, 3, 1], dilations=[2, 2])),
+    ((1, 4, 3, 5, 17), (6, 2, 3, 3, 3), dict(pads=[1, 1, 1, 1, 1, 1], group=2)),
+    ((2, 3, 5, 4, 18), (5, 3, 3, 3, 3), dict(pads=[1, 1, 1, 1, 1, 1], strides=[2, 1, 1])),
+]
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("x_shape,w_shape,attrs", ROW_END_CASES)
+def test_conv_tiles_across_row_ends(config, x_shape, w_shape, attrs):
+    values = conv_values(2, x_shape, w_shape, w_shape[0])
+    check("Conv", values, attrs, config)
+    assert any("across row ends" in note for note in conv_notes(values, attrs, config))
+
+
+# Filters stationary in blocks of output channels, so that more pixels fit the accumulator: with
+# the filters on chip, the next block's replace them K tile by K tile (across groups, where a
+# block of fewer channels is followed by a larger one, and batches); else streamed.
+CHANNEL_BLOCK_CASES = [
+    ("tiny", (2, 8, 5, 5), (48, 4, 3, 3), dict(pads=[1, 1, 1, 1], group=2), "on chip"),
+    ("tiny", (2, 64, 10, 10), (200, 32, 3, 3), dict(pads=[1, 1, 1, 1], group=2), "streamed"),
+    ("edge", (1, 32, 14, 14), (256, 32, 3, 3), dict(pads=[1, 1, 1, 1]), "on chip"),
+]
+
+
+@pytest.mark.parametrize("config,x_shape,w_shape,attrs,filters", CHANNEL_BLOCK_CASES)
+def test_conv_filters_stationary_in_channel_blocks(config, x_shape, w_shape, attrs, filters):
+    values = conv_values(3, x_shape, w_shape, w_shape[0])
+    check("Conv", values, attrs, config)
+    note = conv_notes(values, attrs, config)[-1]
+    assert note.startswith("filters stationary") and "channel blocks of" in note and f"filters {filters}" in note
+
+
 # An image network's stem (few channels, a stride) runs as a stride-1 convolution of the input
 # rearranged space-to-depth when channels x stride^2 fit the array's rows; odd sizes need the
 # padded input extended to a multiple of the stride.
@@ -102,15 +153,7 @@ STEM_CASES = [
 @pytest.mark.parametrize("x_shape,w_shape,attrs", STEM_CASES)
 def test_strided_stem_as_space_to_depth(config, x_shape, w_shape, attrs):
     check("Conv", conv_values(1, x_shape, w_shape, w_shape[0]), attrs, config)
-    graph = Graph()
-    graph.add_value(Value("x", "f32", x_shape))
-    graph.inputs = ["x"]
-    graph.const("W", conv_values(1, x_shape, w_shape, None)["W"])
-    expected = reference("Conv", conv_values(1, x_shape, w_shape, None), attrs, set())
-    graph.add_value(Value("y", "f32", expected.shape))
-    graph.outputs = ["y"]
-    graph.nodes = [Node("Conv", ["x", "W"], ["y"], attrs, "stem")]
-    notes = generate(graph, load_config(config)).notes["stem"]
+    notes = conv_notes(conv_values(1, x_shape, w_shape, None), attrs, config)
     step = attrs["strides"][0]
     assert any("space-to-depth" in note for note in notes) == (x_shape[1] * step * step <= load_config(config).array_rows)
 

@@ -114,15 +114,20 @@ def test_dequantize_linear_per_axis(config, dtype):
 
 
 # QLinearConv -----------------------------------------------------------------------------------
-CONV_CASES = {  # x shape, cout, kernel, attrs, x dtype, path the kernel takes
-    "pad1": ((1, 3, 10, 10), 8, (3, 3), dict(pads=[1, 1, 1, 1]), np.uint8, "filters"),
+CONV_CASES = {  # x shape, cout, kernel, attrs, x dtype, path the kernel takes (on tiny and edge when two)
+    "pad1": ((1, 3, 10, 10), 8, (3, 3), dict(pads=[1, 1, 1, 1]), np.uint8, "patch"),
     "stride2_asym_pad": ((2, 5, 11, 9), 6, (3, 2), dict(pads=[1, 0, 2, 1], strides=[2, 2]), np.uint8, "filters"),
-    "groups2": ((1, 4, 7, 7), 6, (3, 3), dict(group=2, pads=[1, 1, 1, 1]), np.uint8, "filters"),
+    "groups2": ((1, 4, 7, 7), 6, (3, 3), dict(group=2, pads=[1, 1, 1, 1]), np.uint8, "patch"),
     "depthwise": ((1, 6, 9, 9), 6, (3, 3), dict(group=6, pads=[1, 1, 1, 1], strides=[2, 2]), np.uint8, "filters"),
     "many_channels": ((1, 16, 4, 4), 64, (3, 3), dict(), np.uint8, "patch"),
-    "many_channels_i8": ((2, 12, 3, 3), 40, (2, 2), dict(pads=[1, 1, 0, 0]), np.int8, "patch"),
-    "i8_activations": ((1, 3, 8, 8), 5, (3, 3), dict(pads=[1, 1, 1, 1]), np.int8, "filters"),
+    "many_channels_i8": ((2, 12, 3, 3), 40, (2, 2), dict(pads=[1, 1, 0, 0]), np.int8, ("filters", "patch")),
+    "i8_activations": ((1, 3, 8, 8), 5, (3, 3), dict(pads=[1, 1, 1, 1]), np.int8, "patch"),
     "dilated_wide": ((1, 5, 12, 12), 20, (3, 3), dict(pads=[1, 1, 1, 1], dilations=[2, 2]), np.uint8, "filters"),
+    # Pixel tiles across row ends: the pixels moved out of their row hold the zero point. Filters
+    # stationary in channel blocks on tiny.
+    "row_ends": ((1, 6, 3, 20), 64, (3, 3), dict(pads=[1, 1, 1, 1]), np.uint8, ("filters", "patch")),
+    "row_ends_i8": ((1, 5, 9, 13), 7, (3, 3), dict(pads=[1, 1, 1, 1]), np.int8, "patch"),
+    "row_ends_channel_blocks_i8": ((1, 16, 7, 7), 64, (3, 3), dict(pads=[1, 1, 1, 1]), np.int8, "filters"),
     # u8 weights (full range: onnxruntime's u8u8 kernels do not saturate), one scale, no bias, x_zero 0.
     "u8_weights_per_tensor": ((1, 5, 12, 12), 20, (1, 1), dict(), np.uint8, "filters"),
     # A stem: space-to-depth on edge (the padding, extended to even sizes, holds the zero point).
@@ -173,7 +178,7 @@ def test_qlinear_conv(config, case, monkeypatch):
     assert 0.05 < np.mean((expected["y"] > info.min) & (expected["y"] < info.max))
     taken = conv_path(monkeypatch)
     assert_identical(simulate(model, config, {"x": x}), expected)
-    assert taken == [path]
+    assert taken == [path if isinstance(path, str) else path[CONFIGS.index(config)]]
 
 
 @pytest.mark.parametrize("config", CONFIGS)

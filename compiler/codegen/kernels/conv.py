@@ -125,6 +125,10 @@ class ConvShape:
     # as the output needs, with `pad_value`: patches are filled on chip where they fall outside it.
     pads: tuple[int, int, int] = (0, 0, 0)
     pad_value: float = 0.0
+    # The output plane is one row (out = (depth, 1, rows x columns)) and a pixel tile is any run of it,
+    # so tiles fill the array across row ends: each piece of a patch is one run of the flattened input
+    # plane (stride 1, input as wide as the output), its pixels past a row's ends then set to the pad.
+    linear: bool = False
 
     @property
     def k_total(self) -> int:
@@ -179,6 +183,12 @@ class ConvShape:
         for row, position, channel, count in pieces:
             if self.mirrored:
                 position = tuple(k - 1 - p for k, p in zip(self.kernel, position, strict=True))
+            if self.linear:
+                depth, dy, dx = (o * s + p * d - pad for o, s, p, d, pad in
+                                 zip((od, 0, 0), self.strides, position, self.dilations, self.pads, strict=True))
+                load_run(ctx, self.source, self.pad_value, local + row * pixels * size, pixels, n,
+                         group * self.cin_group + channel, count, depth, ow0, dy, dx)
+                continue
             depth, first_row, first_col = (o * s + p * d - pad for o, s, p, d, pad in
                                            zip((od, oh0, ow0), self.strides, position, self.dilations, self.pads,
                                                strict=True))
@@ -231,6 +241,57 @@ def load_box(ctx: CodegenContext, source: View, pad_value: float, local: int, n:
             ctx.dma_in(local, box)
         else:
             ctx.dma_in_box(local + (row_lo * ncols + col_lo) * size, box, tile)
+
+
+def load_run(ctx: CodegenContext, source: View, pad_value: float, local: int, pixels: int, n: int, channel: int,
+             count: int, depth: int, first: int, dy: int, dx: int) -> None:
+    """A dense local tile [count, pixels] of output pixels first.. of the flattened output plane,
+    each reading the NCDHW source's channels channel.. at `depth`, dy rows and dx columns away
+    (source as wide as the output, rows contiguous). That is one run of the flattened source
+    plane; its part outside the plane, and the pixels whose column dx away falls outside a row,
+    are loaded from a constant run of pad_value."""
+    _, channel_stride, depth_stride, _, column_stride = source.strides
+    *_, depth_size, height, width = source.shape
+    dtype, size = source.dtype, source.dtype.size
+    start = first + dy * width + dx  # source index of pixel `first`, in the flattened plane
+    lo, hi = min(pixels, max(0, -start)), min(pixels, height * width - start)
+    if not 0 <= depth < depth_size:
+        lo = hi = 0
+    pad = ctx.constant(np.full(pixels * count, pad_value), dtype, "padding") if (lo, hi) != (0, pixels) or dx else None
+
+    def fill(begin: int, length: int, runs: int = 1) -> None:
+        """Set `runs` runs of `length` pixels, `width` apart from pixel `begin` on, to the pad."""
+        ctx.dma_in_box(local + begin * size, View(pad.addr, dtype, (count, runs, length), (runs * length, length, 1)),
+                       (pixels, width))
+
+    for begin, end in ((0, lo), (max(lo, hi), pixels)):
+        if end > begin:
+            fill(begin, end - begin)
+    if hi <= lo:
+        return
+    address = source.at(n).addr + (channel * channel_stride + depth * depth_stride + start + lo) * size
+    ctx.dma_in_box(local + lo * size, View(address, dtype, (count, hi - lo), (channel_stride, column_stride)),
+                   (pixels,))
+    if dx == 0:
+        return
+    # The pixels i whose column (first + i) % width, moved dx, leaves the row: one run per row, width apart.
+    bad = (0, -dx) if dx < 0 else (width - dx, width)
+    runs = []
+    row = (first + lo) // width
+    while row * width + bad[0] < first + hi:
+        begin, end = max(row * width + bad[0], first + lo), min(row * width + bad[1], first + hi)
+        if end > begin:
+            runs.append((begin - first, end - begin))
+        row += 1
+    # Runs of one length, width apart, are one DMA: the clipped first and last may not be.
+    groups: list[list[tuple[int, int]]] = []
+    for run in runs:
+        if groups and groups[-1][-1][1] == run[1] and run[0] - groups[-1][-1][0] == width:
+            groups[-1].append(run)
+        else:
+            groups.append([run])
+    for group in groups:
+        fill(group[0][0], group[0][1], len(group))
 
 
 def _inside(first: int, number: int, step: int, size: int) -> tuple[int, int]:
@@ -320,9 +381,23 @@ def conv_kernel(ctx: CodegenContext, node: Node, product: Product | None = None)
         if all(_rows_merged(view) is not None for view in [x, out, *product.output_like]):
             ctx.note(f"pointwise: {x.shape[3]} rows of {x.shape[4]} pixels as one row")
             x, out, product = _rows_merged(x), _rows_merged(out), product.laid_out(_rows_merged, 1)
+    linear = _linear_tiles_fill_better(ctx.config.array_cols, x, out, strides) and all(
+        _rows_merged(view) is not None for view in [out, *product.output_like])
+    if linear:
+        ctx.note(f"pixel tiles across row ends: {out.shape[3]} rows of {out.shape[4]} pixels as one row")
+        out, product = _rows_merged(out), product.laid_out(_rows_merged, 1)
     # The padding is not written out: patches are filled on chip where they fall outside x.
     convolve(ctx, node, x, filters, groups, strides, dilations, out, product,
-             pads=tuple(attrs["pads"][:SPATIAL]), pad_value=product.pad_value)
+             pads=tuple(attrs["pads"][:SPATIAL]), pad_value=product.pad_value, linear=linear)
+
+
+def _linear_tiles_fill_better(cols: int, x: View, out: View, strides) -> bool:
+    """Whether tiles of `cols` pixels running across row ends need fewer tiles than whole rows or row
+    segments do, and can be loaded so: stride 1 along rows and columns, the input as wide as the
+    output with contiguous rows."""
+    *_, height, width = out.shape
+    return (tuple(strides[1:]) == (1, 1) and x.shape[4] == width and x.strides[4] == 1
+            and x.strides[3] == width)
 
 
 def _rows_merged(view: View) -> View | None:
@@ -408,28 +483,34 @@ def conv_transpose_kernel(ctx: CodegenContext, node: Node) -> None:
 
 def convolve(ctx: CodegenContext, node: Node, source: View, filters, groups: int, strides: tuple[int, int, int],
              dilations: tuple[int, int, int], out: View, product: Product, mirrored: bool = False,
-             pads: tuple[int, int, int] = (0, 0, 0), pad_value: float = 0.0) -> None:
+             pads: tuple[int, int, int] = (0, 0, 0), pad_value: float = 0.0, linear: bool = False) -> None:
     """out = conv(source, filters) for an NCDHW source padded at the begins by `pads` (and at the
     ends as far as `out` reaches) with `pad_value`, and filters [group, cout/group, cin/group, kd,
     kh, kw] (a constant array or a DRAM view), with `product`'s arithmetic."""
     config = ctx.config
     _, cout_group, cin_group, *kernel = filters.shape
     shape = ConvShape(source.shape[0], groups, cin_group, cout_group, tuple(kernel), strides, dilations,
-                      tuple(out.shape[2:]), source, mirrored, pads, pad_value)
+                      tuple(out.shape[2:]), source, mirrored, pads, pad_value, linear)
     size = product.operand.size
-    # Rows streamed per matmul: output channels (patch stationary) or pixels (filters stationary).
+    # Filters stationary's channel block, and the pixels it streams per matmul. Only patches loaded as
+    # runs across row ends are cheap enough to be prepared again for each of several channel blocks,
+    # and only for them are the estimates below good enough to pick the loop order by.
+    channel_block = shape.cout_group
+    if linear:
+        channel_block = min(_channel_blocks(config, shape),
+                            key=lambda block: _filters_stationary_cycles(config, product, shape, block))
+    rows_filter_stationary = _filters_stationary_pixels(config, shape, channel_block)
     rows_patch_stationary = min(shape.cout_group, config.acc_bytes // (2 * config.array_cols * 4))
-    rows_filter_stationary = min(shape.slice_pixels, 65535, config.acc_bytes // (2 * 4 * shape.cout_group),
-                                 config.spad_bytes // (4 * 4 * (config.array_rows + shape.cout_group)))
 
     def schedules(shape: ConvShape) -> dict[str, Callable[[], None]]:
-        """The candidate loop orders for `shape`, the one the rows per matmul prefer first (it wins ties)."""
+        """The candidate loop orders for `shape`, the one estimated faster first (it wins ties): by the
+        estimates with runs across row ends, else the one streaming more rows per matmul."""
 
         def filters_stationary_schedule() -> None:
             # [group, K, cout] with K ordered (kd, kh, kw, channel), as the K tiles are.
             arranged = arranged_filters(ctx, node, filters, (0, 3, 4, 5, 2, 1), (groups, shape.k_total, cout_group),
                                         ".conv_kn", product.weight_dtype)
-            filters_stationary(ctx, shape, arranged, product, out, rows_filter_stationary, size)
+            filters_stationary(ctx, shape, arranged, product, out, rows_filter_stationary, size, channel_block)
 
         def patch_stationary_schedule() -> None:
             @functools.cache
@@ -457,7 +538,9 @@ def convolve(ctx: CodegenContext, node: Node, source: View, filters, groups: int
 
         if rows_filter_stationary < 1:
             return {"patch stationary": patch_stationary_schedule}
-        if rows_filter_stationary > rows_patch_stationary:
+        if (_filters_stationary_cycles(config, product, shape, channel_block)
+                < _patch_stationary_estimate(config, product, shape) if linear
+                else rows_filter_stationary > rows_patch_stationary):
             return {"filters stationary": filters_stationary_schedule, "patch stationary": patch_stationary_schedule}
         return {"patch stationary": patch_stationary_schedule, "filters stationary": filters_stationary_schedule}
 
@@ -482,19 +565,21 @@ def _search_key(shape: ConvShape, product: Product, out: View) -> tuple:
 
 
 def filters_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, product: Product, out: View,
-                       max_pixels: int, size: int) -> None:
+                       max_pixels: int, size: int, channel_block: int | None = None) -> None:
     """Filter tiles [K, cout] stay in the array while a block of pixels streams through.
 
     A pixel block's patch [K, pixels] is loaded densely and turned into rows [pixels, K]
     on the vector unit (a strided copy); the accumulator holds the block's results for
-    every output channel [pixels, cout], finished (bias, requantization) and turned back
-    into NCHW rows [cout, pixels] on the vector unit, and stored with one DMA. A group's
-    filters stay on chip when they fit. Patches are turned into rows LOOKAHEAD K tiles ahead of
-    their matmuls, across pixel blocks, so the matrix unit does not wait while the vector unit
-    finishes a block."""
+    a block of output channels [pixels, channel_block] (all of a group's by default), finished
+    (bias, requantization) and turned back into NCHW rows [channels, pixels] on the vector unit,
+    and stored with one DMA. Smaller channel blocks let larger pixel blocks fit the accumulator,
+    at the price of preparing every patch once per channel block. A channel block's filters stay
+    on chip when they fit. Patches are turned into rows LOOKAHEAD K tiles ahead of their matmuls,
+    across pixel blocks, so the matrix unit does not wait while the vector unit finishes a block."""
     config = ctx.config
     rows, cols = config.array_rows, config.array_cols
     cout_group = shape.cout_group
+    channel_block = channel_block or cout_group
     wsize = product.weight_dtype.size
     spad, acc = ctx.scratchpad(), ctx.accumulator()
 
@@ -505,7 +590,7 @@ def filters_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, pro
         """What the blocks of `pixels` take at least: patches and their rows, the finisher, two filter tiles."""
         largest = largest_block(pixels)
         return (2 * (LOOKAHEAD + 2) * rows * largest * size
-                + Finisher.reserve_bytes(product, largest, cout_group, cout_group, True)
+                + Finisher.reserve_bytes(product, largest, channel_block, channel_block, True)
                 + 2 * rows * cols * wsize + 8 * LOCAL_ALIGN)
 
     while max_pixels > 1 and scratchpad_bytes(max_pixels) > spad.free:
@@ -513,59 +598,78 @@ def filters_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, pro
     blocks = shape.pixel_tiles(max_pixels)
     largest = largest_block(max_pixels)
     k_tiles = shape.k_tiles(rows)
-    cout_blocks = [(j0, min(cols, cout_group - j0)) for j0 in range(0, cout_group, cols)]
+    channel_blocks = [(c0, min(channel_block, cout_group - c0)) for c0 in range(0, cout_group, channel_block)]
     patches = [spad.alloc(rows * largest * size) for _ in range(LOOKAHEAD + 2)]
     transposed = [spad.alloc(rows * largest * size) for _ in range(LOOKAHEAD + 2)]
-    finisher = Finisher(ctx, product, spad, largest, cout_group, cout_group, transpose=True)
+    finisher = Finisher(ctx, product, spad, largest, channel_block, channel_block, transpose=True)
     staging = _staging(spad, shape, rows, blocks)
-    results = [acc.alloc(largest * cout_group * 4) for _ in range(2)]
-    resident = shape.k_total * cout_group * wsize <= spad.free
-    filter_base = spad.alloc(shape.k_total * cout_group * wsize) if resident else None
+    results = [acc.alloc(largest * channel_block * 4) for _ in range(2)]
+    resident = shape.k_total * channel_block * wsize <= spad.free
+    filter_base = spad.alloc(shape.k_total * channel_block * wsize) if resident else None
     filter_tiles = None if resident else [spad.alloc(rows * cols * wsize) for _ in range(2)]
     ctx.note(f"filters stationary: {len(blocks)} pixel blocks of <= {largest} streamed, {len(k_tiles)} K tiles x "
-             f"{len(cout_blocks)} channel blocks, filters {'on chip' if resident else 'streamed'}"
+             + (f"{len(channel_blocks)} channel blocks of {channel_block} x " if len(channel_blocks) > 1 else "")
+             + f"{-(-channel_block // cols)} column blocks, filters {'on chip' if resident else 'streamed'}"
              + (", strided rows staged" if staging is not None else ""))
-    # Every (batch, group, pixel block, K tile) in order; prepare(step) loads its patch and turns it into rows.
-    steps = [(n, group, block, k_tile) for n in range(shape.batch) for group in range(shape.groups)
-             for block in range(len(blocks)) for k_tile in k_tiles]
+    # Every (batch, group, channel block, pixel block, K tile) in order; prepare(step) loads its patch
+    # and turns it into rows.
+    steps = [(n, group, channel_range, block, k_tile) for n in range(shape.batch) for group in range(shape.groups)
+             for channel_range in channel_blocks for block in range(len(blocks)) for k_tile in k_tiles]
 
     def prepare(step: int) -> None:
-        n, group, block, (_, kt, pieces) = steps[step]
+        n, group, _, block, (_, kt, pieces) = steps[step]
         od, oh0, nrows, ow0, ncols = blocks[block]
         patch, rows_tile = patches[step % len(patches)], transposed[step % len(patches)]
         shape.load_patch(ctx, patch, n, group, pieces, od, oh0, nrows, ow0, ncols, staging)
         ctx.emitter.emit("vmov", dtype=product.operand, dst=rows_tile, dst_rs=kt, a=patch, a_rs=1,
                          a_cs=nrows * ncols, rows=nrows * ncols, cols=kt)
 
+    def filter_rows(group: int, c0: int, channels: int, k0: int, k1: int) -> None:
+        """Rows k0..k1 of a channel block's filters [K, channels] into their place on chip."""
+        ctx.dma_in(filter_base + k0 * channels * wsize,
+                   filters.at(group).window(0, k0, k1).window(1, c0, c0 + channels))
+
     lookahead = Lookahead(len(steps), prepare)
     count = block_count = 0
-    for step, (n, group, block, (k0, kt, _)) in enumerate(steps):
+    on_chip = None  # the (group, first channel) of the channel block whose filters are on chip
+    for step, (n, group, (c0, channels), block, (k0, kt, _)) in enumerate(steps):
         od, oh0, nrows, ow0, ncols = blocks[block]
-        first_channel = group * cout_group
+        first_channel = group * cout_group + c0
         pixels = nrows * ncols
         first_tile, last_tile = k0 == 0, k0 + kt == shape.k_total
         if first_tile:
-            if resident and block == 0 and (n == 0 or shape.groups > 1):
-                ctx.dma_in(filter_base, filters.at(group))
+            if resident and on_chip != (group, c0):
+                filter_rows(group, c0, channels, 0, shape.k_total)
+                on_chip = group, c0
             result = results[block_count % 2]
             block_count += 1
         lookahead.advance(step)
         rows_tile = transposed[step % len(patches)]
-        for j0, nt in cout_blocks:
+        for j0 in range(0, channels, cols):
+            nt = min(cols, channels - j0)
             if resident:
-                filter_tile, stride = filter_base + (k0 * cout_group + j0) * wsize, cout_group
+                filter_tile, stride = filter_base + (k0 * channels + j0) * wsize, channels
             else:
                 filter_tile, stride = filter_tiles[count % 2], nt
-                ctx.dma_in(filter_tile, filters.at(group).window(0, k0, k0 + kt).window(1, j0, j0 + nt))
+                ctx.dma_in(filter_tile, filters.at(group).window(0, k0, k0 + kt).window(1, c0 + j0, c0 + j0 + nt))
             ctx.emitter.emit("load_weights", dtype=product.weight_dtype, addr=filter_tile, k=kt, n=nt,
                              stride=stride)
             ctx.emitter.emit("matmul", dtype=product.operand, a=rows_tile, a_rs=kt, m=pixels,
-                             c=result + j0 * 4, c_rs=cout_group, accumulate=int(not first_tile))
+                             c=result + j0 * 4, c_rs=channels, accumulate=int(not first_tile))
             count += 1
+        if resident and block == len(blocks) - 1:
+            # The last pixel block of this channel block: the next channel block's filters replace
+            # these K tile by K tile, each as soon as its last matmul has run.
+            following = steps[step + len(k_tiles)] if step + len(k_tiles) < len(steps) else None
+            # (Not into a block of more channels: its rows would overwrite rows still to be used.)
+            if following is not None and (following[1], following[2][0]) != on_chip and following[2][1] <= channels:
+                filter_rows(following[1], *following[2], k0, k0 + kt)
+                if last_tile:
+                    on_chip = following[1], following[2][0]
         if last_tile:
-            # [pixels, cout] in the accumulator -> [cout, pixels], NCHW rows.
-            finisher.finish(result, pixels, cout_group, False, first_channel, out,
-                            _block_of(n, first_channel, cout_group, od, oh0, nrows, ow0, ncols))
+            # [pixels, channels] in the accumulator -> [channels, pixels], NCHW rows.
+            finisher.finish(result, pixels, channels, False, first_channel, out,
+                            _block_of(n, first_channel, channels, od, oh0, nrows, ow0, ncols))
 
 
 def patch_stationary(ctx: CodegenContext, shape: ConvShape, filters: Callable[[], View], product: Product,
@@ -647,6 +751,61 @@ def patch_stationary(ctx: CodegenContext, shape: ConvShape, filters: Callable[[]
         if index == len(k_tiles) - 1:
             finisher.finish(c_tile, mt, pixels, True, first_channel, out,
                             _block_of(n, first_channel, mt, od, oh0, nrows, ow0, ncols))
+
+
+def _channel_blocks(config, shape: ConvShape) -> list[int]:
+    """Filters stationary's candidate channel blocks: a group's output channels, then halvings
+    that stay multiples of the array's width."""
+    blocks, block = [shape.cout_group], config.array_cols
+    while block < shape.cout_group:
+        blocks.append(block)
+        block *= 2
+    return blocks
+
+
+def _filters_stationary_pixels(config, shape: ConvShape, channel_block: int) -> int:
+    """The most pixels a filters-stationary block takes with channel blocks of `channel_block`: its
+    results fit half the accumulator, its patches and rows the scratchpad."""
+    return min(shape.slice_pixels, 65535, config.acc_bytes // (2 * 4 * channel_block),
+               config.spad_bytes // (4 * 4 * (config.array_rows + channel_block)))
+
+
+def _filters_stationary_cycles(config, product: Product, shape: ConvShape, channel_block: int) -> float:
+    """Estimated cycles of filters stationary per image and group: the largest of the matrix unit's
+    (per pixel block, K tile and column block, the pixels streamed or the filter tile shifted in),
+    the vector unit's (each patch turned into rows once per channel block; each result finished
+    and turned back into NCHW rows) and the DRAM's (each patch once per channel block, a run per
+    channel; the filters once when a channel block's fit on chip, else once per pixel block)."""
+    pixels = _filters_stationary_pixels(config, shape, channel_block)
+    if pixels < 1:
+        return float("inf")
+    rows, lanes, latency = config.array_rows, config.vector_lanes, config.vector_latency
+    k_tiles = -(-shape.k_total // rows)
+    blocks = [nrows * ncols for _, _, nrows, _, ncols in shape.pixel_tiles(pixels)]
+    row_cycles, weight_cycles = config.row_cycles(product.operand), config.row_cycles(product.weight_dtype)
+    size, wsize, beat = product.operand.size, product.weight_dtype.size, config.dram_bytes_per_cycle
+    resident = shape.k_total * channel_block * wsize <= config.spad_bytes // 2
+    matrix = vector = memory = 0
+    for c0 in range(0, shape.cout_group, channel_block):
+        channels = min(channel_block, shape.cout_group - c0)
+        column_blocks = -(-channels // config.array_cols)
+        memory += shape.k_total * channels * wsize * (1 if resident else len(blocks)) / beat
+        for block in blocks:
+            matrix += k_tiles * column_blocks * max(block * row_cycles, rows * weight_cycles)
+            vector += k_tiles * (latency + block * -(-rows // lanes)) + 2 * (latency + channels * -(-block // lanes))
+            memory += shape.k_total * -(-block * size // beat)
+    return max(matrix, vector, memory)
+
+
+def _patch_stationary_estimate(config, product: Product, shape: ConvShape) -> float:
+    """Estimated cycles of patch stationary per image and group, as filters stationary's are
+    counted: _patch_stationary_cycles' matrix and DRAM, or the vector unit finishing each tile."""
+    channels = min(shape.cout_group, config.acc_bytes // (2 * config.array_cols * 4))
+    tiles = shape.pixel_tiles(config.array_cols)
+    lanes = config.vector_lanes
+    vector = -(-shape.cout_group // channels) * sum(config.vector_latency + channels * -(-nrows * ncols // lanes)
+                                                     for *_, nrows, _, ncols in tiles)
+    return max(vector, _patch_stationary_cycles(config, product, channels, shape, tiles, config.spad_bytes // 2))
 
 
 def _block_of(n: int, first_channel: int, channels: int, od: int, oh0: int, nrows: int, ow0: int,
