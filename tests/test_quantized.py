@@ -129,7 +129,7 @@ CONV_CASES = {  # x shape, cout, kernel, attrs, x dtype, path the kernel takes (
     "row_ends_i8": ((1, 5, 9, 13), 7, (3, 3), dict(pads=[1, 1, 1, 1]), np.int8, "patch"),
     "row_ends_channel_blocks_i8": ((1, 16, 7, 7), 64, (3, 3), dict(pads=[1, 1, 1, 1]), np.int8, "filters"),
     # u8 weights (full range: onnxruntime's u8u8 kernels do not saturate), one scale, no bias, x_zero 0.
-    "u8_weights_per_tensor": ((1, 5, 12, 12), 20, (1, 1), dict(), np.uint8, "filters"),
+    "u8_weights_per_tensor": ((1, 5, 12, 12), 20, (1, 1), dict(), np.uint8, "patch"),
     # A stem: space-to-depth on edge (the padding, extended to even sizes, holds the zero point).
     "stem": ((1, 3, 21, 19), 16, (7, 7), dict(pads=[3, 3, 3, 3], strides=[2, 2]), np.uint8, "filters"),
 }

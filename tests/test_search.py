@@ -66,10 +66,10 @@ def _conv(channels: int, size: int, kernel: int):
 
 @pytest.mark.slow
 def test_o3_finds_a_faster_loop_order_with_the_same_values():
-    """A 1x1 convolution 64 -> 64 on 56x56 (ResNet-50's first block) on edge: the rows per matmul
-    prefer filters stationary; timed, patch stationary is faster (measured 62,476 -> 58,182)."""
-    model = _conv(64, 56, 1)
-    x = {"x": np.random.default_rng(1).standard_normal((1, 64, 56, 56)).astype(np.float32)}
+    """A 1x1 convolution 64 -> 64 on 28x28 on edge: -O2's estimates prefer filters stationary;
+    timed, patch stationary is faster (measured 16,078 -> 13,638 cycles)."""
+    model = _conv(64, 28, 1)
+    x = {"x": np.random.default_rng(1).standard_normal((1, 64, 28, 28)).astype(np.float32)}
     heuristic = run(compile(model, "edge", opt_level=2), x)
     program = compile(model, "edge", opt_level=3)
     searched = run(program, x, check_hazards=True)

@@ -381,7 +381,7 @@ def conv_kernel(ctx: CodegenContext, node: Node, product: Product | None = None)
         if all(_rows_merged(view) is not None for view in [x, out, *product.output_like]):
             ctx.note(f"pointwise: {x.shape[3]} rows of {x.shape[4]} pixels as one row")
             x, out, product = _rows_merged(x), _rows_merged(out), product.laid_out(_rows_merged, 1)
-    linear = _linear_tiles_fill_better(ctx.config.array_cols, x, out, strides) and all(
+    linear = _tiles_can_cross_rows(x, out, strides) and all(
         _rows_merged(view) is not None for view in [out, *product.output_like])
     if linear:
         ctx.note(f"pixel tiles across row ends: {out.shape[3]} rows of {out.shape[4]} pixels as one row")
@@ -391,11 +391,10 @@ def conv_kernel(ctx: CodegenContext, node: Node, product: Product | None = None)
              pads=tuple(attrs["pads"][:SPATIAL]), pad_value=product.pad_value, linear=linear)
 
 
-def _linear_tiles_fill_better(cols: int, x: View, out: View, strides) -> bool:
-    """Whether tiles of `cols` pixels running across row ends need fewer tiles than whole rows or row
-    segments do, and can be loaded so: stride 1 along rows and columns, the input as wide as the
-    output with contiguous rows."""
-    *_, height, width = out.shape
+def _tiles_can_cross_rows(x: View, out: View, strides) -> bool:
+    """Whether pixel tiles may run across row ends, each patch piece one run of the flattened input
+    plane: stride 1 along rows and columns, the input as wide as the output with contiguous rows."""
+    width = out.shape[4]
     return (tuple(strides[1:]) == (1, 1) and x.shape[4] == width and x.strides[4] == 1
             and x.strides[3] == width)
 
@@ -492,11 +491,14 @@ def convolve(ctx: CodegenContext, node: Node, source: View, filters, groups: int
     shape = ConvShape(source.shape[0], groups, cin_group, cout_group, tuple(kernel), strides, dilations,
                       tuple(out.shape[2:]), source, mirrored, pads, pad_value, linear)
     size = product.operand.size
-    # Filters stationary's channel block, and the pixels it streams per matmul. Only patches loaded as
-    # runs across row ends are cheap enough to be prepared again for each of several channel blocks,
-    # and only for them are the estimates below good enough to pick the loop order by.
+    # Filters stationary's channel block, and the pixels it streams per matmul. Only patches whose
+    # pieces are runs of the input (tiles within one output row, or across rows) are cheap enough to
+    # be prepared again for each of several channel blocks, and only for them are the estimates
+    # below good enough to pick the loop order by; nor do they count a finish with a tail or an
+    # addend (a residual join), which keeps the vector unit busy on its own.
+    estimated = shape.out[1] == 1 and strides[2] == 1 and product.tail is None and product.addend is None
     channel_block = shape.cout_group
-    if linear:
+    if estimated:
         channel_block = min(_channel_blocks(config, shape),
                             key=lambda block: _filters_stationary_cycles(config, product, shape, block))
     rows_filter_stationary = _filters_stationary_pixels(config, shape, channel_block)
@@ -539,7 +541,7 @@ def convolve(ctx: CodegenContext, node: Node, source: View, filters, groups: int
         if rows_filter_stationary < 1:
             return {"patch stationary": patch_stationary_schedule}
         if (_filters_stationary_cycles(config, product, shape, channel_block)
-                < _patch_stationary_estimate(config, product, shape) if linear
+                < _patch_stationary_estimate(config, product, shape) if estimated
                 else rows_filter_stationary > rows_patch_stationary):
             return {"filters stationary": filters_stationary_schedule, "patch stationary": patch_stationary_schedule}
         return {"patch stationary": patch_stationary_schedule, "filters stationary": filters_stationary_schedule}
