@@ -139,6 +139,27 @@ def test_conv_filters_stationary_in_channel_blocks(config, x_shape, w_shape, att
     assert note.startswith("filters stationary") and "channel blocks of" in note and f"filters {filters}" in note
 
 
+# Patch stationary with filters too large to stay on chip: each tile of them is loaded for its
+# matmuls, LOOKAHEAD K tiles ahead in a ring when the ring fits ("streamed ahead"), else in two
+# buffers; stored tile by tile when constant, read from the arranged run-time filters otherwise.
+STREAMED_CASES = [
+    ("tiny", (1, 32, 2, 3), (24, 32, 3, 3), "streamed ahead"),
+    ("edge", (1, 512, 2, 3), (128, 512, 3, 3), "streamed ahead"),
+    ("tiny", (1, 32, 2, 3), (64, 32, 3, 3), "streamed"),
+    ("edge", (1, 64, 2, 3), (512, 64, 3, 3), "streamed"),
+]
+
+
+@pytest.mark.parametrize("config,x_shape,w_shape,filters", STREAMED_CASES)
+@pytest.mark.parametrize("runtime", [frozenset(), {"W"}])
+def test_conv_patch_stationary_streams_filters(config, x_shape, w_shape, filters, runtime):
+    values = conv_values(4, x_shape, w_shape, w_shape[0])
+    attrs = dict(pads=[1, 1, 1, 1])
+    check("Conv", values, attrs, config, runtime)
+    note = conv_notes(values, attrs, config)[-1]
+    assert note.startswith("patch stationary") and note.endswith(f"filters {filters}")
+
+
 # An image network's stem (few channels, a stride) runs as a stride-1 convolution of the input
 # rearranged space-to-depth when channels x stride^2 fit the array's rows; odd sizes need the
 # padded input extended to a multiple of the stride.

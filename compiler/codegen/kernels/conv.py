@@ -679,7 +679,8 @@ def patch_stationary(ctx: CodegenContext, shape: ConvShape, filters: Callable[[]
     """Patch tiles [K, pixels] stay in the array while the filters' rows [cout, K] (`filters()`,
     [group, cout, K]) stream; the accumulator collects [cout, pixels], NCHW rows. An
     output-channel block's filters stay on chip when they fit; else they are streamed per
-    tile, from `tile_major(channel_block)`'s copy (view, (group, first channel, first K) ->
+    tile (with the patches, LOOKAHEAD K tiles ahead, when a ring of them fits), from
+    `tile_major(channel_block)`'s copy (view, (group, first channel, first K) ->
     element offset) when it gives one, so that each tile is one contiguous DMA run."""
     config = ctx.config
     rows, cols = config.array_rows, config.array_cols
@@ -700,10 +701,14 @@ def patch_stationary(ctx: CodegenContext, shape: ConvShape, filters: Callable[[]
     if not resident:
         m_tile = max(1, min(m_tile, (spad.free // 2 - 1024) // (rows * wsize)))
     filter_base = spad.alloc(m_tile * shape.k_total * wsize) if resident else None
-    filter_tiles = None if resident else [spad.alloc(m_tile * rows * wsize) for _ in range(2)]
+    # Streamed filter tiles come in a ring as deep as the patches', LOOKAHEAD K tiles ahead with them,
+    # when that fits in half the scratchpad left; else in two buffers, each just before its matmuls.
+    ahead = not resident and (LOOKAHEAD + 2) * m_tile * rows * wsize <= spad.free // 2
+    filter_tiles = None if resident else [spad.alloc(m_tile * rows * wsize) for _ in range(LOOKAHEAD + 2 if ahead
+                                                                                           else 2)]
     streamed = None if resident or tile_major is None else tile_major(m_tile)
     ctx.note(f"patch stationary: {len(tiles)} pixel tiles x {len(k_tiles)} K tiles, channel blocks of {m_tile} "
-             f"streamed, filters {'on chip per block' if resident else 'streamed'}"
+             f"streamed, filters {'on chip per block' if resident else 'streamed ahead' if ahead else 'streamed'}"
              + (", strided rows staged" if staging is not None else ""))
     c_buffers = [acc.alloc(m_tile * cols * 4) for _ in range(2)]
     # Every (batch, group, channel block, pixel tile, K tile) in order. Patches are loaded LOOKAHEAD K
@@ -712,11 +717,26 @@ def patch_stationary(ctx: CodegenContext, shape: ConvShape, filters: Callable[[]
     steps = [(n, group, m0, tile, index) for n in range(shape.batch) for group in range(shape.groups)
              for m0 in range(0, cout_group, m_tile) for tile in range(len(tiles)) for index in range(len(k_tiles))]
 
+    def load_filters(step: int) -> None:
+        """A step's streamed filter rows [channels, K tile] into its turn of the ring."""
+        _, group, m0, _, index = steps[step]
+        k0, kt, _ = k_tiles[index]
+        mt = min(m_tile, cout_group - m0)
+        target = filter_tiles[step % len(filter_tiles)]
+        if streamed is not None:
+            tiles_view, offsets = streamed
+            ctx.dma_in(target, View.dense(tiles_view.addr + offsets[group, m0, k0] * wsize, tiles_view.dtype,
+                                          (mt * kt,)))
+        else:
+            ctx.dma_in(target, filters().at(group).window(0, m0, m0 + mt).window(1, k0, k0 + kt))
+
     def prepare(step: int) -> None:
         n, group, _, tile, index = steps[step]
         od, oh0, nrows, ow0, ncols = tiles[tile]
         shape.load_patch(ctx, patches[step % len(patches)], n, group, k_tiles[index][2], od, oh0, nrows, ow0, ncols,
                          staging)
+        if ahead:
+            load_filters(step)
 
     if resident or streamed is None:
         filters()  # arranged now if it is to be: arranging uses the scratchpad the patches are loaded into
@@ -738,13 +758,9 @@ def patch_stationary(ctx: CodegenContext, shape: ConvShape, filters: Callable[[]
         if resident:
             filter_rows, stride = filter_base + k0 * wsize, shape.k_total
         else:
-            filter_rows, stride = filter_tiles[step % 2], kt
-            if streamed is not None:
-                tiles_view, offsets = streamed
-                ctx.dma_in(filter_rows, View.dense(tiles_view.addr + offsets[group, m0, k0] * wsize,
-                                                   tiles_view.dtype, (mt * kt,)))
-            else:
-                ctx.dma_in(filter_rows, filters().at(group).window(0, m0, m0 + mt).window(1, k0, k0 + kt))
+            filter_rows, stride = filter_tiles[step % len(filter_tiles)], kt
+            if not ahead:
+                load_filters(step)
         # The patch is the stationary operand: with integer products it holds the
         # activations (u8 or i8) and the filters stream.
         ctx.emitter.emit("load_weights", dtype=product.operand, addr=patch, k=kt, n=pixels, stride=pixels)
