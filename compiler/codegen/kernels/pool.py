@@ -105,9 +105,11 @@ def pool_kernel(ctx: CodegenContext, node: Node) -> None:
                 for oh0, nrows, ow0, ncols in tiles:
                     pixels, width = nrows * ncols, span(ncols)
                     result = results[count % 2]
-                    first = True
+                    shape = dict(dtype=dtype, dst=result, dst_rs=ncols, rows=ct * nrows, cols=ncols)
+                    taps = 0
                     # Per kernel (depth, row): the input rows it reads, each a contiguous run of
-                    # `width` columns, in one DMA; the kernel's columns are strided reads of it.
+                    # `width` columns, in one DMA; the kernel's columns are strided reads of it. The
+                    # first two taps are combined in one instruction, each later one into the result.
                     for kd, kh in itertools.product(range(kernel[0]), range(kernel[1])):
                         depth = od * strides[0] + kd * dilations[0] - pads[0]
                         row = oh0 * strides[1] + kh * dilations[1] - pads[1]
@@ -116,12 +118,15 @@ def pool_kernel(ctx: CodegenContext, node: Node) -> None:
                                  (ow0 * strides[2] - pads[2], width, 1))
                         for kw in range(kernel[2]):
                             window = dict(a=stage + kw * dilations[2] * esize, a_rs=width, a_cs=strides[2])
-                            shape = dict(dtype=dtype, dst=result, dst_rs=ncols, rows=ct * nrows, cols=ncols)
-                            if first:
+                            taps += 1
+                            if taps == 1 and np.prod(kernel) > 1:
+                                first_tap = window
+                            elif taps == 1:
                                 ctx.emitter.emit("vmov", **window, **shape)
                             else:
-                                ctx.emitter.emit("vmax" if is_max else "vadd", b=result, b_rs=ncols, **window, **shape)
-                            first = False
+                                other = (dict(b=first_tap["a"], b_rs=width, b_cs=strides[2]) if taps == 2
+                                         else dict(b=result, b_rs=ncols))
+                                ctx.emitter.emit("vmax" if is_max else "vadd", **other, **window, **shape)
                     tile_shape = dict(dtype=dtype, dst=result, dst_rs=pixels, a=result, a_rs=pixels, rows=ct,
                                       cols=pixels)
                     if isinstance(divisor, float):
