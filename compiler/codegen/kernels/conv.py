@@ -505,8 +505,8 @@ def convolve(ctx: CodegenContext, node: Node, source: View, filters, groups: int
     rows_patch_stationary = min(shape.cout_group, config.acc_bytes // (2 * config.array_cols * 4))
 
     def schedules(shape: ConvShape) -> dict[str, Callable[[], None]]:
-        """The candidate loop orders for `shape`, the one estimated faster first (it wins ties): by the
-        estimates with runs across row ends, else the one streaming more rows per matmul."""
+        """The candidate loop orders for `shape`, the one preferred first (it wins ties): the faster
+        by the estimates where they hold (`estimated`), else the one streaming more rows per matmul."""
 
         def filters_stationary_schedule() -> None:
             # [group, K, cout] with K ordered (kd, kh, kw, channel), as the K tiles are.
@@ -772,8 +772,8 @@ def patch_stationary(ctx: CodegenContext, shape: ConvShape, filters: Callable[[]
 
 
 def _channel_blocks(config, shape: ConvShape) -> list[int]:
-    """Filters stationary's candidate channel blocks: a group's output channels, then halvings
-    that stay multiples of the array's width."""
+    """Filters stationary's candidate channel blocks: a group's output channels, then the array's
+    width and its doublings below them."""
     blocks, block = [shape.cout_group], config.array_cols
     while block < shape.cout_group:
         blocks.append(block)
