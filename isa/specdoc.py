@@ -118,10 +118,12 @@ figure for two reasons, which `python benchmarks/scalesim.py` separates per laye
   activations stationary and streams the weights, `out^T = W^T A^T`), and a fold's
   results must fit half the accumulator (`acc_bytes`, double-buffered) until they are
   finished, where SCALE-Sim streams all M rows per fold. On `edge` (128 KiB) a 3x3
-  convolution over 56x56x64 -> 64 runs 504 folds of 224 pixels (SCALE-Sim: 36 folds of
-  3,136) and a 1x1 56x56x64 -> 256 runs 196 folds of 256 output channels over 32-pixel
-  patch tiles (the plane as one row; SCALE-Sim: 16 folds of 3,136): each fold pays the
-  fill and drain again.
+  convolution over 56x56x64 -> 64 runs 252 folds of up to 512 pixels (filters stationary
+  in two blocks of 32 output channels, so that 512 pixels' results fit; SCALE-Sim: 36
+  folds of 3,136) and a 1x1 56x56x64 -> 256 runs 196 folds of 256 output channels over
+  32-pixel patch tiles (the plane as one row; SCALE-Sim: 16 folds of 3,136): each fold
+  pays the fill and drain again. (Compiled for double-buffering, where a fold's fill and
+  drain overlap the next, the 3x3 layer takes the other loop order: 98 pixel tiles of 32.)
 - *Operand supply.* acc's span is measured on the whole program, so it includes the
   matrix unit waiting for DMA (`dma_latency` before the first tiles arrive) and for the
   vector unit (a convolution's patches turned into rows, results finished and stored);

@@ -771,6 +771,15 @@ def patch_stationary(ctx: CodegenContext, shape: ConvShape, filters: Callable[[]
                             _block_of(n, first_channel, mt, od, oh0, nrows, ow0, ncols))
 
 
+def _fold_cycles(config, streamed: float, shifted: float) -> float:
+    """A weight tile's matrix cycles when `streamed` cycles of rows pass through it after `shifted`
+    cycles of shifting it in: overlapped with the previous tile's rows when weights are double-
+    buffered, else one after the other, the array filled and drained each time (isa/SPEC.md)."""
+    if config.weight_double_buffer:
+        return max(streamed, shifted)
+    return streamed + shifted + config.array_rows + config.array_cols - 2
+
+
 def _channel_blocks(config, shape: ConvShape) -> list[int]:
     """Filters stationary's candidate channel blocks: a group's output channels, then the array's
     width and its doublings below them."""
@@ -809,7 +818,7 @@ def _filters_stationary_cycles(config, product: Product, shape: ConvShape, chann
         column_blocks = -(-channels // config.array_cols)
         memory += shape.k_total * channels * wsize * (1 if resident else len(blocks)) / beat
         for block in blocks:
-            matrix += k_tiles * column_blocks * max(block * row_cycles, rows * weight_cycles)
+            matrix += k_tiles * column_blocks * _fold_cycles(config, block * row_cycles, rows * weight_cycles)
             vector += k_tiles * (latency + block * -(-rows // lanes)) + 2 * (latency + channels * -(-block // lanes))
             memory += shape.k_total * -(-block * size // beat)
     return max(matrix, vector, memory)
@@ -870,7 +879,7 @@ def _patch_stationary_cycles(config, product: Product, m_tile: int, shape: ConvS
     row_cycles = config.row_cycles(product.operand)
     blocks = -(-shape.cout_group // m_tile)
     k_tiles = -(-shape.k_total // config.array_rows)
-    matrix = blocks * len(tiles) * k_tiles * max(m_tile, config.array_rows) * row_cycles
+    matrix = blocks * len(tiles) * k_tiles * _fold_cycles(config, m_tile * row_cycles, config.array_rows * row_cycles)
     patches = shape.k_total * sum(nrows * ncols for *_, nrows, _, ncols in tiles) * product.operand.size
     filters = shape.cout_group * shape.k_total * product.weight_dtype.size
     resident = m_tile * shape.k_total * product.weight_dtype.size <= free
