@@ -81,12 +81,14 @@ def pool_kernel(ctx: CodegenContext, node: Node) -> None:
         return (max(nrows * ncols for _, nrows, _, ncols in tiles),
                 max(nrows * span(ncols) for _, nrows, _, ncols in tiles))
 
-    # Two result tiles of [channels, pixels] and two staging tiles of [channels, rows, span], two
-    # divisor rows of [pixels]; each buffer may lose up to LOCAL_ALIGN bytes to alignment.
-    slack = 6 * LOCAL_ALIGN
+    # Two result tiles of [channels, pixels], two tiles' staging of [channels, rows, span] per kernel
+    # (depth, row) position (the next tile's rows load while this tile's are folded), two divisor
+    # rows of [pixels]; each buffer may lose up to LOCAL_ALIGN bytes to alignment.
+    positions = kernel[0] * kernel[1]
+    slack = (4 + 2 * positions) * LOCAL_ALIGN
 
     def channels_that_fit(pixels: int, staged: int) -> int:
-        return (spad.free - slack - 2 * pixels * 4) // (2 * (pixels + staged) * esize)
+        return (spad.free - slack - 2 * pixels * 4) // (2 * (pixels + positions * staged) * esize)
 
     largest, staged = largest_of(tiles)
     while channels_that_fit(largest, staged) < 1 and largest > 1:
@@ -95,7 +97,7 @@ def pool_kernel(ctx: CodegenContext, node: Node) -> None:
     max_rows = max(nrows for _, nrows, _, _ in tiles)
     channel_tile = max(1, min(channels, 65535 // max_rows, channels_that_fit(largest, staged)))
     results = [spad.alloc(channel_tile * largest * esize) for _ in range(2)]
-    staging = [spad.alloc(channel_tile * staged * esize) for _ in range(2)]
+    staging = [spad.alloc(channel_tile * staged * esize) for _ in range(2 * positions)]
     divisors = [spad.alloc(largest * 4) for _ in range(2)]
     count = 0
     for n in range(batch):
@@ -113,7 +115,7 @@ def pool_kernel(ctx: CodegenContext, node: Node) -> None:
                     for kd, kh in itertools.product(range(kernel[0]), range(kernel[1])):
                         depth = od * strides[0] + kd * dilations[0] - pads[0]
                         row = oh0 * strides[1] + kh * dilations[1] - pads[1]
-                        stage = staging[(count + kd * kernel[1] + kh) % 2]
+                        stage = staging[(count * positions + kd * kernel[1] + kh) % len(staging)]
                         load_box(ctx, x, pad_value, stage, n, c0, ct, depth, (row, nrows, strides[1]),
                                  (ow0 * strides[2] - pads[2], width, 1))
                         for kw in range(kernel[2]):
