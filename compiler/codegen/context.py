@@ -184,6 +184,14 @@ class CodegenContext:
         self._constant_cache[key] = view
         return view
 
+    def filled(self, value: float, elements: int, dtype: DType, name: str) -> View:
+        """`constant` of `elements` copies of `value` (padding runs), found again without building
+        and hashing the data."""
+        key = ("filled", dtype, elements, value)
+        if key not in self._constant_cache:
+            self._constant_cache[key] = self.constant(np.full(elements, value), dtype, name)
+        return self._constant_cache[key]
+
     def view(self, value_name: str) -> View:
         """A value's DRAM; a constant is placed the first time a kernel reads it."""
         if value_name not in self.views:

@@ -221,7 +221,7 @@ def load_box(ctx: CodegenContext, source: View, pad_value: float, local: int, n:
     whole = (row_lo, row_hi, col_lo, col_hi) == (0, nrows, 0, ncols)
     tile = (nrows * ncols, ncols)  # local strides of a channel and of a row
     if not whole:
-        pad = ctx.constant(np.full(nrows * ncols, pad_value), dtype, "padding")
+        pad = ctx.filled(pad_value, nrows * ncols, dtype, "padding")
         # Whole rows above and below the source, then the columns left and right of it in every row.
         for lo, hi in ((0, row_lo), (row_hi, nrows)):
             if hi > lo:
@@ -257,7 +257,7 @@ def load_run(ctx: CodegenContext, source: View, pad_value: float, local: int, pi
     lo, hi = min(pixels, max(0, -start)), min(pixels, height * width - start)
     if not 0 <= depth < depth_size:
         lo = hi = 0
-    pad = ctx.constant(np.full(pixels * count, pad_value), dtype, "padding") if (lo, hi) != (0, pixels) or dx else None
+    pad = ctx.filled(pad_value, pixels * count, dtype, "padding") if (lo, hi) != (0, pixels) or dx else None
 
     def fill(begin: int, length: int, runs: int = 1) -> None:
         """Set `runs` runs of `length` pixels, `width` apart from pixel `begin` on, to the pad."""
@@ -269,7 +269,8 @@ def load_run(ctx: CodegenContext, source: View, pad_value: float, local: int, pi
             fill(begin, end - begin)
     if hi <= lo:
         return
-    address = source.at(n).addr + (channel * channel_stride + depth * depth_stride + start + lo) * size
+    address = source.at(n).addr + (channel * channel_stride + depth * depth_stride
+                                   + (start + lo) * column_stride) * size
     ctx.dma_in_box(local + lo * size, View(address, dtype, (count, hi - lo), (channel_stride, column_stride)),
                    (pixels,))
     if dx == 0:
@@ -378,14 +379,15 @@ def conv_kernel(ctx: CodegenContext, node: Node, product: Product | None = None)
     if kernel[1:] == (1, 1) and strides[1:] == (1, 1) and not any(attrs["pads"]):
         # A pointwise convolution: each output row's pixels are the input row's, so the rows can
         # be one long row and the pixel tiles fill the array's columns across row ends.
-        if all(_rows_merged(view) is not None for view in [x, out, *product.output_like]):
+        one_row = _output_as_one_row(out, product)
+        if one_row is not None and _rows_merged(x) is not None:
             ctx.note(f"pointwise: {x.shape[3]} rows of {x.shape[4]} pixels as one row")
-            x, out, product = _rows_merged(x), _rows_merged(out), product.laid_out(_rows_merged, 1)
-    linear = _tiles_can_cross_rows(x, out, strides) and all(
-        _rows_merged(view) is not None for view in [out, *product.output_like])
+            x, (out, product) = _rows_merged(x), one_row
+    one_row = _output_as_one_row(out, product) if _tiles_can_cross_rows(x, out, strides) else None
+    linear = one_row is not None
     if linear:
         ctx.note(f"pixel tiles across row ends: {out.shape[3]} rows of {out.shape[4]} pixels as one row")
-        out, product = _rows_merged(out), product.laid_out(_rows_merged, 1)
+        out, product = one_row
     # The padding is not written out: patches are filled on chip where they fall outside x.
     convolve(ctx, node, x, filters, groups, strides, dilations, out, product,
              pads=tuple(attrs["pads"][:SPATIAL]), pad_value=product.pad_value, linear=linear)
@@ -394,9 +396,16 @@ def conv_kernel(ctx: CodegenContext, node: Node, product: Product | None = None)
 def _tiles_can_cross_rows(x: View, out: View, strides) -> bool:
     """Whether pixel tiles may run across row ends, each patch piece one run of the flattened input
     plane: stride 1 along rows and columns, the input as wide as the output with contiguous rows."""
-    width = out.shape[4]
-    return (tuple(strides[1:]) == (1, 1) and x.shape[4] == width and x.strides[4] == 1
-            and x.strides[3] == width)
+    return (tuple(strides[1:]) == (1, 1) and x.shape[4] == out.shape[4] and x.strides[4] == 1
+            and _rows_merged(x) is not None)
+
+
+def _output_as_one_row(out: View, product: Product) -> tuple[View, Product] | None:
+    """out and the product's views laid out like it, each as one row (_rows_merged); None unless
+    every one's rows follow one another."""
+    if any(_rows_merged(view) is None for view in [out, *product.output_like]):
+        return None
+    return _rows_merged(out), product.laid_out(_rows_merged, 1)
 
 
 def _rows_merged(view: View) -> View | None:
@@ -502,7 +511,7 @@ def convolve(ctx: CodegenContext, node: Node, source: View, filters, groups: int
         channel_block = min(_channel_blocks(config, shape),
                             key=lambda block: _filters_stationary_cycles(config, product, shape, block))
     rows_filter_stationary = _filters_stationary_pixels(config, shape, channel_block)
-    rows_patch_stationary = min(shape.cout_group, config.acc_bytes // (2 * config.array_cols * 4))
+    rows_patch_stationary = _patch_stationary_rows(config, shape)
 
     def schedules(shape: ConvShape) -> dict[str, Callable[[], None]]:
         """The candidate loop orders for `shape`, the one preferred first (it wins ties): the faster
@@ -689,7 +698,7 @@ def patch_stationary(ctx: CodegenContext, shape: ConvShape, filters: Callable[[]
     tiles = shape.pixel_tiles(cols)
     spad, acc = ctx.scratchpad(), ctx.accumulator()
     patches = [spad.alloc(rows * cols * size) for _ in range(LOOKAHEAD + 2)]
-    m_tile = max(1, min(cout_group, config.acc_bytes // (2 * cols * 4), 65535))
+    m_tile = _patch_stationary_rows(config, shape)
     finisher = Finisher(ctx, product, spad, m_tile, cols, m_tile)
     staging = _staging(spad, shape, rows, tiles)
     wsize = product.weight_dtype.size
@@ -771,6 +780,12 @@ def patch_stationary(ctx: CodegenContext, shape: ConvShape, filters: Callable[[]
                             _block_of(n, first_channel, mt, od, oh0, nrows, ow0, ncols))
 
 
+def _patch_stationary_rows(config, shape: ConvShape) -> int:
+    """Patch stationary's output channels per block at most: the rows each matmul streams, whose
+    results for one pixel tile fit half the accumulator."""
+    return max(1, min(shape.cout_group, config.acc_bytes // (2 * config.array_cols * 4), 65535))
+
+
 def _fold_cycles(config, streamed: float, shifted: float) -> float:
     """A weight tile's matrix cycles when `streamed` cycles of rows pass through it after `shifted`
     cycles of shifting it in: overlapped with the previous tile's rows when weights are double-
@@ -827,7 +842,7 @@ def _filters_stationary_cycles(config, product: Product, shape: ConvShape, chann
 def _patch_stationary_estimate(config, product: Product, shape: ConvShape) -> float:
     """Estimated cycles of patch stationary per image and group, as filters stationary's are
     counted: _patch_stationary_cycles' matrix and DRAM, or the vector unit finishing each tile."""
-    channels = min(shape.cout_group, config.acc_bytes // (2 * config.array_cols * 4))
+    channels = _patch_stationary_rows(config, shape)
     tiles = shape.pixel_tiles(config.array_cols)
     lanes = config.vector_lanes
     vector = -(-shape.cout_group // channels) * sum(config.vector_latency + channels * -(-nrows * ncols // lanes)

@@ -46,6 +46,7 @@ def pool_kernel(ctx: CodegenContext, node: Node) -> None:
         raise unsupported(node, f"{x.dtype.asm_name} {node.op} is not supported")
     dtype = x.dtype
     kernel, strides, dilations, pads = attrs["kernel_shape"], attrs["strides"], attrs["dilations"], attrs["pads"]
+    window_taps = int(np.prod(kernel))
     batch, channels = x.shape[:2]
     sizes, out_sizes = x.shape[2:], out.shape[2:]
     if dtype == DType.F32 and tuple(kernel) == tuple(sizes) and set(dilations) == {1} and not any(pads):
@@ -64,8 +65,8 @@ def pool_kernel(ctx: CodegenContext, node: Node) -> None:
                                -pads[i] if include_pad else 0,
                                sizes[i] + pads[SPATIAL + i] if include_pad else sizes[i]) for i in range(SPATIAL)]
         counts = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
-        if np.all(counts == np.prod(kernel)):
-            divisor = 1.0 / int(np.prod(kernel))
+        if np.all(counts == window_taps):
+            divisor = 1.0 / window_taps
         else:
             divisor = ctx.constant(1.0 / np.maximum(counts, 1), DType.F32, node.outputs[0] + ".divisor")
 
@@ -121,7 +122,7 @@ def pool_kernel(ctx: CodegenContext, node: Node) -> None:
                         for kw in range(kernel[2]):
                             window = dict(a=stage + kw * dilations[2] * esize, a_rs=width, a_cs=strides[2])
                             taps += 1
-                            if taps == 1 and np.prod(kernel) > 1:
+                            if taps == 1 and window_taps > 1:
                                 first_tap = window
                             elif taps == 1:
                                 ctx.emitter.emit("vmov", **window, **shape)
