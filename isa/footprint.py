@@ -8,8 +8,6 @@ never missed, only occasionally stricter than needed.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from isa.config import AcceleratorConfig
 from isa.dtypes import DType
 from isa.encoding import Instruction
@@ -19,65 +17,67 @@ DRAM, LOCAL = "dram", "local"
 SEPARATE_ROWS = 256  # a strided weight tile of at most this many rows gives one span per row
 
 
-class Span(NamedTuple):  # a tuple: the emitter makes several per instruction, a model millions
-    memory: str
-    start: int
-    end: int  # exclusive
-    write: bool
+Span = tuple[str, int, int, bool]  # (memory, start, end (exclusive), write): plain tuples, a model makes millions
 
 
-def _span(memory: str, address: int, size: int, counts, strides, write: bool) -> Span:
-    last = 0
-    for n, s in zip(counts, strides, strict=True):
-        if n > 0:
-            last += (n - 1) * s
-    return Span(memory, address, address + (last + 1) * size, write)
+def _end(address: int, size: int, n2: int, s2: int, n1: int, s1: int, n0: int, s0: int) -> int:
+    """The end of the bounding span of `size`-byte elements at address + i2 s2 + i1 s1 + i0 s0 (i < n)."""
+    last = (n2 - 1) * s2 if n2 > 0 else 0
+    if n1 > 0:
+        last += (n1 - 1) * s1
+    if n0 > 0:
+        last += (n0 - 1) * s0
+    return address + (last + 1) * size
+
+
+def _end2(address: int, size: int, rows: int, row_stride: int, cols: int, col_stride: int) -> int:
+    """`_end` of a [rows, cols] operand."""
+    return _end(address, size, 1, 0, rows, row_stride, cols, col_stride)
 
 
 def footprint(instruction: Instruction, config: AcceleratorConfig) -> list[Span]:
     """Every operand of `instruction` as a byte span in DRAM or local memory."""
     f = instruction.fields
-    name = instruction.mnemonic
     definition = instruction.definition
+    name = definition.mnemonic
     if name in ("end", "sync"):
         return []
     if definition.format == "dma":
-        counts = (f["n2"], f["n1"], f["n0"])
-        dram = _span(DRAM, f["dram"], f["esize"], counts, (f["ds2"], f["ds1"], f["ds0"]), name == "dma_store")
-        local = _span(LOCAL, f["local"], f["esize"], counts, (f["ls2"], f["ls1"], 1), name == "dma_load")
-        return [dram, local]
+        n2, n1, n0 = f["n2"], f["n1"], f["n0"]
+        size, dram, local = f["esize"], f["dram"], f["local"]
+        return [(DRAM, dram, _end(dram, size, n2, f["ds2"], n1, f["ds1"], n0, f["ds0"]), name == "dma_store"),
+                (LOCAL, local, _end(local, size, n2, f["ls2"], n1, f["ls1"], n0, 1), name == "dma_load")]
     if definition.format == "dmai":
-        table = _span(DRAM, f["dram"], f["esize"], (f["limit"], f["n0"]), (f["ds1"], 1), name == "dma_scatter")
-        rows = _span(LOCAL, f["local"], f["esize"], (f["rows"], f["n0"]), (f["ls1"], 1), name == "dma_gather")
-        index = Span(LOCAL, f["index"], f["index"] + 4 * f["rows"], False)
-        return [table, rows, index]
+        size, dram, local, index = f["esize"], f["dram"], f["local"], f["index"]
+        return [(DRAM, dram, _end2(dram, size, f["limit"], f["ds1"], f["n0"], 1), name == "dma_scatter"),
+                (LOCAL, local, _end2(local, size, f["rows"], f["ls1"], f["n0"], 1), name == "dma_gather"),
+                (LOCAL, index, index + 4 * f["rows"], False)]
     if name == "load_weights":
         rows, width = (f["n"], f["k"]) if f["transpose"] else (f["k"], f["n"])
-        size = f["dtype"].size
-        if f["stride"] > width and rows <= SEPARATE_ROWS:
+        size, address, stride = f["dtype"].size, f["addr"], f["stride"]
+        if stride > width and rows <= SEPARATE_ROWS:
             # A tile read out of a wider matrix (an attention cache's head): each row on its own, so that
             # the tile waits only for the rows' own bytes, not for everything between them.
-            return [Span(LOCAL, f["addr"] + r * f["stride"] * size, f["addr"] + (r * f["stride"] + width) * size,
-                         False) for r in range(rows)]
-        return [_span(LOCAL, f["addr"], size, (rows, width), (f["stride"], 1), False)]
+            return [(LOCAL, address + r * stride * size, address + (r * stride + width) * size, False)
+                    for r in range(rows)]
+        return [(LOCAL, address, _end2(address, size, rows, stride, width, 1), False)]
     if name == "matmul":
         # The weights' K and N are not in the instruction: cover what the array can hold.
-        a = _span(LOCAL, f["a"], f["dtype"].size, (f["m"], config.array_rows), (f["a_rs"], 1), False)
-        c_size = 4
-        c = _span(LOCAL, f["c"], c_size, (f["m"], config.array_cols), (f["c_rs"], 1), True)
-        spans = [a, c]
+        a, c, m = f["a"], f["c"], f["m"]
+        c_end = _end2(c, 4, m, f["c_rs"], config.array_cols, 1)
+        spans = [(LOCAL, a, _end2(a, f["dtype"].size, m, f["a_rs"], config.array_rows, 1), False),
+                 (LOCAL, c, c_end, True)]
         if f["accumulate"]:
-            spans.append(Span(LOCAL, c.start, c.end, False))
+            spans.append((LOCAL, c, c_end, False))
         return spans
     rows, cols = f["rows"], f["cols"]
     dtype: DType = f["dtype"]
-    spans = []
+    dst = f["dst"]
     if name in ("vrsum", "vrmax", "vrmin"):  # one result per row, dst_rs apart
-        spans.append(_span(LOCAL, f["dst"], dtype.size, (rows,), (f["dst_rs"],), True))
-    elif name == "vdeq":
-        spans.append(_span(LOCAL, f["dst"], DType.F32.size, (rows, cols), (f["dst_rs"], 1), True))
+        spans = [(LOCAL, dst, _end2(dst, dtype.size, rows, f["dst_rs"], 1, 0), True)]
     else:
-        spans.append(_span(LOCAL, f["dst"], dtype.size, (rows, cols), (f["dst_rs"], 1), True))
+        size = DType.F32.size if name == "vdeq" else dtype.size
+        spans = [(LOCAL, dst, _end2(dst, size, rows, f["dst_rs"], cols, 1), True)]
     # The element types of operands a, b, c.
     if name == "vreq":
         operand_dtypes = (DType.I32, DType.F32, DType.I32)
@@ -90,8 +90,9 @@ def footprint(instruction: Instruction, config: AcceleratorConfig) -> list[Span]
     else:
         operand_dtypes = (dtype, dtype, dtype)
     for position, operand, row_stride, column_stride in _OPERANDS[name]:
-        spans.append(_span(LOCAL, f[operand], operand_dtypes[position].size, (rows, cols),
-                           (f[row_stride], f[column_stride]), False))
+        address = f[operand]
+        spans.append((LOCAL, address, _end2(address, operand_dtypes[position].size, rows, f[row_stride], cols,
+                                            f[column_stride]), False))
     return spans
 
 

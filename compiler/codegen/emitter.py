@@ -19,11 +19,21 @@ Local memory is tracked in 64-byte blocks, DRAM in the allocations the DRAM plan
 (an allocation that reuses dead tensors' DRAM inherits their history); a span that
 covers more only adds dependencies, never loses one. Every program the
 compiler emits is therefore free of hazards by construction.
+
+Lookups in local memory are most of the work (a model has hundreds of thousands of
+instructions), so each engine's recent accesses are a short list that a lookup scans from
+the newest back to what the looking engine is already ordered after: a few entries, since
+the engines run only a little apart. An entry every other engine is ordered after can
+never matter again and is dropped. Only when an engine is far behind (the store engine,
+idle while a layer computes) do old entries pile up; they are then folded into per-block
+arrays, which are written in large batches and only when a lookup reaches them. The
+result is the same as looking every block up in full arrays (tests/test_emitter.py).
 """
 
 from __future__ import annotations
 
 import bisect
+import functools
 import operator
 from contextlib import contextmanager
 
@@ -36,12 +46,21 @@ from isa.program import DebugRange
 from isa.spec import Engine
 
 BLOCK = 64
+RECENT = 64  # local accesses an engine keeps in its list before dropping or folding old ones
 ENGINES = len(Engine)
+OTHERS = tuple(tuple(other for other in range(ENGINES) if other != engine) for engine in range(ENGINES))
 
 
 def pair_semaphore(producer: int, consumer: int) -> int:
     """Semaphore id of the producer -> consumer pair: 1..12."""
     return 1 + producer * (ENGINES - 1) + (consumer if consumer < producer else consumer - 1)
+
+
+@functools.cache
+def _sync(engine: int, wait: int = 0, signal: int = 0) -> Instruction:
+    """A `sync` on `engine` that takes or gives a token (one shared value each: nothing changes a
+    program's syncs, and a model has tens of thousands)."""
+    return Instruction("sync", engine=Engine(engine), wait=wait, signal=signal)
 
 
 class _Item:
@@ -62,20 +81,27 @@ class Emitter:
         self.config = config
         self.items: list[_Item] = []
         self.by_engine: list[list[int]] = [[] for _ in range(ENGINES)]  # engine -> item indices
+        # Local memory, per engine: its recent instructions' accesses, oldest first, each as (sequence number
+        # (1-based), first and end block of all its spans, first and end block of those it writes, and
+        # the spans as (first block, end block, is it a write)). An entry every other engine is already
+        # ordered after is dropped; when too many are left, the oldest are folded into per-block arrays
+        # (per engine, the sequence number of its last folded write / access of each block).
+        self.recent: list[list[tuple]] = [[] for _ in range(ENGINES)]
+        self.folded = [0] * ENGINES  # per engine: the newest sequence number folded
+        self.unpainted: list[list[tuple]] = [[] for _ in range(ENGINES)]  # folded, not yet in the arrays
         blocks = -(-config.local_bytes // BLOCK)
-        # Per engine: sequence number (1-based) of its last instruction writing / touching each block.
         self.local_write = np.zeros((ENGINES, blocks), dtype=np.int64)
         self.local_touch = np.zeros((ENGINES, blocks), dtype=np.int64)
         # DRAM allocations as sorted, disjoint ranges, each with the slot that tracks it (the DRAM
         # plan registers them as it makes them); slot 0 stands for any DRAM outside every allocation.
+        # Per slot, per engine: the sequence number of the engine's last write / access of it.
         self.dram_starts: list[int] = []
         self.dram_ends: list[int] = []
         self.dram_slots: list[int] = []
-        self.slot_count = 1
-        self.dram_write = np.zeros((ENGINES, 64), dtype=np.int64)
-        self.dram_touch = np.zeros((ENGINES, 64), dtype=np.int64)
+        self.dram_write: list[list[int]] = [[0] * ENGINES]
+        self.dram_touch: list[list[int]] = [[0] * ENGINES]
         # Per memory, indexed by "is it a write": per engine the latest sequence number among its writes
-        # [False] and among all its accesses [True], anywhere in that memory (bounds of the arrays above).
+        # [False] and among all its accesses [True], anywhere in that memory.
         self.local_latest = ([0] * ENGINES, [0] * ENGINES)
         self.dram_latest = ([0] * ENGINES, [0] * ENGINES)
         # Vector clocks: clock[e][f] = the last instruction of engine f that engine e is ordered after.
@@ -89,9 +115,8 @@ class Emitter:
         other = Emitter(self.config)
         other.dram_starts, other.dram_ends, other.dram_slots = (list(self.dram_starts), list(self.dram_ends),
                                                                 list(self.dram_slots))
-        other.slot_count = self.slot_count
-        other.dram_write = np.zeros_like(self.dram_write)
-        other.dram_touch = np.zeros_like(self.dram_touch)
+        other.dram_write = [[0] * ENGINES for _ in self.dram_write]
+        other.dram_touch = [[0] * ENGINES for _ in self.dram_touch]
         other.current_node = self.current_node
         return other
 
@@ -112,19 +137,13 @@ class Emitter:
         is left of them keeps their slots."""
         first = bisect.bisect_right(self.dram_ends, start)  # the first range ending after `start`
         last = bisect.bisect_left(self.dram_starts, end)  # ranges [first, last) overlap
-        slot = self.slot_count
-        self.slot_count += 1
-        if slot >= self.dram_write.shape[1]:
-            grow = np.zeros_like(self.dram_write)
-            self.dram_write = np.concatenate([self.dram_write, grow], axis=1)
-            self.dram_touch = np.concatenate([self.dram_touch, grow], axis=1)
+        slot = len(self.dram_write)
+        old = self.dram_slots[first:last]
+        for table in (self.dram_write, self.dram_touch):
+            table.append([max(seqs) for seqs in zip(*(table[o] for o in old), strict=True)] or [0] * ENGINES)
         pieces = []
-        if first < last:
-            old = self.dram_slots[first:last]
-            self.dram_write[:, slot] = self.dram_write[:, old].max(axis=1)
-            self.dram_touch[:, slot] = self.dram_touch[:, old].max(axis=1)
-            if self.dram_starts[first] < start:
-                pieces.append((self.dram_starts[first], start, self.dram_slots[first]))
+        if first < last and self.dram_starts[first] < start:
+            pieces.append((self.dram_starts[first], start, self.dram_slots[first]))
         pieces.append((start, end, slot))
         if first < last and self.dram_ends[last - 1] > end:
             pieces.append((end, self.dram_ends[last - 1], self.dram_slots[last - 1]))
@@ -141,6 +160,62 @@ class Emitter:
             index += 1
         return slots or [0]
 
+    def _local_conflict(self, other: int, after: int, access: tuple) -> int:
+        """The sequence number of engine `other`'s latest local access that conflicts with `access` (an
+        entry as in `recent`, without its number) if it is later than `after`, else 0."""
+        low, high, write_low, write_high, spans = access
+        for seq, other_low, other_high, other_write_low, other_write_high, other_spans in reversed(
+                self.recent[other]):
+            if seq <= after:
+                return 0
+            # Only where one side's writes meet the other's accesses can a pair of spans conflict.
+            if ((other_low < write_high and write_low < other_high)
+                    or (other_write_low < high and low < other_write_high)):
+                for first, end, write in spans:
+                    for other_first, other_end, other_write in other_spans:
+                        if other_first < end and first < other_end and (write or other_write):
+                            return seq
+        if self.folded[other] <= after:
+            return 0
+        self._paint(other)
+        found = max(int((self.local_touch if write else self.local_write)[other, first:end].max())
+                    for first, end, write in spans)
+        return found if found > after else 0
+
+    def _remember_local(self, engine: int, entry: tuple) -> None:
+        recent = self.recent[engine]
+        recent.append(entry)
+        if len(recent) < RECENT:
+            return
+        # Drop what every other engine is ordered after: no later access can depend on it.
+        known = min(self.clock[other][engine] for other in OTHERS[engine])
+        drop = 0
+        while drop < len(recent) and recent[drop][0] <= known:
+            drop += 1
+        # Still too many (an engine that does not follow this one): fold the oldest half into the arrays.
+        if len(recent) - drop >= RECENT:
+            self.unpainted[engine].extend(recent[drop:drop + RECENT // 2])
+            drop += RECENT // 2
+            self.folded[engine] = recent[drop - 1][0]
+        del recent[:drop]
+
+    def _paint(self, engine: int) -> None:
+        """Write the engine's folded entries not yet in the per-block arrays into them, all at once (few
+        lookups reach the arrays, so most folded entries are painted in a few large batches)."""
+        entries = self.unpainted[engine]
+        if not entries:
+            return
+        spans = [(seq, first, end, write) for seq, *_, entry_spans in entries for first, end, write in entry_spans]
+        seqs, firsts, ends, writes = (np.array(column, dtype=np.int64) for column in zip(*spans, strict=True))
+        lengths = ends - firsts
+        # Every block of every span, with its span's sequence number: the latest one wins.
+        blocks = np.repeat(firsts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+        numbers = np.repeat(seqs, lengths)
+        np.maximum.at(self.local_touch[engine], blocks, numbers)
+        written = np.repeat(writes.astype(bool), lengths)
+        np.maximum.at(self.local_write[engine], blocks[written], numbers[written])
+        entries.clear()
+
     # Emission ---------------------------------------------------------------------------------
     def emit(self, mnemonic: str, **fields) -> Instruction:
         """Append one instruction; its dependencies on other engines are added automatically."""
@@ -149,65 +224,91 @@ class Emitter:
         instruction = Instruction(mnemonic, **fields)
         engine = int(instruction.engine)
         clock = self.clock[engine]
-        accesses = []  # (write, writes, touches, where, latest) per span
+        others = OTHERS[engine]
         needed = [0] * ENGINES
+        dram_accesses = []  # (slots, write)
+        spans = []  # local: (first block, end block, write)
+        low = write_low = 1 << 62  # the bounding blocks of the local spans, and of those written
+        high = write_high = 0
         for memory, start, end, write in footprint(instruction, self.config):
             if memory == DRAM:
-                writes, touches, latest = self.dram_write, self.dram_touch, self.dram_latest
                 slots = self._dram_slots(start, end)
-                # One slot (the usual case) is a plain index: a column, no reduction needed.
-                where = slots[0] if len(slots) == 1 else slots
-            else:
-                writes, touches, latest = self.local_write, self.local_touch, self.local_latest
-                first, last = start // BLOCK, -(-end // BLOCK)
-                if last <= first:
-                    continue  # no block: nothing to order, nothing to record
-                where = slice(first, last)
-            accesses.append((write, writes, touches, where, latest))
-            # A write conflicts with any earlier access, a read with earlier writes. Only an access this
-            # engine is not yet ordered after can add a dependency: look only when some engine has one.
-            if not any(map(operator.gt, latest[write], clock)):
+                dram_accesses.append((slots, write))
+                # A write conflicts with any earlier access, a read with earlier writes. Only an access this
+                # engine is not yet ordered after can add a dependency: look only when some engine has one.
+                if not any(map(operator.gt, self.dram_latest[write], clock)):
+                    continue
+                table = self.dram_touch if write else self.dram_write
+                for slot in slots:
+                    seqs = table[slot]
+                    for other in others:
+                        if seqs[other] > needed[other]:
+                            needed[other] = seqs[other]
                 continue
-            block = (touches if write else writes)[:, where]
-            found = (block if block.ndim == 1 else np.maximum.reduce(block, axis=1)).tolist()
-            for other in range(ENGINES):
-                if found[other] > needed[other]:
-                    needed[other] = found[other]
+            first, end = start // BLOCK, -(-end // BLOCK)
+            if end <= first:
+                continue  # no block: nothing to order, nothing to record
+            spans.append((first, end, write))
+            if first < low:
+                low = first
+            if end > high:
+                high = end
+            if write:
+                if first < write_low:
+                    write_low = first
+                if end > write_high:
+                    write_high = end
+        access = None
+        if spans:
+            access = (low, high, write_low, write_high, spans)
+            latest = self.local_latest[write_high > 0]
+            for other in others:
+                after = clock[other] if clock[other] > needed[other] else needed[other]
+                if latest[other] > after:
+                    seq = self._local_conflict(other, after, access)
+                    if seq:
+                        needed[other] = seq
         item = _Item(instruction, engine, self.current_node)
-        self._order_after(item, engine, needed)
+        for producer in others:
+            if needed[producer] > clock[producer]:  # else not needed, or implied by an earlier wait
+                self._order_after(item, engine, producer, needed[producer])
         self.items.append(item)
-        self.by_engine[engine].append(len(self.items) - 1)
-        seq = len(self.by_engine[engine])
+        by_engine = self.by_engine[engine]
+        by_engine.append(len(self.items) - 1)
+        seq = len(by_engine)
         clock[engine] = seq
         self.clock_at[engine].append(tuple(clock))
-        for write, writes, touches, where, latest in accesses:
-            touches[engine, where] = seq
-            latest[True][engine] = seq
+        for slots, write in dram_accesses:
+            for slot in slots:
+                self.dram_touch[slot][engine] = seq
+                if write:
+                    self.dram_write[slot][engine] = seq
+            self.dram_latest[True][engine] = seq
             if write:
-                writes[engine, where] = seq
-                latest[False][engine] = seq
+                self.dram_latest[False][engine] = seq
+        if access is not None:
+            self._remember_local(engine, (seq, *access))
+            self.local_latest[True][engine] = seq
+            if write_high:
+                self.local_latest[False][engine] = seq
         return instruction
 
-    def _order_after(self, item: _Item, engine: int, needed: list[int]) -> None:
+    def _order_after(self, item: _Item, engine: int, producer: int, seq: int) -> None:
+        """Make `item` (on `engine`) wait for instruction `seq` of `producer`, by a semaphore token."""
         clock = self.clock[engine]
-        for producer in range(ENGINES):
-            if producer == engine or needed[producer] <= clock[producer]:
-                continue  # not needed, or already implied by an earlier wait
-            seq = needed[producer]
-            semaphore = pair_semaphore(producer, engine)
-            producer_item = self.items[self.by_engine[producer][seq - 1]]
-            if producer_item.signal == 0:
-                producer_item.signal = semaphore
-            else:
-                producer_item.after = (producer_item.after or []) + [
-                    Instruction("sync", engine=Engine(producer), signal=semaphore)]
-            if item.wait == 0:
-                item.wait = semaphore
-            else:
-                item.before = (item.before or []) + [Instruction("sync", engine=Engine(engine), wait=semaphore)]
-            for other, known in enumerate(self.clock_at[producer][seq - 1]):
-                if known > clock[other]:
-                    clock[other] = known
+        semaphore = pair_semaphore(producer, engine)
+        producer_item = self.items[self.by_engine[producer][seq - 1]]
+        if producer_item.signal == 0:
+            producer_item.signal = semaphore
+        else:
+            producer_item.after = (producer_item.after or []) + [_sync(producer, signal=semaphore)]
+        if item.wait == 0:
+            item.wait = semaphore
+        else:
+            item.before = (item.before or []) + [_sync(engine, wait=semaphore)]
+        for other, known in enumerate(self.clock_at[producer][seq - 1]):
+            if known > clock[other]:
+                clock[other] = known
 
     # Output ---------------------------------------------------------------------------------
     def finish(self) -> tuple[list[Instruction], list[DebugRange]]:
