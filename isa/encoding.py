@@ -42,24 +42,19 @@ class Instruction:
         if layout is None:
             raise EncodingError(f"unknown instruction {mnemonic!r}")
         definition, known, defaults, canonical = layout
-        if not values.keys() <= known.keys():
-            name = next(name for name in values if name not in known)
-            raise EncodingError(f"{mnemonic} has no field '{name}' (fields: {', '.join(known)})")
         self.definition: InstructionDef = definition
-        dtype = values.get("dtype", DType.F32)
-        if type(dtype) is not DType and "dtype" in known:
-            dtype = _coerce(known["dtype"], dtype)
         fields = defaults.copy()  # in the definition's order, every value canonical
+        rest = None  # names whose values are not already canonical and in range (or not fields at all)
         for name, value in values.items():
             kind = canonical.get(name)
             if kind is not None and type(value) is kind[0] and value in kind[1]:
-                fields[name] = value  # the common case: already canonical and in range
-                continue
-            f = known[name]
-            fields[name] = _coerce_imm(value, dtype) if f.kind is FieldKind.IMM32 else _coerce(f, value)
-            _field_bits(f, fields[name], dtype)  # refuse now what could not be encoded later
-        if "imm" in known and "imm" not in values:
-            fields["imm"] = _coerce_imm(known["imm"].default, dtype)  # 0.0 or 0, by the dtype
+                fields[name] = value  # the common case
+            elif rest is None:
+                rest = [name]
+            else:
+                rest.append(name)
+        if rest is not None or "imm" in known:
+            _complete(mnemonic, known, values, fields, rest or ())
         self.fields = fields
 
     def set_sync(self, wait: int, signal: int) -> None:
@@ -92,6 +87,23 @@ class Instruction:
         from isa.assembly import disassemble_instruction
 
         return f"<{disassemble_instruction(self)}>"
+
+
+def _complete(mnemonic: str, known: dict, values: dict, fields: dict, rest) -> None:
+    """Set in `fields` the values named in `rest`, made canonical and checked (or refused, naming the
+    field), and the immediate's default by the dtype."""
+    if not values.keys() <= known.keys():
+        name = next(name for name in values if name not in known)
+        raise EncodingError(f"{mnemonic} has no field '{name}' (fields: {', '.join(known)})")
+    dtype = values.get("dtype", DType.F32)
+    if type(dtype) is not DType and "dtype" in known:
+        dtype = _coerce(known["dtype"], dtype)
+    for name in rest:
+        f = known[name]
+        fields[name] = _coerce_imm(values[name], dtype) if f.kind is FieldKind.IMM32 else _coerce(f, values[name])
+        _field_bits(f, fields[name], dtype)  # refuse now what could not be encoded later
+    if "imm" in known and "imm" not in values:
+        fields["imm"] = _coerce_imm(known["imm"].default, dtype)  # 0.0 or 0, by the dtype
 
 
 _HEADER_FIELDS = {f.name: f for f in HEADER}

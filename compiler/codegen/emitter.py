@@ -46,7 +46,7 @@ from isa.program import DebugRange
 from isa.spec import Engine
 
 BLOCK = 64
-RECENT = 64  # local accesses an engine keeps in its list before dropping or folding old ones
+RECENT = 256  # entries an engine keeps in its list before dropping or folding old ones
 ENGINES = len(Engine)
 OTHERS = tuple(tuple(other for other in range(ENGINES) if other != engine) for engine in range(ENGINES))
 

@@ -35,6 +35,7 @@ import onnx
 from onnx import helper, numpy_helper, version_converter
 
 from compiler.errors import ModelError
+from compiler.frontend.onnx_import import without_large_initializers
 from compiler.passes.simplify import batchnorm_folded_into_conv
 from compiler.quantize.calibration import TensorRange
 
@@ -220,17 +221,42 @@ def quantize_model(model: onnx.ModelProto, ranges: Mapping[str, TensorRange],
                    options: QuantOptions = QuantOptions()) -> onnx.ModelProto:
     """A QDQ copy of `model`. Per-axis QuantizeLinear needs opset 13: an older model is first
     converted by onnx's version converter (which rewrites the ops whose form changed)."""
-    quantized = onnx.ModelProto()
-    quantized.CopyFrom(model)
-    opset = next((o.version for o in quantized.opset_import if o.domain in ("", "ai.onnx")), 13)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
     if opset < 13:
         try:
-            quantized = version_converter.convert_version(quantized, 13)
+            quantized = _converted(model, 13)
         except Exception as error:  # the converter raises several kinds on ops it cannot convert
             raise ModelError(f"int8 needs opset 13 and converting this opset-{opset} model failed: "
                              f"{str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}"
                              ) from None
+    else:
+        quantized = onnx.ModelProto()
+        quantized.CopyFrom(model)
     return _Rewriter(fold_batchnorms(quantized), ranges, options).run()
+
+
+def _converted(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    """`model` converted to `opset` by onnx's version converter, which is given the large
+    initializers as typed inputs (their values take no part in an op's change of form, and
+    copying the weights into C++ and back is most of the converter's time), then has them back
+    in their places."""
+    light = without_large_initializers(model)
+    converted = version_converter.convert_version(light, opset)
+    if light is model:
+        return converted
+    kept = {t.name for t in light.graph.initializer}
+    large = {t.name: t for t in model.graph.initializer if t.name not in kept}
+    listed = {i.name for i in model.graph.input}
+    inputs = [i for i in converted.graph.input if i.name not in large or i.name in listed]
+    del converted.graph.input[:]
+    converted.graph.input.extend(inputs)
+    by_name = {t.name: t for t in converted.graph.initializer}
+    initializers = [large.get(t.name) or by_name.pop(t.name) for t in model.graph.initializer
+                    if t.name in large or t.name in by_name]
+    initializers += by_name.values()  # what the converter added
+    del converted.graph.initializer[:]
+    converted.graph.initializer.extend(initializers)
+    return converted
 
 
 def fold_batchnorms(model: onnx.ModelProto) -> onnx.ModelProto:
