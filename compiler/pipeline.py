@@ -29,6 +29,7 @@ from compiler.passes.quantized import fold_dequantized_constants, fuse_qdq
 from compiler.passes.simplify import (
     decompose_batchnorm,
     fold_batchnorm_into_conv,
+    fold_scale_into_quantize,
     remove_identities,
     transpose_to_reshape,
 )
@@ -46,6 +47,7 @@ PASSES: list[tuple[str, Pass, int]] = [
     ("remove_identities", remove_identities, 0),
     ("fold_batchnorm_into_conv", fold_batchnorm_into_conv, 1),
     ("decompose_batchnorm", decompose_batchnorm, 0),
+    ("fold_scale_into_quantize", fold_scale_into_quantize, 2),
     ("fuse_epilogue", fuse_epilogue, 2),
     ("fuse_elementwise", fuse_elementwise, 2),
     ("fuse_tail", fuse_tail, 2),

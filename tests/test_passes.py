@@ -1,6 +1,7 @@
 """Each pass: a small IR before, the IR expected after (text), a case it must leave alone."""
 
 import numpy as np
+import pytest
 from ir_cases import run_pass, same
 
 from compiler.ir import parse
@@ -8,6 +9,7 @@ from compiler.passes.fold_transpose import fold_cast_into_matmul, fold_transpose
 from compiler.passes.simplify import (
     decompose_batchnorm,
     fold_batchnorm_into_conv,
+    fold_scale_into_quantize,
     remove_identities,
     transpose_to_reshape,
 )
@@ -279,3 +281,61 @@ graph g
   output %h
 """
     assert run_pass(fold_cast_into_matmul, text) == same(text)
+
+
+# A power-of-two factor folded into the quantization scale (compiler/passes/simplify.py) --------------
+HALVED = """
+graph g
+  input %x: f32[2, 8]
+  const %half: f32[] = [0.5]
+  const %s: f32[] = [0.1]
+  const %zp: u8[] = [3]
+  %h: f32[2, 8] = Mul(%x, %half)
+  %q: u8[2, 8] = QuantizeLinear(%h, %s, %zp) {axis=1, output_dtype="u8"}
+  output %q
+"""
+HALVED_AFTER = """
+graph g
+  input %x: f32[2, 8]
+  const %zp: u8[] = [3]
+  const %s.folded: f32[] = [0.20000000298023224]
+  %q: u8[2, 8] = QuantizeLinear(%x, %s.folded, %zp) {axis=1, output_dtype="u8"}
+  output %q
+"""  # 0.1 / 0.5 in fp32
+
+
+def test_a_power_of_two_factor_folds_into_the_quantization_scale():
+    assert run_pass(fold_scale_into_quantize, HALVED) == same(HALVED_AFTER)
+
+
+@pytest.mark.parametrize("change", [("[0.5]", "[0.3]"), ("[0.5]", "[-0.5]"), ("output %q", "output %q\n  output %h")],
+                         ids=["not a power of two", "negative", "the product is read elsewhere"])
+def test_the_quantization_scale_is_left_alone(change):
+    text = HALVED.replace(*change)
+    assert run_pass(fold_scale_into_quantize, text) == same(text)
+
+
+def test_the_folded_scale_quantizes_every_value_as_onnxruntime_does():
+    """Halving then quantizing, against quantizing with twice the scale: the same u8 for values
+    spread over many binades and for the values halfway between two steps (ties)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from compiler.pipeline import compile
+    from runtime.simulator import run
+
+    scale = np.float32(0.0969501)
+    rng = np.random.default_rng(0)
+    ties = (np.arange(-300, 300, dtype=np.float32) + np.float32(0.5)) * scale * 2
+    x = np.concatenate([ties, (rng.standard_normal(424) * np.exp2(rng.integers(-12, 8, 424))).astype(np.float32)])
+    x = x.reshape(1, 1024)
+    nodes = [helper.make_node("Mul", ["x", "half"], ["h"]), helper.make_node("QuantizeLinear", ["h", "s", "zp"], ["q"])]
+    inits = [helper.make_tensor("half", TensorProto.FLOAT, [], [0.5]), helper.make_tensor("s", TensorProto.FLOAT, [], [scale]),
+             helper.make_tensor("zp", TensorProto.UINT8, [], [128])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+                              [helper.make_tensor_value_info("q", TensorProto.UINT8, x.shape)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    expected = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    program = compile(model, "edge", opt_level=2, verify_each=True)
+    assert not any(i.mnemonic == "vmul" or i.mnemonic == "vmuli" for i in program.instructions)
+    assert np.array_equal(run(program, {"x": x}).outputs["q"], expected)
