@@ -183,6 +183,7 @@ class Emitter:
         return found if found > after else 0
 
     def _remember_local(self, engine: int, entry: tuple) -> None:
+        """Append the engine's newest entry; keep its list short (see `recent`)."""
         recent = self.recent[engine]
         recent.append(entry)
         if len(recent) < RECENT:
