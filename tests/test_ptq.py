@@ -260,3 +260,27 @@ def test_batchnorm_of_a_conv_read_elsewhere_is_not_folded():
     samples = [{"x": np.random.default_rng(2).standard_normal((1, 2, 6, 6)).astype(np.float32)}]
     quantized, _ = quantize_for(model, Precision("int8", samples))
     assert "BatchNormalization" in {n.op_type for n in quantized.graph.node}
+
+
+def test_conversion_hands_large_weights_back_in_place():
+    """The version converter sees large initializers as typed inputs (compiler/quantize/ptq.py
+    `_converted`); the converted model has them back as initializers, in their order, with the
+    graph inputs the model had."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from compiler.quantize.ptq import _converted
+
+    rng = np.random.default_rng(0)
+    large = numpy_helper.from_array(rng.standard_normal((64, 8, 3, 3)).astype(np.float32), "w")  # 4,608 values
+    small = numpy_helper.from_array(rng.standard_normal(64).astype(np.float32), "b")
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Dropout", ["c"], ["y"], ratio=0.5)]
+    graph = helper.make_graph(nodes, "old", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64, 6, 6])], [large, small])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    converted = _converted(model, 13)
+    assert converted.opset_import[0].version == 13
+    assert [i.name for i in converted.graph.input] == ["x"]
+    assert [t.name for t in converted.graph.initializer][:2] == ["w", "b"]
+    assert converted.graph.initializer[0] == large
+    onnx.checker.check_model(converted)

@@ -239,11 +239,14 @@ def _converted(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     """`model` converted to `opset` by onnx's version converter, which is given the large
     initializers as typed inputs (their values take no part in an op's change of form, and
     copying the weights into C++ and back is most of the converter's time), then has them back
-    in their places."""
+    in their places. Should the light model not convert, the whole one is converted."""
     light = without_large_initializers(model)
-    converted = version_converter.convert_version(light, opset)
     if light is model:
-        return converted
+        return version_converter.convert_version(model, opset)
+    try:
+        converted = version_converter.convert_version(light, opset)
+    except Exception:  # an adapter that reads a large constant's values: convert the whole model
+        return version_converter.convert_version(model, opset)
     kept = {t.name for t in light.graph.initializer}
     large = {t.name: t for t in model.graph.initializer if t.name not in kept}
     listed = {i.name for i in model.graph.input}
@@ -251,7 +254,7 @@ def _converted(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     del converted.graph.input[:]
     converted.graph.input.extend(inputs)
     by_name = {t.name: t for t in converted.graph.initializer}
-    initializers = [large.get(t.name) or by_name.pop(t.name) for t in model.graph.initializer
+    initializers = [large[t.name] if t.name in large else by_name.pop(t.name) for t in model.graph.initializer
                     if t.name in large or t.name in by_name]
     initializers += by_name.values()  # what the converter added
     del converted.graph.initializer[:]
