@@ -57,6 +57,10 @@ class TileBuilder:
         self.free = list(temps)
         self.target: Tile | None = None  # where a program's final quantization may write (dense, rows x cols)
         self.zero = zero
+        # While `holding`, the newest instruction (mnemonic, fields) waits in `held` until the next one,
+        # so that a program's last instruction can still be given the program's destination.
+        self.holding = False
+        self.held: tuple[str, dict] | None = None
 
     def temp(self, dtype: DType | None = None) -> Tile:
         if not self.free:
@@ -73,8 +77,21 @@ class TileBuilder:
                 fields.update({name: tile.addr, f"{name}_rs": tile.rs, f"{name}_cs": tile.cs})
             else:
                 fields[name] = tile
-        self.ctx.emitter.emit(mnemonic, **fields)
+        self.release()
+        if self.holding:
+            self.held = (mnemonic, fields)
+        else:
+            self.ctx.emitter.emit(mnemonic, **fields)
         return dst
+
+    def release(self, into: Tile | None = None) -> None:
+        """Emit the held instruction, if any; with `into`, writing there instead of its own destination."""
+        if self.held is not None:
+            mnemonic, fields = self.held
+            self.held = None
+            if into is not None:
+                fields = dict(fields, dst=into.addr, dst_rs=into.rs)
+            self.ctx.emitter.emit(mnemonic, **fields)
 
     def _result(self, mnemonic: str, dtype: DType, field_dtype: DType | None = None, **operands) -> Tile:
         """A new temporary = mnemonic(operands); a scalar when every tile operand is one."""
@@ -108,6 +125,7 @@ class TileBuilder:
         if value == 0 and dtype is DType.I32 and self.zero is not None:  # a zero point of 0
             zero = Tile(self.zero.address, DType.I32, 0, 0)
             if not self.zero.filled:
+                self.release()
                 self.ctx.emitter.emit("vfill", dtype=DType.I32, dst=zero.addr, dst_rs=0, imm=0, rows=1, cols=1)
                 self.zero.filled = True
             return zero
@@ -520,8 +538,20 @@ class StepProgram:
 
     def run_into(self, builder: TileBuilder, tiles: list[Tile], destination: Tile, offset: Tile | None = None) -> None:
         """Run the steps on one tile and leave the result in `destination` (converted to its type
-        when the last step's differs), where a final quantization has not written it already."""
-        value = self.body(builder, tiles, destination, offset)
+        when the last step's differs), where a final quantization has not written it already. When
+        the last instruction wrote the result over the whole tile in the destination's type, it
+        writes the destination instead: no copy."""
+        builder.holding = True
+        try:
+            value = self.body(builder, tiles, destination, offset)
+        finally:
+            builder.holding = False
+        held = builder.held
+        if value.addr != destination.addr and value.dtype == destination.dtype and held is not None \
+                and held[1]["dst"] == value.addr and (held[1]["rows"], held[1]["cols"]) == (builder.rows, builder.cols):
+            builder.release(into=destination)
+            return
+        builder.release()
         if value.addr == destination.addr:
             return
         if value.dtype != destination.dtype:
