@@ -85,10 +85,7 @@ def fold_batchnorm_into_conv(graph: Graph) -> Graph:
         graph.values.pop(conv.outputs[0], None)
         conv.outputs = [node.outputs[0]]
         removed.add(id(node))
-    if removed:
-        graph.nodes = [n for n in graph.nodes if id(n) not in removed]
-        graph.prune()
-    return graph
+    return _without(graph, removed)
 
 
 def fold_scale_into_quantize(graph: Graph) -> Graph:
@@ -123,6 +120,11 @@ def fold_scale_into_quantize(graph: Graph) -> Graph:
         graph.const(folded, scale.const / graph.values[mul.inputs[factor]].const.reshape(scale.const.shape))
         node.inputs = [x.name, folded, *node.inputs[2:]]
         removed.add(id(mul))
+    return _without(graph, removed)
+
+
+def _without(graph: Graph, removed: set[int]) -> Graph:
+    """The graph without the nodes whose ids are in `removed`, and without the values left unused."""
     if removed:
         graph.nodes = [n for n in graph.nodes if id(n) not in removed]
         graph.prune()
