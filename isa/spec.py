@@ -173,6 +173,12 @@ def dma_transfer_cycles(esize: int, n0: int, n1: int, n2: int, ds0: int, ds1: in
     return runs * ceil_div(run_bytes, dram_bytes_per_cycle)
 
 
+def vector_pass_cycles(config, rows: int, cols: int, cost: int = 1) -> int:
+    """A vector instruction's cycles over rows x cols, `cost` cycles per lane group: the latency
+    formula of the element-wise instructions (`_VEC`), for the compiler's estimates."""
+    return config.vector_latency + rows * ceil_div(cols, config.vector_lanes) * cost
+
+
 def _log2_ceil(x: int) -> int:
     return max(0, math.ceil(math.log2(x))) if x > 0 else 0
 

@@ -37,6 +37,7 @@ from compiler.codegen.kernels.epilogue import Finisher, Product, epilogue_of
 from compiler.codegen.kernels.movement import Stager
 from compiler.ir import Node
 from isa.dtypes import DType
+from isa.spec import ceil_div, vector_pass_cycles
 
 SPATIAL = 3  # every kernel here works on (depth, height, width)
 LOOKAHEAD = 4  # K tiles whose patches are loaded (and prepared on the vector unit) ahead of their matmuls
@@ -576,12 +577,12 @@ def _search_key(shape: ConvShape, product: Product, out: View) -> tuple:
 
 
 def filters_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, product: Product, out: View,
-                       max_pixels: int, size: int, channel_block: int | None = None) -> None:
+                       max_pixels: int, size: int, channel_block: int) -> None:
     """Filter tiles [K, cout] stay in the array while a block of pixels streams through.
 
     A pixel block's patch [K, pixels] is loaded densely and turned into rows [pixels, K]
     on the vector unit (a strided copy); the accumulator holds the block's results for
-    a block of output channels [pixels, channel_block] (all of a group's by default), finished
+    a block of output channels [pixels, channel_block] (at most a group's), finished
     (bias, requantization) and turned back into NCHW rows [channels, pixels] on the vector unit,
     and stored with one DMA. Smaller channel blocks let larger pixel blocks fit the accumulator,
     at the price of preparing every patch once per channel block. A channel block's filters stay
@@ -590,7 +591,6 @@ def filters_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, pro
     config = ctx.config
     rows, cols = config.array_rows, config.array_cols
     cout_group = shape.cout_group
-    channel_block = channel_block or cout_group
     wsize = product.weight_dtype.size
     spad, acc = ctx.scratchpad(), ctx.accumulator()
 
@@ -620,7 +620,7 @@ def filters_stationary(ctx: CodegenContext, shape: ConvShape, filters: View, pro
     filter_tiles = None if resident else [spad.alloc(rows * cols * wsize) for _ in range(2)]
     ctx.note(f"filters stationary: {len(blocks)} pixel blocks of <= {largest} streamed, {len(k_tiles)} K tiles x "
              + (f"{len(channel_blocks)} channel blocks of {channel_block} x " if len(channel_blocks) > 1 else "")
-             + f"{-(-channel_block // cols)} column blocks, filters {'on chip' if resident else 'streamed'}"
+             + f"{ceil_div(channel_block, cols)} column blocks, filters {'on chip' if resident else 'streamed'}"
              + (", strided rows staged" if staging is not None else ""))
     # Every (batch, group, channel block, pixel block, K tile) in order; prepare(step) loads its patch
     # and turns it into rows.
@@ -821,8 +821,8 @@ def _filters_stationary_cycles(config, product: Product, shape: ConvShape, chann
     pixels = _filters_stationary_pixels(config, shape, channel_block)
     if pixels < 1:
         return float("inf")
-    rows, lanes, latency = config.array_rows, config.vector_lanes, config.vector_latency
-    k_tiles = -(-shape.k_total // rows)
+    rows = config.array_rows
+    k_tiles = ceil_div(shape.k_total, rows)
     blocks = [nrows * ncols for _, _, nrows, _, ncols in shape.pixel_tiles(pixels)]
     row_cycles, weight_cycles = config.row_cycles(product.operand), config.row_cycles(product.weight_dtype)
     size, wsize, beat = product.operand.size, product.weight_dtype.size, config.dram_bytes_per_cycle
@@ -830,12 +830,14 @@ def _filters_stationary_cycles(config, product: Product, shape: ConvShape, chann
     matrix = vector = memory = 0
     for c0 in range(0, shape.cout_group, channel_block):
         channels = min(channel_block, shape.cout_group - c0)
-        column_blocks = -(-channels // config.array_cols)
+        column_blocks = ceil_div(channels, config.array_cols)
         memory += shape.k_total * channels * wsize * (1 if resident else len(blocks)) / beat
         for block in blocks:
             matrix += k_tiles * column_blocks * _fold_cycles(config, block * row_cycles, rows * weight_cycles)
-            vector += k_tiles * (latency + block * -(-rows // lanes)) + 2 * (latency + channels * -(-block // lanes))
-            memory += shape.k_total * -(-block * size // beat)
+            # Each K tile's patch turned into rows; the result finished and turned back into NCHW rows.
+            vector += (k_tiles * vector_pass_cycles(config, block, rows)
+                       + 2 * vector_pass_cycles(config, channels, block))
+            memory += shape.k_total * ceil_div(block * size, beat)
     return max(matrix, vector, memory)
 
 
@@ -844,9 +846,8 @@ def _patch_stationary_estimate(config, product: Product, shape: ConvShape) -> fl
     counted: _patch_stationary_cycles' matrix and DRAM, or the vector unit finishing each tile."""
     channels = _patch_stationary_rows(config, shape)
     tiles = shape.pixel_tiles(config.array_cols)
-    lanes = config.vector_lanes
-    vector = -(-shape.cout_group // channels) * sum(config.vector_latency + channels * -(-nrows * ncols // lanes)
-                                                     for *_, nrows, _, ncols in tiles)
+    vector = ceil_div(shape.cout_group, channels) * sum(vector_pass_cycles(config, channels, nrows * ncols)
+                                                         for *_, nrows, _, ncols in tiles)
     return max(vector, _patch_stationary_cycles(config, product, channels, shape, tiles, config.spad_bytes // 2))
 
 

@@ -55,7 +55,6 @@ class TileBuilder:
                  zero: SharedZero | None = None):
         self.ctx, self.rows, self.cols, self.dtype = ctx, rows, cols, dtype
         self.free = list(temps)
-        self.target: Tile | None = None  # where a program's final quantization may write (dense, rows x cols)
         self.zero = zero
         # While `holding`, the newest instruction (mnemonic, fields) waits in `held` until the next one,
         # so that a program's last instruction can still be given the program's destination.
@@ -140,11 +139,7 @@ class TileBuilder:
         return self._result("vdeq", DType.F32, a.dtype, a=a, b=scale, c=zero_point)
 
     def quantize(self, a: Tile, scale: Tile, zero_point: Tile, dtype: DType) -> Tile:
-        """saturate(round_half_even(fp32(a / scale)) + zero_point) to i8/u8, from an f32 tile; into
-        `target` when the program's last step ends with it (no copy into the output buffer)."""
-        target = self.target
-        if target is not None and target.dtype == dtype and any(t.rs or t.cs for t in (a, scale, zero_point)):
-            return self._emit("vquant", target, a=a, b=scale, c=zero_point)
+        """saturate(round_half_even(fp32(a / scale)) + zero_point) to i8/u8, from an f32 tile."""
         return self._result("vquant", dtype, a=a, b=scale, c=zero_point)
 
     def convert(self, a: Tile, dtype: DType, dst: Tile | None = None) -> Tile:
@@ -524,10 +519,9 @@ def _step_body(node: Node, step: Step, operand_dtypes: list[DType], result: DTyp
 
 @dataclass
 class StepProgram:
-    """A FusedElementwise step list made ready to emit: `body(builder, tiles, destination=None)`
-    runs every step on one tile of its operands (tiles[i] is operand x<i>) and returns the last
-    step's result, which a final quantization writes into `destination` directly; `temps` is
-    how many temporary tiles it needs at most."""
+    """A FusedElementwise step list made ready to emit: `body(builder, tiles)` runs every step on
+    one tile of its operands (tiles[i] is operand x<i>) and returns the last step's result;
+    `temps` is how many temporary tiles it needs at most."""
 
     body: object
     temps: int
@@ -538,22 +532,20 @@ class StepProgram:
 
     def run_into(self, builder: TileBuilder, tiles: list[Tile], destination: Tile, offset: Tile | None = None) -> None:
         """Run the steps on one tile and leave the result in `destination` (converted to its type
-        when the last step's differs), where a final quantization has not written it already. When
-        the last instruction wrote the result over the whole tile in the destination's type, it
-        writes the destination instead: no copy."""
+        when the last step's differs). When the last instruction wrote the result over the whole
+        tile in the destination's type (a final quantization, an add, ...), it writes the
+        destination instead: no copy."""
         builder.holding = True
         try:
-            value = self.body(builder, tiles, destination, offset)
+            value = self.body(builder, tiles, offset)
         finally:
             builder.holding = False
         held = builder.held
-        if value.addr != destination.addr and value.dtype == destination.dtype and held is not None \
-                and held[1]["dst"] == value.addr and (held[1]["rows"], held[1]["cols"]) == (builder.rows, builder.cols):
+        if value.dtype == destination.dtype and held is not None and held[1]["dst"] == value.addr \
+                and (held[1]["rows"], held[1]["cols"]) == (builder.rows, builder.cols):
             builder.release(into=destination)
             return
         builder.release()
-        if value.addr == destination.addr:
-            return
         if value.dtype != destination.dtype:
             builder.convert(value, destination.dtype, destination)
         else:
@@ -593,16 +585,14 @@ def step_program(ctx: CodegenContext, node: Node, steps: list[Step], operand_dty
         refs = operands[readers[0]]
         offset_step = readers[0] if len(refs) == 2 and refs[0] == 0 else None
 
-    def body(b: TileBuilder, tiles: list[Tile], destination: Tile | None = None, offset: Tile | None = None) -> Tile:
+    def body(b: TileBuilder, tiles: list[Tile], offset: Tile | None = None) -> Tile:
         temps = list(b.free)
         values: list[Tile] = []
         for j, ((compute, step_body), refs) in enumerate(zip(programs, operands, strict=True)):
             b.dtype = compute
             last = j == len(programs) - 1
-            b.target = destination if last else None
             extra = [offset] if offset is not None and j == offset_step else []
             value = step_body(b, [values[r[1]] if isinstance(r, tuple) else tiles[r] for r in refs] + extra)
-            b.target = None
             if last:
                 return value
             values.append(_stored(b, value, result_dtypes[j]))

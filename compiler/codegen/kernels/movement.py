@@ -32,6 +32,7 @@ from compiler.codegen.context import LOCAL_ALIGN, CodegenContext, View, unsuppor
 from compiler.codegen.kernels.elementwise import merge_joint
 from compiler.ir import Node
 from isa.dtypes import DType
+from isa.spec import vector_pass_cycles
 
 MAX_FIELD = (1 << 16) - 1  # widest rows / n0 / ls1 of dma_gather, and rows / cols of a vector op
 MAX_GATHER_STRIDE = (1 << 24) - 1  # ds1 of dma_gather, in elements
@@ -140,7 +141,7 @@ class Stager:
             _, compact, vmovs, rows, _ = _vmov_plan(chunk, s)
             if compact[-1] > MAX_COL_STRIDE:
                 return False
-            vector_cycles += vmovs * (config.vector_latency + rows * -(-chunk[-1] // config.vector_lanes))
+            vector_cycles += vmovs * vector_pass_cycles(config, rows, chunk[-1])
             dma_cycles += math.prod(chunk)  # a DRAM burst per element
         if vector_cycles >= 0.75 * dma_cycles:
             return False

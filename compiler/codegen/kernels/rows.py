@@ -36,7 +36,7 @@ from compiler.codegen.kernels.elementwise import SharedZero, Tile, TileBuilder, 
 from compiler.ir import Node
 from compiler.ops import OPS
 from isa.dtypes import DType
-from isa.spec import FORMATS
+from isa.spec import FORMATS, vector_pass_cycles
 
 if TYPE_CHECKING:  # epilogue.py imports this module
     from compiler.codegen.kernels.epilogue import Tail
@@ -118,7 +118,7 @@ class Chunk:
     def _halving_cycles(self) -> int:
         config, width, cycles = self.ctx.config, self.m, 0
         while width > 1:
-            cycles += config.vector_latency + (width // 2) * -(-self.n // config.vector_lanes)
+            cycles += vector_pass_cycles(config, width // 2, self.n)
             width -= width // 2
         return cycles
 
