@@ -24,7 +24,8 @@ from contextlib import contextmanager
 from dataclasses import replace
 
 from compiler.codegen.context import CodegenContext, View, accelerator_dtype
-from compiler.codegen.kernels import ALIASES, KERNELS
+from compiler.codegen.interleave import JOIN, Recorded, interleave
+from compiler.codegen.kernels import ALIASES, KERNELS, MATRIX_KERNELS
 from compiler.codegen.memory import CONSTANTS_BASE, Lifetimes, aligned, relocate_constants
 from compiler.errors import UnsupportedOpError
 from compiler.ir import Graph
@@ -33,11 +34,13 @@ from compiler.state import StateDeclaration, resolve_state
 from isa.config import AcceleratorConfig
 from isa.program import Program, TensorInfo
 
+ROOM = 1 / 8  # an interleaved kernel's buffers go above the previous kernel's when this share of a memory is left
+
 
 def generate(graph: Graph, config: AcceleratorConfig, keep_intermediates: bool = True,
-             state: StateDeclaration = None, search: bool = False) -> Program:
+             state: StateDeclaration = None, search: bool = False, interleave_kernels: bool = False) -> Program:
     with _cycle_collection_paused():
-        return _generate(graph, config, keep_intermediates, state, search)
+        return _generate(graph, config, keep_intermediates, state, search, interleave_kernels)
 
 
 @contextmanager
@@ -55,7 +58,7 @@ def _cycle_collection_paused():
 
 
 def _generate(graph: Graph, config: AcceleratorConfig, keep_intermediates: bool, state: StateDeclaration,
-              search: bool) -> Program:
+              search: bool, interleave_kernels: bool) -> Program:
     ctx = CodegenContext(config, graph, search)
     reuse = not keep_intermediates
     state_pairs = resolve_state(graph, state)
@@ -68,10 +71,22 @@ def _generate(graph: Graph, config: AcceleratorConfig, keep_intermediates: bool,
         value = graph.values[name]
         ctx.views[name] = ctx.allocate(value.shape, accelerator_dtype(value.dtype, name, "model input"))
         placed[name] = len(ctx.dram.history) - 1
+    # Kernels whose code interleaves with the previous kernel's (compiler/codegen/interleave.py), and per
+    # node the next kernel: the dead DRAM of the nodes before an interleaved kernel is freed only once that
+    # kernel's outputs are placed, so that they, written while the previous kernel still runs, are not
+    # placed over what it reads.
+    interleaved = _interleaved(graph) if interleave_kernels else set()
+    next_kernel: list[int | None] = [None] * len(graph.nodes)
+    for index in range(len(graph.nodes) - 2, -1, -1):
+        after = graph.nodes[index + 1]
+        next_kernel[index] = index + 1 if after.op not in ALIASES else next_kernel[index + 1]
+    pending: Recorded = []  # the previous kernel's code while the next one is to interleave with it
+    free_later: list[int] = []
     for index, node in enumerate(graph.nodes):
         if node.op not in KERNELS and node.op not in ALIASES:
             raise UnsupportedOpError(node.op, node.name, None, "the code generator has no kernel for it yet")
         outputs = [graph.values[name] for name in node.outputs if name]
+        scratch: list[int] = []
         if node.op in ALIASES:
             source = ctx.view(node.inputs[0])
             ctx.views[outputs[0].name] = View.dense(source.addr, source.dtype, outputs[0].shape)
@@ -80,13 +95,29 @@ def _generate(graph: Graph, config: AcceleratorConfig, keep_intermediates: bool,
                 if value.name in state_input_of:  # updated in place: the kernel sees its data's view
                     ctx.views[value.name] = ctx.views[state_input_of[value.name]]
                     continue
-                ctx.views[value.name] = ctx.allocate(value.shape, accelerator_dtype(value.dtype, value.name, node.op))
+                ctx.views[value.name] = ctx.allocate(value.shape,
+                                                     accelerator_dtype(value.dtype, value.name, node.op))
                 placed[value.name] = len(ctx.dram.history) - 1
-            with ctx.emitter.node(node.name or f"{node.op}:{node.outputs[0]}"), ctx.node_scratch(reuse):
-                KERNELS[node.op](ctx, node)
+            for address in free_later:
+                ctx.dram.free(address)
+            free_later = []
+            above = _above(ctx) if index in interleaved else None
+            code, scratch = _kernel(ctx, node, node.name or f"{node.op}:{node.outputs[0]}", above)
+            if index in interleaved:
+                code, pending = interleave(pending, code, config, ctx.emitter.fresh), []
+                _describe_group(ctx, code)
+            if next_kernel[index] in interleaved:
+                pending = code
+            else:
+                for instruction, group in code:
+                    ctx.emitter.append(instruction, group)
         if reuse:
-            for root in lifetimes.dies_after[index]:
-                ctx.free(ctx.views[root])
+            dead = _dead(ctx, lifetimes, index) + scratch
+            if next_kernel[index] in interleaved:
+                free_later += dead
+            else:
+                for address in dead:
+                    ctx.dram.free(address)
     outputs = [_tensor(graph, name, ctx.view(name)) for name in graph.outputs]
     instructions, debug = ctx.emitter.finish()
     activation_bytes = aligned(ctx.dram.end)
@@ -103,6 +134,63 @@ def _generate(graph: Graph, config: AcceleratorConfig, keep_intermediates: bool,
     return Program(config, instructions, inputs, outputs, constants, debug, max(dram_bytes, 4),
                    debug_tensors=kept, precision=_precision(graph), activation_bytes=activation_bytes,
                    notes=ctx.notes, scratchpad_peak=ctx.scratchpad_peak, state=state_pairs)
+
+
+def _dead(ctx: CodegenContext, lifetimes: Lifetimes, index: int) -> list[int]:
+    """The DRAM addresses of the values whose region is free once node `index` has run."""
+    return [ctx.views[root].addr for root in lifetimes.dies_after[index]]
+
+
+def _describe_group(ctx: CodegenContext, code: Recorded) -> None:
+    """--report's notes and scratchpad bytes for the span where two kernels' code alternates."""
+    group = next((node for _, node in code if node and JOIN in node), None)
+    if group is not None:
+        producer, consumer = group.split(JOIN)
+        ctx.notes[group] = [f"{consumer} interleaved with {producer}"]
+        ctx.scratchpad_peak[group] = max(ctx.scratchpad_peak.get(producer, 0), ctx.local_high[0])
+
+
+def _interleaved(graph: Graph) -> set[int]:
+    """The nodes whose code interleaves with the previous kernel's: kernels without matrix work right after
+    one with (their vector work overlaps its matrix work; compiler/codegen/interleave.py)."""
+    chosen, previous = set(), None
+    for index, node in enumerate(graph.nodes):
+        if node.op in ALIASES:
+            continue
+        if previous in MATRIX_KERNELS and node.op not in MATRIX_KERNELS:
+            chosen.add(index)
+        previous = node.op
+    return chosen
+
+
+def _above(ctx: CodegenContext) -> tuple[int, int] | None:
+    """Where the next kernel's buffers start so as not to meet the previous kernel's: above its highest
+    scratchpad byte, and above its highest accumulator byte or, without room there, at the accumulator's
+    end (none); None when the scratchpad has no room (ROOM)."""
+    config = ctx.config
+    spad_high, acc_high = ctx.local_high
+    if spad_high > config.spad_bytes * (1 - ROOM):
+        return None
+    return spad_high, acc_high if acc_high <= config.acc_bytes * (1 - ROOM) else config.acc_bytes
+
+
+def _kernel(ctx: CodegenContext, node, name: str, above: tuple[int, int] | None) -> tuple[Recorded, list[int]]:
+    """The node's code, recorded, with its buffers from `above` up when they fit there, else from the
+    bottom of each memory; and the DRAM scratch its kernel allocated."""
+    if above is not None:
+        saved = ctx.saved()
+        try:
+            return _recorded_at(ctx, node, name, above)
+        except (MemoryError, UnsupportedOpError):
+            ctx.restore(saved)
+    return _recorded_at(ctx, node, name, (0, 0))
+
+
+def _recorded_at(ctx: CodegenContext, node, name: str, floor: tuple[int, int]) -> tuple[Recorded, list[int]]:
+    with ctx.local_floors(floor), ctx.emitter.recording() as code, ctx.emitter.node(name), \
+            ctx.node_scratch() as scratch:
+        KERNELS[node.op](ctx, node)
+    return code, scratch
 
 
 def _relocated(tensor: TensorInfo, activation_bytes: int) -> TensorInfo:

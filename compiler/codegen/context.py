@@ -140,6 +140,8 @@ class CodegenContext:
         self._constant_cache: dict[tuple, View] = {}
         self.notes: dict[str, list[str]] = {}  # node -> what its kernel chose
         self.scratchpad_peak: dict[str, int] = {}  # node -> most scratchpad bytes its kernel used
+        self.local_floor = (0, 0)  # where kernels' scratchpad and accumulator arenas start (`local_floors`)
+        self.local_high = [0, 0]  # the highest scratchpad and accumulator bytes used since the last floor
 
     # DRAM plan (compiler/codegen/memory.py) ------------------------------------------------------
     def allocate(self, shape: tuple[int, ...], dtype: DType) -> View:
@@ -156,16 +158,13 @@ class CodegenContext:
         self.dram.free(view.addr)
 
     @contextmanager
-    def node_scratch(self, reuse: bool):
-        """Collect the DRAM kernels allocate while one node is emitted, and free it afterwards if `reuse`."""
-        self._scratch = []
+    def node_scratch(self):
+        """Collect the DRAM kernels allocate while one node is emitted (yields the list of addresses)."""
+        self._scratch = scratch = []
         try:
-            yield
+            yield scratch
         finally:
-            scratch, self._scratch = self._scratch, None
-        if reuse:
-            for address in scratch:
-                self.dram.free(address)
+            self._scratch = None
 
     def constant(self, data: np.ndarray, dtype: DType, name: str = "") -> View:
         """Place compile-time data (a weight, or a table a kernel derives from one) in the constants
@@ -204,7 +203,7 @@ class CodegenContext:
 
     # On-chip space, fresh for each kernel --------------------------------------------------------
     def scratchpad(self) -> LocalArena:
-        return LocalArena(0, self.config.spad_bytes, "scratchpad", self._scratchpad_used)
+        return LocalArena(self.local_floor[0], self.config.spad_bytes, "scratchpad", self._scratchpad_used)
 
     # What each node's kernel chose, for acc-compile --report ---------------------------------------
     def note(self, text: str) -> None:
@@ -214,9 +213,25 @@ class CodegenContext:
     def _scratchpad_used(self, used: int) -> None:
         node = self.emitter.current_node or ""
         self.scratchpad_peak[node] = max(self.scratchpad_peak.get(node, 0), used)
+        self.local_high[0] = max(self.local_high[0], self.local_floor[0] + used)
 
     def accumulator(self) -> LocalArena:
-        return LocalArena(self.config.acc_base, self.config.local_bytes, "accumulator")
+        return LocalArena(self.config.acc_base + self.local_floor[1], self.config.local_bytes, "accumulator",
+                          self._accumulator_used)
+
+    def _accumulator_used(self, used: int) -> None:
+        self.local_high[1] = max(self.local_high[1], self.local_floor[1] + used)
+
+    @contextmanager
+    def local_floors(self, floor: tuple[int, int]):
+        """Start the arenas of kernels emitted in the block `floor` = (scratchpad, accumulator) bytes up
+        (above the previous node's buffers, compiler/codegen/interleave.py); `local_high` then tracks
+        the highest bytes they use."""
+        self.local_floor, self.local_high = floor, list(floor)
+        try:
+            yield
+        finally:
+            self.local_floor = (0, 0)
 
     # Trying schedules -----------------------------------------------------------------------------
     def choose(self, candidates: dict[str, Callable[[], None]], samples: dict[str, Callable[[], None]] | None = None,
@@ -261,9 +276,7 @@ class CodegenContext:
     def _trial(self):
         """Emit into a scratch program, time it when the block ends (its `cycles`), then put
         everything the kernel may have changed back as it was."""
-        saved = (self.emitter, len(self.constants), self.constants_end, dict(self._constant_cache),
-                 dict(self.views), copy.deepcopy(self.notes), dict(self.scratchpad_peak), copy.deepcopy(self.dram),
-                 None if self._scratch is None else list(self._scratch))
+        saved = self.saved()
         self.emitter = self.emitter.fresh()
         trial = _Trial()
         try:
@@ -274,9 +287,20 @@ class CodegenContext:
                 pass
             trial.cycles = timeline.cycles
         finally:
-            (self.emitter, count, self.constants_end, self._constant_cache, self.views, self.notes,
-             self.scratchpad_peak, self.dram, self._scratch) = saved
-            del self.constants[count:]
+            self.restore(saved)
+
+    def saved(self) -> tuple:
+        """What a kernel may change besides the emitter's code, for `restore`."""
+        return (self.emitter, len(self.constants), self.constants_end, dict(self._constant_cache), dict(self.views),
+                copy.deepcopy(self.notes), dict(self.scratchpad_peak), copy.deepcopy(self.dram),
+                None if self._scratch is None else list(self._scratch), list(self.local_high))
+
+    def restore(self, saved: tuple) -> None:
+        (self.emitter, count, self.constants_end, self._constant_cache, self.views, self.notes,
+         self.scratchpad_peak, self.dram, scratch, self.local_high) = saved
+        if scratch is not None:
+            self._scratch[:] = scratch
+        del self.constants[count:]
 
     # DMA ------------------------------------------------------------------------------------------
     def dma_in(self, local: int, view: View) -> None:

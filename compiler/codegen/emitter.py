@@ -108,6 +108,7 @@ class Emitter:
         self.clock = [[0] * ENGINES for _ in range(ENGINES)]
         self.clock_at: list[list[tuple]] = [[] for _ in range(ENGINES)]  # engine -> seq-1 -> its clock then
         self.current_node: str | None = None
+        self.recorded: list[tuple[Instruction, str | None]] | None = None  # see `recording`
 
     def fresh(self) -> Emitter:
         """An emitter with no instructions and no history that knows the same DRAM allocations (for
@@ -223,6 +224,24 @@ class Emitter:
         if "wait" in fields or "signal" in fields:
             raise ValueError("kernels do not set wait/signal: the emitter does")
         instruction = Instruction(mnemonic, **fields)
+        if self.recorded is not None:
+            self.recorded.append((instruction, self.current_node))
+        else:
+            self.append(instruction, self.current_node)
+        return instruction
+
+    @contextmanager
+    def recording(self):
+        """Collect the instructions emitted in the block, with their nodes, instead of appending them
+        (yields the list): code generation may reorder them before it `append`s them."""
+        previous, self.recorded = self.recorded, []
+        try:
+            yield self.recorded
+        finally:
+            self.recorded = previous
+
+    def append(self, instruction: Instruction, node: str | None) -> None:
+        """Append an instruction made by `emit`, under `node`, with its dependencies."""
         engine = int(instruction.engine)
         clock = self.clock[engine]
         others = OTHERS[engine]
@@ -269,7 +288,7 @@ class Emitter:
                     seq = self._local_conflict(other, after, access)
                     if seq:
                         needed[other] = seq
-        item = _Item(instruction, engine, self.current_node)
+        item = _Item(instruction, engine, node)
         for producer in others:
             if needed[producer] > clock[producer]:  # else not needed, or implied by an earlier wait
                 self._order_after(item, engine, producer, needed[producer])
@@ -292,7 +311,6 @@ class Emitter:
             self.local_latest[True][engine] = seq
             if write_high:
                 self.local_latest[False][engine] = seq
-        return instruction
 
     def _order_after(self, item: _Item, engine: int, producer: int, seq: int) -> None:
         """Make `item` (on `engine`) wait for instruction `seq` of `producer`, by a semaphore token."""

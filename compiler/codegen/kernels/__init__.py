@@ -32,3 +32,6 @@ KERNELS["FusedElementwise"] = fused_elementwise_kernel
 KERNELS.update(ROW_KERNELS)
 KERNELS.update(MOVEMENT_KERNELS)
 KERNELS["ScatterND"] = scatter_nd_kernel
+# Ops whose kernels use the matrix array.
+MATRIX_KERNELS = frozenset({"Conv", "FusedConv", "ConvTranspose", "QLinearConv", "MatMul", "Gemm", "FusedGemm",
+                            "FusedMatMul", "QLinearMatMul", "MatMulW8"})

@@ -1,0 +1,110 @@
+"""Interleaving a kernel's code into the matrix kernel's before it (compiler/codegen/interleave.py).
+
+The merge on hand-made code (what moves up, what stays), then end to end: a LayerNorm after a
+product runs while the product does, computes what it computes without interleaving, with no
+hazard between engines, in fewer cycles.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper
+
+import compiler
+from compiler.codegen.emitter import Emitter
+from compiler.codegen.interleave import JOIN, interleave
+from isa.config import load_config
+from isa.dtypes import DType
+from isa.encoding import Instruction
+from runtime.simulator import run
+
+EDGE = load_config("edge")
+X, Y, OUT = 0, 1 << 16, 2 << 16  # DRAM addresses of three 4 KiB tensors
+
+
+def _dma(mnemonic: str, dram: int, local: int) -> Instruction:
+    return Instruction(mnemonic, dram=dram, local=local, esize=4, n0=1024, n1=1, n2=1, ds0=1, ds1=0, ds2=0,
+                       ls1=0, ls2=0)
+
+
+def _vector(dst: int, a: int) -> Instruction:
+    return Instruction("vadd", dtype=DType.F32, dst=dst, dst_rs=1024, a=a, a_rs=1024, a_cs=1, b=a, b_rs=1024,
+                       b_cs=1, rows=1, cols=1024)
+
+
+def _fresh() -> Emitter:
+    emitter = Emitter(EDGE)
+    for start in (X, Y, OUT):
+        emitter.register_dram(start, start + 4096)
+    return emitter
+
+
+def _producer():
+    """Load X, compute, store the result to OUT; then a long second part that stores nothing."""
+    code = [_dma("dma_load", X, 0), _vector(4096, 0), _dma("dma_store", OUT, 4096)]
+    code += [_vector(8192, 0) for _ in range(20)]
+    return [(instruction, "p") for instruction in code]
+
+
+def test_what_does_not_depend_on_the_producer_moves_up_and_what_does_waits_for_it():
+    producer = _producer()
+    independent = _dma("dma_load", Y, 65536)  # nothing of the producer's touches Y or these bytes
+    dependent = _dma("dma_load", OUT, 69632)  # reads the producer's result
+    merged = interleave(producer, [(independent, "c"), (dependent, "c")], EDGE, _fresh)
+    order = [instruction for instruction, _ in merged]
+    assert order.index(independent) < order.index(producer[1][0])  # ahead of the producer's vector work
+    assert order.index(dependent) == order.index(producer[2][0]) + 1  # right after the store it reads
+    assert order.index(dependent) < order.index(producer[-1][0])  # and still inside the producer's code
+    # Everything of the producer's keeps its order; the span where the two alternate carries both names.
+    assert [i for i in order if i not in (independent, dependent)] == [i for i, _ in producer]
+    assert {node for _, node in merged} == {"p" + JOIN + "c", "p"}
+
+
+def test_matrix_work_keeps_its_place():
+    producer = _producer()
+    weights = Instruction("load_weights", dtype=DType.F32, addr=65536, k=32, n=32, stride=32)
+    merged = interleave(producer, [(weights, "c")], EDGE, _fresh)
+    assert merged == producer + [(weights, "c")]
+
+
+def test_code_that_conflicts_with_the_end_of_the_producer_stays_after_it():
+    producer = _producer()
+    late = _vector(8192, 12288)  # writes what the producer's last instruction writes
+    assert interleave(producer, [(late, "c")], EDGE, _fresh) == producer + [(late, "c")]
+
+
+def _product_then_norm(rows: int = 512, width: int = 64) -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    weights = helper.make_tensor("w", TensorProto.FLOAT, (width, width),
+                                 (rng.standard_normal((width, width)) / 8).astype(np.float32).ravel())
+    gamma = helper.make_tensor("g", TensorProto.FLOAT, (width,), rng.uniform(0.5, 1.5, width).astype(np.float32))
+    beta = helper.make_tensor("b", TensorProto.FLOAT, (width,), rng.standard_normal(width).astype(np.float32))
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"], name="product"),
+         helper.make_node("LayerNormalization", ["h", "g", "b"], ["y"], name="norm", axis=-1)],
+        "product_then_norm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, (rows, width))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, (rows, width))], [weights, gamma, beta])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_norm_after_a_product_runs_while_the_product_does():
+    model = _product_then_norm()
+    x = np.random.default_rng(1).standard_normal((512, 64)).astype(np.float32)
+    apart, together = (compiler.compile(model, "edge", opt_level=2, interleave=flag) for flag in (False, True))
+    assert [entry.node for entry in apart.debug] == ["product", "norm"]
+    assert "product" + JOIN + "norm" in [entry.node for entry in together.debug]
+    results = [run(program, {"x": x}, check_hazards=True) for program in (apart, together)]
+    assert [result.stats["hazards"] for result in results] == [0, 0]
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x})[0]
+    for result in results:
+        np.testing.assert_allclose(result.outputs["y"], expected, rtol=1e-4, atol=1e-4)
+    cycles = [result.stats["cycles"] for result in results]
+    assert cycles[1] < cycles[0], cycles
+
+
+def test_below_o2_kernels_do_not_interleave():
+    program = compiler.compile(_product_then_norm(), "edge", opt_level=1)
+    assert [entry.node for entry in program.debug] == ["product", "norm"]
