@@ -246,6 +246,10 @@ def test_batchnorm_is_folded_into_its_conv_before_quantization():
     quantized, _ = quantize_for(model, Precision("int8", samples))
     assert "BatchNormalization" not in {n.op_type for n in quantized.graph.node}
     assert {"w", "b"}.isdisjoint(t.name for t in quantized.graph.initializer)  # the unfolded weights are gone
+    # So are the folded float weights, once quantized: every initializer left is read by some node.
+    read = {name for node in quantized.graph.node for name in node.input}
+    assert {t.name for t in quantized.graph.initializer} <= read
+    assert {t.data_type for t in quantized.graph.initializer if len(t.dims) == 4} == {onnx.TensorProto.INT8}
     graph = run_passes(import_model(quantized), 1)
     assert [n.op for n in graph.nodes] == ["QuantizeLinear", "QLinearConv", "QLinearConv", "DequantizeLinear"]
     program = compile(model, "tiny", precision=Precision("int8", samples))
@@ -284,3 +288,23 @@ def test_conversion_hands_large_weights_back_in_place():
     assert [t.name for t in converted.graph.initializer][:2] == ["w", "b"]
     assert converted.graph.initializer[0] == large
     onnx.checker.check_model(converted)
+
+
+def test_initializers_read_only_inside_a_subgraph_are_kept():
+    """Dropping the float weights that quantization left unread keeps what an If branch reads."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from compiler.quantize.ptq import _drop_unread_initializers
+
+    branch = helper.make_graph([helper.make_node("Add", ["x", "inner"], ["z"])], "branch", [],
+                               [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2])])
+    graph = helper.make_graph(
+        [helper.make_node("If", ["flag"], ["y"], then_branch=branch, else_branch=branch)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2]),
+         helper.make_tensor_value_info("flag", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("unread", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+        [numpy_helper.from_array(np.ones(2, np.float32), name) for name in ("inner", "unread")])
+    _drop_unread_initializers(graph)
+    assert [t.name for t in graph.initializer] == ["inner"]
+    assert [i.name for i in graph.input] == ["x", "flag"]  # the input naming the dropped initializer went too
