@@ -1,5 +1,5 @@
 """What each optimisation gives: simulated cycles at -O0, -O1 and -O2, and at -O2 without each
-pass of -O1/-O2 (and without DRAM reuse), with each one's share of the -O0 -> -O2 gain.
+pass of -O1/-O2 (and without interleaving or DRAM reuse), with each one's share of the -O0 -> -O2 gain.
 
     python benchmarks/passes.py [--config edge] [--models resnet50,minilm] [--precision int8]
 
@@ -56,6 +56,8 @@ def main() -> int:
             print(f"| -O{level} | {value:,} | {value / levels[2]:.2f}x | |")
         rows = [(f"-O2 without {p}", cycles(model, args.config, precision, samples[0], opt_level=2,
                                             disabled_passes=[p])) for p in optional]
+        rows.append(("-O2 without interleaving", cycles(model, args.config, precision, samples[0], opt_level=2,
+                                                        interleave=False)))
         rows.append(("-O2 without DRAM reuse", cycles(model, args.config, precision, samples[0], opt_level=2,
                                                       keep_intermediates=True)))
         for label, value in rows:
