@@ -103,13 +103,13 @@ def _main(argv: list[str]) -> int:
                                 "fp32 model on the calibration samples (default 0.99)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
-    from compiler.pipeline import Precision, compile, pass_names
+    from compiler.pipeline import CODEGEN_STEPS, Precision, compile, pass_names
     from compiler.state import state_from_options
 
     if args.list_ops:
         return _list_ops()
     if args.list_passes:
-        print("\n".join(pass_names()))
+        print("\n".join(pass_names() + [f"{name} (code generation)" for name in CODEGEN_STEPS]))
         return 0
     if not args.model:
         parser.error("the model is required")

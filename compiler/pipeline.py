@@ -58,6 +58,11 @@ PASSES: list[tuple[str, Pass, int]] = [
 ]
 
 
+# Steps of the code generator that `disabled_passes` (--disable-pass) can leave out as well, with
+# their level: interleaving a vector kernel's code into the matrix kernel's before it.
+CODEGEN_STEPS = {"interleave": 2}
+
+
 def pass_names() -> list[str]:
     return ["import"] + [name for name, _, _ in PASSES]
 
@@ -157,18 +162,18 @@ def compile(model: str | Path | onnx.ModelProto, config: str | Path | Accelerato
             dump_after: str | None = None, verify_each: bool = False,
             precision: Precision | str = "fp32", report: Callable[[str], None] | None = None,
             keep_intermediates: bool | None = None, state: StateDeclaration = None,
-            disabled_passes: Collection[str] = (), interleave: bool | None = None) -> Program:
+            disabled_passes: Collection[str] = ()) -> Program:
     """Compile an ONNX model (path or ModelProto) for `config` (preset name, JSON path or config)
     in `precision` (a Precision, or its mode name). `report` receives, for a quantized model, a
     line on what runs in int8 and one on what stays float. `keep_intermediates` (default: below
     -O2) gives every intermediate tensor its own DRAM, for per-layer comparison; otherwise DRAM
     of dead tensors is reused. `state` ("auto", or output -> input pairs) makes outputs update
     their inputs in place, in DRAM placed first (compiler/state.py). `disabled_passes` names passes
-    of the level not to run (see `pass_names`). `interleave` (default: at -O2) merges the code of a kernel
-    without matrix work into the matrix kernel's before it (compiler/codegen/interleave.py)."""
-    unknown = sorted(set(disabled_passes) - {name for name, _, _ in PASSES})
+    of the level not to run (see `pass_names`), or code generation steps (CODEGEN_STEPS)."""
+    known = pass_names()[1:] + list(CODEGEN_STEPS)
+    unknown = sorted(set(disabled_passes) - set(known))
     if unknown:  # before any work: calibration can take minutes
-        raise AccError(f"unknown pass {unknown[0]!r} (passes: {', '.join(pass_names()[1:])})")
+        raise AccError(f"unknown pass {unknown[0]!r} (passes: {', '.join(known)})")
     config = load_config(config)
     precision = Precision(precision) if isinstance(precision, str) else precision
     if precision.mode == "int8":
@@ -185,7 +190,8 @@ def compile(model: str | Path | onnx.ModelProto, config: str | Path | Accelerato
             verify(graph)
     program = generate(graph, config, opt_level < 2 if keep_intermediates is None else keep_intermediates,
                        state=state, search=opt_level >= 3,
-                       interleave_kernels=opt_level >= 2 if interleave is None else interleave)
+                       interleave_kernels=opt_level >= CODEGEN_STEPS["interleave"]
+                       and "interleave" not in disabled_passes)
     if report and program.precision == "int8":
         from compiler.quantize.ptq import describe
 
