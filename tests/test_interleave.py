@@ -75,15 +75,15 @@ def test_code_that_conflicts_with_the_end_of_the_producer_stays_after_it():
     assert interleave(producer, [(late, "c")], EDGE, _fresh) == producer + [(late, "c")]
 
 
-def _product_then_norm(rows: int = 512, width: int = 64) -> onnx.ModelProto:
+def _product_then_norm(rows: int = 512, width: int = 64, names=("product", "norm")) -> onnx.ModelProto:
     rng = np.random.default_rng(0)
     weights = helper.make_tensor("w", TensorProto.FLOAT, (width, width),
                                  (rng.standard_normal((width, width)) / 8).astype(np.float32).ravel())
     gamma = helper.make_tensor("g", TensorProto.FLOAT, (width,), rng.uniform(0.5, 1.5, width).astype(np.float32))
     beta = helper.make_tensor("b", TensorProto.FLOAT, (width,), rng.standard_normal(width).astype(np.float32))
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["h"], name="product"),
-         helper.make_node("LayerNormalization", ["h", "g", "b"], ["y"], name="norm", axis=-1)],
+        [helper.make_node("MatMul", ["x", "w"], ["h"], name=names[0]),
+         helper.make_node("LayerNormalization", ["h", "g", "b"], ["y"], name=names[1], axis=-1)],
         "product_then_norm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, (rows, width))],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, (rows, width))], [weights, gamma, beta])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -109,3 +109,9 @@ def test_a_norm_after_a_product_runs_while_the_product_does():
 def test_below_o2_kernels_do_not_interleave():
     program = compiler.compile(_product_then_norm(), "edge", opt_level=1)
     assert [entry.node for entry in program.debug] == ["product", "norm"]
+
+
+def test_a_node_name_with_the_join_in_it_is_only_a_name():
+    program = compiler.compile(_product_then_norm(names=("q + k", "norm")), "edge", opt_level=2)
+    assert "q + k" + JOIN + "norm" in [entry.node for entry in program.debug]
+    assert program.notes["q + k" + JOIN + "norm"] == ["norm interleaved with q + k"]

@@ -28,7 +28,7 @@ from compiler.codegen.interleave import JOIN, Recorded, interleave
 from compiler.codegen.kernels import ALIASES, KERNELS, MATRIX_KERNELS
 from compiler.codegen.memory import CONSTANTS_BASE, Lifetimes, aligned, relocate_constants
 from compiler.errors import UnsupportedOpError
-from compiler.ir import Graph
+from compiler.ir import Graph, Node
 from compiler.passes.precision import MATRIX_OPS
 from compiler.state import StateDeclaration, resolve_state
 from isa.config import AcceleratorConfig
@@ -81,6 +81,7 @@ def _generate(graph: Graph, config: AcceleratorConfig, keep_intermediates: bool,
         after = graph.nodes[index + 1]
         next_kernel[index] = index + 1 if after.op not in ALIASES else next_kernel[index + 1]
     pending: Recorded = []  # the previous kernel's code while the next one is to interleave with it
+    previous = ""  # that kernel's node
     free_later: list[int] = []
     for index, node in enumerate(graph.nodes):
         if node.op not in KERNELS and node.op not in ALIASES:
@@ -102,10 +103,12 @@ def _generate(graph: Graph, config: AcceleratorConfig, keep_intermediates: bool,
                 ctx.dram.free(address)
             free_later = []
             above = _above(ctx) if index in interleaved else None
-            code, scratch = _kernel(ctx, node, node.name or f"{node.op}:{node.outputs[0]}", above)
+            name = node.name or f"{node.op}:{node.outputs[0]}"
+            code, scratch = _kernel(ctx, node, name, above)
             if index in interleaved:
                 code, pending = interleave(pending, code, config, ctx.emitter.fresh), []
-                _describe_group(ctx, code)
+                _describe_group(ctx, code, previous, name)
+            previous = name
             if next_kernel[index] in interleaved:
                 pending = code
             else:
@@ -141,11 +144,10 @@ def _dead(ctx: CodegenContext, lifetimes: Lifetimes, index: int) -> list[int]:
     return [ctx.views[root].addr for root in lifetimes.dies_after[index]]
 
 
-def _describe_group(ctx: CodegenContext, code: Recorded) -> None:
-    """--report's notes and scratchpad bytes for the span where two kernels' code alternates."""
-    group = next((node for _, node in code if node and JOIN in node), None)
-    if group is not None:
-        producer, consumer = group.split(JOIN)
+def _describe_group(ctx: CodegenContext, code: Recorded, producer: str, consumer: str) -> None:
+    """--report's notes and scratchpad bytes for the span where two kernels' code alternates, if any."""
+    group = producer + JOIN + consumer
+    if any(node == group for _, node in code):
         ctx.notes[group] = [f"{consumer} interleaved with {producer}"]
         ctx.scratchpad_peak[group] = max(ctx.scratchpad_peak.get(producer, 0), ctx.local_high[0])
 
@@ -174,7 +176,7 @@ def _above(ctx: CodegenContext) -> tuple[int, int] | None:
     return spad_high, acc_high if acc_high <= config.acc_bytes * (1 - ROOM) else config.acc_bytes
 
 
-def _kernel(ctx: CodegenContext, node, name: str, above: tuple[int, int] | None) -> tuple[Recorded, list[int]]:
+def _kernel(ctx: CodegenContext, node: Node, name: str, above: tuple[int, int] | None) -> tuple[Recorded, list[int]]:
     """The node's code, recorded, with its buffers from `above` up when they fit there, else from the
     bottom of each memory; and the DRAM scratch its kernel allocated."""
     if above is not None:
@@ -186,7 +188,7 @@ def _kernel(ctx: CodegenContext, node, name: str, above: tuple[int, int] | None)
     return _recorded_at(ctx, node, name, (0, 0))
 
 
-def _recorded_at(ctx: CodegenContext, node, name: str, floor: tuple[int, int]) -> tuple[Recorded, list[int]]:
+def _recorded_at(ctx: CodegenContext, node: Node, name: str, floor: tuple[int, int]) -> tuple[Recorded, list[int]]:
     with ctx.local_floors(floor), ctx.emitter.recording() as code, ctx.emitter.node(name), \
             ctx.node_scratch() as scratch:
         KERNELS[node.op](ctx, node)

@@ -153,10 +153,6 @@ class CodegenContext:
             self._scratch.append(address)
         return View.dense(address, dtype, tuple(shape))
 
-    def free(self, view: View) -> None:
-        """Give an activation's DRAM back: later allocations may reuse it."""
-        self.dram.free(view.addr)
-
     @contextmanager
     def node_scratch(self):
         """Collect the DRAM kernels allocate while one node is emitted (yields the list of addresses)."""

@@ -220,7 +220,8 @@ class Emitter:
 
     # Emission ---------------------------------------------------------------------------------
     def emit(self, mnemonic: str, **fields) -> Instruction:
-        """Append one instruction; its dependencies on other engines are added automatically."""
+        """Append one instruction, its dependencies on other engines added automatically (or, inside
+        `recording`, collect it to be appended later)."""
         if "wait" in fields or "signal" in fields:
             raise ValueError("kernels do not set wait/signal: the emitter does")
         instruction = Instruction(mnemonic, **fields)

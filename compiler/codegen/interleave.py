@@ -4,7 +4,7 @@ Each engine runs its queue in order. Emitted one after the other, a LayerNorm's 
 waits behind everything the matrix product before it puts in the vector queue, and so starts
 only when the product's last row block is done, though its first rows were stored long
 before. Code generation therefore records the code of a kernel without matrix work that
-follows one with matrix work (`interleaved` in compiler/codegen/__init__.py) and merges it
+follows one with matrix work (`_interleaved` in compiler/codegen/__init__.py) and merges it
 into the product's code before the emitter sees either:
 
 - each of its instructions goes after the last instruction of the product's code it
@@ -119,15 +119,15 @@ def _timed(code: Recorded, config: AcceleratorConfig, fresh_emitter: Callable[[]
 
 
 def _grouped(merged: Recorded, from_new: list[bool]) -> Recorded:
-    """The span from the first new instruction to the last pending one after it, named after the nodes in
-    it, pending ones first."""
+    """The span from the first new instruction to the last pending one after it, named after its nodes,
+    pending ones first."""
     first_new = from_new.index(True)
     last_pending = len(from_new) - 1 - from_new[::-1].index(False) if False in from_new else -1
     if last_pending < first_new:
         return merged
     span = range(first_new, last_pending + 1)
-    names = dict.fromkeys(name for newer in (False, True) for index in span if from_new[index] == newer
-                          for name in (merged[index][1] or "").split(JOIN))
+    names = dict.fromkeys(merged[index][1] or "" for newer in (False, True) for index in span
+                          if from_new[index] == newer)
     group = JOIN.join(names)
     return merged[:first_new] + [(instruction, group) for instruction, _ in merged[first_new:last_pending + 1]] \
         + merged[last_pending + 1:]
