@@ -72,9 +72,7 @@ def _generate(graph: Graph, config: AcceleratorConfig, keep_intermediates: bool,
         ctx.views[name] = ctx.allocate(value.shape, accelerator_dtype(value.dtype, name, "model input"))
         placed[name] = len(ctx.dram.history) - 1
     # Kernels whose code interleaves with the previous kernel's (compiler/codegen/interleave.py), and per
-    # node the next kernel: the dead DRAM of the nodes before an interleaved kernel is freed only once that
-    # kernel's outputs are placed, so that they, written while the previous kernel still runs, are not
-    # placed over what it reads.
+    # node the next kernel.
     interleaved = _interleaved(graph) if interleave_kernels else set()
     next_kernel: list[int | None] = [None] * len(graph.nodes)
     for index in range(len(graph.nodes) - 2, -1, -1):
@@ -82,7 +80,6 @@ def _generate(graph: Graph, config: AcceleratorConfig, keep_intermediates: bool,
         next_kernel[index] = index + 1 if after.op not in ALIASES else next_kernel[index + 1]
     pending: Recorded = []  # the previous kernel's code while the next one is to interleave with it
     previous = ""  # that kernel's node
-    free_later: list[int] = []
     for index, node in enumerate(graph.nodes):
         if node.op not in KERNELS and node.op not in ALIASES:
             raise UnsupportedOpError(node.op, node.name, None, "the code generator has no kernel for it yet")
@@ -99,9 +96,6 @@ def _generate(graph: Graph, config: AcceleratorConfig, keep_intermediates: bool,
                 ctx.views[value.name] = ctx.allocate(value.shape,
                                                      accelerator_dtype(value.dtype, value.name, node.op))
                 placed[value.name] = len(ctx.dram.history) - 1
-            for address in free_later:
-                ctx.dram.free(address)
-            free_later = []
             above = _above(ctx) if index in interleaved else None
             name = node.name or f"{node.op}:{node.outputs[0]}"
             code, scratch = _kernel(ctx, node, name, above)
@@ -114,13 +108,9 @@ def _generate(graph: Graph, config: AcceleratorConfig, keep_intermediates: bool,
             else:
                 for instruction, group in code:
                     ctx.emitter.append(instruction, group)
-        if reuse:
-            dead = _dead(ctx, lifetimes, index) + scratch
-            if next_kernel[index] in interleaved:
-                free_later += dead
-            else:
-                for address in dead:
-                    ctx.dram.free(address)
+        if reuse:  # an interleaved kernel's outputs may take this DRAM: the merge orders its writes there
+            for address in _dead(ctx, lifetimes, index) + scratch:
+                ctx.dram.free(address)
     outputs = [_tensor(graph, name, ctx.view(name)) for name in graph.outputs]
     instructions, debug = ctx.emitter.finish()
     activation_bytes = aligned(ctx.dram.end)

@@ -20,7 +20,10 @@ Kernels with matrix work keep their place: the weights held in the array are sta
 footprints do not describe. The emitter then derives the synchronisation from the merged
 order as from any other. The interleaved kernel's on-chip buffers start above the
 product's (`CodegenContext.local_floors`), or they would conflict with the product's
-buffers and stay behind them.
+buffers and stay behind them. Its outputs may be placed in DRAM the product's dead inputs
+held: its writes there then stay after the product's last reads of those bytes. (Keeping
+that DRAM from it until its outputs were placed overlapped a little more, 0.2% on int8
+MiniLM, but spread ResNet-50's activations over 13% more DRAM.)
 
 The span where the two kernels' instructions alternate carries both their names ("a + b"):
 it is one layer for the per-layer figures.
