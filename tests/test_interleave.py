@@ -96,6 +96,8 @@ def test_a_norm_after_a_product_runs_while_the_product_does():
                        for disabled in (["interleave"], []))
     assert [entry.node for entry in apart.debug] == ["product", "norm"]
     assert "product" + JOIN + "norm" in [entry.node for entry in together.debug]
+    # y reuses x's DRAM: the norm's stores there must stay after the product's last reads of x.
+    assert together.outputs[0].dram == together.inputs[0].dram
     results = [run(program, {"x": x}, check_hazards=True) for program in (apart, together)]
     assert [result.stats["hazards"] for result in results] == [0, 0]
     expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
