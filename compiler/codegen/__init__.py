@@ -71,13 +71,10 @@ def _generate(graph: Graph, config: AcceleratorConfig, keep_intermediates: bool,
         value = graph.values[name]
         ctx.views[name] = ctx.allocate(value.shape, accelerator_dtype(value.dtype, name, "model input"))
         placed[name] = len(ctx.dram.history) - 1
-    # Kernels whose code interleaves with the previous kernel's (compiler/codegen/interleave.py), and per
-    # node the next kernel.
-    interleaved = _interleaved(graph) if interleave_kernels else set()
-    next_kernel: list[int | None] = [None] * len(graph.nodes)
-    for index in range(len(graph.nodes) - 2, -1, -1):
-        after = graph.nodes[index + 1]
-        next_kernel[index] = index + 1 if after.op not in ALIASES else next_kernel[index + 1]
+    # Kernels whose code interleaves with the previous kernel's (compiler/codegen/interleave.py): node index
+    # -> that kernel's node index.
+    interleaved = _interleaved(graph) if interleave_kernels else {}
+    producers = set(interleaved.values())
     pending: Recorded = []  # the previous kernel's code while the next one is to interleave with it
     previous = ""  # that kernel's node
     for index, node in enumerate(graph.nodes):
@@ -93,8 +90,7 @@ def _generate(graph: Graph, config: AcceleratorConfig, keep_intermediates: bool,
                 if value.name in state_input_of:  # updated in place: the kernel sees its data's view
                     ctx.views[value.name] = ctx.views[state_input_of[value.name]]
                     continue
-                ctx.views[value.name] = ctx.allocate(value.shape,
-                                                     accelerator_dtype(value.dtype, value.name, node.op))
+                ctx.views[value.name] = ctx.allocate(value.shape, accelerator_dtype(value.dtype, value.name, node.op))
                 placed[value.name] = len(ctx.dram.history) - 1
             above = _above(ctx) if index in interleaved else None
             name = node.name or f"{node.op}:{node.outputs[0]}"
@@ -103,7 +99,7 @@ def _generate(graph: Graph, config: AcceleratorConfig, keep_intermediates: bool,
                 code, pending = interleave(pending, code, config, ctx.emitter.fresh), []
                 _describe_group(ctx, code, previous, name)
             previous = name
-            if next_kernel[index] in interleaved:
+            if index in producers:
                 pending = code
             else:
                 for instruction, group in code:
@@ -142,16 +138,16 @@ def _describe_group(ctx: CodegenContext, code: Recorded, producer: str, consumer
         ctx.scratchpad_peak[group] = max(ctx.scratchpad_peak.get(producer, 0), ctx.local_high[0])
 
 
-def _interleaved(graph: Graph) -> set[int]:
-    """The nodes whose code interleaves with the previous kernel's: kernels without matrix work right after
-    one with (their vector work overlaps its matrix work; compiler/codegen/interleave.py)."""
-    chosen, previous = set(), None
+def _interleaved(graph: Graph) -> dict[int, int]:
+    """The nodes whose code interleaves with the previous kernel's, each with that kernel's node: kernels
+    without matrix work right after one with (their vector work overlaps its matrix work)."""
+    chosen, previous = {}, None
     for index, node in enumerate(graph.nodes):
         if node.op in ALIASES:
             continue
-        if previous in MATRIX_KERNELS and node.op not in MATRIX_KERNELS:
-            chosen.add(index)
-        previous = node.op
+        if previous is not None and graph.nodes[previous].op in MATRIX_KERNELS and node.op not in MATRIX_KERNELS:
+            chosen[index] = previous
+        previous = index
     return chosen
 
 
