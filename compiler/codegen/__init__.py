@@ -20,10 +20,10 @@ so its kernel writes only the rows it changes.
 from __future__ import annotations
 
 import gc
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 
-from compiler.codegen.context import CodegenContext, View, accelerator_dtype
+from compiler.codegen.context import CodegenContext, View, accelerator_dtype, node_label
 from compiler.codegen.interleave import JOIN, Recorded, interleave
 from compiler.codegen.kernels import ALIASES, KERNELS, MATRIX_KERNELS
 from compiler.codegen.memory import CONSTANTS_BASE, Lifetimes, aligned, relocate_constants
@@ -76,7 +76,6 @@ def _generate(graph: Graph, config: AcceleratorConfig, keep_intermediates: bool,
     interleaved = _interleaved(graph) if interleave_kernels else {}
     producers = set(interleaved.values())
     pending: Recorded = []  # the previous kernel's code while the next one is to interleave with it
-    previous = ""  # that kernel's node
     for index, node in enumerate(graph.nodes):
         if node.op not in KERNELS and node.op not in ALIASES:
             raise UnsupportedOpError(node.op, node.name, None, "the code generator has no kernel for it yet")
@@ -93,19 +92,20 @@ def _generate(graph: Graph, config: AcceleratorConfig, keep_intermediates: bool,
                 ctx.views[value.name] = ctx.allocate(value.shape, accelerator_dtype(value.dtype, value.name, node.op))
                 placed[value.name] = len(ctx.dram.history) - 1
             above = _above(ctx) if index in interleaved else None
-            name = node.name or f"{node.op}:{node.outputs[0]}"
-            code, scratch = _kernel(ctx, node, name, above)
+            name = node_label(node)
+            # Only code that interleaves, or that the next kernel interleaves with, is recorded; the rest is
+            # appended as it is emitted.
+            code, scratch = _kernel(ctx, node, name, above, record=index in interleaved or index in producers)
             if index in interleaved:
                 code, pending = interleave(pending, code, config, ctx.emitter.fresh), []
-                _describe_group(ctx, code, previous, name)
-            previous = name
+                _describe_group(ctx, code, node_label(graph.nodes[interleaved[index]]), name)
             if index in producers:
                 pending = code
             else:
                 for instruction, group in code:
                     ctx.emitter.append(instruction, group)
         if reuse:  # an interleaved kernel's outputs may take this DRAM: the merge orders its writes there
-            for address in _dead(ctx, lifetimes, index) + scratch:
+            for address in [ctx.views[root].addr for root in lifetimes.dies_after[index]] + scratch:
                 ctx.dram.free(address)
     outputs = [_tensor(graph, name, ctx.view(name)) for name in graph.outputs]
     instructions, debug = ctx.emitter.finish()
@@ -123,11 +123,6 @@ def _generate(graph: Graph, config: AcceleratorConfig, keep_intermediates: bool,
     return Program(config, instructions, inputs, outputs, constants, debug, max(dram_bytes, 4),
                    debug_tensors=kept, precision=_precision(graph), activation_bytes=activation_bytes,
                    notes=ctx.notes, scratchpad_peak=ctx.scratchpad_peak, state=state_pairs)
-
-
-def _dead(ctx: CodegenContext, lifetimes: Lifetimes, index: int) -> list[int]:
-    """The DRAM addresses of the values whose region is free once node `index` has run."""
-    return [ctx.views[root].addr for root in lifetimes.dies_after[index]]
 
 
 def _describe_group(ctx: CodegenContext, code: Recorded, producer: str, consumer: str) -> None:
@@ -162,21 +157,24 @@ def _above(ctx: CodegenContext) -> tuple[int, int] | None:
     return spad_high, acc_high if acc_high <= config.acc_bytes * (1 - ROOM) else config.acc_bytes
 
 
-def _kernel(ctx: CodegenContext, node: Node, name: str, above: tuple[int, int] | None) -> tuple[Recorded, list[int]]:
-    """The node's code, recorded, with its buffers from `above` up when they fit there, else from the
-    bottom of each memory; and the DRAM scratch its kernel allocated."""
+def _kernel(ctx: CodegenContext, node: Node, name: str, above: tuple[int, int] | None,
+            record: bool) -> tuple[Recorded, list[int]]:
+    """Emit the node's kernel with its buffers from `above` up when they fit there, else from the bottom
+    of each memory; its code (recorded if `record`, else appended and not returned) and the DRAM scratch
+    the kernel allocated."""
     if above is not None:
         saved = ctx.saved()
         try:
-            return _recorded_at(ctx, node, name, above)
+            return _emitted_at(ctx, node, name, above, record)
         except (MemoryError, UnsupportedOpError):
             ctx.restore(saved)
-    return _recorded_at(ctx, node, name, (0, 0))
+    return _emitted_at(ctx, node, name, (0, 0), record)
 
 
-def _recorded_at(ctx: CodegenContext, node: Node, name: str, floor: tuple[int, int]) -> tuple[Recorded, list[int]]:
-    with ctx.local_floors(floor), ctx.emitter.recording() as code, ctx.emitter.node(name), \
-            ctx.node_scratch() as scratch:
+def _emitted_at(ctx: CodegenContext, node: Node, name: str, floor: tuple[int, int],
+                record: bool) -> tuple[Recorded, list[int]]:
+    with ctx.local_floors(floor), ctx.emitter.recording() if record else nullcontext([]) as code, \
+            ctx.emitter.node(name), ctx.node_scratch() as scratch:
         KERNELS[node.op](ctx, node)
     return code, scratch
 

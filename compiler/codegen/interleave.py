@@ -39,14 +39,13 @@ import numpy as np
 from compiler.codegen.emitter import Emitter
 from isa.config import AcceleratorConfig
 from isa.encoding import Instruction, instruction_latencies
-from isa.footprint import DRAM, footprint
+from isa.footprint import DRAM, LOCAL, footprint
 from isa.spec import Engine
 from isa.timing import Timeline
 
 Recorded = list[tuple[Instruction, str | None]]  # instructions with the node (or group) each belongs to
 JOIN = " + "
-MATRIX = ("load_weights", "matmul")
-_MEMORY = {DRAM: 0, "local": 1}
+_MEMORY = {DRAM: 0, LOCAL: 1}
 
 
 def _spans(instruction: Instruction, config: AcceleratorConfig) -> list[tuple[int, int, int, bool]]:
@@ -59,7 +58,7 @@ def interleave(pending: Recorded, new: Recorded, config: AcceleratorConfig,
     """`pending` then `new`, with each instruction of `new` moved up into `pending` (module docstring)
     and the span where they alternate named after both. `fresh_emitter` makes an emitter without
     history, to time `pending` alone."""
-    if not pending or not new or any(instruction.mnemonic in MATRIX for instruction, _ in new):
+    if not pending or not new or any(instruction.definition.engine is Engine.MATRIX for instruction, _ in new):
         return pending + new
     rows = [(index, *span) for index, (instruction, _) in enumerate(pending) for span in _spans(instruction, config)]
     owner, memory, start, end, write = (np.array(column, dtype=np.int64) for column in zip(*rows, strict=True))
