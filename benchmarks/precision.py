@@ -2,6 +2,7 @@
 (sequence 128) in fp32, bf16 and int8 on one config, with the roofline bound of each.
 
     python benchmarks/precision.py [--config edge] [--models resnet50,minilm,vgg19] [--samples 4] [-O 2]
+                                   [--fast-math]
 
 int8 is calibrated (minmax) on a few seeded random inputs: the figures are cycles, not
 accuracy (tests/test_ptq.py and docs/quantization.md measure accuracy).
@@ -59,6 +60,7 @@ def main() -> int:
     parser.add_argument("--models", default="resnet50,minilm")
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("-O", dest="opt_level", type=int, choices=[0, 1, 2, 3], default=2)
+    parser.add_argument("--fast-math", action="store_true", help="compile with the FAST_MATH passes")
     args = parser.parse_args()
     print("| model | precision | cycles | roofline | efficiency | matrix busy | vs fp32 | compile s "
           "| layers predicted within 5% (worst) |")
@@ -70,7 +72,8 @@ def main() -> int:
         for mode in ("fp32", "bf16", "int8"):
             samples = [make(rng) for _ in range(args.samples)] if mode == "int8" else None
             start = time.perf_counter()
-            program = compile(model, args.config, opt_level=args.opt_level, precision=Precision(mode, samples))
+            program = compile(model, args.config, opt_level=args.opt_level, precision=Precision(mode, samples),
+                              fast_math=args.fast_math)
             seconds = time.perf_counter() - start
             stats = run(program, inputs).stats
             cycles = stats["cycles"]

@@ -75,6 +75,10 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--list-passes", action="store_true", help="print the pass pipeline and exit")
     parser.add_argument("--disable-pass", action="append", default=[], metavar="PASS",
                         help="do not run this pass of the -O level (repeatable), to see what it gives")
+    parser.add_argument("--fast-math", action="store_true",
+                        help="also run the rewrites that may change a result by one rounding (a division by a "
+                             "constant becomes a multiplication by its reciprocal); without it -O2 computes every "
+                             "value as -O1 does")
     parser.add_argument("--report", action="store_true",
                         help="print per layer the kernel's choices, scratchpad used and predicted cycles")
     precision = parser.add_argument_group("precision")
@@ -103,13 +107,14 @@ def _main(argv: list[str]) -> int:
                                 "fp32 model on the calibration samples (default 0.99)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
-    from compiler.pipeline import CODEGEN_STEPS, Precision, compile, pass_names
+    from compiler.pipeline import CODEGEN_STEPS, FAST_MATH, Precision, compile, pass_names
     from compiler.state import state_from_options
 
     if args.list_ops:
         return _list_ops()
     if args.list_passes:
-        print("\n".join(pass_names() + [f"{name} (code generation)" for name in CODEGEN_STEPS]))
+        print("\n".join([name + (" (--fast-math)" if name in FAST_MATH else "") for name in pass_names()]
+                        + [f"{name} (code generation)" for name in CODEGEN_STEPS]))
         return 0
     if not args.model:
         parser.error("the model is required")
@@ -138,7 +143,7 @@ def _main(argv: list[str]) -> int:
     program = compile(args.model, args.config, opt_level=args.opt_level, input_shapes=input_shapes,
                       dump_after=args.dump_after, precision=precision, keep_intermediates=args.keep_intermediates,
                       report=lambda line: print(line, file=sys.stderr), state=state,
-                      disabled_passes=args.disable_pass)
+                      disabled_passes=args.disable_pass, fast_math=args.fast_math)
     print(f"DRAM: {program.dram_bytes:,} bytes (activations at peak {program.activation_bytes:,}, "
           f"constants {program.dram_bytes - program.activation_bytes:,})", file=sys.stderr)
     if program.state:

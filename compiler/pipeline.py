@@ -26,6 +26,7 @@ from compiler.passes.fuse_elementwise import fuse_elementwise
 from compiler.passes.fuse_epilogue import fuse_epilogue, fuse_norm_tail, fuse_softmax, fuse_tail
 from compiler.passes.precision import MATRIX_OPS, to_bf16, to_w8a16
 from compiler.passes.quantized import fold_dequantized_constants, fuse_qdq
+from compiler.passes.reciprocal import reciprocal_of_constant_divisor
 from compiler.passes.simplify import (
     decompose_batchnorm,
     fold_batchnorm_into_conv,
@@ -47,6 +48,7 @@ PASSES: list[tuple[str, Pass, int]] = [
     ("remove_identities", remove_identities, 0),
     ("fold_batchnorm_into_conv", fold_batchnorm_into_conv, 1),
     ("decompose_batchnorm", decompose_batchnorm, 0),
+    ("reciprocal_of_constant_divisor", reciprocal_of_constant_divisor, 1),
     ("fold_scale_into_quantize", fold_scale_into_quantize, 2),
     ("fuse_epilogue", fuse_epilogue, 2),
     ("fuse_elementwise", fuse_elementwise, 2),
@@ -58,6 +60,10 @@ PASSES: list[tuple[str, Pass, int]] = [
 ]
 
 
+# Passes that run only when asked (`fast_math`, --fast-math): they may change a result by a rounding, where
+# every other pass leaves each value as -O1 computes it.
+FAST_MATH = {"reciprocal_of_constant_divisor"}
+
 # Steps of the code generator that `disabled_passes` (--disable-pass) can leave out as well, with
 # their level: interleaving a vector kernel's code into the matrix kernel's before it.
 CODEGEN_STEPS = {"interleave": 2}
@@ -68,17 +74,18 @@ def pass_names() -> list[str]:
 
 
 def run_passes(graph: Graph, opt_level: int = 1, dump_after: str | None = None, verify_each: bool = False,
-               dump=None, disabled: Collection[str] = ()) -> Graph:
-    """The passes of `opt_level` in order, but those named in `disabled` (to measure what each one gives)."""
+               dump=None, disabled: Collection[str] = (), fast_math: bool = False) -> Graph:
+    """The passes of `opt_level` in order, but those named in `disabled` (to measure what each one gives),
+    and the FAST_MATH ones only with `fast_math`. `dump_after` a pass that does not run prints the graph
+    as that pass would have received it."""
     dump = dump or sys.stdout
     if dump_after == "import":
         dump.write(to_text(graph, full_constants=False))
     for name, function, level in PASSES:
-        if opt_level < level or name in disabled:
-            continue
-        graph = function(graph)
-        if verify_each:
-            verify(graph)
+        if not (opt_level < level or name in disabled or (name in FAST_MATH and not fast_math)):
+            graph = function(graph)
+            if verify_each:
+                verify(graph)
         if dump_after == name:
             dump.write(to_text(graph, full_constants=False))
     return graph
@@ -162,14 +169,16 @@ def compile(model: str | Path | onnx.ModelProto, config: str | Path | Accelerato
             dump_after: str | None = None, verify_each: bool = False,
             precision: Precision | str = "fp32", report: Callable[[str], None] | None = None,
             keep_intermediates: bool | None = None, state: StateDeclaration = None,
-            disabled_passes: Collection[str] = ()) -> Program:
+            disabled_passes: Collection[str] = (), fast_math: bool = False) -> Program:
     """Compile an ONNX model (path or ModelProto) for `config` (preset name, JSON path or config)
     in `precision` (a Precision, or its mode name). `report` receives, for a quantized model, a
     line on what runs in int8 and one on what stays float. `keep_intermediates` (default: below
     -O2) gives every intermediate tensor its own DRAM, for per-layer comparison; otherwise DRAM
     of dead tensors is reused. `state` ("auto", or output -> input pairs) makes outputs update
     their inputs in place, in DRAM placed first (compiler/state.py). `disabled_passes` names passes
-    of the level not to run (see `pass_names`), or code generation steps (CODEGEN_STEPS)."""
+    of the level not to run (see `pass_names`), or code generation steps (CODEGEN_STEPS). `fast_math` adds the
+    FAST_MATH passes, which may change a result by a rounding (without it, -O2 gives the -O1 result value for
+    value)."""
     known = pass_names()[1:] + list(CODEGEN_STEPS)
     unknown = sorted(set(disabled_passes) - set(known))
     if unknown:  # before any work: calibration can take minutes
@@ -181,7 +190,7 @@ def compile(model: str | Path | onnx.ModelProto, config: str | Path | Accelerato
     graph = import_model(model, input_shapes)
     if verify_each:
         verify(graph)
-    graph = run_passes(graph, opt_level, dump_after, verify_each, disabled=disabled_passes)
+    graph = run_passes(graph, opt_level, dump_after, verify_each, disabled=disabled_passes, fast_math=fast_math)
     if precision.mode in ("bf16", "w8a16") or "bf16" in precision.keep.values():
         graph = apply_precision(graph, precision)
         if opt_level >= 2:

@@ -53,6 +53,23 @@ def test_disable_pass(tmp_path, capsys):
     assert "unknown pass 'fuse_everything'" in line and not (tmp_path / "m.bin").exists()
 
 
+def test_fast_math_is_asked_for(tmp_path, capsys):
+    """A division by a constant stays a Div unless --fast-math is given; --list-passes marks the pass."""
+    nodes = [helper.make_node("Div", ["x", "c"], ["y"])]
+    graph = helper.make_graph(nodes, "div", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])],
+                              [helper.make_tensor("c", TensorProto.FLOAT, [], [3.0])])
+    source = tmp_path / "div.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(source))
+    dump = [str(source), "-O", "2", "--dump-after", "reciprocal_of_constant_divisor"]
+    assert compile_main(dump) == 0
+    assert "= Div(" in capsys.readouterr().out
+    assert compile_main(dump + ["--fast-math"]) == 0
+    assert "= Mul(%x, %c.reciprocal)" in capsys.readouterr().out
+    assert compile_main(["--list-passes"]) == 0
+    assert "reciprocal_of_constant_divisor (--fast-math)" in capsys.readouterr().out.splitlines()
+
+
 @pytest.mark.parametrize("content,message", [
     (b"this is not an onnx model", "not"),
     (MLP.read_bytes()[:300], ""),

@@ -6,6 +6,7 @@ from ir_cases import run_pass, same
 
 from compiler.ir import parse
 from compiler.passes.fold_transpose import fold_cast_into_matmul, fold_transpose_into_matmul
+from compiler.passes.reciprocal import reciprocal_of_constant_divisor
 from compiler.passes.simplify import (
     decompose_batchnorm,
     fold_batchnorm_into_conv,
@@ -339,3 +340,88 @@ def test_the_folded_scale_quantizes_every_value_as_onnxruntime_does():
     program = compile(model, "edge", opt_level=2, verify_each=True)
     assert not any(i.mnemonic == "vmul" or i.mnemonic == "vmuli" for i in program.instructions)
     assert np.array_equal(run(program, {"x": x}).outputs["q"], expected)
+
+
+# Division by a constant becomes multiplication by its reciprocal (compiler/passes/reciprocal.py) ---------
+GELU_DIV = """
+graph g
+  input %x: f32[2, 8]
+  const %root2: f32[] = [1.4142135381698608]
+  %d: f32[2, 8] = Div(%x, %root2)
+  %e: f32[2, 8] = Erf(%d)
+  output %e
+"""
+GELU_DIV_AFTER = """
+graph g
+  input %x: f32[2, 8]
+  const %root2.reciprocal: f32[] = [0.7071067690849304]
+  %d: f32[2, 8] = Mul(%x, %root2.reciprocal)
+  %e: f32[2, 8] = Erf(%d)
+  output %e
+"""  # 1 / sqrt(2) in fp32
+
+
+def test_division_by_a_constant_becomes_a_product():
+    assert run_pass(reciprocal_of_constant_divisor, GELU_DIV) == same(GELU_DIV_AFTER)
+
+
+def test_a_divisor_per_column_becomes_its_reciprocals():
+    text = GELU_DIV.replace("const %root2: f32[] = [1.4142135381698608]", "const %root2: f32[8] = [1, 2, 3, 4, 5, 6, 7, 8]")
+    after = run_pass(reciprocal_of_constant_divisor, text)
+    assert "Mul(%x, %root2.reciprocal)" in after and "Div" not in after
+    assert "f32[8] = [1.0, 0.5, 0.3333333432674408, 0.25, 0.20000000298023224" in after
+
+
+@pytest.mark.parametrize("change", [("[1.4142135381698608]", "[0.0]"), ("[1.4142135381698608]", "[1e-39]"),
+                                    ("[1.4142135381698608]", "[3e38]"), ("[1.4142135381698608]", "[inf]"),
+                                    ("  const %root2: f32[] = [1.4142135381698608]\n", "  input %root2: f32[]\n")],
+                         ids=["zero", "subnormal", "reciprocal subnormal", "infinite", "run-time divisor"])
+def test_a_division_without_a_normal_reciprocal_is_left_alone(change):
+    text = GELU_DIV.replace(*change)
+    assert run_pass(reciprocal_of_constant_divisor, text) == same(text)
+
+
+def test_an_integer_division_is_left_alone():
+    text = """
+graph g
+  input %x: i32[4]
+  const %three: i32[] = [3]
+  %d: i32[4] = Div(%x, %three)
+  output %d
+"""
+    assert run_pass(reciprocal_of_constant_divisor, text) == same(text)
+
+
+def test_gelu_with_fast_math_matches_onnxruntime_in_fewer_cycles():
+    """x * 0.5 * (1 + erf(x / sqrt(2))) at -O2 with --fast-math: the division is one vmul pass instead of a vdiv
+    (four), the program is faster, and the result as close to onnxruntime's (which divides) as with the division
+    (measured: 4.8e-7 at most both ways, where the outputs reach 12; the erf's own rounding differs from
+    onnxruntime's). Without --fast-math the division stays."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from compiler.pipeline import compile
+    from runtime.simulator import run
+
+    nodes = [helper.make_node("Div", ["x", "root2"], ["d"]), helper.make_node("Erf", ["d"], ["e"]),
+             helper.make_node("Add", ["e", "one"], ["p"]), helper.make_node("Mul", ["x", "p"], ["m"]),
+             helper.make_node("Mul", ["m", "half"], ["y"])]
+    inits = [helper.make_tensor(name, TensorProto.FLOAT, [], [value])
+             for name, value in (("root2", np.sqrt(2.0)), ("one", 1.0), ("half", 0.5))]
+    shape = [64, 256]
+    graph = helper.make_graph(nodes, "gelu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = (np.random.default_rng(3).standard_normal(shape) * 3).astype(np.float32)
+    session_options = ort.SessionOptions()
+    session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    expected = ort.InferenceSession(model.SerializeToString(), session_options).run(None, {"x": x})[0]
+    divided = compile(model, "edge", opt_level=2, verify_each=True)
+    multiplied = compile(model, "edge", opt_level=2, verify_each=True, fast_math=True)
+    assert any(i.mnemonic in ("vdiv", "vdivi") for i in divided.instructions)
+    assert not any(i.mnemonic in ("vdiv", "vdivi") for i in multiplied.instructions)
+    result, reference = run(multiplied, {"x": x}), run(divided, {"x": x})
+    bound = 1e-6 * np.abs(expected).max()
+    assert np.abs(reference.outputs["y"] - expected).max() <= bound
+    assert np.abs(result.outputs["y"] - expected).max() <= bound
+    assert result.stats["cycles"] < reference.stats["cycles"]
