@@ -18,6 +18,7 @@ from compiler.codegen.interleave import JOIN, interleave
 from isa.config import load_config
 from isa.dtypes import DType
 from isa.encoding import Instruction
+from isa.timing import Timeline
 from runtime.simulator import run
 
 EDGE = load_config("edge")
@@ -106,6 +107,27 @@ def test_a_norm_after_a_product_runs_while_the_product_does():
         np.testing.assert_allclose(result.outputs["y"], expected, rtol=1e-4, atol=1e-4)
     cycles = [result.stats["cycles"] for result in results]
     assert cycles[1] < cycles[0], cycles
+
+
+def test_a_product_before_a_norm_finishes_rows_in_blocks_so_the_norm_stores_some_before_the_last_matmul():
+    """The streamed product finishes block after block of array_rows rows, each with every column, when the
+    LayerNorm after it interleaves: the norm's first rows reach DRAM while the array still works. Without
+    interleaving the product finishes column group after column group, as before."""
+    model = _product_then_norm()
+    apart, together = (compiler.compile(model, "edge", opt_level=2, disabled_passes=disabled)
+                       for disabled in (["interleave"], []))
+    assert "finished in blocks of 32 rows" in together.notes["product"][0]
+    assert "blocks of" not in apart.notes["product"][0]
+    y = together.outputs[0]
+    y_end = y.dram + int(np.prod(y.shape)) * 4
+    first_store = last_matmul = None
+    for index, _, start, end, _ in Timeline(together.instructions, together.config):
+        instruction = together.instructions[index]
+        if instruction.mnemonic == "matmul":
+            last_matmul = max(last_matmul or 0, end)
+        elif instruction.mnemonic == "dma_store" and y.dram <= instruction["dram"] < y_end:
+            first_store = start if first_store is None else min(first_store, start)
+    assert first_store < last_matmul, (first_store, last_matmul)
 
 
 def test_below_o2_kernels_do_not_interleave():

@@ -26,6 +26,7 @@ from dataclasses import replace
 from compiler.codegen.context import CodegenContext, View, accelerator_dtype, node_label
 from compiler.codegen.interleave import JOIN, Recorded, interleave
 from compiler.codegen.kernels import ALIASES, KERNELS, MATRIX_KERNELS
+from compiler.codegen.kernels.rows import ROW_KERNELS
 from compiler.codegen.memory import CONSTANTS_BASE, Lifetimes, aligned, relocate_constants
 from compiler.errors import UnsupportedOpError
 from compiler.ir import Graph, Node
@@ -74,7 +75,7 @@ def _generate(graph: Graph, config: AcceleratorConfig, keep_intermediates: bool,
     # Kernels whose code interleaves with the previous kernel's (compiler/codegen/interleave.py): node index
     # -> that kernel's node index.
     interleaved = _interleaved(graph) if interleave_kernels else {}
-    producers = set(interleaved.values())
+    producers = {producer: consumer for consumer, producer in interleaved.items()}
     pending: Recorded = []  # the previous kernel's code while the next one is to interleave with it
     for index, node in enumerate(graph.nodes):
         if node.op not in KERNELS and node.op not in ALIASES:
@@ -95,7 +96,9 @@ def _generate(graph: Graph, config: AcceleratorConfig, keep_intermediates: bool,
             name = node_label(node)
             # Only code that interleaves, or that the next kernel interleaves with, is recorded; the rest is
             # appended as it is emitted.
+            ctx.next_reads_rows = index in producers and graph.nodes[producers[index]].op in ROW_KERNELS
             code, scratch = _kernel(ctx, node, name, above, record=index in interleaved or index in producers)
+            ctx.next_reads_rows = False
             if index in interleaved:
                 code, pending = interleave(pending, code, config, ctx.emitter.fresh), []
                 _describe_group(ctx, code, node_label(graph.nodes[interleaved[index]]), name)

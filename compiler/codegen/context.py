@@ -142,6 +142,9 @@ class CodegenContext:
         self.scratchpad_peak: dict[str, int] = {}  # node -> most scratchpad bytes its kernel used
         self.local_floor = (0, 0)  # where kernels' scratchpad and accumulator arenas start (`local_floors`)
         self.local_high = [0, 0]  # the highest scratchpad and accumulator bytes used since the last floor
+        # The kernel being emitted is followed by a row operation (a LayerNorm) whose code interleaves with
+        # its own (compiler/codegen/interleave.py): a product then finishes whole rows block by block.
+        self.next_reads_rows = False
 
     # DRAM plan (compiler/codegen/memory.py) ------------------------------------------------------
     def allocate(self, shape: tuple[int, ...], dtype: DType) -> View:

@@ -233,6 +233,11 @@ def _matmul_streamed(ctx: CodegenContext, a: View, b: ConstantMatrix, out: View,
     rows this is what decode needs: the weights enter the array as fast as its weight path
     takes them, whatever their dtype, and DRAM reads each byte once in long runs.
 
+    When the next kernel is a row operation that runs under this one (`ctx.next_reads_rows`: a
+    LayerNorm after the product), the rows go through in blocks of array_rows, each with every
+    column, so that the first rows are finished long before the last: the weights are then
+    streamed once per block (their DMA takes at most half the array's time, whatever the dtype).
+
     Returns False, placing nothing, when a's rows or the accumulator tiles do not fit."""
     config = ctx.config
     rows, cols = config.array_rows, config.array_cols
@@ -244,7 +249,8 @@ def _matmul_streamed(ctx: CodegenContext, a: View, b: ConstantMatrix, out: View,
     if m_total > 65535 or k_total > 65535 or a_bytes + a_staging > config.spad_bytes // 4:
         return False
     k_tiles, n_blocks = -(-k_total // rows), -(-n_total // cols)
-    group = min(n_blocks, STREAM_GROUP_BLOCKS, config.acc_bytes // (2 * m_total * cols * 4))
+    row_block = min(m_total, rows) if ctx.next_reads_rows else m_total
+    group = min(n_blocks, STREAM_GROUP_BLOCKS, config.acc_bytes // (2 * row_block * cols * 4))
     if group < 1:
         return False
     tile_bytes = rows * cols * wsize
@@ -253,7 +259,7 @@ def _matmul_streamed(ctx: CodegenContext, a: View, b: ConstantMatrix, out: View,
     spad = ctx.scratchpad()
     fixed = a_bytes + a_staging + STREAM_SLOTS * slot_bytes + 8 * 64
     channels = n_total  # every channel's parameters loaded once, when they fit
-    while Finisher.reserve_bytes(product, m_total, group * cols, channels) + fixed > spad.free:
+    while Finisher.reserve_bytes(product, row_block, group * cols, channels) + fixed > spad.free:
         if channels > group * cols:
             channels = group * cols
         elif group > 1:
@@ -261,25 +267,28 @@ def _matmul_streamed(ctx: CodegenContext, a: View, b: ConstantMatrix, out: View,
         else:
             return False
     width = group * cols
-    finisher = Finisher(ctx, product, spad, m_total, width, channels)
+    finisher = Finisher(ctx, product, spad, row_block, width, channels)
     a_tile = spad.alloc(a_bytes)
     staging = spad.alloc(a_staging) if a_staging else 0
     slots = [spad.alloc(slot_bytes) for _ in range(STREAM_SLOTS)]
     acc = ctx.accumulator()
-    c_buffers = [acc.alloc(m_total * width * 4) for _ in range(2)]
+    c_buffers = [acc.alloc(row_block * width * 4) for _ in range(2)]
     blocks = [np.ascontiguousarray(b.data[:, n0:n0 + cols]) for n0 in range(0, n_total, cols)]
     stored = ctx.constant(np.concatenate([block.reshape(-1) for block in blocks]), b.dtype, b.name + ".blocks")
     # The chunks in the order the array takes them: (column block, first K row, K rows).
     chunks = [(j, k0, min(slot_tiles * rows, k_total - k0)) for j in range(n_blocks)
               for k0 in range(0, k_total, slot_tiles * rows)]
     # Smaller groups at the end pay when a block's finishing outweighs a vector instruction's latency.
-    tapered = m_total * cols > config.vector_lanes * config.vector_latency
+    tapered = row_block * cols > config.vector_lanes * config.vector_latency
+    passes = -(-m_total // row_block)
     ctx.note(f"weights streamed: {n_blocks} column blocks x {k_tiles} K tiles in {len(chunks)} contiguous "
-             f"chunks through {STREAM_SLOTS} slots, {m_total} rows on chip, results in groups of "
-             + (f"up to {width}, halving towards the end" if tapered else f"{width}"))
+             f"chunks through {STREAM_SLOTS} slots, {m_total} rows on chip"
+             + (f", finished in blocks of {row_block} rows (weights streamed {passes} times)" if passes > 1 else "")
+             + ", results in groups of " + (f"up to {width}, halving towards the end" if tapered else f"{width}"))
+    fetches = passes * len(chunks)  # every chunk once per row block, in the order the array takes them
 
     def fetch(index: int) -> None:
-        j, k0, count = chunks[index]
+        j, k0, count = chunks[index % len(chunks)]
         nt = min(cols, n_total - j * cols)
         offset = (k_total * j * cols + k0 * nt) * stored.dtype.size
         ctx.dma_in(slots[index % STREAM_SLOTS], View.dense(stored.addr + offset, stored.dtype, (count * nt,)))
@@ -290,29 +299,34 @@ def _matmul_streamed(ctx: CodegenContext, a: View, b: ConstantMatrix, out: View,
     if channels == n_total:
         finisher.load_channels(0, n_total)
     _load_rows(ctx, a_tile, a, product.operand, staging)
-    for index in range(1, min(STREAM_SLOTS, len(chunks))):
+    for index in range(1, min(STREAM_SLOTS, fetches)):
         fetch(index)
-    index = 0
-    for number, (first_block, blocks_here) in enumerate(_groups(n_blocks, group, tapered)):
-        n0 = first_block * cols
-        width_here = min(blocks_here * cols, n_total - n0)
-        c_tile = c_buffers[number % 2]
-        for j in range(first_block, first_block + blocks_here):
-            nt = min(cols, n_total - j * cols)
-            while index < len(chunks) and chunks[index][0] == j:
-                _, chunk_k0, count = chunks[index]
-                slot = slots[index % STREAM_SLOTS]
-                for k0 in range(chunk_k0, chunk_k0 + count, rows):
-                    kt = min(rows, k_total - k0)
-                    ctx.emitter.emit("load_weights", dtype=product.weight_dtype,
-                                     addr=slot + (k0 - chunk_k0) * nt * wsize, k=kt, n=nt, stride=nt)
-                    ctx.emitter.emit("matmul", dtype=product.operand, a=a_tile + k0 * size, a_rs=k_total, m=m_total,
-                                     c=c_tile + (j - first_block) * cols * 4, c_rs=width_here, accumulate=int(k0 > 0))
-                if index + STREAM_SLOTS < len(chunks):
-                    fetch(index + STREAM_SLOTS)
-                index += 1
-        finisher.finish(c_tile, m_total, width_here, False, n0, out,
-                        _block_of((slice(0, m_total), slice(n0, n0 + width_here))))
+    index = number = 0
+    for r0 in range(0, m_total, row_block):
+        mt = min(row_block, m_total - r0)
+        block_end = (r0 // row_block + 1) * len(chunks)  # this row block's fetches end here
+        for first_block, blocks_here in _groups(n_blocks, group, tapered):
+            n0 = first_block * cols
+            width_here = min(blocks_here * cols, n_total - n0)
+            c_tile = c_buffers[number % 2]
+            number += 1
+            for j in range(first_block, first_block + blocks_here):
+                nt = min(cols, n_total - j * cols)
+                while index < block_end and chunks[index % len(chunks)][0] == j:
+                    _, chunk_k0, count = chunks[index % len(chunks)]
+                    slot = slots[index % STREAM_SLOTS]
+                    for k0 in range(chunk_k0, chunk_k0 + count, rows):
+                        kt = min(rows, k_total - k0)
+                        ctx.emitter.emit("load_weights", dtype=product.weight_dtype,
+                                         addr=slot + (k0 - chunk_k0) * nt * wsize, k=kt, n=nt, stride=nt)
+                        ctx.emitter.emit("matmul", dtype=product.operand, a=a_tile + (r0 * k_total + k0) * size,
+                                         a_rs=k_total, m=mt, c=c_tile + (j - first_block) * cols * 4, c_rs=width_here,
+                                         accumulate=int(k0 > 0))
+                    if index + STREAM_SLOTS < fetches:
+                        fetch(index + STREAM_SLOTS)
+                    index += 1
+            finisher.finish(c_tile, mt, width_here, False, n0, out,
+                            _block_of((slice(r0, r0 + mt), slice(n0, n0 + width_here))))
     return True
 
 
