@@ -1,6 +1,7 @@
 """What each optimisation gives: simulated cycles at -O0, -O1 and -O2, and at -O2 without each
 pass of -O1/-O2 and code generation step (interleave), and without DRAM reuse, with each one's
-share of the -O0 -> -O2 gain.
+share of the -O0 -> -O2 gain; then -O2 with --fast-math (the FAST_MATH passes, which -O2 does
+not run unless asked).
 
     python benchmarks/passes.py [--config edge] [--models resnet50,minilm] [--precision int8]
 
@@ -32,7 +33,7 @@ def cycles(model, config: str, precision: str, inputs: dict, **options) -> int:
 
 
 def main() -> int:
-    from compiler.pipeline import CODEGEN_STEPS, PASSES, Precision, quantize_for
+    from compiler.pipeline import CODEGEN_STEPS, FAST_MATH, PASSES, Precision, quantize_for
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="edge")
@@ -40,7 +41,7 @@ def main() -> int:
     parser.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="int8")
     parser.add_argument("--samples", type=int, default=4)
     args = parser.parse_args()
-    optional = [name for name, _, level in PASSES if level >= 1] + list(CODEGEN_STEPS)
+    optional = [name for name, _, level in PASSES if level >= 1 and name not in FAST_MATH] + list(CODEGEN_STEPS)
     for name, model, make_input in models_and_inputs(args.models.split(",")):
         rng = np.random.default_rng(0)
         samples = [make_input(rng) for _ in range(args.samples)]
@@ -59,6 +60,8 @@ def main() -> int:
                                             disabled_passes=[p])) for p in optional]
         rows.append(("-O2 without DRAM reuse", cycles(model, args.config, precision, samples[0], opt_level=2,
                                                       keep_intermediates=True)))
+        rows.append(("-O2 with --fast-math", cycles(model, args.config, precision, samples[0], opt_level=2,
+                                                    fast_math=True)))
         for label, value in rows:
             share = (value - levels[2]) / gain if gain else 0.0
             print(f"| {label} | {value:,} | {value / levels[2]:.2f}x | {share:.1%} |")
