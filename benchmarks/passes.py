@@ -60,11 +60,11 @@ def main() -> int:
                                             disabled_passes=[p])) for p in optional]
         rows.append(("-O2 without DRAM reuse", cycles(model, args.config, precision, samples[0], opt_level=2,
                                                       keep_intermediates=True)))
-        rows.append(("-O2 with --fast-math", cycles(model, args.config, precision, samples[0], opt_level=2,
-                                                    fast_math=True)))
         for label, value in rows:
             share = (value - levels[2]) / gain if gain else 0.0
             print(f"| {label} | {value:,} | {value / levels[2]:.2f}x | {share:.1%} |")
+        fast = cycles(model, args.config, precision, samples[0], opt_level=2, fast_math=True)
+        print(f"| -O2 with --fast-math | {fast:,} | {fast / levels[2]:.2f}x | (beyond -O2) |")
     return 0
 
 
