@@ -65,8 +65,9 @@ PASSES: list[tuple[str, Pass, int]] = [
 FAST_MATH = {"reciprocal_of_constant_divisor"}
 
 # Steps of the code generator that `disabled_passes` (--disable-pass) can leave out as well, with
-# their level: interleaving a vector kernel's code into the matrix kernel's before it.
-CODEGEN_STEPS = {"interleave": 2}
+# their level: interleaving a vector kernel's code into the matrix kernel's before it, and attention's
+# two products with the softmax between them as one kernel.
+CODEGEN_STEPS = {"interleave": 2, "attention": 2}
 
 
 def pass_names() -> list[str]:
@@ -200,7 +201,8 @@ def compile(model: str | Path | onnx.ModelProto, config: str | Path | Accelerato
     program = generate(graph, config, opt_level < 2 if keep_intermediates is None else keep_intermediates,
                        state=state, search=opt_level >= 3,
                        interleave_kernels=opt_level >= CODEGEN_STEPS["interleave"]
-                       and "interleave" not in disabled_passes)
+                       and "interleave" not in disabled_passes,
+                       fuse_attention=opt_level >= CODEGEN_STEPS["attention"] and "attention" not in disabled_passes)
     if report and program.precision == "int8":
         from compiler.quantize.ptq import describe
 

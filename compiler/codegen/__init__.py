@@ -26,6 +26,7 @@ from dataclasses import replace
 from compiler.codegen.context import CodegenContext, View, accelerator_dtype, node_label
 from compiler.codegen.interleave import JOIN, Recorded, interleave
 from compiler.codegen.kernels import ALIASES, KERNELS, MATRIX_KERNELS
+from compiler.codegen.kernels.attention import attention_kernel, fusable
 from compiler.codegen.kernels.rows import ROW_KERNELS
 from compiler.codegen.memory import CONSTANTS_BASE, Lifetimes, aligned, relocate_constants
 from compiler.errors import UnsupportedOpError
@@ -39,9 +40,10 @@ ROOM = 1 / 8  # an interleaved kernel's buffers go above the previous kernel's w
 
 
 def generate(graph: Graph, config: AcceleratorConfig, keep_intermediates: bool = True,
-             state: StateDeclaration = None, search: bool = False, interleave_kernels: bool = False) -> Program:
+             state: StateDeclaration = None, search: bool = False, interleave_kernels: bool = False,
+             fuse_attention: bool = False) -> Program:
     with _cycle_collection_paused():
-        return _generate(graph, config, keep_intermediates, state, search, interleave_kernels)
+        return _generate(graph, config, keep_intermediates, state, search, interleave_kernels, fuse_attention)
 
 
 @contextmanager
@@ -59,7 +61,7 @@ def _cycle_collection_paused():
 
 
 def _generate(graph: Graph, config: AcceleratorConfig, keep_intermediates: bool, state: StateDeclaration,
-              search: bool, interleave_kernels: bool) -> Program:
+              search: bool, interleave_kernels: bool, fuse_attention: bool) -> Program:
     ctx = CodegenContext(config, graph, search)
     reuse = not keep_intermediates
     state_pairs = resolve_state(graph, state)
@@ -77,21 +79,35 @@ def _generate(graph: Graph, config: AcceleratorConfig, keep_intermediates: bool,
     interleaved = _interleaved(graph) if interleave_kernels else {}
     producers = {producer: consumer for consumer, producer in interleaved.items()}
     pending: Recorded = []  # the previous kernel's code while the next one is to interleave with it
+    # Attention's scores products whose product with V is emitted with them (kernels/attention.py): node
+    # index -> the other node's index; `fused` holds those emitted that way.
+    attention = _attention_pairs(graph, interleaved) if fuse_attention else {}
+    fused: set[int] = set()
+
+    def place_outputs(node: Node) -> None:
+        for value in (graph.values[name] for name in node.outputs if name):
+            if value.name in ctx.views:  # placed early, with the scores product before it
+                continue
+            if value.name in state_input_of:  # updated in place: the kernel sees its data's view
+                ctx.views[value.name] = ctx.views[state_input_of[value.name]]
+                continue
+            ctx.views[value.name] = ctx.allocate(value.shape, accelerator_dtype(value.dtype, value.name, node.op))
+            placed[value.name] = len(ctx.dram.history) - 1
+
     for index, node in enumerate(graph.nodes):
         if node.op not in KERNELS and node.op not in ALIASES:
             raise UnsupportedOpError(node.op, node.name, None, "the code generator has no kernel for it yet")
         outputs = [graph.values[name] for name in node.outputs if name]
         scratch: list[int] = []
-        if node.op in ALIASES:
+        if index in fused:
+            pass  # emitted with the scores product
+        elif node.op in ALIASES:
             source = ctx.view(node.inputs[0])
             ctx.views[outputs[0].name] = View.dense(source.addr, source.dtype, outputs[0].shape)
+        elif index in attention and _attention(ctx, node, graph.nodes[attention[index]], place_outputs):
+            fused.add(attention[index])
         else:
-            for value in outputs:
-                if value.name in state_input_of:  # updated in place: the kernel sees its data's view
-                    ctx.views[value.name] = ctx.views[state_input_of[value.name]]
-                    continue
-                ctx.views[value.name] = ctx.allocate(value.shape, accelerator_dtype(value.dtype, value.name, node.op))
-                placed[value.name] = len(ctx.dram.history) - 1
+            place_outputs(node)
             above = _above(ctx) if index in interleaved else None
             name = node_label(node)
             # Only code that interleaves, or that the next kernel interleaves with, is recorded; the rest is
@@ -108,7 +124,9 @@ def _generate(graph: Graph, config: AcceleratorConfig, keep_intermediates: bool,
                 for instruction, group in code:
                     ctx.emitter.append(instruction, group)
         if reuse:  # an interleaved kernel's outputs may take this DRAM: the merge orders its writes there
-            for address in [ctx.views[root].addr for root in lifetimes.dies_after[index]] + scratch:
+            # (attention's probabilities, kept on chip, never had any)
+            for address in [ctx.views[root].addr for root in lifetimes.dies_after[index] if root in ctx.views] \
+                    + scratch:
                 ctx.dram.free(address)
     outputs = [_tensor(graph, name, ctx.view(name)) for name in graph.outputs]
     instructions, debug = ctx.emitter.finish()
@@ -121,8 +139,8 @@ def _generate(graph: Graph, config: AcceleratorConfig, keep_intermediates: bool,
     inputs = [_tensor(graph, name, ctx.views[name]) for name in graph.inputs]
     overwritten = ctx.dram.overwritten()
     kept = [_tensor(graph, name, ctx.views[name], node.name or node.op) for node in graph.nodes
-            for name in node.outputs if name in lifetimes.root and name not in graph.outputs
-            and not overwritten[placed[lifetimes.root[name]]]]
+            for name in node.outputs if name in lifetimes.root and lifetimes.root[name] in placed
+            and name not in graph.outputs and not overwritten[placed[lifetimes.root[name]]]]
     return Program(config, instructions, inputs, outputs, constants, debug, max(dram_bytes, 4),
                    debug_tensors=kept, precision=_precision(graph), activation_bytes=activation_bytes,
                    notes=ctx.notes, scratchpad_peak=ctx.scratchpad_peak, state=state_pairs)
@@ -147,6 +165,35 @@ def _interleaved(graph: Graph) -> dict[int, int]:
             chosen[index] = previous
         previous = index
     return chosen
+
+
+def _attention_pairs(graph: Graph, interleaved: dict[int, int]) -> dict[int, int]:
+    """Attention's scores products (with their softmax) and the product of their probabilities with V
+    right after them (only aliases between), where kernels/attention.fusable allows: scores node index ->
+    values node index. Kernels that interleave keep to that."""
+    taking_part = set(interleaved) | set(interleaved.values())
+    pairs, previous = {}, None
+    for index, node in enumerate(graph.nodes):
+        if node.op in ALIASES:
+            continue
+        if previous is not None and not {previous, index} & taking_part \
+                and fusable(graph, graph.nodes[previous], node):
+            pairs[previous] = index
+        previous = index
+    return pairs
+
+
+def _attention(ctx: CodegenContext, scores: Node, values: Node, place_outputs) -> bool:
+    """Emit the two nodes as one attention kernel, their probabilities never in DRAM; False, having emitted
+    nothing, when that does not fit on chip (the caller then emits them one by one)."""
+    place_outputs(values)
+    group = node_label(scores) + JOIN + node_label(values)
+    try:
+        with ctx.emitter.node(group):
+            attention_kernel(ctx, scores, values)
+    except (MemoryError, UnsupportedOpError):
+        return False
+    return True
 
 
 def _above(ctx: CodegenContext) -> tuple[int, int] | None:

@@ -241,11 +241,13 @@ class Finisher:
         return 0
 
     def finish(self, tile: int, rows: int, cols: int, channels_on_rows: bool, first_channel: int, out: View,
-               block_of: Callable[[View], View]) -> None:
+               block_of: Callable[[View], View], store: bool = True) -> int:
         """The dense [rows, cols] accumulator tile at `tile` -> its block of `out` ([rows, cols], or
         [cols, rows] when transposing), channels first_channel.. along its rows or columns.
         `block_of` gives the tile's block of a view laid out like the output: of `out`, of the
-        product's addend and of its tail's per-element operands."""
+        product's addend and of its tail's per-element operands. Returns where the finished block is
+        on chip; without `store` it stays there (fused attention's probabilities): `out` then only
+        lays out the tail's operands."""
         product, emit = self.product, self.ctx.emitter.emit
         target = block_of(out)
         addend = block_of(product.addend) if product.addend is not None else None
@@ -289,7 +291,9 @@ class Finisher:
         if product.softmax:
             result = self._softmax(result, out_rows, out_cols)
         self.count += 1
-        self.ctx.dma_out(result, target)
+        if store:
+            self.ctx.dma_out(result, target)
+        return result
 
     def _softmax(self, result: int, rows: int, cols: int) -> int:
         """Softmax along each row of the dense f32 tile at `result` (whole rows), as the Softmax

@@ -713,6 +713,16 @@ def _matrix_operand(ctx: CodegenContext, name: str, node: Node, transpose: bool 
 
 def matmul_kernel(ctx: CodegenContext, node: Node) -> None:
     """MatMul: numpy matmul semantics, including 1-D operands and broadcast batches."""
+    a, b, result, bias, epilogue, product = matmul_operands(ctx, node)
+    # Only a run-time b is ever loaded whole (the order question below); constants skip the graph walk.
+    run_time_b = not ctx.graph.values[node.inputs[1]].is_const
+    matmul_views(ctx, a, b, result, node, bias=bias, product=product, epilogue=epilogue,
+                 a_first=run_time_b and _computed_before(ctx, node.inputs[0], node.inputs[1]))
+
+
+def matmul_operands(ctx: CodegenContext, node: Node) -> tuple:
+    """A MatMul/FusedMatMul node's operands as matmul_views takes them: (a, b, result view, bias view,
+    epilogue fields, Product or None)."""
     a, out = ctx.view(node.inputs[0]), ctx.view(node.outputs[0])
     if node.attrs.get("perm_a"):  # FusedMatMul: A read transposed (with a run-time B)
         a = a.transpose(node.attrs["perm_a"])
@@ -741,10 +751,7 @@ def matmul_kernel(ctx: CodegenContext, node: Node) -> None:
     # round_a/round_b: an f32 operand multiplied as bf16, rounded on chip as it is loaded.
     rounded = "bf16" in (node.attrs.get("round_a"), node.attrs.get("round_b"))
     product = Product(DType.BF16, **epilogue) if rounded else None
-    # Only a run-time b is ever loaded whole (the order question below); constants skip the graph walk.
-    run_time_b = not ctx.graph.values[node.inputs[1]].is_const
-    matmul_views(ctx, a, b, result, node, bias=bias, product=product, epilogue=epilogue,
-                 a_first=run_time_b and _computed_before(ctx, node.inputs[0], node.inputs[1]))
+    return a, b, result, bias, epilogue, product
 
 
 def _computed_before(ctx: CodegenContext, first: str, second: str) -> bool:

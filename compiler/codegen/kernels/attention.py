@@ -1,0 +1,153 @@
+"""Attention on chip: the scores product with its softmax, then the product with V, as one kernel (-O2).
+
+A transformer's attention is two products with a softmax between them: S = softmax(tail(Q K^T))
+(`fuse_softmax`'s FusedMatMul: scale and mask as its tail, the softmax on whole rows) and
+O = S V. Emitted apart, the probabilities S make a DRAM round trip (12 heads x 128 x 128 fp32 is
+768 KiB each way for MiniLM) and, worse, the array idles while the vector unit runs the softmax
+of every head, and the vector unit idles while the array multiplies by V.
+
+Here each block of score rows stays on chip: for block i the array computes Q_i K^T into one of
+two accumulator tiles, the vector unit finishes it (tail, softmax) into one of two sets of
+scratchpad buffers, and the array multiplies those probabilities, as the streamed rows, by V's
+tiles into one of two result tiles, which the vector unit finishes (its tail: the quantization
+for the next int8 product) and stores. The code is emitted software-pipelined, Q_{i+1} K^T
+before P_i V, so that the array works on the next block's scores while the vector unit runs this
+block's softmax.
+
+`pairs` (compiler/codegen/__init__.py) says which node pairs qualify; the kernel raises
+MemoryError, emitting nothing, when two blocks of at least one row do not fit on chip.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from compiler.codegen.context import LOCAL_ALIGN, CodegenContext, View, unsupported
+from compiler.codegen.kernels.epilogue import Finisher, Product
+from compiler.codegen.kernels.matmul import _as_matrix_batches, _block_of, matmul_operands
+from compiler.ir import Graph, Node
+from isa.dtypes import DType
+
+F32 = DType.F32
+
+
+def fusable(graph: Graph, scores: Node, values: Node) -> bool:
+    """Whether `scores` (a FusedMatMul with its softmax) and `values` (the product of its result, read by
+    nothing else, with a run-time V) can run as one attention kernel: fp32 operands, neither with a bias,
+    an addend, an activation or operands rounded to bf16, the probabilities as they are (no perm_a), and
+    the same batches on both sides."""
+    probabilities = scores.outputs[0]
+    if scores.op != "FusedMatMul" or not scores.attrs.get("softmax") or values.op not in ("MatMul", "FusedMatMul"):
+        return False
+    if values.inputs[0] != probabilities or values.inputs.count(probabilities) != 1 or values.attrs.get("softmax") \
+            or values.attrs.get("perm_a") or probabilities in graph.outputs:
+        return False
+    for node in (scores, values):
+        if node.attrs.get("round_a") or node.attrs.get("round_b") or node.attrs.get("activation") \
+                or any(len(node.inputs) > i and node.inputs[i] for i in (2, 3)):
+            return False
+    operands = [scores.inputs[0], scores.inputs[1], values.inputs[1]]
+    if any(graph.values[name].dtype != "f32" or graph.values[name].is_const for name in operands):
+        return False
+    score_shape, value_shape = graph.values[probabilities].shape, graph.values[values.outputs[0]].shape
+    if values.attrs.get("perm_out"):  # the result as computed, before it is written transposed
+        value_shape = tuple(value_shape[axis] for axis in np.argsort(values.attrs["perm_out"]))
+    return len(score_shape) >= 3 and score_shape[:-1] == value_shape[:-1]
+
+
+def attention_kernel(ctx: CodegenContext, scores_node: Node, values_node: Node) -> None:
+    """The two nodes' products (module docstring); their output is the values node's."""
+    config = ctx.config
+    rows, cols = config.array_rows, config.array_cols
+    probabilities = scores_node.outputs[0]
+    shape = ctx.graph.values[probabilities].shape
+    # The probabilities never reach DRAM: the operand views are built with a stand-in view of their layout.
+    layout = ctx.views[probabilities] = View.dense(0, F32, shape)
+    try:
+        q, k, _, _, score_epilogue, _ = matmul_operands(ctx, scores_node)
+        _, v, result, _, value_epilogue, _ = matmul_operands(ctx, values_node)
+    finally:
+        del ctx.views[probabilities]
+    scores_product, values_product = Product(F32, **score_epilogue), Product(F32, **value_epilogue)
+    if result.dtype != values_product.out:
+        raise unsupported(values_node, f"attention with a {result.dtype.asm_name} result")
+    batch_shape, (m_total, n_total) = shape[:-2], shape[-2:]
+    q, k, v = (_as_matrix_batches(view, batch_shape) for view in (q, k, v))
+    depth, width = q.shape[-1], result.shape[-1]  # Q's columns (head size), and V's
+    spad, acc = ctx.scratchpad(), ctx.accumulator()
+
+    def fits(m: int) -> bool:
+        local = (2 * Finisher.reserve_bytes(scores_product, m, n_total, n_total)
+                 + Finisher.reserve_bytes(values_product, m, width, width)
+                 + 2 * (m * depth * 4 + LOCAL_ALIGN)
+                 + 2 * (depth * n_total * 4 + n_total * width * 4 + 2 * LOCAL_ALIGN))
+        return local <= spad.free and 2 * (m * n_total + m * width) * 4 + 4 * LOCAL_ALIGN <= acc.free
+
+    m_tile = min(m_total, 65535)
+    while m_tile > 1 and not fits(m_tile):
+        m_tile = -(-m_tile // 2)
+    if not fits(m_tile):
+        raise MemoryError(f"attention: two blocks of a row of {n_total} scores do not fit on chip")
+    score_finishers = [Finisher(ctx, scores_product, spad, m_tile, n_total, n_total) for _ in range(2)]
+    value_finisher = Finisher(ctx, values_product, spad, m_tile, width, width)
+    q_tiles = [spad.alloc(m_tile * depth * 4) for _ in range(2)]
+    # Each batch's K^T [depth, n_total] and V [n_total, width] on chip, two batches at a time.
+    k_sets = [spad.alloc(depth * n_total * 4) for _ in range(2)]
+    v_sets = [spad.alloc(n_total * width * 4) for _ in range(2)]
+    score_tiles = [acc.alloc(m_tile * n_total * 4) for _ in range(2)]
+    value_tiles = [acc.alloc(m_tile * width * 4) for _ in range(2)]
+    batches = list(np.ndindex(*batch_shape))
+    blocks = [(number, m0, min(m_tile, m_total - m0)) for number in range(len(batches))
+              for m0 in range(0, m_total, m_tile)]
+    ctx.note(f"attention on chip: {len(batches)} batches in blocks of {m_tile} rows; K and V on chip per batch, "
+             f"scores of {n_total} columns and their softmax stay on chip, pipelined with the product by V "
+             f"({width} columns)")
+    resident: dict[int, tuple] = {}  # batch number -> how its K^T and V lie on chip
+
+    def load_batch(number: int) -> None:
+        index = batches[number]
+        resident[number] = (_load_whole(ctx, k.at(*index), k_sets[number % 2]),
+                            _load_whole(ctx, v.at(*index), v_sets[number % 2]))
+
+    def product(a_tile: int, a_width: int, b: tuple, c_tile: int, c_width: int, mt: int) -> None:
+        """c [mt, c_width] = a [mt, a_width] (on chip, dense) @ b [a_width, c_width] (on chip, `_load_whole`)."""
+        address, by_columns, row = b
+        for n0 in range(0, c_width, cols):
+            for k0 in range(0, a_width, rows):
+                kt, nt = min(rows, a_width - k0), min(cols, c_width - n0)
+                first = n0 * row + k0 if by_columns else k0 * row + n0
+                ctx.emitter.emit("load_weights", dtype=F32, addr=address + first * 4, k=kt, n=nt, stride=row,
+                                 transpose=int(by_columns))
+                ctx.emitter.emit("matmul", dtype=F32, a=a_tile + k0 * 4, a_rs=a_width, m=mt, c=c_tile + n0 * 4,
+                                 c_rs=c_width, accumulate=int(k0 > 0))
+
+    on_chip: list[int] = []  # each block's probabilities, where its finisher left them
+    load_batch(0)
+    for step in range(len(blocks) + 1):
+        if step < len(blocks):  # this block's scores
+            number, m0, mt = blocks[step]
+            ctx.dma_in(q_tiles[step % 2], q.at(*batches[number]).window(0, m0, m0 + mt))
+            product(q_tiles[step % 2], depth, resident[number][0], score_tiles[step % 2], n_total, mt)
+        if step:  # the previous block's probabilities times V
+            number, m0, mt = blocks[step - 1]
+            product(on_chip[step - 1], n_total, resident[number][1], value_tiles[(step - 1) % 2], width, mt)
+        if step + 1 < len(blocks) and blocks[step + 1][0] != blocks[step][0]:
+            load_batch(blocks[step + 1][0])  # the next batch's K and V, once the one before it is done with
+        if step < len(blocks):  # this block's tail and softmax, left on chip
+            number, m0, mt = blocks[step]
+            on_chip.append(score_finishers[step % 2].finish(
+                score_tiles[step % 2], mt, n_total, False, 0, layout,
+                _block_of((slice(m0, m0 + mt), slice(0, n_total)), batches[number]), store=False))
+        if step:  # the previous block's result, finished and stored
+            number, m0, mt = blocks[step - 1]
+            value_finisher.finish(value_tiles[(step - 1) % 2], mt, width, False, 0, result,
+                                  _block_of((slice(m0, m0 + mt), slice(0, width)), batches[number]))
+
+
+def _load_whole(ctx: CodegenContext, view: View, address: int) -> tuple[int, bool, int]:
+    """A right operand [K, N] on chip whole, as it lies in DRAM (read by columns when K has unit stride: a
+    folded Transpose), for load_weights to take tiles from: (address, read by columns, row length)."""
+    by_columns = view.strides[0] == 1 and view.strides[1] > 1
+    stored = view.transpose((1, 0)) if by_columns else view
+    ctx.dma_in(address, stored)
+    return address, by_columns, stored.shape[1]
