@@ -184,15 +184,28 @@ def _attention_pairs(graph: Graph, interleaved: dict[int, int]) -> dict[int, int
 
 
 def _attention(ctx: CodegenContext, scores: Node, values: Node, place_outputs) -> bool:
-    """Emit the two nodes as one attention kernel, their probabilities never in DRAM; False, having emitted
-    nothing, when that does not fit on chip (the caller then emits them one by one)."""
+    """Emit the two nodes as one attention kernel, their probabilities never in DRAM, when the cost model
+    times that faster than the two kernels apart (a small problem on a wide array can do better apart:
+    the scores product there puts several heads side by side in one weight tile); False, having emitted
+    nothing, when it does not (or does not fit on chip): the caller then emits them one by one."""
     place_outputs(values)
-    group = node_label(scores) + JOIN + node_label(values)
-    try:
-        with ctx.emitter.node(group):
-            attention_kernel(ctx, scores, values)
-    except (MemoryError, UnsupportedOpError):
-        return False
+
+    graph = ctx.graph
+
+    def apart() -> None:  # (timed only: the trial puts back the DRAM it takes)
+        probabilities = graph.values[scores.outputs[0]]
+        ctx.views[probabilities.name] = ctx.allocate(probabilities.shape, accelerator_dtype(
+            probabilities.dtype, probabilities.name, scores.op))
+        for node in (scores, values):
+            KERNELS[node.op](ctx, node)
+
+    key = ("attention", *(repr((node.attrs, [(graph.values[name].shape, graph.values[name].dtype)
+                                             for name in node.inputs + node.outputs if name]))
+                          for node in (scores, values)))
+    with ctx.emitter.node(node_label(scores) + JOIN + node_label(values)):
+        if ctx.fastest({"on chip": lambda: attention_kernel(ctx, scores, values), "apart": apart}, key) != "on chip":
+            return False
+        attention_kernel(ctx, scores, values)
     return True
 
 

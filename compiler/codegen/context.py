@@ -244,18 +244,26 @@ class CodegenContext:
         that does not fit on chip drops out; ties go to the first. A problem with the `key` of
         one searched before takes the same choice without a search."""
         if self.search and len(candidates) > 1:
-            if key is not None and key in self._choices:
-                best, searched_at = self._choices[key]
-                self.note(f"as searched for {searched_at}: {best}")
-            else:
-                best = self._search(samples or candidates, sample_note if samples else "")
-                if key is not None and best is not None:
-                    self._choices[key] = best, self.emitter.current_node
+            best = self.fastest(samples or candidates, key, sample_note if samples else "")
             if best is not None:
                 candidates = {best: candidates[best]}
         name, emit = next(iter(candidates.items()))
         emit()
         return name
+
+    def fastest(self, candidates: dict[str, Callable[[], None]], key: Hashable = None,
+                sample_note: str = "") -> str | None:
+        """The name of the candidate (name -> function emitting it) the cost model times fastest, each
+        emitted into a scratch program (`_trial`) that is then dropped; None when none fits on chip. A
+        problem with the `key` of one timed before takes the same answer without timing."""
+        if key is not None and key in self._choices:
+            best, searched_at = self._choices[key]
+            self.note(f"as searched for {searched_at}: {best}")
+            return best
+        best = self._search(candidates, sample_note)
+        if key is not None and best is not None:
+            self._choices[key] = best, self.emitter.current_node
+        return best
 
     def _search(self, candidates: dict[str, Callable[[], None]], sample_note: str) -> str | None:
         timed = {}

@@ -24,7 +24,7 @@ import numpy as np
 
 from compiler.codegen.context import LOCAL_ALIGN, CodegenContext, View, unsupported
 from compiler.codegen.kernels.epilogue import Finisher, Product
-from compiler.codegen.kernels.matmul import _as_matrix_batches, _block_of, matmul_operands
+from compiler.codegen.kernels.matmul import _as_matrix_batches, _block_of, _load_rows, _round_to, matmul_operands
 from compiler.ir import Graph, Node
 from isa.dtypes import DType
 
@@ -33,18 +33,20 @@ F32 = DType.F32
 
 def fusable(graph: Graph, scores: Node, values: Node) -> bool:
     """Whether `scores` (a FusedMatMul with its softmax) and `values` (the product of its result, read by
-    nothing else, with a run-time V) can run as one attention kernel: fp32 operands, neither with a bias,
-    an addend, an activation or operands rounded to bf16, the probabilities as they are (no perm_a), and
-    the same batches on both sides."""
+    nothing else, with a run-time V) can run as one attention kernel: fp32 operands (both products
+    multiplying them as they are, or both rounding both to bf16), neither with a bias, an addend or an
+    activation, the probabilities as they are (no perm_a), and the same batches on both sides."""
     probabilities = scores.outputs[0]
     if scores.op != "FusedMatMul" or not scores.attrs.get("softmax") or values.op not in ("MatMul", "FusedMatMul"):
         return False
     if values.inputs[0] != probabilities or values.inputs.count(probabilities) != 1 or values.attrs.get("softmax") \
             or values.attrs.get("perm_a") or probabilities in graph.outputs:
         return False
+    roundings = {(node.attrs.get("round_a"), node.attrs.get("round_b")) for node in (scores, values)}
+    if roundings not in ({(None, None)}, {("bf16", "bf16")}):
+        return False
     for node in (scores, values):
-        if node.attrs.get("round_a") or node.attrs.get("round_b") or node.attrs.get("activation") \
-                or any(len(node.inputs) > i and node.inputs[i] for i in (2, 3)):
+        if node.attrs.get("activation") or any(len(node.inputs) > i and node.inputs[i] for i in (2, 3)):
             return False
     operands = [scores.inputs[0], scores.inputs[1], values.inputs[1]]
     if any(graph.values[name].dtype != "f32" or graph.values[name].is_const for name in operands):
@@ -68,7 +70,10 @@ def attention_kernel(ctx: CodegenContext, scores_node: Node, values_node: Node) 
         _, v, result, _, value_epilogue, _ = matmul_operands(ctx, values_node)
     finally:
         del ctx.views[probabilities]
-    scores_product, values_product = Product(F32, **score_epilogue), Product(F32, **value_epilogue)
+    # bf16 products: Q, K and V rounded as they are loaded, the probabilities after their softmax.
+    operand = DType.BF16 if scores_node.attrs.get("round_a") else F32
+    size, rounded = operand.size, operand != F32
+    scores_product, values_product = Product(operand, **score_epilogue), Product(operand, **value_epilogue)
     if result.dtype != values_product.out:
         raise unsupported(values_node, f"attention with a {result.dtype.asm_name} result")
     batch_shape, (m_total, n_total) = shape[:-2], shape[-2:]
@@ -76,11 +81,14 @@ def attention_kernel(ctx: CodegenContext, scores_node: Node, values_node: Node) 
     depth, width = q.shape[-1], result.shape[-1]  # Q's columns (head size), and V's
     spad, acc = ctx.scratchpad(), ctx.accumulator()
 
+    staging = max(depth, width) * n_total * 4 if rounded else 0  # f32 K or V, or a block of Q, before rounding
+
     def fits(m: int) -> bool:
         local = (2 * Finisher.reserve_bytes(scores_product, m, n_total, n_total)
                  + Finisher.reserve_bytes(values_product, m, width, width)
-                 + 2 * (m * depth * 4 + LOCAL_ALIGN)
-                 + 2 * (depth * n_total * 4 + n_total * width * 4 + 2 * LOCAL_ALIGN))
+                 + 2 * (m * depth * size + LOCAL_ALIGN) + max(staging, m * depth * 4 if rounded else 0)
+                 + (2 * (m * n_total * size + LOCAL_ALIGN) if rounded else 0)
+                 + 2 * ((depth + width) * n_total * size + 2 * LOCAL_ALIGN))
         return local <= spad.free and 2 * (m * n_total + m * width) * 4 + 4 * LOCAL_ALIGN <= acc.free
 
     m_tile = min(m_total, 65535)
@@ -90,10 +98,12 @@ def attention_kernel(ctx: CodegenContext, scores_node: Node, values_node: Node) 
         raise MemoryError(f"attention: two blocks of a row of {n_total} scores do not fit on chip")
     score_finishers = [Finisher(ctx, scores_product, spad, m_tile, n_total, n_total) for _ in range(2)]
     value_finisher = Finisher(ctx, values_product, spad, m_tile, width, width)
-    q_tiles = [spad.alloc(m_tile * depth * 4) for _ in range(2)]
+    q_tiles = [spad.alloc(m_tile * depth * size) for _ in range(2)]
     # Each batch's K^T [depth, n_total] and V [n_total, width] on chip, two batches at a time.
-    k_sets = [spad.alloc(depth * n_total * 4) for _ in range(2)]
-    v_sets = [spad.alloc(n_total * width * 4) for _ in range(2)]
+    k_sets = [spad.alloc(depth * n_total * size) for _ in range(2)]
+    v_sets = [spad.alloc(n_total * width * size) for _ in range(2)]
+    stage = spad.alloc(max(staging, m_tile * depth * 4)) if rounded else 0
+    p_tiles = [spad.alloc(m_tile * n_total * size) for _ in range(2)] if rounded else []
     score_tiles = [acc.alloc(m_tile * n_total * 4) for _ in range(2)]
     value_tiles = [acc.alloc(m_tile * width * 4) for _ in range(2)]
     batches = list(np.ndindex(*batch_shape))
@@ -106,8 +116,8 @@ def attention_kernel(ctx: CodegenContext, scores_node: Node, values_node: Node) 
 
     def load_batch(number: int) -> None:
         index = batches[number]
-        resident[number] = (_load_whole(ctx, k.at(*index), k_sets[number % 2]),
-                            _load_whole(ctx, v.at(*index), v_sets[number % 2]))
+        resident[number] = (_load_whole(ctx, k.at(*index), k_sets[number % 2], operand, stage),
+                            _load_whole(ctx, v.at(*index), v_sets[number % 2], operand, stage))
 
     def product(a_tile: int, a_width: int, b: tuple, c_tile: int, c_width: int, mt: int) -> None:
         """c [mt, c_width] = a [mt, a_width] (on chip, dense) @ b [a_width, c_width] (on chip, `_load_whole`)."""
@@ -116,17 +126,17 @@ def attention_kernel(ctx: CodegenContext, scores_node: Node, values_node: Node) 
             for k0 in range(0, a_width, rows):
                 kt, nt = min(rows, a_width - k0), min(cols, c_width - n0)
                 first = n0 * row + k0 if by_columns else k0 * row + n0
-                ctx.emitter.emit("load_weights", dtype=F32, addr=address + first * 4, k=kt, n=nt, stride=row,
+                ctx.emitter.emit("load_weights", dtype=operand, addr=address + first * size, k=kt, n=nt, stride=row,
                                  transpose=int(by_columns))
-                ctx.emitter.emit("matmul", dtype=F32, a=a_tile + k0 * 4, a_rs=a_width, m=mt, c=c_tile + n0 * 4,
-                                 c_rs=c_width, accumulate=int(k0 > 0))
+                ctx.emitter.emit("matmul", dtype=operand, a=a_tile + k0 * size, a_rs=a_width, m=mt,
+                                 c=c_tile + n0 * 4, c_rs=c_width, accumulate=int(k0 > 0))
 
     on_chip: list[int] = []  # each block's probabilities, where its finisher left them
     load_batch(0)
     for step in range(len(blocks) + 1):
         if step < len(blocks):  # this block's scores
             number, m0, mt = blocks[step]
-            ctx.dma_in(q_tiles[step % 2], q.at(*batches[number]).window(0, m0, m0 + mt))
+            _load_rows(ctx, q_tiles[step % 2], q.at(*batches[number]).window(0, m0, m0 + mt), operand, stage)
             product(q_tiles[step % 2], depth, resident[number][0], score_tiles[step % 2], n_total, mt)
         if step:  # the previous block's probabilities times V
             number, m0, mt = blocks[step - 1]
@@ -135,19 +145,24 @@ def attention_kernel(ctx: CodegenContext, scores_node: Node, values_node: Node) 
             load_batch(blocks[step + 1][0])  # the next batch's K and V, once the one before it is done with
         if step < len(blocks):  # this block's tail and softmax, left on chip
             number, m0, mt = blocks[step]
-            on_chip.append(score_finishers[step % 2].finish(
+            finished = score_finishers[step % 2].finish(
                 score_tiles[step % 2], mt, n_total, False, 0, layout,
-                _block_of((slice(m0, m0 + mt), slice(0, n_total)), batches[number]), store=False))
+                _block_of((slice(m0, m0 + mt), slice(0, n_total)), batches[number]), store=False)
+            if rounded:
+                _round_to(ctx, operand, p_tiles[step % 2], finished, F32, mt * n_total)
+                finished = p_tiles[step % 2]
+            on_chip.append(finished)
         if step:  # the previous block's result, finished and stored
             number, m0, mt = blocks[step - 1]
             value_finisher.finish(value_tiles[(step - 1) % 2], mt, width, False, 0, result,
                                   _block_of((slice(m0, m0 + mt), slice(0, width)), batches[number]))
 
 
-def _load_whole(ctx: CodegenContext, view: View, address: int) -> tuple[int, bool, int]:
-    """A right operand [K, N] on chip whole, as it lies in DRAM (read by columns when K has unit stride: a
-    folded Transpose), for load_weights to take tiles from: (address, read by columns, row length)."""
+def _load_whole(ctx: CodegenContext, view: View, address: int, dtype: DType, staging: int) -> tuple[int, bool, int]:
+    """A right operand [K, N] on chip whole in `dtype` (an f32 view rounded through `staging`), as it lies in
+    DRAM (read by columns when K has unit stride: a folded Transpose), for load_weights to take tiles from:
+    (address, read by columns, row length)."""
     by_columns = view.strides[0] == 1 and view.strides[1] > 1
     stored = view.transpose((1, 0)) if by_columns else view
-    ctx.dma_in(address, stored)
+    _load_rows(ctx, address, stored, dtype, staging)
     return address, by_columns, stored.shape[1]
