@@ -203,7 +203,11 @@ def _attention(ctx: CodegenContext, scores: Node, values: Node, place_outputs) -
                                              for name in node.inputs + node.outputs if name]))
                           for node in (scores, values)))
     with ctx.emitter.node(node_label(scores) + JOIN + node_label(values)):
-        if ctx.fastest({"on chip": lambda: attention_kernel(ctx, scores, values), "apart": apart}, key) != "on chip":
+        try:
+            best = ctx.fastest({"on chip": lambda: attention_kernel(ctx, scores, values), "apart": apart}, key)
+        except UnsupportedOpError:  # either way: apart, the kernel that cannot will say why
+            return False
+        if best != "on chip":
             return False
         attention_kernel(ctx, scores, values)
     return True

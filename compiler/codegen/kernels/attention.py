@@ -29,13 +29,15 @@ from compiler.ir import Graph, Node
 from isa.dtypes import DType
 
 F32 = DType.F32
+MAX_ROW = (1 << 16) - 1  # a row stride in load_weights and matmul (16-bit fields, isa/spec.py)
 
 
 def fusable(graph: Graph, scores: Node, values: Node) -> bool:
     """Whether `scores` (a FusedMatMul with its softmax) and `values` (the product of its result, read by
     nothing else, with a run-time V) can run as one attention kernel: fp32 operands (both products
     multiplying them as they are, or both rounding both to bf16), neither with a bias, an addend or an
-    activation, the probabilities as they are (no perm_a), and the same batches on both sides."""
+    activation, the probabilities as they are (no perm_a), the same batches on both sides, and rows no
+    longer than the instructions' stride fields take."""
     probabilities = scores.outputs[0]
     if scores.op != "FusedMatMul" or not scores.attrs.get("softmax") or values.op not in ("MatMul", "FusedMatMul"):
         return False
@@ -54,7 +56,9 @@ def fusable(graph: Graph, scores: Node, values: Node) -> bool:
     score_shape, value_shape = graph.values[probabilities].shape, graph.values[values.outputs[0]].shape
     if values.attrs.get("perm_out"):  # the result as computed, before it is written transposed
         value_shape = tuple(value_shape[axis] for axis in np.argsort(values.attrs["perm_out"]))
-    return len(score_shape) >= 3 and score_shape[:-1] == value_shape[:-1]
+    widths = (score_shape[-1], graph.values[scores.inputs[0]].shape[-1], value_shape[-1])
+    return len(score_shape) >= 3 and score_shape[:-1] == value_shape[:-1] and max(widths) <= MAX_ROW
+
 
 
 def attention_kernel(ctx: CodegenContext, scores_node: Node, values_node: Node) -> None:
