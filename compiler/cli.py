@@ -74,7 +74,8 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--dump-after", metavar="PASS", help="print the IR after this pass (see --list-passes)")
     parser.add_argument("--list-passes", action="store_true", help="print the pass pipeline and exit")
     parser.add_argument("--disable-pass", action="append", default=[], metavar="PASS",
-                        help="do not run this pass of the -O level (repeatable), to see what it gives")
+                        help="do not run this pass of the -O level, or code generation step (--list-passes), "
+                             "to see what it gives; repeatable")
     parser.add_argument("--fast-math", action="store_true",
                         help="also run the rewrites that may change a result by one rounding (a division by a "
                              "constant becomes a multiplication by its reciprocal); without it -O2 computes every "
