@@ -88,7 +88,7 @@ def attention_kernel(ctx: CodegenContext, scores_node: Node, values_node: Node) 
     staging = max(depth, width) * n_total * 4 if rounded else 0  # f32 K or V, or a block of Q, before rounding
 
     def fits(m: int) -> bool:
-        local = (2 * Finisher.reserve_bytes(scores_product, m, n_total, n_total)
+        local = (Finisher.reserve_bytes(scores_product, m, n_total, n_total, softmax_sets=2)
                  + Finisher.reserve_bytes(values_product, m, width, width)
                  + 2 * (m * depth * size + LOCAL_ALIGN) + max(staging, m * depth * 4 if rounded else 0)
                  + (2 * (m * n_total * size + LOCAL_ALIGN) if rounded else 0)
@@ -100,7 +100,8 @@ def attention_kernel(ctx: CodegenContext, scores_node: Node, values_node: Node) 
         m_tile = -(-m_tile // 2)
     if not fits(m_tile):
         raise MemoryError(f"attention: two blocks of a row of {n_total} scores do not fit on chip")
-    score_finishers = [Finisher(ctx, scores_product, spad, m_tile, n_total, n_total) for _ in range(2)]
+    # Two sets of softmax temporaries: a block's probabilities stay while the next block is finished.
+    score_finisher = Finisher(ctx, scores_product, spad, m_tile, n_total, n_total, softmax_sets=2)
     value_finisher = Finisher(ctx, values_product, spad, m_tile, width, width)
     q_tiles = [spad.alloc(m_tile * depth * size) for _ in range(2)]
     # Each batch's K^T [depth, n_total] and V [n_total, width] on chip, two batches at a time.
@@ -149,7 +150,7 @@ def attention_kernel(ctx: CodegenContext, scores_node: Node, values_node: Node) 
             load_batch(blocks[step + 1][0])  # the next batch's K and V, once the one before it is done with
         if step < len(blocks):  # this block's tail and softmax, left on chip
             number, m0, mt = blocks[step]
-            finished = score_finishers[step % 2].finish(
+            finished = score_finisher.finish(
                 score_tiles[step % 2], mt, n_total, False, 0, layout,
                 _block_of((slice(m0, m0 + mt), slice(0, n_total)), batches[number]), store=False)
             if rounded:

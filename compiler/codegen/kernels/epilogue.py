@@ -140,14 +140,16 @@ class Product:
 
 
 class Finisher:
-    """Epilogue buffers for tiles of up to `max_rows` x `max_cols` with up to `max_channels` channels."""
+    """Epilogue buffers for tiles of up to `max_rows` x `max_cols` with up to `max_channels` channels.
+    `softmax_sets`: sets of softmax temporaries used in turn, tile after tile (a softmax's result is one
+    of them: with two, a tile's probabilities stay while the next tile is finished, for fused attention)."""
 
     def __init__(self, ctx: CodegenContext, product: Product, spad: LocalArena, max_rows: int, max_cols: int,
-                 max_channels: int, transpose: bool = False):
+                 max_channels: int, transpose: bool = False, softmax_sets: int = 1):
         self.ctx, self.product = ctx, product
         if product.softmax and transpose:
             raise ValueError("a softmax runs along the stored rows: not with a transposing finish")
-        sizes = Finisher._buffer_sizes(product, max_rows, max_cols, max_channels, transpose)
+        sizes = Finisher._buffer_sizes(product, max_rows, max_cols, max_channels, transpose, softmax_sets)
         self.bias = spad.alloc(sizes["bias"][0]) if sizes["bias"] else None
         self.scale = spad.alloc(sizes["scale"][0]) if sizes["scale"] else None
         self.multiplier = spad.alloc(sizes["multiplier"][0]) if sizes["multiplier"] else None
@@ -156,7 +158,8 @@ class Finisher:
         self.addends = [spad.alloc(size) for size in sizes["addends"]]
         self.transposed = [spad.alloc(size) for size in sizes["transposed"]]
         self.tail_temps = [spad.alloc(size) for size in sizes["tail_temps"]]
-        self.softmax_tiles = [spad.alloc(size) for size in sizes["softmax_tiles"]]
+        tiles = [spad.alloc(size) for size in sizes["softmax_tiles"]]
+        self.softmax_tiles = [tiles[i::softmax_sets] for i in range(softmax_sets)]
         self.softmax_stats = [spad.alloc(size) for size in sizes["softmax_stats"]]
         self.zero = SharedZero(self.zero_point) if product.tail else None
         # An integer product whose tail starts by dequantizing it: the bias is subtracted there
@@ -179,7 +182,7 @@ class Finisher:
 
     @staticmethod
     def _buffer_sizes(product: Product, max_rows: int, max_cols: int, max_channels: int,
-                      transpose: bool) -> dict[str, list[int]]:
+                      transpose: bool, softmax_sets: int = 1) -> dict[str, list[int]]:
         """Bytes of each scratchpad buffer the constructor allocates (empty: not needed)."""
         elements = max_rows * max_cols
         requant = product.requant is not None
@@ -197,15 +200,15 @@ class Finisher:
             "tail_operands": [size for sizes in tail.buffer_sizes(elements, max_channels) for size in sizes]
             if tail else [],
             # Softmax over whole rows: rows.SoftmaxOp's tile temporaries and its per-row statistics.
-            "softmax_tiles": [elements * 4] * SoftmaxOp.chunk_temps if product.softmax else [],
+            "softmax_tiles": [elements * 4] * SoftmaxOp.chunk_temps * softmax_sets if product.softmax else [],
             "softmax_stats": [max_rows * 4] * (len(SoftmaxOp.stats) + SoftmaxOp.stat_temps) if product.softmax else [],
         }
 
     @staticmethod
     def reserve_bytes(product: Product, max_rows: int, max_cols: int, max_channels: int,
-                      transpose: bool = False) -> int:
+                      transpose: bool = False, softmax_sets: int = 1) -> int:
         """Scratchpad bytes the constructor takes, each buffer with its alignment slack."""
-        sizes = Finisher._buffer_sizes(product, max_rows, max_cols, max_channels, transpose)
+        sizes = Finisher._buffer_sizes(product, max_rows, max_cols, max_channels, transpose, softmax_sets)
         return sum(size + LOCAL_ALIGN for buffers in sizes.values() for size in buffers)
 
     def load_channels(self, first: int, count: int) -> int:
@@ -299,7 +302,8 @@ class Finisher:
         """Softmax along each row of the dense f32 tile at `result` (whole rows), as the Softmax
         kernel computes it on a row that fits one tile (rows.SoftmaxOp); returns where it is."""
         op = SoftmaxOp(log=False)
-        chunk = Chunk(self.ctx, True, rows, cols, Tile(result, DType.F32, cols, 1), [], list(self.softmax_tiles), 0)
+        temps = list(self.softmax_tiles[self.count % len(self.softmax_tiles)])
+        chunk = Chunk(self.ctx, True, rows, cols, Tile(result, DType.F32, cols, 1), [], temps, 0)
         named = {name: Tile(address, DType.F32, rows, 1) for name, address in zip(op.stats, self.softmax_stats,
                                                                                    strict=False)}
         stats = Stats(self.ctx, rows, named, [], self.softmax_stats[len(op.stats):])
