@@ -200,9 +200,8 @@ def compile(model: str | Path | onnx.ModelProto, config: str | Path | Accelerato
             verify(graph)
     program = generate(graph, config, opt_level < 2 if keep_intermediates is None else keep_intermediates,
                        state=state, search=opt_level >= 3,
-                       interleave_kernels=opt_level >= CODEGEN_STEPS["interleave"]
-                       and "interleave" not in disabled_passes,
-                       fuse_attention=opt_level >= CODEGEN_STEPS["attention"] and "attention" not in disabled_passes)
+                       steps={step for step, level in CODEGEN_STEPS.items()
+                              if opt_level >= level and step not in disabled_passes})
     if report and program.precision == "int8":
         from compiler.quantize.ptq import describe
 

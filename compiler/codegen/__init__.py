@@ -20,8 +20,10 @@ so its kernel writes only the rows it changes.
 from __future__ import annotations
 
 import gc
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import replace
+from itertools import pairwise
 
 from compiler.codegen.context import CodegenContext, View, accelerator_dtype, node_label
 from compiler.codegen.interleave import JOIN, Recorded, interleave
@@ -40,10 +42,11 @@ ROOM = 1 / 8  # an interleaved kernel's buffers go above the previous kernel's w
 
 
 def generate(graph: Graph, config: AcceleratorConfig, keep_intermediates: bool = True,
-             state: StateDeclaration = None, search: bool = False, interleave_kernels: bool = False,
-             fuse_attention: bool = False) -> Program:
+             state: StateDeclaration = None, search: bool = False, steps: Collection[str] = ()) -> Program:
+    """`steps`: the optional code generation steps to take (pipeline.CODEGEN_STEPS: "interleave",
+    "attention")."""
     with _cycle_collection_paused():
-        return _generate(graph, config, keep_intermediates, state, search, interleave_kernels, fuse_attention)
+        return _generate(graph, config, keep_intermediates, state, search, steps)
 
 
 @contextmanager
@@ -61,7 +64,7 @@ def _cycle_collection_paused():
 
 
 def _generate(graph: Graph, config: AcceleratorConfig, keep_intermediates: bool, state: StateDeclaration,
-              search: bool, interleave_kernels: bool, fuse_attention: bool) -> Program:
+              search: bool, steps: Collection[str]) -> Program:
     ctx = CodegenContext(config, graph, search)
     reuse = not keep_intermediates
     state_pairs = resolve_state(graph, state)
@@ -76,12 +79,12 @@ def _generate(graph: Graph, config: AcceleratorConfig, keep_intermediates: bool,
         placed[name] = len(ctx.dram.history) - 1
     # Kernels whose code interleaves with the previous kernel's (compiler/codegen/interleave.py): node index
     # -> that kernel's node index.
-    interleaved = _interleaved(graph) if interleave_kernels else {}
+    interleaved = _interleaved(graph) if "interleave" in steps else {}
     producers = {producer: consumer for consumer, producer in interleaved.items()}
     pending: Recorded = []  # the previous kernel's code while the next one is to interleave with it
     # Attention's scores products whose product with V is emitted with them (kernels/attention.py): node
     # index -> the other node's index; `fused` holds those emitted that way.
-    attention = _attention_pairs(graph, interleaved) if fuse_attention else {}
+    attention = _attention_pairs(graph, interleaved) if "attention" in steps else {}
     fused: set[int] = set()
 
     def place_outputs(node: Node) -> None:
@@ -154,17 +157,16 @@ def _describe_group(ctx: CodegenContext, code: Recorded, producer: str, consumer
         ctx.scratchpad_peak[group] = max(ctx.scratchpad_peak.get(producer, 0), ctx.local_high[0])
 
 
+def _consecutive_kernels(graph: Graph) -> Iterator[tuple[int, int]]:
+    """(index, index) of each node with a kernel and the next one (only aliases between them)."""
+    return pairwise(index for index, node in enumerate(graph.nodes) if node.op not in ALIASES)
+
+
 def _interleaved(graph: Graph) -> dict[int, int]:
     """The nodes whose code interleaves with the previous kernel's, each with that kernel's node: kernels
     without matrix work right after one with (their vector work overlaps its matrix work)."""
-    chosen, previous = {}, None
-    for index, node in enumerate(graph.nodes):
-        if node.op in ALIASES:
-            continue
-        if previous is not None and graph.nodes[previous].op in MATRIX_KERNELS and node.op not in MATRIX_KERNELS:
-            chosen[index] = previous
-        previous = index
-    return chosen
+    return {index: previous for previous, index in _consecutive_kernels(graph)
+            if graph.nodes[previous].op in MATRIX_KERNELS and graph.nodes[index].op not in MATRIX_KERNELS}
 
 
 def _attention_pairs(graph: Graph, interleaved: dict[int, int]) -> dict[int, int]:
@@ -172,15 +174,8 @@ def _attention_pairs(graph: Graph, interleaved: dict[int, int]) -> dict[int, int
     right after them (only aliases between), where kernels/attention.fusable allows: scores node index ->
     values node index. Kernels that interleave keep to that."""
     taking_part = set(interleaved) | set(interleaved.values())
-    pairs, previous = {}, None
-    for index, node in enumerate(graph.nodes):
-        if node.op in ALIASES:
-            continue
-        if previous is not None and not {previous, index} & taking_part \
-                and fusable(graph, graph.nodes[previous], node):
-            pairs[previous] = index
-        previous = index
-    return pairs
+    return {previous: index for previous, index in _consecutive_kernels(graph)
+            if not {previous, index} & taking_part and fusable(graph, graph.nodes[previous], graph.nodes[index])}
 
 
 def _attention(ctx: CodegenContext, scores: Node, values: Node, place_outputs) -> bool:

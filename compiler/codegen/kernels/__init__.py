@@ -18,6 +18,7 @@ from compiler.codegen.kernels.pool import pool_kernel
 from compiler.codegen.kernels.quantized import qlinear_conv_kernel, qlinear_matmul_kernel
 from compiler.codegen.kernels.rows import ROW_KERNELS
 from compiler.codegen.kernels.scatter import scatter_nd_kernel
+from compiler.passes.precision import MATRIX_OPS
 
 ALIASES = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"}
 
@@ -32,6 +33,5 @@ KERNELS["FusedElementwise"] = fused_elementwise_kernel
 KERNELS.update(ROW_KERNELS)
 KERNELS.update(MOVEMENT_KERNELS)
 KERNELS["ScatterND"] = scatter_nd_kernel
-# Ops whose kernels use the matrix array.
-MATRIX_KERNELS = frozenset({"Conv", "FusedConv", "ConvTranspose", "QLinearConv", "MatMul", "Gemm", "FusedGemm",
-                            "FusedMatMul", "QLinearMatMul", "MatMulW8"})
+# Ops whose kernels use the matrix array: the float products, and the int8 and weight-only int8 ones.
+MATRIX_KERNELS = MATRIX_OPS | {"QLinearConv", "QLinearMatMul", "MatMulW8"}

@@ -14,7 +14,8 @@ for the next int8 product) and stores. The code is emitted software-pipelined, Q
 before P_i V, so that the array works on the next block's scores while the vector unit runs this
 block's softmax.
 
-`pairs` (compiler/codegen/__init__.py) says which node pairs qualify; the kernel raises
+`fusable` says which node pairs qualify; code generation (`_attention` in compiler/codegen/__init__.py)
+emits them this way where the cost model times it faster than the two kernels apart. The kernel raises
 MemoryError, emitting nothing, when two blocks of at least one row do not fit on chip.
 """
 
@@ -24,7 +25,14 @@ import numpy as np
 
 from compiler.codegen.context import LOCAL_ALIGN, CodegenContext, View, unsupported
 from compiler.codegen.kernels.epilogue import Finisher, Product
-from compiler.codegen.kernels.matmul import _as_matrix_batches, _block_of, _load_rows, _round_to, matmul_operands
+from compiler.codegen.kernels.matmul import (
+    _as_matrix_batches,
+    _block_of,
+    _load_rows,
+    _round_to,
+    by_columns,
+    matmul_operands,
+)
 from compiler.ir import Graph, Node
 from isa.dtypes import DType
 
@@ -126,13 +134,13 @@ def attention_kernel(ctx: CodegenContext, scores_node: Node, values_node: Node) 
 
     def product(a_tile: int, a_width: int, b: tuple, c_tile: int, c_width: int, mt: int) -> None:
         """c [mt, c_width] = a [mt, a_width] (on chip, dense) @ b [a_width, c_width] (on chip, `_load_whole`)."""
-        address, by_columns, row = b
+        address, transposed, row = b
         for n0 in range(0, c_width, cols):
             for k0 in range(0, a_width, rows):
                 kt, nt = min(rows, a_width - k0), min(cols, c_width - n0)
-                first = n0 * row + k0 if by_columns else k0 * row + n0
+                first = n0 * row + k0 if transposed else k0 * row + n0
                 ctx.emitter.emit("load_weights", dtype=operand, addr=address + first * size, k=kt, n=nt, stride=row,
-                                 transpose=int(by_columns))
+                                 transpose=int(transposed))
                 ctx.emitter.emit("matmul", dtype=operand, a=a_tile + k0 * size, a_rs=a_width, m=mt,
                                  c=c_tile + n0 * 4, c_rs=c_width, accumulate=int(k0 > 0))
 
@@ -167,7 +175,7 @@ def _load_whole(ctx: CodegenContext, view: View, address: int, dtype: DType, sta
     """A right operand [K, N] on chip whole in `dtype` (an f32 view rounded through `staging`), as it lies in
     DRAM (read by columns when K has unit stride: a folded Transpose), for load_weights to take tiles from:
     (address, read by columns, row length)."""
-    by_columns = view.strides[0] == 1 and view.strides[1] > 1
-    stored = view.transpose((1, 0)) if by_columns else view
+    transposed = by_columns(view)
+    stored = view.transpose((1, 0)) if transposed else view
     _load_rows(ctx, address, stored, dtype, staging)
-    return address, by_columns, stored.shape[1]
+    return address, transposed, stored.shape[1]

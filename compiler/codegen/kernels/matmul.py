@@ -191,15 +191,21 @@ def _matmul_tiles(ctx: CodegenContext, a: View, b: View, out: View, product: Pro
                 tile += 1
 
 
+def by_columns(b: View) -> bool:
+    """Whether a right operand [..., K, N] is read by columns: unit stride along K (a folded Transpose), so
+    that DMA reads it as rows of K, dense runs, and load_weights' transpose flag turns the tiles back."""
+    return b.strides[-2] == 1 and b.strides[-1] > 1
+
+
 def _load_b_tile(ctx: CodegenContext, window: View, b_tile: int, staging: int | None, weight_dtype: DType) -> None:
     """A run-time b's [kt, nt] tile into the array's weights: DMA'd (through `staging` and rounded
     to `weight_dtype` on the vector unit when given) and shifted in. A b read transposed (a folded
     Transpose: unit stride along K) comes in as rows of K, dense runs, and shifts in with
     load_weights' transpose flag."""
     kt, nt = window.shape
-    by_columns = window.strides[0] == 1 and window.strides[1] > 1
-    width, height = (kt, nt) if by_columns else (nt, kt)
-    if by_columns:
+    transposed = by_columns(window)
+    width, height = (kt, nt) if transposed else (nt, kt)
+    if transposed:
         window = window.transpose((1, 0))
     if staging is not None:
         ctx.dma_in(staging, window)
@@ -208,7 +214,7 @@ def _load_b_tile(ctx: CodegenContext, window: View, b_tile: int, staging: int | 
     else:
         ctx.dma_in(b_tile, window)
     ctx.emitter.emit("load_weights", dtype=weight_dtype, addr=b_tile, k=kt, n=nt, stride=width,
-                     transpose=int(by_columns))
+                     transpose=int(transposed))
 
 
 # The streamed schedule's sizes: a ring of this many weight chunks of at most this many K tiles
@@ -301,10 +307,10 @@ def _matmul_streamed(ctx: CodegenContext, a: View, b: ConstantMatrix, out: View,
     _load_rows(ctx, a_tile, a, product.operand, staging)
     for index in range(1, min(STREAM_SLOTS, fetches)):
         fetch(index)
-    index = number = 0
-    for r0 in range(0, m_total, row_block):
+    number = 0
+    for row_pass, r0 in enumerate(range(0, m_total, row_block)):
         mt = min(row_block, m_total - r0)
-        block_end = (r0 // row_block + 1) * len(chunks)  # this row block's fetches end here
+        position = 0  # the next of this pass's chunks
         for first_block, blocks_here in _groups(n_blocks, group, tapered):
             n0 = first_block * cols
             width_here = min(blocks_here * cols, n_total - n0)
@@ -312,8 +318,9 @@ def _matmul_streamed(ctx: CodegenContext, a: View, b: ConstantMatrix, out: View,
             number += 1
             for j in range(first_block, first_block + blocks_here):
                 nt = min(cols, n_total - j * cols)
-                while index < block_end and chunks[index % len(chunks)][0] == j:
-                    _, chunk_k0, count = chunks[index % len(chunks)]
+                while position < len(chunks) and chunks[position][0] == j:
+                    _, chunk_k0, count = chunks[position]
+                    index = row_pass * len(chunks) + position  # the fetch that brought this chunk
                     slot = slots[index % STREAM_SLOTS]
                     for k0 in range(chunk_k0, chunk_k0 + count, rows):
                         kt = min(rows, k_total - k0)
@@ -324,7 +331,7 @@ def _matmul_streamed(ctx: CodegenContext, a: View, b: ConstantMatrix, out: View,
                                          accumulate=int(k0 > 0))
                     if index + STREAM_SLOTS < fetches:
                         fetch(index + STREAM_SLOTS)
-                    index += 1
+                    position += 1
             finisher.finish(c_tile, mt, width_here, False, n0, out,
                             _block_of((slice(r0, r0 + mt), slice(n0, n0 + width_here))))
     return True
@@ -368,7 +375,7 @@ def _matmul_resident(ctx: CodegenContext, a: View, b: View, out: View, product: 
     batches = int(np.prod(batch_shape, dtype=np.int64))
     size = product.operand.size
     stride_k, stride_n = b.strides[-2:]
-    transpose = stride_k == 1 and stride_n > 1
+    transpose = by_columns(b)
     stride = stride_n if transpose else stride_k
     rounded = b.dtype != product.weight_dtype  # an f32 b rounded to bf16 on chip (FusedMatMul round_b)
     if not (stride_n == 1 or transpose) or not 1 <= stride <= 65535 or m_total > 65535:
