@@ -35,8 +35,10 @@ def _end2(address: int, size: int, rows: int, row_stride: int, cols: int, col_st
     return _end(address, size, 1, 0, rows, row_stride, cols, col_stride)
 
 
-def footprint(instruction: Instruction, config: AcceleratorConfig) -> list[Span]:
-    """Every operand of `instruction` as a byte span in DRAM or local memory."""
+def footprint(instruction: Instruction, config: AcceleratorConfig, granule: int = 1) -> list[Span]:
+    """Every operand of `instruction` as a byte span in DRAM or local memory. A user that tracks
+    memory in aligned `granule`-byte blocks may get coarser spans that cover the same blocks
+    (the rows of a strided weight tile less than a granule apart, as one span)."""
     f = instruction.fields
     definition = instruction.definition
     name = definition.mnemonic
@@ -55,9 +57,10 @@ def footprint(instruction: Instruction, config: AcceleratorConfig) -> list[Span]
     if name == "load_weights":
         rows, width = (f["n"], f["k"]) if f["transpose"] else (f["k"], f["n"])
         size, address, stride = f["dtype"].size, f["addr"], f["stride"]
-        if stride > width and rows <= SEPARATE_ROWS:
+        if stride > width and rows <= SEPARATE_ROWS and (stride - width) * size >= granule:
             # A tile read out of a wider matrix (an attention cache's head): each row on its own, so that
-            # the tile waits only for the rows' own bytes, not for everything between them.
+            # the tile waits only for the rows' own bytes, not for everything between them. (Rows closer
+            # than a granule share or touch blocks: one span covers the same blocks as theirs.)
             return [(LOCAL, address + r * stride * size, address + (r * stride + width) * size, False)
                     for r in range(rows)]
         return [(LOCAL, address, _end2(address, size, rows, stride, width, 1), False)]

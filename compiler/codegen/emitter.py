@@ -251,7 +251,7 @@ class Emitter:
         spans = []  # local: (first block, end block, write)
         low = write_low = 1 << 62  # the bounding blocks of the local spans, and of those written
         high = write_high = 0
-        for memory, start, end, write in footprint(instruction, self.config):
+        for memory, start, end, write in footprint(instruction, self.config, BLOCK):
             if memory == DRAM:
                 slots = self._dram_slots(start, end)
                 dram_accesses.append((slots, write))
