@@ -82,7 +82,7 @@ class Emitter:
         self.items: list[_Item] = []
         self.by_engine: list[list[int]] = [[] for _ in range(ENGINES)]  # engine -> item indices
         # Local memory, per engine: its recent instructions' accesses, oldest first, each as (sequence number
-        # (1-based), first and end block of all its spans, first and end block of those it writes, and
+        # (1-based), first and end block of the spans it reads, first and end block of those it writes, and
         # the spans as (first block, end block, is it a write)). An entry every other engine is already
         # ordered after is dropped; when too many are left, the oldest are folded into per-block arrays
         # (per engine, the sequence number of its last folded write / access of each block).
@@ -164,14 +164,16 @@ class Emitter:
     def _local_conflict(self, other: int, after: int, access: tuple) -> int:
         """The sequence number of engine `other`'s latest local access that conflicts with `access` (an
         entry as in `recent`, without its number) if it is later than `after`, else 0."""
-        low, high, write_low, write_high, spans = access
-        for seq, other_low, other_high, other_write_low, other_write_high, other_spans in reversed(
+        read_low, read_high, write_low, write_high, spans = access
+        for seq, other_read_low, other_read_high, other_write_low, other_write_high, other_spans in reversed(
                 self.recent[other]):
             if seq <= after:
                 return 0
-            # Only where one side's writes meet the other's accesses can a pair of spans conflict.
-            if ((other_low < write_high and write_low < other_high)
-                    or (other_write_low < high and low < other_write_high)):
+            # Only where one side's writes meet the other's reads or writes can a pair of spans conflict (the
+            # bounds of reads and writes apart: an instruction reads the scratchpad, writes the accumulator).
+            if ((other_write_low < write_high and write_low < other_write_high)
+                    or (other_write_low < read_high and read_low < other_write_high)
+                    or (other_read_low < write_high and write_low < other_read_high)):
                 for first, end, write in spans:
                     for other_first, other_end, other_write in other_spans:
                         if other_first < end and first < other_end and (write or other_write):
@@ -249,8 +251,8 @@ class Emitter:
         needed = [0] * ENGINES
         dram_accesses = []  # (slots, write)
         spans = []  # local: (first block, end block, write)
-        low = write_low = 1 << 62  # the bounding blocks of the local spans, and of those written
-        high = write_high = 0
+        read_low = write_low = 1 << 62  # the bounding blocks of the local spans read, and of those written
+        read_high = write_high = 0
         for memory, start, end, write in footprint(instruction, self.config, BLOCK):
             if memory == DRAM:
                 slots = self._dram_slots(start, end)
@@ -269,19 +271,22 @@ class Emitter:
             first, end = start // BLOCK, -(-end // BLOCK)
             if end <= first:
                 continue  # no block: nothing to order, nothing to record
-            spans.append((first, end, write))
-            if first < low:
-                low = first
-            if end > high:
-                high = end
             if write:
                 if first < write_low:
                     write_low = first
                 if end > write_high:
                     write_high = end
+            elif spans and spans[-1] == (first, end, True):
+                continue  # what it writes it may read first (a matmul that accumulates): the write covers that
+            else:
+                if first < read_low:
+                    read_low = first
+                if end > read_high:
+                    read_high = end
+            spans.append((first, end, write))
         access = None
         if spans:
-            access = (low, high, write_low, write_high, spans)
+            access = (read_low, read_high, write_low, write_high, spans)
             latest = self.local_latest[write_high > 0]
             for other in others:
                 after = clock[other] if clock[other] > needed[other] else needed[other]
