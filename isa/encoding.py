@@ -59,10 +59,11 @@ class Instruction:
 
     def set_sync(self, wait: int, signal: int) -> None:
         """Set the semaphore fields in place (for the instruction's creator, before anyone shares it)."""
-        for name, value in (("wait", wait), ("signal", signal)):
-            if not 0 <= value < _SEMAPHORE_LIMIT:
+        if not (0 <= wait < _SEMAPHORE_LIMIT and 0 <= signal < _SEMAPHORE_LIMIT):
+            for name, value in (("wait", wait), ("signal", signal)):
                 _field_bits(_HEADER_FIELDS[name], value, DType.F32)  # raises, naming the field
-            self.fields[name] = value
+        self.fields["wait"] = wait
+        self.fields["signal"] = signal
 
     @property
     def mnemonic(self) -> str:

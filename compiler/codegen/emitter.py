@@ -185,12 +185,9 @@ class Emitter:
                     for first, end, write in spans)
         return found if found > after else 0
 
-    def _remember_local(self, engine: int, entry: tuple) -> None:
-        """Append the engine's newest entry; keep its list short (see `recent`)."""
+    def _shorten(self, engine: int) -> None:
+        """Keep the engine's list of recent entries short (see `recent`)."""
         recent = self.recent[engine]
-        recent.append(entry)
-        if len(recent) < RECENT:
-            return
         # Drop what every other engine is ordered after: no later access can depend on it.
         known = min(self.clock[other][engine] for other in OTHERS[engine])
         drop = 0
@@ -313,7 +310,10 @@ class Emitter:
             if write:
                 self.dram_latest[False][engine] = seq
         if access is not None:
-            self._remember_local(engine, (seq, *access))
+            recent = self.recent[engine]
+            recent.append((seq, *access))
+            if len(recent) >= RECENT:
+                self._shorten(engine)
             self.local_latest[True][engine] = seq
             if write_high:
                 self.local_latest[False][engine] = seq
@@ -331,9 +331,7 @@ class Emitter:
             item.wait = semaphore
         else:
             item.before = (item.before or []) + [_sync(engine, wait=semaphore)]
-        for other, known in enumerate(self.clock_at[producer][seq - 1]):
-            if known > clock[other]:
-                clock[other] = known
+        clock[:] = map(max, clock, self.clock_at[producer][seq - 1])
 
     # Output ---------------------------------------------------------------------------------
     def finish(self) -> tuple[list[Instruction], list[DebugRange]]:
