@@ -57,6 +57,19 @@ class Instruction:
             _complete(mnemonic, known, values, fields, rest or ())
         self.fields = fields
 
+    def replaced(self, **values) -> Instruction:
+        """A copy with the fields in `values` changed, each checked as the constructor checks it (the
+        others are checked already)."""
+        definition, known, _, canonical = _LAYOUTS[self.definition.mnemonic]
+        fields = {**self.fields, **values}
+        rest = [name for name, value in values.items()
+                if name not in canonical or type(value) is not canonical[name][0] or value not in canonical[name][1]]
+        if rest:
+            _complete(definition.mnemonic, known, fields, fields, rest)
+        copy = Instruction.__new__(Instruction)
+        copy.definition, copy.fields = definition, fields
+        return copy
+
     def set_sync(self, wait: int, signal: int) -> None:
         """Set the semaphore fields in place (for the instruction's creator, before anyone shares it)."""
         if not (0 <= wait < _SEMAPHORE_LIMIT and 0 <= signal < _SEMAPHORE_LIMIT):

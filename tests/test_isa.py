@@ -277,6 +277,18 @@ def test_invalid_field_values_are_refused(mnemonic, values, message):
         encode(Instruction(mnemonic, **values))
 
 
+def test_replaced_changes_only_the_fields_given_and_checks_them():
+    original = Instruction("vaddi", dtype=DType.I32, dst=64, a=128, rows=2, cols=3, imm=-5)
+    moved = original.replaced(dst=np.int64(256))
+    assert moved == Instruction("vaddi", dtype=DType.I32, dst=256, a=128, rows=2, cols=3, imm=-5)
+    assert type(moved["dst"]) is int and original["dst"] == 64
+    assert original.replaced(imm=7.0)["imm"] == 7  # made canonical by the instruction's dtype
+    with pytest.raises(EncodingError, match=r"^field 'dst': 67108864 does not fit in 26 bits$"):
+        original.replaced(dst=1 << 26)
+    with pytest.raises(EncodingError, match="no field 'dram'"):
+        original.replaced(dram=0)
+
+
 # Decoder refusals ----------------------------------------------------------------------------------------
 def _word(opcode: int, **bits) -> int:
     """An instruction word with `opcode` and raw field bits (name -> raw value)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import operator
 from collections.abc import Callable, Hashable
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
@@ -66,7 +67,7 @@ class View:
 
     def at(self, *index: int) -> View:
         """The sub-view with the leading dimensions fixed at `index`."""
-        offset = sum(i * s for i, s in zip(index, self.strides, strict=False))
+        offset = sum(map(operator.mul, index, self.strides))
         return View(self.addr + offset * self.dtype.size, self.dtype, self.shape[len(index):],
                     self.strides[len(index):])
 

@@ -153,6 +153,6 @@ def relocate_constants(instructions: list[Instruction], constants: list[Constant
     """Move what was placed at CONSTANTS_BASE to `start`: every DRAM address at or above the
     base (a DMA's `dram` field, a constant's address) moves down by the same amount."""
     shift = CONSTANTS_BASE - start
-    moved = [Instruction(i.mnemonic, **dict(i.fields, dram=i.fields["dram"] - shift))
-             if i.fields.get("dram", 0) >= CONSTANTS_BASE else i for i in instructions]
+    moved = [i.replaced(dram=i.fields["dram"] - shift) if i.fields.get("dram", 0) >= CONSTANTS_BASE else i
+             for i in instructions]
     return moved, [Constant(c.dram - shift, c.data, c.name) for c in constants]
