@@ -67,7 +67,7 @@ FAST_MATH = {"reciprocal_of_constant_divisor"}
 # Steps of the code generator that `disabled_passes` (--disable-pass) can leave out as well, with
 # their level: interleaving a vector kernel's code into the matrix kernel's before it, and attention's
 # two products with the softmax between them as one kernel.
-CODEGEN_STEPS = {"interleave": 2, "attention": 2}
+CODEGEN_STEPS = {"interleave": 2, "attention": 2, "mlp": 2}
 
 
 def pass_names() -> list[str]:

@@ -27,8 +27,7 @@ from itertools import pairwise
 
 from compiler.codegen.context import CodegenContext, View, accelerator_dtype, node_label
 from compiler.codegen.interleave import JOIN, Recorded, interleave
-from compiler.codegen.kernels import ALIASES, KERNELS, MATRIX_KERNELS
-from compiler.codegen.kernels.attention import attention_kernel, fusable
+from compiler.codegen.kernels import ALIASES, KERNELS, MATRIX_KERNELS, attention, mlp
 from compiler.codegen.kernels.rows import ROW_KERNELS
 from compiler.codegen.memory import CONSTANTS_BASE, Lifetimes, aligned, relocate_constants
 from compiler.errors import UnsupportedOpError
@@ -44,7 +43,7 @@ ROOM = 1 / 8  # an interleaved kernel's buffers go above the previous kernel's w
 def generate(graph: Graph, config: AcceleratorConfig, keep_intermediates: bool = True,
              state: StateDeclaration = None, search: bool = False, steps: Collection[str] = ()) -> Program:
     """`steps`: the optional code generation steps to take (pipeline.CODEGEN_STEPS: "interleave",
-    "attention")."""
+    "attention", "mlp")."""
     with _cycle_collection_paused():
         return _generate(graph, config, keep_intermediates, state, search, steps)
 
@@ -82,9 +81,10 @@ def _generate(graph: Graph, config: AcceleratorConfig, keep_intermediates: bool,
     interleaved = _interleaved(graph) if "interleave" in steps else {}
     producers = {producer: consumer for consumer, producer in interleaved.items()}
     pending: Recorded = []  # the previous kernel's code while the next one is to interleave with it
-    # Attention's scores products whose product with V is emitted with them (kernels/attention.py): node
-    # index -> the other node's index; `fused` holds those emitted that way.
-    attention = _attention_pairs(graph, interleaved) if "attention" in steps else {}
+    pending_label = ""  # the node (or fused pair) that code is of
+    # Pairs of kernels that may run as one (PAIR_KERNELS): first node index -> (second node index, step);
+    # `fused` holds the second nodes emitted with the first.
+    pairs = _pairs(graph, interleaved, steps)
     fused: set[int] = set()
 
     def place_outputs(node: Node) -> None:
@@ -103,12 +103,16 @@ def _generate(graph: Graph, config: AcceleratorConfig, keep_intermediates: bool,
         outputs = [graph.values[name] for name in node.outputs if name]
         scratch: list[int] = []
         if index in fused:
-            pass  # emitted with the scores product
+            pass  # emitted with the node before it, as one kernel
         elif node.op in ALIASES:
             source = ctx.view(node.inputs[0])
             ctx.views[outputs[0].name] = View.dense(source.addr, source.dtype, outputs[0].shape)
-        elif index in attention and _attention(ctx, node, graph.nodes[attention[index]], place_outputs):
-            fused.add(attention[index])
+        elif index in pairs and (code := _pair(ctx, node, graph.nodes[pairs[index][0]], pairs[index][1], place_outputs,
+                                                record=pairs[index][0] in producers)) is not None:
+            second = pairs[index][0]
+            fused.add(second)
+            if second in producers:  # the next kernel interleaves with the pair's code
+                pending, pending_label = code, node_label(node) + JOIN + node_label(graph.nodes[second])
         else:
             place_outputs(node)
             above = _above(ctx) if index in interleaved else None
@@ -120,9 +124,9 @@ def _generate(graph: Graph, config: AcceleratorConfig, keep_intermediates: bool,
             ctx.next_reads_rows = False
             if index in interleaved:
                 code, pending = interleave(pending, code, config, ctx.emitter.fresh), []
-                _describe_group(ctx, code, node_label(graph.nodes[interleaved[index]]), name)
+                _describe_group(ctx, code, pending_label, name)
             if index in producers:
-                pending = code
+                pending, pending_label = code, name
             else:
                 for instruction, group in code:
                     ctx.emitter.append(instruction, group)
@@ -169,43 +173,68 @@ def _interleaved(graph: Graph) -> dict[int, int]:
             if graph.nodes[previous].op in MATRIX_KERNELS and graph.nodes[index].op not in MATRIX_KERNELS}
 
 
-def _attention_pairs(graph: Graph, interleaved: dict[int, int]) -> dict[int, int]:
-    """Attention's scores products (with their softmax) and the product of their probabilities with V
-    right after them (only aliases between), where kernels/attention.fusable allows: scores node index ->
-    values node index. Kernels that interleave keep to that."""
+# Pairs of consecutive kernels emitted as one kernel where the cost model times that faster (-O2 code
+# generation steps): step -> (which pairs qualify, the kernel, whether the second node's code may have the
+# next kernel's interleaved into it).
+QUANTIZATION_ATTRS = {"x_scale", "x_zero_point", "w_scale", "w_zero_point", "y_scale", "y_zero_point"}
+PAIR_KERNELS = {"attention": (attention.fusable, attention.attention_kernel, False),
+                "mlp": (mlp.fusable, mlp.mlp_kernel, True)}
+
+
+def _pairs(graph: Graph, interleaved: dict[int, int], steps: Collection[str]) -> dict[int, tuple[int, str]]:
+    """The pairs of consecutive kernels (only aliases between) that PAIR_KERNELS' steps in `steps` allow:
+    first node index -> (second node index, step). Kernels whose code interleaves keep to that, but for a
+    second node whose step lets the next kernel interleave with the pair."""
     taking_part = set(interleaved) | set(interleaved.values())
-    return {previous: index for previous, index in _consecutive_kernels(graph)
-            if not {previous, index} & taking_part and fusable(graph, graph.nodes[previous], graph.nodes[index])}
+    pairs = {}
+    for previous, index in _consecutive_kernels(graph):
+        for step, (fusable, _, leads) in PAIR_KERNELS.items():
+            if step in steps and previous not in taking_part and index not in interleaved \
+                    and (leads or index not in taking_part) and previous not in pairs \
+                    and fusable(graph, graph.nodes[previous], graph.nodes[index]):
+                pairs[previous] = index, step
+    return pairs
 
 
-def _attention(ctx: CodegenContext, scores: Node, values: Node, place_outputs) -> bool:
-    """Emit the two nodes as one attention kernel, their probabilities never in DRAM, when the cost model
-    times that faster than the two kernels apart (a small problem on a wide array can do better apart:
-    the scores product there puts several heads side by side in one weight tile); False, having emitted
-    nothing, when it does not (or does not fit on chip): the caller then emits them one by one."""
-    place_outputs(values)
-
+def _pair(ctx: CodegenContext, first: Node, second: Node, step: str, place_outputs, record: bool) -> Recorded | None:
+    """Emit the two nodes as one kernel (PAIR_KERNELS[step]), the first one's result never in DRAM, when the
+    cost model times that faster than the two kernels apart (a small attention on a wide array can do
+    better apart: the scores product there puts several heads side by side in one weight tile); its code
+    (recorded if `record`, else appended and not returned: []). None, having emitted nothing, when it is
+    not faster (or does not fit on chip): the caller then emits them one by one."""
     graph = ctx.graph
+    kernel = PAIR_KERNELS[step][1]
 
-    def apart() -> None:  # (timed only: the trial puts back the DRAM it takes)
-        probabilities = graph.values[scores.outputs[0]]
-        ctx.views[probabilities.name] = ctx.allocate(probabilities.shape, accelerator_dtype(
-            probabilities.dtype, probabilities.name, scores.op))
-        for node in (scores, values):
+    def allocated(*nodes: Node) -> None:
+        # For the trials, which put back the DRAM they take (but not what place_outputs records).
+        for value in (graph.values[name] for node in nodes for name in node.outputs if name):
+            ctx.views[value.name] = ctx.allocate(value.shape, accelerator_dtype(value.dtype, value.name, first.op))
+
+    def on_chip() -> None:
+        allocated(second)
+        kernel(ctx, first, second)
+
+    def apart() -> None:
+        allocated(first, second)
+        for node in (first, second):
             KERNELS[node.op](ctx, node)
 
-    key = ("attention", *(repr((node.attrs, [(graph.values[name].shape, graph.values[name].dtype)
-                                             for name in node.inputs + node.outputs if name]))
-                          for node in (scores, values)))
-    with ctx.emitter.node(node_label(scores) + JOIN + node_label(values)):
+    # Pairs of the same shapes take the same choice: quantization parameters change values, not code.
+    key = (step, *(repr(({name: value for name, value in node.attrs.items() if name not in QUANTIZATION_ATTRS},
+                         [(graph.values[name].shape, graph.values[name].dtype)
+                          for name in node.inputs + node.outputs if name]))
+                   for node in (first, second)))
+    with ctx.emitter.node(node_label(first) + JOIN + node_label(second)):
         try:
-            best = ctx.fastest({"on chip": lambda: attention_kernel(ctx, scores, values), "apart": apart}, key)
+            best = ctx.fastest({"on chip": on_chip, "apart": apart}, key)
         except UnsupportedOpError:  # either way: apart, the kernel that cannot will say why
-            return False
+            return None
         if best != "on chip":
-            return False
-        attention_kernel(ctx, scores, values)
-    return True
+            return None
+        place_outputs(second)
+        with ctx.local_floors((0, 0)), ctx.emitter.recording() if record else nullcontext([]) as code:
+            kernel(ctx, first, second)
+    return code
 
 
 def _above(ctx: CodegenContext) -> tuple[int, int] | None:

@@ -142,14 +142,17 @@ class Product:
 class Finisher:
     """Epilogue buffers for tiles of up to `max_rows` x `max_cols` with up to `max_channels` channels.
     `softmax_sets`: sets of softmax temporaries used in turn, tile after tile (a softmax's result is one
-    of them: with two, a tile's probabilities stay while the next tile is finished, for fused attention)."""
+    of them: with two, a tile's probabilities stay while the next tile is finished, for fused attention).
+    `output_sets`: output tiles used in turn (a finished tile left on chip stays there until as many
+    more have been finished, for the feed-forward kernel)."""
 
     def __init__(self, ctx: CodegenContext, product: Product, spad: LocalArena, max_rows: int, max_cols: int,
-                 max_channels: int, transpose: bool = False, softmax_sets: int = 1):
+                 max_channels: int, transpose: bool = False, softmax_sets: int = 1, output_sets: int = 2):
         self.ctx, self.product = ctx, product
         if product.softmax and transpose:
             raise ValueError("a softmax runs along the stored rows: not with a transposing finish")
-        sizes = Finisher._buffer_sizes(product, max_rows, max_cols, max_channels, transpose, softmax_sets)
+        sizes = Finisher._buffer_sizes(product, max_rows, max_cols, max_channels, transpose, softmax_sets,
+                                       output_sets)
         self.bias = spad.alloc(sizes["bias"][0]) if sizes["bias"] else None
         self.scale = spad.alloc(sizes["scale"][0]) if sizes["scale"] else None
         self.multiplier = spad.alloc(sizes["multiplier"][0]) if sizes["multiplier"] else None
@@ -182,7 +185,7 @@ class Finisher:
 
     @staticmethod
     def _buffer_sizes(product: Product, max_rows: int, max_cols: int, max_channels: int,
-                      transpose: bool, softmax_sets: int = 1) -> dict[str, list[int]]:
+                      transpose: bool, softmax_sets: int = 1, output_sets: int = 2) -> dict[str, list[int]]:
         """Bytes of each scratchpad buffer the constructor allocates (empty: not needed)."""
         elements = max_rows * max_cols
         requant = product.requant is not None
@@ -193,7 +196,7 @@ class Finisher:
             "multiplier": [max_channels * 4] if requant else [],
             "zero_point": [4] if requant or tail else [],  # a tail's: an int32 0 (SharedZero)
             # Integer outputs, tails and transposed stores need a tile beside the accumulator's.
-            "outputs": [elements * product.out.size] * 2 if requant or transpose or tail else [],
+            "outputs": [elements * product.out.size] * output_sets if requant or transpose or tail else [],
             "addends": [elements * 4] * 2 if product.addend is not None else [],
             "transposed": [elements * 4] * 2 if tail and transpose else [],
             "tail_temps": [4 * max(tail.chunk, max_rows, max_cols)] * tail.program.temps if tail else [],
@@ -206,9 +209,10 @@ class Finisher:
 
     @staticmethod
     def reserve_bytes(product: Product, max_rows: int, max_cols: int, max_channels: int,
-                      transpose: bool = False, softmax_sets: int = 1) -> int:
+                      transpose: bool = False, softmax_sets: int = 1, output_sets: int = 2) -> int:
         """Scratchpad bytes the constructor takes, each buffer with its alignment slack."""
-        sizes = Finisher._buffer_sizes(product, max_rows, max_cols, max_channels, transpose, softmax_sets)
+        sizes = Finisher._buffer_sizes(product, max_rows, max_cols, max_channels, transpose, softmax_sets,
+                                       output_sets)
         return sum(size + LOCAL_ALIGN for buffers in sizes.values() for size in buffers)
 
     def load_channels(self, first: int, count: int) -> int:
@@ -270,7 +274,7 @@ class Finisher:
         result, result_dtype = tile, acc
         requant = product.requant
         if requant:
-            result, result_dtype = self.outputs[self.count % 2], requant.dtype
+            result, result_dtype = self.outputs[self.count % len(self.outputs)], requant.dtype
             scale = dict(b=self.multiplier + 4 * offset, **per_channel)
             emit("vreq", dtype=requant.dtype, dst=result, dst_rs=cols, a=tile, a_rs=cols, c=self.zero_point, c_rs=0,
                  c_cs=0, **scale, **shape)
@@ -284,7 +288,8 @@ class Finisher:
         out_rows, out_cols = rows, cols
         if self.transpose:
             transposed = self.transposed[self.count % 2] if product.tail else \
-                self.outputs[(self.count + 1) % 2] if requant else self.outputs[self.count % 2]
+                self.outputs[(self.count + 1) % len(self.outputs)] if requant else \
+                self.outputs[self.count % len(self.outputs)]
             emit("vmov", dtype=result_dtype, dst=transposed, dst_rs=rows, a=result, a_rs=1, a_cs=cols, rows=cols,
                  cols=rows)
             result, out_rows, out_cols = transposed, cols, rows
@@ -317,7 +322,7 @@ class Finisher:
         of whole rows, into an output buffer; returns that buffer. `offset`: where the tile's first
         channel is in the per-channel buffers (load_channels)."""
         tail, out_dtype = self.product.tail, self.product.out
-        out = self.outputs[self.count % 2]
+        out = self.outputs[self.count % len(self.outputs)]
         for index, operand in enumerate(tail.operands):
             if tail.kind(index) == "block":
                 self.ctx.dma_in(self.tail_buffers[index][self.count % 2], block_of(operand))

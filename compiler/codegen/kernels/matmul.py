@@ -59,11 +59,7 @@ def matmul_views(ctx: CodegenContext, a: View, b: View | ConstantMatrix, out: Vi
         if a.dtype not in MATRIX_FLOAT or b.dtype != a.dtype or out.dtype != product.out:  # (a tail's result type)
             raise unsupported(node, f"matmul of {a.dtype.asm_name} x {b.dtype.asm_name} -> {out.dtype.asm_name} "
                                     "is not supported yet")
-    if bias is not None:
-        bias = bias.broadcast_to(out.shape)
-        if all(s == 0 for s in bias.strides[:-1]):  # one value per output column: the epilogue's bias
-            product = replace(product, bias=View(bias.addr, bias.dtype, bias.shape[-1:], bias.strides[-1:]))
-            bias = None
+    product, bias = column_bias(product, bias, out)
     if product.softmax and isinstance(b, ConstantMatrix):
         raise unsupported(node, "a softmax after a product with constant weights")
     alpha = product.alpha
@@ -94,6 +90,17 @@ def matmul_views(ctx: CodegenContext, a: View, b: View | ConstantMatrix, out: Vi
     else:
         _matmul_tiles(ctx, a, b, out, product, _column_block_tile(ctx, a, b, product, bias), config.array_cols,
                       bias, alpha)
+
+
+def column_bias(product: Product, bias: View | None, out: View) -> tuple[Product, View | None]:
+    """A bias with one value per output column becomes the product's (its epilogue adds it); any other
+    comes back broadcast to the output, a matrix to add."""
+    if bias is None:
+        return product, None
+    bias = bias.broadcast_to(out.shape)
+    if all(s == 0 for s in bias.strides[:-1]):
+        return replace(product, bias=View(bias.addr, bias.dtype, bias.shape[-1:], bias.strides[-1:])), None
+    return product, bias
 
 
 def _column_block_tile(ctx: CodegenContext, a: View, b: View, product: Product, bias: View | None) -> int:
@@ -225,6 +232,43 @@ STREAM_SLOT_SHARE = 64
 STREAM_GROUP_BLOCKS = 8
 
 
+def stream_slot_bytes(config, k_total: int, weight_size: int) -> int:
+    """Bytes of one slot of the streamed schedules' ring: a chunk of whole K tiles of one column block."""
+    tile_bytes = config.array_rows * config.array_cols * weight_size
+    k_tiles = -(-k_total // config.array_rows)
+    return max(1, min(k_tiles, STREAM_CHUNK_TILES, config.spad_bytes // STREAM_SLOT_SHARE // tile_bytes)) * tile_bytes
+
+
+class StreamedWeights:
+    """Constant weights [K, N] as the streamed schedules read them: stored in column blocks (each block's
+    [K, <= array_cols] contiguous, so that every DMA of them is one contiguous run), fetched in chunks of
+    whole K tiles that fill a ring slot of `slot_bytes`."""
+
+    def __init__(self, ctx: CodegenContext, b: ConstantMatrix, slot_bytes: int):
+        self.config = ctx.config
+        cols = self.config.array_cols
+        self.k_total, self.n_total = b.shape
+        blocks = [np.ascontiguousarray(b.data[:, n0:n0 + cols]) for n0 in range(0, self.n_total, cols)]
+        self.stored = ctx.constant(np.concatenate([block.reshape(-1) for block in blocks]), b.dtype,
+                                   b.name + ".blocks")
+        self.chunk_rows = slot_bytes // (self.config.array_rows * cols * b.dtype.size) * self.config.array_rows
+
+    def chunks(self, column_blocks) -> list[tuple[int, int, int]]:
+        """(column block, first K row, K rows) of each chunk of the blocks, in order."""
+        return [(j, k0, min(self.chunk_rows, self.k_total - k0)) for j in column_blocks
+                for k0 in range(0, self.k_total, self.chunk_rows)]
+
+    def columns(self, block: int) -> int:
+        return min(self.config.array_cols, self.n_total - block * self.config.array_cols)
+
+    def chunk(self, chunk: tuple[int, int, int]) -> View:
+        """The chunk's stored weights: its K rows of its column block, [K rows x block columns] dense."""
+        j, k0, count = chunk
+        nt = self.columns(j)
+        offset = (self.k_total * j * self.config.array_cols + k0 * nt) * self.stored.dtype.size
+        return View.dense(self.stored.addr + offset, self.stored.dtype, (count * nt,))
+
+
 def _matmul_streamed(ctx: CodegenContext, a: View, b: ConstantMatrix, out: View, product: Product) -> bool:
     """out [M, N] = a [M, K] @ b [K, N] with every weight tile loaded once and a's rows on chip.
 
@@ -259,9 +303,7 @@ def _matmul_streamed(ctx: CodegenContext, a: View, b: ConstantMatrix, out: View,
     group = min(n_blocks, STREAM_GROUP_BLOCKS, config.acc_bytes // (2 * row_block * cols * 4))
     if group < 1:
         return False
-    tile_bytes = rows * cols * wsize
-    slot_tiles = max(1, min(k_tiles, STREAM_CHUNK_TILES, config.spad_bytes // STREAM_SLOT_SHARE // tile_bytes))
-    slot_bytes = slot_tiles * rows * cols * wsize
+    slot_bytes = stream_slot_bytes(config, k_total, wsize)
     spad = ctx.scratchpad()
     fixed = a_bytes + a_staging + STREAM_SLOTS * slot_bytes + 8 * 64
     channels = n_total  # every channel's parameters loaded once, when they fit
@@ -279,11 +321,8 @@ def _matmul_streamed(ctx: CodegenContext, a: View, b: ConstantMatrix, out: View,
     slots = [spad.alloc(slot_bytes) for _ in range(STREAM_SLOTS)]
     acc = ctx.accumulator()
     c_buffers = [acc.alloc(row_block * width * 4) for _ in range(2)]
-    blocks = [np.ascontiguousarray(b.data[:, n0:n0 + cols]) for n0 in range(0, n_total, cols)]
-    stored = ctx.constant(np.concatenate([block.reshape(-1) for block in blocks]), b.dtype, b.name + ".blocks")
-    # The chunks in the order the array takes them: (column block, first K row, K rows).
-    chunks = [(j, k0, min(slot_tiles * rows, k_total - k0)) for j in range(n_blocks)
-              for k0 in range(0, k_total, slot_tiles * rows)]
+    weights = StreamedWeights(ctx, b, slot_bytes)
+    chunks = weights.chunks(range(n_blocks))  # in the order the array takes them
     # Smaller groups at the end pay when a block's finishing outweighs a vector instruction's latency.
     tapered = row_block * cols > config.vector_lanes * config.vector_latency
     passes = -(-m_total // row_block)
@@ -294,10 +333,7 @@ def _matmul_streamed(ctx: CodegenContext, a: View, b: ConstantMatrix, out: View,
     fetches = passes * len(chunks)  # every chunk once per row block, in the order the array takes them
 
     def fetch(index: int) -> None:
-        j, k0, count = chunks[index % len(chunks)]
-        nt = min(cols, n_total - j * cols)
-        offset = (k_total * j * cols + k0 * nt) * stored.dtype.size
-        ctx.dma_in(slots[index % STREAM_SLOTS], View.dense(stored.addr + offset, stored.dtype, (count * nt,)))
+        ctx.dma_in(slots[index % STREAM_SLOTS], weights.chunk(chunks[index % len(chunks)]))
 
     # One chunk before a, the rest after it: the DRAM channel serves DMAs in issue order, and a's
     # rows usually wait for the node before, whose result should not queue behind our weights.

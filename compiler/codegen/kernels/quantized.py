@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from compiler.codegen.context import CodegenContext, unsupported
+from compiler.codegen.context import CodegenContext, View, unsupported
 from compiler.codegen.kernels.conv import conv_kernel
 from compiler.codegen.kernels.epilogue import Product, Requantization, tail_of
 from compiler.codegen.kernels.matmul import ConstantMatrix, as_rows, laid_out_as, matmul_views
@@ -64,6 +64,12 @@ def qlinear_conv_kernel(ctx: CodegenContext, node: Node) -> None:
 
 def qlinear_matmul_kernel(ctx: CodegenContext, node: Node) -> None:
     """x [..., M, K] @ w [K, N]: the rows of every batch stream through one product."""
+    a, b, out, product = qlinear_matmul_operands(ctx, node)
+    matmul_views(ctx, a, b, out, node, product=product)
+
+
+def qlinear_matmul_operands(ctx: CodegenContext, node: Node) -> tuple[View, ConstantMatrix, View, Product]:
+    """The node's rows a [M, K], its constant weights, its result [M, N] and the integer Product."""
     weight = ctx.graph.values[node.inputs[1]]
     sums = weight.const.astype(np.int64).sum(axis=0) if weight.is_const else np.zeros(1)
     product = integer_product(ctx, node, sums)
@@ -71,5 +77,4 @@ def qlinear_matmul_kernel(ctx: CodegenContext, node: Node) -> None:
     product = product.laid_out(lambda view: laid_out_as(view, out.shape), 1)
     if not weight.is_const:
         raise unsupported(node, "run-time quantized weights")
-    b = ConstantMatrix(weight.const, product.weight_dtype, node.inputs[1])
-    matmul_views(ctx, a, b, out, node, product=product)
+    return a, ConstantMatrix(weight.const, product.weight_dtype, node.inputs[1]), out, product
