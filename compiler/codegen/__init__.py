@@ -82,6 +82,7 @@ def _generate(graph: Graph, config: AcceleratorConfig, keep_intermediates: bool,
     producers = {producer: consumer for consumer, producer in interleaved.items()}
     pending: Recorded = []  # the previous kernel's code while the next one is to interleave with it
     pending_label = ""  # the node (or fused pair) that code is of
+    timings: dict = {}  # interleave's timings of such code alone, by its shape
     # Pairs of kernels that may run as one (PAIR_KERNELS): first node index -> (second node index, step);
     # `fused` holds the second nodes emitted with the first.
     pairs = _pairs(graph, interleaved, steps)
@@ -123,7 +124,7 @@ def _generate(graph: Graph, config: AcceleratorConfig, keep_intermediates: bool,
             code, scratch = _kernel(ctx, node, name, above, record=index in interleaved or index in producers)
             ctx.next_reads_rows = False
             if index in interleaved:
-                code, pending = interleave(pending, code, config, ctx.emitter.fresh), []
+                code, pending = interleave(pending, code, config, ctx.emitter.fresh, timings), []
                 _describe_group(ctx, code, pending_label, name)
             if index in producers:
                 pending, pending_label = code, name

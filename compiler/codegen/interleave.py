@@ -46,6 +46,7 @@ from isa.timing import Timeline
 Recorded = list[tuple[Instruction, str | None]]  # instructions with the node (or group) each belongs to
 JOIN = " + "
 _MEMORY = {DRAM: 0, LOCAL: 1}
+_UNTIMED = {"dram", "wait", "signal"}  # fields that do not change when code runs alone, or how long
 
 
 def _spans(instruction: Instruction, config: AcceleratorConfig) -> list[tuple[int, int, int, bool]]:
@@ -54,16 +55,16 @@ def _spans(instruction: Instruction, config: AcceleratorConfig) -> list[tuple[in
 
 
 def interleave(pending: Recorded, new: Recorded, config: AcceleratorConfig,
-               fresh_emitter: Callable[[], Emitter]) -> Recorded:
+               fresh_emitter: Callable[[], Emitter], timings: dict | None = None) -> Recorded:
     """`pending` then `new`, with each instruction of `new` moved up into `pending` (module docstring)
     and the span where they alternate named after both. `fresh_emitter` makes an emitter without
-    history, to time `pending` alone."""
+    history, to time `pending` alone; `timings` keeps those timings for code of the same shape."""
     if not pending or not new or any(instruction.definition.engine is Engine.MATRIX for instruction, _ in new):
         return pending + new
     rows = [(index, *span) for index, (instruction, _) in enumerate(pending) for span in _spans(instruction, config)]
     owner, memory, start, end, write = (np.array(column, dtype=np.int64) for column in zip(*rows, strict=True))
     write = write.astype(bool)
-    began, ended = _timed(pending, config, fresh_emitter)
+    began, ended = _timed(pending, config, fresh_emitter, timings)
     # Per engine, its pending instructions in program order and when each starts (in order, so sorted).
     queue: list[list[int]] = [[] for _ in Engine]
     queue_starts: list[list[int]] = [[] for _ in Engine]
@@ -105,8 +106,19 @@ def interleave(pending: Recorded, new: Recorded, config: AcceleratorConfig,
     return _grouped(merged, from_new)
 
 
-def _timed(code: Recorded, config: AcceleratorConfig, fresh_emitter: Callable[[], Emitter]) -> tuple[np.ndarray, ...]:
-    """When each instruction of `code` starts and ends when it runs alone (isa/timing.py)."""
+def _timed(code: Recorded, config: AcceleratorConfig, fresh_emitter: Callable[[], Emitter],
+           timings: dict | None = None) -> tuple[np.ndarray, ...]:
+    """When each instruction of `code` starts and ends when it runs alone (isa/timing.py). Code whose
+    instructions differ only in DRAM addresses (a kernel of the next layer of a transformer) runs alike:
+    `timings` holds what was timed, by that shape, and timing MiniLM's feed-forward block once instead of
+    once a layer saves a sixth of its compile time. (A wrong hit could only place code worse, never make it
+    wrong: what orders the merged code is its footprints and the real emitter's synchronisation.)"""
+    shape = None
+    if timings is not None:
+        shape = tuple((instruction.mnemonic, *(value for name, value in instruction.fields.items()
+                                                 if name not in _UNTIMED)) for instruction, _ in code)
+        if shape in timings:
+            return timings[shape]
     emitter = fresh_emitter()
     for instruction, node in code:
         emitter.append(instruction, node)
@@ -117,6 +129,8 @@ def _timed(code: Recorded, config: AcceleratorConfig, fresh_emitter: Callable[[]
         at = position.get(id(program[index]))
         if at is not None:
             began[at], ended[at] = begins, ends
+    if shape is not None:
+        timings[shape] = began, ended
     return began, ended
 
 

@@ -232,11 +232,12 @@ STREAM_SLOT_SHARE = 64
 STREAM_GROUP_BLOCKS = 8
 
 
-def stream_slot_bytes(config, k_total: int, weight_size: int) -> int:
-    """Bytes of one slot of the streamed schedules' ring: a chunk of whole K tiles of one column block."""
+def stream_slot_bytes(config, k_total: int, weight_size: int, chunk_tiles: int = STREAM_CHUNK_TILES) -> int:
+    """Bytes of one slot of the streamed schedules' ring: a chunk of at most `chunk_tiles` whole K tiles of one
+    column block."""
     tile_bytes = config.array_rows * config.array_cols * weight_size
     k_tiles = -(-k_total // config.array_rows)
-    return max(1, min(k_tiles, STREAM_CHUNK_TILES, config.spad_bytes // STREAM_SLOT_SHARE // tile_bytes)) * tile_bytes
+    return max(1, min(k_tiles, chunk_tiles, config.spad_bytes // STREAM_SLOT_SHARE // tile_bytes)) * tile_bytes
 
 
 class StreamedWeights:

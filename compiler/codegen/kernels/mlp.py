@@ -37,6 +37,9 @@ from compiler.codegen.kernels.quantized import qlinear_matmul_operands
 from compiler.ir import Graph, Node
 
 PRODUCTS = ("QLinearMatMul", "MatMul", "FusedMatMul")
+# K tiles a weight fetch brings at most (the streamed product's 2 would make every fourth instruction of
+# MiniLM's block a DMA: a third more instructions to compile, for 0.1% fewer cycles).
+CHUNK_TILES = 8
 
 
 def fusable(graph: Graph, first: Node, second: Node) -> bool:
@@ -104,7 +107,7 @@ def mlp_kernel(ctx: CodegenContext, first: Node, second: Node) -> None:
                                round(first_group // cols * -(-k_total // rows) / -(-n_hidden // rows))))
     second_group = second_blocks * cols
     second_groups = [(n0, min(second_group, n_total - n0)) for n0 in range(0, n_total, second_group)]
-    slot_bytes = stream_slot_bytes(config, max(k_total, n_hidden), first_product.weight_dtype.size)
+    slot_bytes = stream_slot_bytes(config, max(k_total, n_hidden), first_product.weight_dtype.size, CHUNK_TILES)
     spad, acc = ctx.scratchpad(), ctx.accumulator()
     hidden_sets = 2 * len(first_groups)  # two blocks of H, a finished column group each
     local = (Finisher.reserve_bytes(first_product, row_block, first_group, n_hidden, output_sets=hidden_sets)
