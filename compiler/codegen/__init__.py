@@ -177,23 +177,30 @@ def _interleaved(graph: Graph) -> dict[int, int]:
 # Pairs of consecutive kernels emitted as one kernel where the cost model times that faster (-O2 code
 # generation steps): step -> (which pairs qualify, the kernel, whether the second node's code may have the
 # next kernel's interleaved into it).
-QUANTIZATION_ATTRS = {"x_scale", "x_zero_point", "w_scale", "w_zero_point", "y_scale", "y_zero_point"}
 PAIR_KERNELS = {"attention": (attention.fusable, attention.attention_kernel, False),
                 "mlp": (mlp.fusable, mlp.mlp_kernel, True)}
+
+
+# What a pair's choice does not depend on: quantization parameters change values, not code.
+QUANTIZATION_ATTRS = {"x_scale", "x_zero_point", "w_scale", "w_zero_point", "y_scale", "y_zero_point"}
 
 
 def _pairs(graph: Graph, interleaved: dict[int, int], steps: Collection[str]) -> dict[int, tuple[int, str]]:
     """The pairs of consecutive kernels (only aliases between) that PAIR_KERNELS' steps in `steps` allow:
     first node index -> (second node index, step). Kernels whose code interleaves keep to that, but for a
-    second node whose step lets the next kernel interleave with the pair."""
+    second node whose step lets the next kernel interleave with the pair. A node takes part in one pair."""
     taking_part = set(interleaved) | set(interleaved.values())
-    pairs = {}
+    pairs: dict[int, tuple[int, str]] = {}
+    paired: set[int] = set()
     for previous, index in _consecutive_kernels(graph):
+        if previous in paired or previous in taking_part or index in interleaved:
+            continue
         for step, (fusable, _, leads) in PAIR_KERNELS.items():
-            if step in steps and previous not in taking_part and index not in interleaved \
-                    and (leads or index not in taking_part) and previous not in pairs \
+            if step in steps and (leads or index not in taking_part) \
                     and fusable(graph, graph.nodes[previous], graph.nodes[index]):
                 pairs[previous] = index, step
+                paired |= {previous, index}
+                break
     return pairs
 
 
@@ -220,7 +227,7 @@ def _pair(ctx: CodegenContext, first: Node, second: Node, step: str, place_outpu
         for node in (first, second):
             KERNELS[node.op](ctx, node)
 
-    # Pairs of the same shapes take the same choice: quantization parameters change values, not code.
+    # Pairs of the same shapes take the same choice.
     key = (step, *(repr(({name: value for name, value in node.attrs.items() if name not in QUANTIZATION_ATTRS},
                          [(graph.values[name].shape, graph.values[name].dtype)
                           for name in node.inputs + node.outputs if name]))
