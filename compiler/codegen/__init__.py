@@ -215,8 +215,9 @@ def _pair(ctx: CodegenContext, first: Node, second: Node, step: str, place_outpu
 
     def allocated(*nodes: Node) -> None:
         # For the trials, which put back the DRAM they take (but not what place_outputs records).
-        for value in (graph.values[name] for node in nodes for name in node.outputs if name):
-            ctx.views[value.name] = ctx.allocate(value.shape, accelerator_dtype(value.dtype, value.name, first.op))
+        for node in nodes:
+            for value in (graph.values[name] for name in node.outputs if name):
+                ctx.views[value.name] = ctx.allocate(value.shape, accelerator_dtype(value.dtype, value.name, node.op))
 
     def on_chip() -> None:
         allocated(second)

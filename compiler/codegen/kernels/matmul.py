@@ -262,6 +262,24 @@ class StreamedWeights:
     def columns(self, block: int) -> int:
         return min(self.config.array_cols, self.n_total - block * self.config.array_cols)
 
+    def multiply(self, ctx: CodegenContext, slot: int, chunk: tuple[int, int, int], product: Product,
+                 rows_at: Callable[[int], tuple[int, int]], m: int, c_tile: int, first_column: int,
+                 c_width: int) -> None:
+        """The chunk's K tiles through the array from the ring slot it was fetched into: each shifted in by
+        `load_weights`, then one `matmul` of `m` rows, read at rows_at(k0) = (address, row stride),
+        accumulating into its columns of the [m, c_width] tile at `c_tile` (whose first column is
+        `first_column`)."""
+        j, chunk_k0, count = chunk
+        nt, rows = self.columns(j), self.config.array_rows
+        for k0 in range(chunk_k0, chunk_k0 + count, rows):
+            address, stride = rows_at(k0)
+            ctx.emitter.emit("load_weights", dtype=product.weight_dtype,
+                             addr=slot + (k0 - chunk_k0) * nt * product.weight_dtype.size,
+                             k=min(rows, self.k_total - k0), n=nt, stride=nt)
+            ctx.emitter.emit("matmul", dtype=product.operand, a=address, a_rs=stride, m=m,
+                             c=c_tile + (j * self.config.array_cols - first_column) * 4, c_rs=c_width,
+                             accumulate=int(k0 > 0))
+
     def chunk(self, chunk: tuple[int, int, int]) -> View:
         """The chunk's stored weights: its K rows of its column block, [K rows x block columns] dense."""
         j, k0, count = chunk
@@ -354,18 +372,11 @@ def _matmul_streamed(ctx: CodegenContext, a: View, b: ConstantMatrix, out: View,
             c_tile = c_buffers[number % 2]
             number += 1
             for j in range(first_block, first_block + blocks_here):
-                nt = min(cols, n_total - j * cols)
                 while position < len(chunks) and chunks[position][0] == j:
-                    _, chunk_k0, count = chunks[position]
                     index = row_pass * len(chunks) + position  # the fetch that brought this chunk
-                    slot = slots[index % STREAM_SLOTS]
-                    for k0 in range(chunk_k0, chunk_k0 + count, rows):
-                        kt = min(rows, k_total - k0)
-                        ctx.emitter.emit("load_weights", dtype=product.weight_dtype,
-                                         addr=slot + (k0 - chunk_k0) * nt * wsize, k=kt, n=nt, stride=nt)
-                        ctx.emitter.emit("matmul", dtype=product.operand, a=a_tile + (r0 * k_total + k0) * size,
-                                         a_rs=k_total, m=mt, c=c_tile + (j - first_block) * cols * 4, c_rs=width_here,
-                                         accumulate=int(k0 > 0))
+                    weights.multiply(ctx, slots[index % STREAM_SLOTS], chunks[position], product,
+                                     lambda k0, r0=r0: (a_tile + (r0 * k_total + k0) * size, k_total), mt, c_tile, n0,
+                                     width_here)
                     if index + STREAM_SLOTS < fetches:
                         fetch(index + STREAM_SLOTS)
                     position += 1

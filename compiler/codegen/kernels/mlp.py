@@ -127,9 +127,9 @@ def mlp_kernel(ctx: CodegenContext, first: Node, second: Node) -> None:
     products, groups = (first_product, second_product), (first_groups, second_groups)
     passes = -(-m_total // row_block)
     jobs = _job_order(passes, len(first_groups), len(second_groups))
+    job_chunks = [weights[product].chunks(_blocks(groups[product][group], cols)) for product, _, group in jobs]
     # Every chunk of weights in the order the array takes them: (product, chunk).
-    stream = [(job[0], chunk) for job in jobs
-              for chunk in weights[job[0]].chunks(_blocks(groups[job[0]][job[2]], cols))]
+    stream = [(job[0], chunk) for job, chunks in zip(jobs, job_chunks, strict=True) for chunk in chunks]
     ctx.note(f"feed-forward block on chip: {passes} blocks of {row_block} rows; {n_hidden} hidden values a row "
              f"stay on chip in {len(first_groups)} groups, the two products' column groups alternating; both "
              f"weights streamed once per block")
@@ -161,7 +161,16 @@ def mlp_kernel(ctx: CodegenContext, first: Node, second: Node) -> None:
         else:
             second_finisher.finish(tile, mt, width, False, n0, result, where)
 
-    for product, block, group in jobs:
+    def rows_at(product: int, block: int, k0: int) -> tuple[int, int]:
+        """Where a product's rows for K tile k0 of a row block are, and their stride: the first product's in
+        a's tile, the second product's in the finished group of H that holds column k0."""
+        if product == 0:
+            return a_tile + (block * row_block * k_total + k0) * size, k_total
+        hidden_group = k0 // first_group
+        return finished[block, hidden_group] + (k0 - hidden_group * first_group) * hidden_size, \
+            first_groups[hidden_group][1]
+
+    for (product, block, group), chunks in zip(jobs, job_chunks, strict=True):
         r0 = block * row_block
         mt = min(row_block, m_total - r0)
         if product == 1:  # its rows are H's: every group of this block finished first
@@ -172,23 +181,10 @@ def mlp_kernel(ctx: CodegenContext, first: Node, second: Node) -> None:
         tile = tiles[counts[product] % 2]
         counts[product] += 1
         n0, width = groups[product][group]
-        for j, chunk_k0, count in weights[product].chunks(_blocks((n0, width), cols)):  # stream[position:...]
-            nt = weights[product].columns(j)
-            slot = slots[position % STREAM_SLOTS]
-            for k0 in range(chunk_k0, chunk_k0 + count, rows):
-                kt = min(rows, weights[product].k_total - k0)
-                if product == 0:
-                    operand, stride = a_tile + (r0 * k_total + k0) * size, k_total
-                else:
-                    hidden_group = k0 // first_group
-                    operand = finished[block, hidden_group] + (k0 - hidden_group * first_group) * hidden_size
-                    stride = first_groups[hidden_group][1]
-                ctx.emitter.emit("load_weights", dtype=products[product].weight_dtype,
-                                 addr=slot + (k0 - chunk_k0) * nt * products[product].weight_dtype.size, k=kt,
-                                 n=nt, stride=nt)
-                ctx.emitter.emit("matmul", dtype=products[product].operand, a=operand,
-                                 a_rs=stride, m=mt, c=tile + (j * cols - n0) * 4, c_rs=width,
-                                 accumulate=int(k0 > 0))
+        for chunk in chunks:  # stream[position:position + len(chunks)]
+            weights[product].multiply(ctx, slots[position % STREAM_SLOTS], chunk, products[product],
+                                      lambda k0, product=product, block=block: rows_at(product, block, k0), mt,
+                                      tile, n0, width)
             fetch(position + STREAM_SLOTS)
             position += 1
         while unfinished:  # the job before this one, finished while this one runs
