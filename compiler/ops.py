@@ -121,7 +121,10 @@ _op("LayerNormalization", (2, 3), rules.layer_norm, "normalise over the axes fro
     "outputs y, mean, inv_std_dev (only y may be used)", outputs=(1, 3), axis=REQUIRED, epsilon=1e-5)
 _op("FusedLayerNorm", (2, None), rules.fused_layer_norm, "LayerNormalization(X, scale, bias) (y only), then a "
     "`tail` of FusedElementwise steps on it (x0 = y, x<i> = input 2 + i; single values only), run on each row tile "
-    "before it is stored (compiler/passes/fuse_epilogue.py fuse_norm_tail)", axis=REQUIRED, epsilon=1e-5, tail=[])
+    "before it is stored (compiler/passes/fuse_epilogue.py fuse_norm_tail). With a `prologue` (steps on inputs "
+    "0..k-1, element-wise or Gather of table rows), X is its result, computed on each row tile as it is loaded, "
+    "and scale, bias and the tail's inputs come after those k (fuse_norm_prologue)",
+    axis=REQUIRED, epsilon=1e-5, tail=[], prologue=[])
 _op("LpNormalization", 1, rules.along_axis, "x / the p-norm (p 1 or 2) along axis", axis=REQUIRED, p=2)
 
 # Matrix products, softmax, reductions -------------------------------------------------------------

@@ -23,7 +23,7 @@ from compiler.frontend import import_model
 from compiler.ir import Graph, to_text
 from compiler.passes.fold_transpose import fold_cast_into_matmul, fold_transpose_into_matmul
 from compiler.passes.fuse_elementwise import fuse_elementwise
-from compiler.passes.fuse_epilogue import fuse_epilogue, fuse_norm_tail, fuse_softmax, fuse_tail
+from compiler.passes.fuse_epilogue import fuse_epilogue, fuse_norm_prologue, fuse_norm_tail, fuse_softmax, fuse_tail
 from compiler.passes.precision import MATRIX_OPS, to_bf16, to_w8a16
 from compiler.passes.quantized import fold_dequantized_constants, fuse_qdq
 from compiler.passes.reciprocal import reciprocal_of_constant_divisor
@@ -55,6 +55,7 @@ PASSES: list[tuple[str, Pass, int]] = [
     ("fuse_tail", fuse_tail, 2),
     ("fuse_softmax", fuse_softmax, 2),
     ("fuse_norm_tail", fuse_norm_tail, 2),
+    ("fuse_norm_prologue", fuse_norm_prologue, 2),
     ("transpose_to_reshape", transpose_to_reshape, 1),
     ("fold_transpose_into_matmul", fold_transpose_into_matmul, 2),
 ]

@@ -340,11 +340,26 @@ def layer_norm(attrs: dict, x: list) -> Result:
     return [(_same_dtype(x), data.shape), ("f32", stats), ("f32", stats)]
 
 
+def prologue_inputs(attrs: dict) -> int:
+    """How many of a FusedLayerNorm's inputs its `prologue` reads (they come first, before scale and
+    bias); 1 without a prologue: X itself."""
+    steps = elementwise_steps({"steps": attrs["prologue"]}) if attrs.get("prologue") else []
+    return 1 + max((int(o[1:]) for step in steps for o in step.operands if o.startswith("x")), default=0)
+
+
 def fused_layer_norm(attrs: dict, x: list) -> Result:
-    """LayerNormalization's y of x[0] with scale x[1] and bias x[2] (may be absent), then its `tail`
-    on the inputs after them."""
-    ((dtype, shape), *_) = layer_norm(attrs, [value for value in x[:3] if value is not None])
-    return _with_tail(attrs, dtype, shape, x[3:])
+    """LayerNormalization's y of X with the scale and bias after it (bias may be absent), then its
+    `tail` on the inputs after them. X is x[0], or with a `prologue` the result of its steps on
+    x[0], x[1], ... (element-wise, or a Gather of table rows), whose shape every operand of an
+    element-wise step keeps or broadcasts to."""
+    count = prologue_inputs(attrs)
+    data = x[0]
+    if attrs.get("prologue"):
+        types = step_types(elementwise_steps({"steps": attrs["prologue"]}), x[:count], gathers=True)
+        data = Value("X", *types[-1])
+        _check(data.dtype == "f32", f"the prologue gives {data.dtype}, not f32")
+    ((dtype, shape), *_) = layer_norm(attrs, [value for value in [data, *x[count:count + 2]] if value is not None])
+    return _with_tail(attrs, dtype, shape, x[count + 2:])
 
 
 def along_axis(attrs: dict, x: list) -> Result:
@@ -641,9 +656,10 @@ def elementwise_steps(attrs: dict) -> list[Step]:
     return [Step.parse(text) for text in steps]
 
 
-def step_types(steps: list[Step], x: list) -> list[tuple[str, Shape]]:
+def step_types(steps: list[Step], x: list, gathers: bool = False) -> list[tuple[str, Shape]]:
     """(dtype, shape) of every step's result, each by its own op's rule; ShapeError naming the step
-    if one does not fit, reads an operand it should not, or is not element-wise."""
+    if one does not fit, reads an operand it should not, or is not element-wise. With `gathers`, a
+    step may also be a Gather of rows (axis 0) from a 2-D input by indices that are an input."""
     from compiler.ops import OPS, REQUIRED
 
     results: list[Value] = []
@@ -673,8 +689,13 @@ def step_types(steps: list[Step], x: list) -> list[tuple[str, Shape]]:
         for name, default in definition.attrs.items():
             _check(default is not REQUIRED or name in step.attrs, f"{where}: missing required attribute {name!r}")
         ((dtype, shape),) = definition.infer(Node(step.op, [], [], step.attrs), operands)[:1]
-        _check(tuple(shape) == broadcast_shapes(*(v.shape for v in operands if v is not None)),
-               f"{where}: {step.op} is not element-wise here")
+        if gathers and step.op == "Gather":
+            _check(step.attrs.get("axis", 0) == 0 and len(operands[0].shape) == 2
+                   and all(operand.startswith("x") for operand in step.operands),
+                   f"{where}: only rows of a 2-D input by indices that are inputs are gathered")
+        else:
+            _check(tuple(shape) == broadcast_shapes(*(v.shape for v in operands if v is not None)),
+                   f"{where}: {step.op} is not element-wise here")
         results.append(Value(f"s{index}", dtype, tuple(shape)))
     return [(v.dtype, v.shape) for v in results]
 

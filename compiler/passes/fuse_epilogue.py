@@ -24,7 +24,7 @@ import math
 import numpy as np
 
 from compiler.ir import Graph, Node, Value
-from compiler.shape_rules import Step
+from compiler.shape_rules import Step, elementwise_steps
 
 FUSED = {"Conv": ("FusedConv", 3), "Gemm": ("FusedGemm", 3), "MatMul": ("FusedMatMul", 3)}
 FLOAT = ("f32", "bf16")
@@ -223,6 +223,73 @@ def fuse_norm_tail(graph: Graph) -> Graph:
         attrs = {"axis": node.attrs["axis"], "epsilon": node.attrs.get("epsilon", 1e-5), "tail": steps}
         replaced[id(node)] = Node("FusedLayerNorm", inputs + others, list(program.outputs), attrs, node.name)
         removed.add(id(users[0]))
+    if not replaced:
+        return graph
+    graph.nodes = [replaced.get(id(node), node) for node in graph.nodes if id(node) not in removed]
+    return graph.prune()
+
+
+def fuse_norm_prologue(graph: Graph) -> Graph:
+    """A layer norm over the last axis (LayerNormalization, only its y used, or FusedLayerNorm) whose X
+    an element-wise node or program makes, read by nothing else, takes that program as its `prologue`:
+    X is computed on each row tile as the norm loads it and never reaches DRAM (a transformer's
+    embeddings: the sum of the token, position and segment rows). An f32 operand of the program that a
+    Gather of rows (axis 0) from a constant 2-D table makes, with the indices X's leading axes and
+    read by nothing else, becomes a Gather step: each tile's rows are fetched by their indices
+    straight into the norm's tile. Invariant: node outputs keep their names, dtypes and shapes."""
+    # Imported here: fuse_elementwise reaches the code generator, which imports this module.
+    from compiler.passes.fuse_elementwise import INTERMEDIATE_DTYPES
+
+    consumers = graph.consumers()
+    producers = graph.producers()
+    replaced: dict[int, Node] = {}
+    removed: set[int] = set()
+
+    def only_reader(name: str, node: Node) -> bool:
+        return name not in graph.outputs and [id(user) for user in consumers.get(name, [])] == [id(node)]
+
+    for node in graph.nodes:
+        if node.op not in ("LayerNormalization", "FusedLayerNorm") or node.attrs.get("prologue") \
+                or any(name and (consumers.get(name) or name in graph.outputs) for name in node.outputs[1:]):
+            continue
+        x = graph.values[node.inputs[0]]
+        producer = producers.get(x.name)
+        if node.attrs["axis"] % len(x.shape) != len(x.shape) - 1 or producer is None \
+                or not only_reader(x.name, node) or id(producer) in removed:
+            continue
+        program = _as_program(graph, producer)
+        if program is None or x.dtype != "f32":
+            continue
+        inputs: list[str] = []
+        gathers: list[Step] = []
+        absorbed: list[Node] = []
+        operand = {}  # the program's x<i> -> the prologue's operand
+        for i, name in enumerate(program.inputs):
+            gather = producers.get(name)
+            if gather is not None and gather.op == "Gather" and gather.attrs.get("axis", 0) == 0 \
+                    and only_reader(name, producer) and id(gather) not in removed:
+                table, indices = (graph.values[n] for n in gather.inputs)
+                if table.is_const and table.dtype == "f32" and len(table.shape) == 2 \
+                        and indices.shape + table.shape[1:] == x.shape:
+                    inputs += gather.inputs
+                    operand[f"x{i}"] = f"s{len(gathers)}"
+                    gathers.append(Step("Gather", (f"x{len(inputs) - 2}", f"x{len(inputs) - 1}"), {"axis": 0}))
+                    absorbed.append(gather)
+                    continue
+            if graph.values[name].dtype not in INTERMEDIATE_DTYPES:  # the tile holds 4-byte elements at most
+                break
+            inputs.append(name)
+            operand[f"x{i}"] = f"x{len(inputs) - 1}"
+        else:
+            shifted = [Step(step.op, tuple(operand.get(o) or (f"s{int(o[1:]) + len(gathers)}" if o else "")
+                                           for o in step.operands), step.attrs)
+                       for step in elementwise_steps(program.attrs)]
+            own = list(node.inputs[1:3]) + [""] * (3 - len(node.inputs[:3]))
+            attrs = {"axis": node.attrs["axis"], "epsilon": node.attrs.get("epsilon", 1e-5),
+                     "tail": node.attrs.get("tail", []), "prologue": [step.text() for step in gathers + shifted]}
+            replaced[id(node)] = Node("FusedLayerNorm", inputs + own + list(node.inputs[3:]), list(node.outputs[:1]),
+                                      attrs, node.name)
+            removed |= {id(producer), *(id(gather) for gather in absorbed)}
     if not replaced:
         return graph
     graph.nodes = [replaced.get(id(node), node) for node in graph.nodes if id(node) not in removed]

@@ -31,10 +31,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from compiler.codegen.context import LOCAL_ALIGN, CodegenContext, LocalArena, View, unsupported
-from compiler.codegen.kernels.elementwise import SharedZero, Tile, TileBuilder, merge_joint
+from compiler.codegen.context import LOCAL_ALIGN, CodegenContext, LocalArena, View, accelerator_dtype, unsupported
+from compiler.codegen.kernels.elementwise import SharedZero, StepProgram, Tile, TileBuilder, merge_joint, step_program
+from compiler.codegen.kernels.movement import indexed_dma, load_indices
 from compiler.ir import Node
 from compiler.ops import OPS
+from compiler.shape_rules import Step, elementwise_steps, prologue_inputs, step_types
 from isa.dtypes import DType
 from isa.spec import FORMATS, vector_pass_cycles
 
@@ -51,6 +53,7 @@ def _field_limit(name: str) -> int:
 MAX_COL_STRIDE = _field_limit("a_cs")  # a transposed read's column stride: the column-orientation width
 MAX_EXTENT = min(_field_limit(name) for name in ("rows", "cols", "a_rs", "dst_rs"))
 EXACT_F32_INTEGERS = 1 << 24  # indices are computed as f32
+RESIDENT_INDICES = 1 / 16  # the share of the scratchpad a prologue's gathered indices may keep for every row
 ELEMENTWISE = {"sum": "vadd", "max": "vmax", "min": "vmin"}  # a reduction's element-wise step
 
 
@@ -461,6 +464,7 @@ class SegmentPlan:
     result: View | None = None  # one value per segment (stride 0 along the reduced dimensions)
     segment_params: list[View] = field(default_factory=list)
     element_params: list[View] = field(default_factory=list)
+    prologue: list[View] = field(default_factory=list)  # a prologue's operands (then `source` is not read)
 
     @property
     def rowwise(self) -> bool:
@@ -468,12 +472,12 @@ class SegmentPlan:
 
 
 def plan_segments(shape: tuple[int, ...], axes, source: View, target: View | None = None,
-                  result: View | None = None, segment_params=(), element_params=()) -> SegmentPlan:
+                  result: View | None = None, segment_params=(), element_params=(), prologue=()) -> SegmentPlan:
     """Transpose (by strides) every view, all given with dimensions `shape`, to outer + reduced + inner.
 
     `result` and `segment_params` have stride 0 along `axes`, `element_params` along the others."""
     axes = set(axes)
-    views = [v for v in (source, target, result, *segment_params, *element_params) if v is not None]
+    views = [v for v in (source, target, result, *segment_params, *element_params, *prologue) if v is not None]
     real = [i for i, n in enumerate(shape) if n != 1]
     inner_axes: list[int] = []
     for i in reversed(real):
@@ -498,7 +502,7 @@ def plan_segments(shape: tuple[int, ...], axes, source: View, target: View | Non
     it = iter(rebuilt)
     return SegmentPlan(outer, reduced, inner, next(it), next(it) if target is not None else None,
                        next(it) if result is not None else None, [next(it) for _ in segment_params],
-                       [next(it) for _ in element_params])
+                       [next(it) for _ in element_params], [next(it) for _ in prologue])
 
 
 def _chunk_shape(shape: tuple[int, ...], budget: int) -> tuple[int, ...]:
@@ -570,12 +574,65 @@ class _Buffers:
     tail_temps: list[int] = field(default_factory=list)
     tail_scalars: list[int] = field(default_factory=list)
     zero: SharedZero | None = None
+    # A prologue (FusedLayerNorm): its temporaries; per gathered operand, the int32 indices of every row,
+    # or per set the tile's, with where int64 indices are loaded before they are narrowed.
+    prologue_temps: list[int] = field(default_factory=list)
+    resident_indices: list[int] = field(default_factory=list)
+    indices: list[list[int]] = field(default_factory=list)
+    wide_indices: int = 0
+
+
+@dataclass
+class Prologue:
+    """A FusedLayerNorm's prologue made ready: `program` computes X on a tile from one tile per
+    operand. Operand i is loaded from the plan's prologue view i, or, when `gathers[i]` gives a
+    table and its indices, gathered: the tile's rows are the table rows its indices name (the plan's
+    view is then X's dense shape at address 0, whose window says which rows and columns)."""
+
+    program: StepProgram
+    views: list[View]  # per operand, laid out as X
+    gathers: list[tuple[View, View] | None]  # per operand: (table [n, d], indices [rows of X]) or None
+
+    @property
+    def gathered(self) -> int:
+        return sum(gather is not None for gather in self.gathers)
+
+
+def prologue_of(ctx: CodegenContext, node: Node, count: int, shape: tuple[int, ...]) -> Prologue:
+    """The prologue of a FusedLayerNorm (on its first `count` inputs), for X of `shape`."""
+    graph = ctx.graph
+    steps = elementwise_steps({"steps": node.attrs["prologue"]})
+    names = node.inputs[:count]
+    types = step_types(steps, [graph.values[name] for name in names], gathers=True)
+    gathered = [step for step in steps if step.op == "Gather"]
+    operands: list[str] = []  # the prologue's operands: x<i> of the gathered table, or s<j> of a Gather step
+    views, gathers = [], []
+    for j, step in enumerate(gathered):
+        table, indices = (ctx.view(names[int(o[1:])]) for o in step.operands)
+        operands.append(f"s{j}")
+        views.append(View.dense(0, F32, shape))
+        gathers.append((table, indices.reshape_dense((indices.size,))))
+    rest = steps[len(gathered):]
+    for name_index in sorted({int(o[1:]) for step in rest for o in step.operands if o.startswith("x")}):
+        operands.append(f"x{name_index}")
+        views.append(ctx.view(names[name_index]).broadcast_to(shape))
+        gathers.append(None)
+    renamed = [Step(step.op, tuple(f"x{operands.index(o)}" if o in operands else
+                                   f"s{int(o[1:]) - len(gathered)}" if o else "" for o in step.operands), step.attrs)
+               for step in rest]
+    where = f"{node.op} node {node.name!r}"
+    results = [accelerator_dtype(dtype, f"{node.outputs[0]} prologue step {j}", where)
+               for j, (dtype, _) in enumerate(types[len(gathered):])]
+    operand_names = [None if gather else names[int(o[1:])] for o, gather in zip(operands, gathers, strict=True)]
+    program = step_program(ctx, node, renamed, [view.dtype for view in views], operand_names, results)
+    return Prologue(program, views, gathers)
 
 
 def _allocate(ctx: CodegenContext, plan: SegmentPlan, op: SegmentOp, node: Node,
-              tail: Tail | None = None) -> tuple[_Geometry, _Buffers]:
+              tail: Tail | None = None, prologue: Prologue | None = None) -> tuple[_Geometry, _Buffers]:
     """The largest tiles for which two sets of buffers fit; statistics go to the accumulator when they fit."""
-    tiles_per_set = 1 + op.chunk_temps
+    operands = len(prologue.views) if prologue else 0
+    tiles_per_set = 1 + op.chunk_temps + operands
     stat_count = len(op.stats) + len(plan.segment_params) + op.stat_temps
     lanes = ctx.config.vector_lanes
 
@@ -591,9 +648,22 @@ def _allocate(ctx: CodegenContext, plan: SegmentPlan, op: SegmentOp, node: Node,
         if tail is not None:
             tile += 2 * _aligned(geometry.n * geometry.m * tail.program.result.size)
             tile += tail.program.temps * _aligned(geometry.n * geometry.m * 4) + (len(tail.operands) + 1) * LOCAL_ALIGN
+        if prologue is not None:
+            tile += prologue.program.temps * _aligned(geometry.n * geometry.m * 4) + LOCAL_ALIGN
+            if prologue.gathered and not resident:  # per tile: two sets of int32 indices per gathered operand,
+                # and an int64 load
+                tile += 2 * prologue.gathered * _aligned(geometry.n * 4) + _aligned(geometry.n * 8)
         return geometry, param_sets, tile + params, stats
 
     spad, acc = ctx.scratchpad(), ctx.accumulator()
+    # A gathered operand's indices, narrowed to int32 once for every row when they take a sliver of the
+    # scratchpad (then no tile waits for the vector unit to narrow its own); else per tile.
+    rows = math.prod(plan.outer)
+    resident = prologue is not None and prologue.gathered > 0 and rows <= MAX_EXTENT \
+        and rows * (4 * prologue.gathered + 8) <= spad.free * RESIDENT_INDICES
+    if resident:
+        indices = [spad.alloc(rows * 4) for _ in range(prologue.gathered)]
+        wide_indices = spad.alloc(rows * 8)
 
     def fits(elements: int) -> bool:
         _, _, main, stats = layout(elements)
@@ -620,6 +690,16 @@ def _allocate(ctx: CodegenContext, plan: SegmentPlan, op: SegmentOp, node: Node,
         buffers.zero = SharedZero(spad.alloc(4))
         for address, operand in zip(buffers.tail_scalars, tail.operands, strict=True):
             ctx.dma_in(address, View(operand.addr, operand.dtype, (1,), (1,)))
+    if prologue is not None:
+        buffers.prologue_temps = [spad.alloc(geometry.n * geometry.m * 4) for _ in range(prologue.program.temps)]
+        buffers.zero = buffers.zero or SharedZero(spad.alloc(4))
+        if resident:
+            buffers.resident_indices = indices
+            for index, (table, flat_indices) in zip(indices, filter(None, prologue.gathers), strict=True):
+                load_indices(ctx, flat_indices, table.shape[0], index, wide_indices)
+        elif prologue.gathered:
+            buffers.indices = [[spad.alloc(geometry.n * 4) for _ in range(prologue.gathered)] for _ in range(2)]
+            buffers.wide_indices = spad.alloc(geometry.n * 8)
     return geometry, buffers
 
 
@@ -633,13 +713,45 @@ def _run_tail(ctx: CodegenContext, tail: Tail, y: Tile, n: int, m: int, buffers:
     return destination
 
 
+def _load_prologue(ctx: CodegenContext, prologue: Prologue, plan: SegmentPlan, box, x: int, tiles: list[int],
+                   n: int, m: int, buffers: _Buffers, turn: int) -> None:
+    """X's tile of `box` ([n, m] rows) into `x`: each operand loaded (or its rows gathered) into its tile
+    of `tiles`, then the program."""
+    operands = []
+    indices = iter(buffers.resident_indices or (buffers.indices[turn % 2] if buffers.indices else []))
+    for view, gather, local in zip(plan.prologue, prologue.gathers, tiles, strict=True):
+        window = _window(view, box)
+        if gather is not None:
+            table, flat_indices = gather
+            rows, cols = table.shape
+            first, column = divmod(window.addr // F32.size, cols)
+            index = next(indices)
+            if buffers.resident_indices:
+                index += 4 * first
+            else:
+                load_indices(ctx, flat_indices.window(0, first, first + n), rows, index, buffers.wide_indices)
+            indexed_dma(ctx, "dma_gather", table.addr + column * F32.size, F32, index, n, m, cols, rows, local)
+            operands.append(Tile(local, F32, m, 1))
+        elif not any(window.strides[:len(plan.outer)]):  # one row for every segment: loaded once
+            ctx.dma_in(local, _window(view, tuple((0, 1) for _ in plan.outer) + box[len(plan.outer):]))
+            operands.append(Tile(local, view.dtype, 0, 1))
+        else:
+            ctx.dma_in(local, window)
+            operands.append(Tile(local, view.dtype, m, 1))
+    builder = TileBuilder(ctx, n, m, list(buffers.prologue_temps), F32, buffers.zero)
+    prologue.program.run_into(builder, operands, Tile(x, F32, m, 1))
+
+
 def run_segments(ctx: CodegenContext, node: Node, op: SegmentOp, plan: SegmentPlan,
-                 tail: Tail | None = None) -> None:
+                 tail: Tail | None = None, prologue: Prologue | None = None) -> None:
     """Emit `op` over every segment of `plan`: statistics passes, then the output (through `tail`'s steps,
-    single-value operands only, when given)."""
+    single-value operands only, when given). With a `prologue` (a row normalisation), each tile of the
+    source is computed by it rather than loaded."""
     if tail is not None and (not plan.rowwise or any(kind != "scalar" for kind in tail.kinds)):
         raise unsupported(node, "a tail on a normalisation of rows, with single-value operands only")
-    geometry, buffers = _allocate(ctx, plan, op, node, tail)
+    if prologue is not None and not plan.rowwise:
+        raise unsupported(node, "a prologue on a normalisation of rows only")
+    geometry, buffers = _allocate(ctx, plan, op, node, tail, prologue)
     reduced_boxes = _boxes(plan.reduced, geometry.reduced_chunk)
     single = len(reduced_boxes) == 1
     whole_outer = tuple((0, 1) for _ in plan.outer)
@@ -662,9 +774,14 @@ def run_segments(ctx: CodegenContext, node: Node, op: SegmentOp, plan: SegmentPl
     def load(outer_box, inner_box, reduced_box) -> Chunk:
         nonlocal loads
         x, *temps = buffers.tiles[loads % 2]
+        temps, operand_tiles = temps[:op.chunk_temps], temps[op.chunk_temps:]
         scratch = buffers.scratch[loads % 2]
         n, m = _size(outer_box) * inner_box[1], _size(reduced_box)
-        ctx.dma_in(x, _window(plan.source, outer_box + reduced_box + (inner_box,)))
+        box = outer_box + reduced_box + (inner_box,)
+        if prologue is None:
+            ctx.dma_in(x, _window(plan.source, box))
+        else:
+            _load_prologue(ctx, prologue, plan, box, x, operand_tiles, n, m, buffers, loads)
         if single:
             params = buffers.element_params[0]
         else:
@@ -827,21 +944,27 @@ def layer_norm_kernel(ctx: CodegenContext, node: Node) -> None:
     used = {name for other in ctx.graph.nodes for name in other.inputs} | set(ctx.graph.outputs)
     if any(name and name in used for name in node.outputs[1:]):
         raise unsupported(node, "its Mean/InvStdDev outputs are used; only output 0 is produced")
-    _float_input(ctx, node, node.inputs[:3])
+    attrs = _attrs(node)
+    count = prologue_inputs(attrs)  # X, or the prologue's operands
+    _float_input(ctx, node, node.inputs[count:count + 2] if attrs.get("prologue") else node.inputs[:3])
     tail = None
     if node.op == "FusedLayerNorm":
         # Imported here: epilogue.py imports this module (its Softmax on result rows).
         from compiler.codegen.kernels.epilogue import tail_of
 
-        tail = tail_of(ctx, node, 3, F32)
-    attrs = _attrs(node)
-    x, out = ctx.view(node.inputs[0]), ctx.view(node.outputs[0])
+        tail = tail_of(ctx, node, count + 2, F32)
+    out = ctx.view(node.outputs[0])
     if out.size == 0:
         return
-    axes = list(range(attrs["axis"], len(x.shape)))
-    params = [ctx.view(name).broadcast_to(x.shape) for name in node.inputs[1:3] if name]
-    op = NormaliseOp(math.prod(x.shape[i] for i in axes), float(attrs["epsilon"]), len(params), 0)
-    run_segments(ctx, node, op, plan_segments(x.shape, axes, x, target=out, element_params=params), tail)
+    shape = out.shape
+    prologue = prologue_of(ctx, node, count, shape) if attrs.get("prologue") else None
+    x = View.dense(0, F32, shape) if prologue else ctx.view(node.inputs[0])
+    axes = list(range(attrs["axis"], len(shape)))
+    params = [ctx.view(name).broadcast_to(shape) for name in node.inputs[count:count + 2] if name]
+    op = NormaliseOp(math.prod(shape[i] for i in axes), float(attrs["epsilon"]), len(params), 0)
+    plan = plan_segments(shape, axes, x, target=out, element_params=params,
+                         prologue=prologue.views if prologue else ())
+    run_segments(ctx, node, op, plan, tail, prologue)
 
 
 def instance_norm_kernel(ctx: CodegenContext, node: Node) -> None:
