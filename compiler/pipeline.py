@@ -66,7 +66,8 @@ PASSES: list[tuple[str, Pass, int]] = [
 FAST_MATH = {"reciprocal_of_constant_divisor"}
 
 # Steps of the code generator that `disabled_passes` (--disable-pass) can leave out as well, with
-# their level: interleaving a vector kernel's code into the matrix kernel's before it; attention's two
+# their level: interleaving a vector kernel's code into the matrix kernel's before it (and a kernel that
+# reads nothing the previous one wrote loading while that one computes); attention's two
 # products with the softmax between them as one kernel, and a feed-forward block's two products.
 CODEGEN_STEPS = {"interleave": 2, "attention": 2, "mlp": 2}
 

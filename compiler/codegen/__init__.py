@@ -87,6 +87,7 @@ def _generate(graph: Graph, config: AcceleratorConfig, keep_intermediates: bool,
     # `fused` holds the second nodes emitted with the first.
     pairs = _pairs(graph, interleaved, steps)
     fused: set[int] = set()
+    written: set[str] = set()  # what the previous kernel wrote (and aliases of it)
 
     def place_outputs(node: Node) -> None:
         for value in (graph.values[name] for name in node.outputs if name):
@@ -108,6 +109,8 @@ def _generate(graph: Graph, config: AcceleratorConfig, keep_intermediates: bool,
         elif node.op in ALIASES:
             source = ctx.view(node.inputs[0])
             ctx.views[outputs[0].name] = View.dense(source.addr, source.dtype, outputs[0].shape)
+            if node.inputs[0] in written:
+                written.add(outputs[0].name)
         elif index in pairs and (code := _pair(ctx, node, graph.nodes[pairs[index][0]], pairs[index][1], place_outputs,
                                                 record=pairs[index][0] in producers)) is not None:
             second = pairs[index][0]
@@ -116,7 +119,10 @@ def _generate(graph: Graph, config: AcceleratorConfig, keep_intermediates: bool,
                 pending, pending_label = code, node_label(node) + JOIN + node_label(graph.nodes[second])
         else:
             place_outputs(node)
-            above = _above(ctx) if index in interleaved else None
+            # An interleaved kernel's buffers stay clear of the code it merges into; a kernel that reads nothing
+            # the previous one wrote has its loads start while that one still computes.
+            independent = "interleave" in steps and not written.intersection(node.inputs)
+            above = _above(ctx) if index in interleaved else _above(ctx, independent=True) if independent else None
             name = node_label(node)
             # Only code that interleaves, or that the next kernel interleaves with, is recorded; the rest is
             # appended as it is emitted.
@@ -131,6 +137,10 @@ def _generate(graph: Graph, config: AcceleratorConfig, keep_intermediates: bool,
             else:
                 for instruction, group in code:
                     ctx.emitter.append(instruction, group)
+        if index not in fused and node.op not in ALIASES:
+            written = {name for name in node.outputs if name}
+        elif index in fused:
+            written |= {name for name in node.outputs if name}
         if reuse:  # an interleaved kernel's outputs may take this DRAM: the merge orders its writes there
             # (attention's probabilities, kept on chip, never had any)
             for address in [ctx.views[root].addr for root in lifetimes.dies_after[index] if root in ctx.views] \
@@ -246,15 +256,19 @@ def _pair(ctx: CodegenContext, first: Node, second: Node, step: str, place_outpu
     return code
 
 
-def _above(ctx: CodegenContext) -> tuple[int, int] | None:
+def _above(ctx: CodegenContext, independent: bool = False) -> tuple[int, int] | None:
     """Where the next kernel's buffers start so as not to meet the previous kernel's: above its highest
     scratchpad byte, and above its highest accumulator byte or, without room there, at the accumulator's
-    end (none); None when the scratchpad has no room (ROOM)."""
+    end (none), or for an `independent` kernel (one that reads nothing the previous one wrote) at its
+    bottom: it then waits there only for the previous kernel's last result tiles. None when the scratchpad
+    has no room (ROOM)."""
     config = ctx.config
     spad_high, acc_high = ctx.local_high
     if spad_high > config.spad_bytes * (1 - ROOM):
         return None
-    return spad_high, acc_high if acc_high <= config.acc_bytes * (1 - ROOM) else config.acc_bytes
+    if acc_high <= config.acc_bytes * (1 - ROOM):
+        return spad_high, acc_high
+    return spad_high, 0 if independent else config.acc_bytes
 
 
 def _kernel(ctx: CodegenContext, node: Node, name: str, above: tuple[int, int] | None,
