@@ -92,3 +92,24 @@ def test_a_write_folded_away_long_ago_is_still_waited_for():
                          ls1=16, ls2=0)
     emitter.finish()
     assert first.fields["signal"] != 0 and store.fields["wait"] == first.fields["signal"]
+
+
+def test_a_read_of_a_large_tensors_first_rows_waits_only_for_the_writes_there():
+    """An allocation of PIECED_BYTES or more is tracked in DRAM_PIECES pieces: a load of its first rows
+    waits for the store there, not for a later store to its last rows; a smaller one is one piece."""
+    piece = emitter_module.PIECED_BYTES
+
+    def transfer(mnemonic: str, dram: int, local: int):
+        return emitter.emit(mnemonic, dram=dram, local=local, esize=F32, n0=16, n1=1, n2=1, ds0=1, ds1=0, ds2=0,
+                            ls1=16, ls2=0)
+
+    for size, waits_for_last in ((emitter_module.DRAM_PIECES * piece, False), (piece - 64, True)):
+        emitter = Emitter(CONFIG)
+        emitter.register_dram(0, size)
+        first = transfer("dma_store", 0, 0)
+        last = transfer("dma_store", size - 64, 1024)
+        load = transfer("dma_load", 0, 2048)
+        emitter.finish()
+        assert load.fields["wait"] != 0
+        assert (last.fields["signal"] != 0) == waits_for_last
+        assert (first.fields["signal"] != 0) != waits_for_last  # the store a load waits for gives its token

@@ -15,8 +15,10 @@ read, write after write) and makes the new instruction wait for it:
   dependency implied by an earlier one costs nothing (and the memory is not even
   looked up while no other engine has an access newer than the clock).
 
-Local memory is tracked in 64-byte blocks, DRAM in the allocations the DRAM plan made
-(an allocation that reuses dead tensors' DRAM inherits their history); a span that
+Local memory is tracked in 64-byte blocks, DRAM in the allocations the DRAM plan made,
+each cut into DRAM_PIECES equal pieces once it is PIECED_BYTES or more (so a kernel
+reading a tensor's first rows waits only for the writes of about those rows); an
+allocation that reuses dead tensors' DRAM inherits their history, and a span that
 covers more only adds dependencies, never loses one. Every program the
 compiler emits is therefore free of hazards by construction.
 
@@ -46,6 +48,8 @@ from isa.program import DebugRange
 from isa.spec import Engine
 
 BLOCK = 64
+DRAM_PIECES = 4  # what a large DRAM allocation is tracked in: MiniLM's 128-row tensors by 32-row blocks
+PIECED_BYTES = 4096
 RECENT = 256  # entries an engine keeps in its list before dropping or folding old ones
 ENGINES = len(Engine)
 OTHERS = tuple(tuple(other for other in range(ENGINES) if other != engine) for engine in range(ENGINES))
@@ -132,10 +136,19 @@ class Emitter:
 
     # Memory tracking ------------------------------------------------------------------------
     def register_dram(self, start: int, end: int) -> None:
-        """Track [start, end) as one allocation, in a new slot. Where it overlaps earlier
-        allocations (DRAM reused after their tensors died) the new slot starts with their
-        history, so its first access waits for the last accesses to the old tensors; what
-        is left of them keeps their slots."""
+        """Track [start, end) as one allocation: in DRAM_PIECES pieces of whole blocks when it is
+        PIECED_BYTES or more, else in one. More pieces would let more work start early, but a strided
+        DMA's span then covers many of them, and each is looked up (ResNet-50's code generation)."""
+        step = end - start
+        if step >= PIECED_BYTES:
+            step = -(-step // DRAM_PIECES // BLOCK) * BLOCK
+        for piece in range(start, end, step):
+            self._register_piece(piece, min(piece + step, end))
+
+    def _register_piece(self, start: int, end: int) -> None:
+        """Track [start, end) in a new slot. Where it overlaps earlier allocations (DRAM reused
+        after their tensors died) the new slot starts with their history, so its first access
+        waits for the last accesses to the old tensors; what is left of them keeps their slots."""
         first = bisect.bisect_right(self.dram_ends, start)  # the first range ending after `start`
         last = bisect.bisect_left(self.dram_starts, end)  # ranges [first, last) overlap
         slot = len(self.dram_write)
