@@ -142,7 +142,8 @@ def mlp_kernel(ctx: CodegenContext, first: Node, second: Node) -> None:
     fetch(0)
     for finisher, total in ((first_finisher, n_hidden), (second_finisher, n_total)):
         finisher.load_channels(0, total)
-    ctx.dma_in(a_tile, a)
+    for r0 in range(0, m_total, row_block):  # block by block: the first can come before the last rows are written
+        ctx.dma_in(a_tile + r0 * k_total * size, a.window(0, r0, min(r0 + row_block, m_total)))
     for index in range(1, STREAM_SLOTS):
         fetch(index)
     finished: dict[tuple[int, int], int] = {}  # (row block, hidden group) -> where that part of H is
