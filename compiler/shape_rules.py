@@ -355,7 +355,10 @@ def fused_layer_norm(attrs: dict, x: list) -> Result:
     count = prologue_inputs(attrs)
     data = x[0]
     if attrs.get("prologue"):
-        types = step_types(elementwise_steps({"steps": attrs["prologue"]}), x[:count], gathers=True)
+        steps = elementwise_steps({"steps": attrs["prologue"]})
+        ops = [step.op for step in steps]
+        _check("Gather" not in ops[ops.count("Gather"):], "the prologue's Gather steps must come first")
+        types = step_types(steps, x[:count], gathers=True)
         data = Value("X", *types[-1])
         _check(data.dtype == "f32", f"the prologue gives {data.dtype}, not f32")
     ((dtype, shape), *_) = layer_norm(attrs, [value for value in [data, *x[count:count + 2]] if value is not None])

@@ -147,8 +147,8 @@ def test_unnamed_outputs_are_skipped_but_one_must_be_named():
 
 
 def test_a_gather_step_only_in_a_norm_prologue_and_only_of_table_rows():
-    """A Gather is a step of a FusedLayerNorm's prologue only (elsewhere steps are element-wise), and
-    only of the rows of a 2-D input."""
+    """A Gather is a step of a FusedLayerNorm's prologue only (elsewhere steps are element-wise), only of
+    the rows of a 2-D input, and before the prologue's other steps."""
     table = "  input %t: f32[5, 4]\n  input %i: i64[2]\n"
     rows = "  input %r: f32[2, 4]\n  input %j: i64[4]\n"
     _fails(_graph(rows + '  %z: f32[2, 4] = FusedElementwise(%r, %j) {steps=["Gather(x0, x1) {axis=0}"]}  @f\n'),
@@ -157,5 +157,8 @@ def test_a_gather_step_only_in_a_norm_prologue_and_only_of_table_rows():
                           '{axis=1}", "Add(s0, x2)"]}  @n\n'),
            "node 'n' (FusedLayerNorm): step 0 (Gather(x0, x1) {axis=1}): only rows of a 2-D input by indices that "
            "are inputs are gathered")
+    _fails(_graph(table + '  %z: f32[2, 4] = FusedLayerNorm(%t, %i, %x) {axis=1, prologue=["Neg(x2)", '
+                          '"Gather(x0, x1) {axis=0}", "Add(s1, s0)"]}  @n\n'),
+           "node 'n' (FusedLayerNorm): the prologue's Gather steps must come first")
     verify(_graph(table + '  %z: f32[2, 4] = FusedLayerNorm(%t, %i, %x) {axis=1, prologue=["Gather(x0, x1) '
                           '{axis=0}", "Add(s0, x2)"]}  @n\n'))
