@@ -177,7 +177,7 @@ class CodegenContext:
         self.constants_end = address + max(array.nbytes, 1)
         if self.constants_end - CONSTANTS_BASE > min(self.config.dram_bytes, CONSTANTS_BASE):
             raise MemoryError(f"the model needs more than the config's {self.config.dram_bytes} bytes of DRAM")
-        self.emitter.register_dram(address, self.constants_end)
+        self.emitter.register_dram(address, self.constants_end, pieces=False)
         view = View.dense(address, dtype, array.shape)
         self.constants.append(Constant(view.addr, array.tobytes(), name))
         self._constant_cache[key] = view

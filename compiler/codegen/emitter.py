@@ -135,12 +135,13 @@ class Emitter:
             self.current_node = previous
 
     # Memory tracking ------------------------------------------------------------------------
-    def register_dram(self, start: int, end: int) -> None:
+    def register_dram(self, start: int, end: int, pieces: bool = True) -> None:
         """Track [start, end) as one allocation: in DRAM_PIECES pieces of whole blocks when it is
-        PIECED_BYTES or more, else in one. More pieces would let more work start early, but a strided
-        DMA's span then covers many of them, and each is looked up (ResNet-50's code generation)."""
+        PIECED_BYTES or more (and `pieces`: not for constants, which only the host writes), else in one.
+        More pieces would let more work start early, but a strided DMA's span then covers many of them,
+        and each is looked up (ResNet-50's code generation)."""
         step = end - start
-        if step >= PIECED_BYTES:
+        if pieces and step >= PIECED_BYTES:
             step = -(-step // DRAM_PIECES // BLOCK) * BLOCK
         for piece in range(start, end, step):
             self._register_piece(piece, min(piece + step, end))
