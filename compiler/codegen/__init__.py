@@ -137,10 +137,8 @@ def _generate(graph: Graph, config: AcceleratorConfig, keep_intermediates: bool,
             else:
                 for instruction, group in code:
                     ctx.emitter.append(instruction, group)
-        if index not in fused and node.op not in ALIASES:
-            written = {name for name in node.outputs if name}
-        elif index in fused:
-            written |= {name for name in node.outputs if name}
+        if node.op not in ALIASES:  # a fused node's outputs join those of the node it was emitted with
+            written = (written if index in fused else set()) | {name for name in node.outputs if name}
         if reuse:  # an interleaved kernel's outputs may take this DRAM: the merge orders its writes there
             # (attention's probabilities, kept on chip, never had any)
             for address in [ctx.views[root].addr for root in lifetimes.dies_after[index] if root in ctx.views] \
