@@ -128,3 +128,17 @@ def test_attention_that_does_not_fit_on_chip_runs_as_two_kernels():
     assert not any(" + " in entry.node for entry in program.debug)
     reference = run(compile(model, "tiny", opt_level=1), feeds)
     assert np.array_equal(run(program, feeds, check_hazards=True).outputs["y"], reference.outputs["y"])
+
+
+def test_the_first_scores_do_not_wait_for_v():
+    """V is what the products before attention write last (MiniLM's value product): the kernel loads the first
+    batch's K, then the first rows of Q, then V, so that the first scores need not wait for V to be written."""
+    program = compile(_attention(128), "edge", opt_level=2)
+    regions = {t.name: (t.dram, t.dram + int(np.prod(t.shape)) * 4) for t in program.inputs if t.name in "qkv"}
+    first_loads = []
+    for instruction in program.instructions:
+        if instruction.mnemonic == "dma_load":
+            for name, (start, end) in regions.items():
+                if start <= instruction["dram"] < end and name not in first_loads:
+                    first_loads.append(name)
+    assert first_loads == ["k", "q", "v"]

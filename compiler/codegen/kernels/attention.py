@@ -127,10 +127,11 @@ def attention_kernel(ctx: CodegenContext, scores_node: Node, values_node: Node) 
              f"({width} columns)")
     resident: dict[int, tuple] = {}  # batch number -> how its K^T and V lie on chip
 
-    def load_batch(number: int) -> None:
-        index = batches[number]
-        resident[number] = (_load_whole(ctx, k.at(*index), k_sets[number % 2], operand, stage),
-                            _load_whole(ctx, v.at(*index), v_sets[number % 2], operand, stage))
+    def load_keys(number: int) -> tuple:
+        return _load_whole(ctx, k.at(*batches[number]), k_sets[number % 2], operand, stage)
+
+    def load_values(number: int) -> tuple:
+        return _load_whole(ctx, v.at(*batches[number]), v_sets[number % 2], operand, stage)
 
     def product(a_tile: int, a_width: int, b: tuple, c_tile: int, c_width: int, mt: int) -> None:
         """c [mt, c_width] = a [mt, a_width] (on chip, dense) @ b [a_width, c_width] (on chip, `_load_whole`)."""
@@ -145,17 +146,20 @@ def attention_kernel(ctx: CodegenContext, scores_node: Node, values_node: Node) 
                                  c=c_tile + n0 * 4, c_rs=c_width, accumulate=int(k0 > 0))
 
     on_chip: list[int] = []  # each block's probabilities, where its finisher left them
-    load_batch(0)
+    first_keys = load_keys(0)
     for step in range(len(blocks) + 1):
         if step < len(blocks):  # this block's scores
             number, m0, mt = blocks[step]
             _load_rows(ctx, q_tiles[step % 2], q.at(*batches[number]).window(0, m0, m0 + mt), operand, stage)
+            if step == 0:  # V, written last, after the first rows of Q: the first scores need not wait for it
+                resident[0] = (first_keys, load_values(0))
             product(q_tiles[step % 2], depth, resident[number][0], score_tiles[step % 2], n_total, mt)
         if step:  # the previous block's probabilities times V
             number, m0, mt = blocks[step - 1]
             product(on_chip[step - 1], n_total, resident[number][1], value_tiles[(step - 1) % 2], width, mt)
         if step + 1 < len(blocks) and blocks[step + 1][0] != blocks[step][0]:
-            load_batch(blocks[step + 1][0])  # the next batch's K and V, once the one before it is done with
+            following = blocks[step + 1][0]  # the next batch's K and V, once the one before it is done with
+            resident[following] = (load_keys(following), load_values(following))
         if step < len(blocks):  # this block's tail and softmax, left on chip
             number, m0, mt = blocks[step]
             finished = score_finisher.finish(
