@@ -359,7 +359,10 @@ def _matmul_streamed(ctx: CodegenContext, a: View, b: ConstantMatrix, out: View,
     fetch(0)
     if channels == n_total:
         finisher.load_channels(0, n_total)
-    _load_rows(ctx, a_tile, a, product.operand, staging)
+    if passes > 1 and a.dtype == product.operand:
+        load_row_blocks(ctx, a_tile, a, row_block)
+    else:
+        _load_rows(ctx, a_tile, a, product.operand, staging)
     for index in range(1, min(STREAM_SLOTS, fetches)):
         fetch(index)
     number = 0
@@ -590,6 +593,15 @@ def _load_rows(ctx: CodegenContext, tile: int, view: View, dtype: DType, staging
         return
     ctx.dma_in(staging, view)
     _round_to(ctx, dtype, tile, staging, view.dtype, view.size)
+
+
+def load_row_blocks(ctx: CodegenContext, tile: int, a: View, row_block: int) -> None:
+    """a [M, K] into the dense tile one block of `row_block` rows at a time: a kernel that takes its rows
+    block by block then starts on the first block before the node before it has written the last (the
+    emitter tracks a tensor's DRAM in pieces)."""
+    m_total, k_total = a.shape
+    for r0 in range(0, m_total, row_block):
+        ctx.dma_in(tile + r0 * k_total * a.dtype.size, a.window(0, r0, min(r0 + row_block, m_total)))
 
 
 def _rounded_copy(ctx: CodegenContext, view: View, dtype: DType) -> View:

@@ -30,6 +30,7 @@ from compiler.codegen.kernels.matmul import (
     StreamedWeights,
     _block_of,
     column_bias,
+    load_row_blocks,
     matmul_operands,
     stream_slot_bytes,
 )
@@ -142,8 +143,7 @@ def mlp_kernel(ctx: CodegenContext, first: Node, second: Node) -> None:
     fetch(0)
     for finisher, total in ((first_finisher, n_hidden), (second_finisher, n_total)):
         finisher.load_channels(0, total)
-    for r0 in range(0, m_total, row_block):  # block by block: the first can come before the last rows are written
-        ctx.dma_in(a_tile + r0 * k_total * size, a.window(0, r0, min(r0 + row_block, m_total)))
+    load_row_blocks(ctx, a_tile, a, row_block)
     for index in range(1, STREAM_SLOTS):
         fetch(index)
     finished: dict[tuple[int, int], int] = {}  # (row block, hidden group) -> where that part of H is
