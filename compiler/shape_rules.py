@@ -361,6 +361,9 @@ def fused_layer_norm(attrs: dict, x: list) -> Result:
         types = step_types(steps, x[:count], gathers=True)
         data = Value("X", *types[-1])
         _check(data.dtype == "f32", f"the prologue gives {data.dtype}, not f32")
+        # The kernel fetches a gathered operand's rows as the tile's own rows, in f32.
+        _check(all(types[index] == ("f32", data.shape) for index in range(ops.count("Gather"))),
+               f"the prologue's Gather steps must give f32 rows of X's shape {_dims(data.shape)}")
     ((dtype, shape), *_) = layer_norm(attrs, [value for value in [data, *x[count:count + 2]] if value is not None])
     return _with_tail(attrs, dtype, shape, x[count + 2:])
 

@@ -148,7 +148,8 @@ def test_unnamed_outputs_are_skipped_but_one_must_be_named():
 
 def test_a_gather_step_only_in_a_norm_prologue_and_only_of_table_rows():
     """A Gather is a step of a FusedLayerNorm's prologue only (elsewhere steps are element-wise), only of
-    the rows of a 2-D input, and before the prologue's other steps."""
+    the rows of a 2-D input, before the prologue's other steps, and giving rows of X's whole shape (not
+    broadcast)."""
     table = "  input %t: f32[5, 4]\n  input %i: i64[2]\n"
     rows = "  input %r: f32[2, 4]\n  input %j: i64[4]\n"
     _fails(_graph(rows + '  %z: f32[2, 4] = FusedElementwise(%r, %j) {steps=["Gather(x0, x1) {axis=0}"]}  @f\n'),
@@ -160,5 +161,8 @@ def test_a_gather_step_only_in_a_norm_prologue_and_only_of_table_rows():
     _fails(_graph(table + '  %z: f32[2, 4] = FusedLayerNorm(%t, %i, %x) {axis=1, prologue=["Neg(x2)", '
                           '"Gather(x0, x1) {axis=0}", "Add(s1, s0)"]}  @n\n'),
            "node 'n' (FusedLayerNorm): the prologue's Gather steps must come first")
+    _fails(_graph(table + '  input %j: i64[4]\n  input %y: f32[2, 4, 4]\n  %z: f32[2, 4, 4] = FusedLayerNorm(%t, %j, '
+                          '%y) {axis=2, prologue=["Gather(x0, x1) {axis=0}", "Add(s0, x2)"]}  @n\n'),
+           "node 'n' (FusedLayerNorm): the prologue's Gather steps must give f32 rows of X's shape [2, 4, 4]")
     verify(_graph(table + '  %z: f32[2, 4] = FusedLayerNorm(%t, %i, %x) {axis=1, prologue=["Gather(x0, x1) '
                           '{axis=0}", "Add(s0, x2)"]}  @n\n'))
