@@ -27,7 +27,7 @@ from itertools import pairwise
 
 from compiler.codegen.context import CodegenContext, View, accelerator_dtype, node_label
 from compiler.codegen.interleave import JOIN, Recorded, interleave
-from compiler.codegen.kernels import ALIASES, KERNELS, MATRIX_KERNELS, attention, mlp
+from compiler.codegen.kernels import ALIASES, KERNELS, MATRIX_KERNELS, attention, mlp, pointwise
 from compiler.codegen.kernels.rows import ROW_KERNELS
 from compiler.codegen.memory import CONSTANTS_BASE, Lifetimes, aligned, relocate_constants
 from compiler.errors import UnsupportedOpError
@@ -184,9 +184,10 @@ def _interleaved(graph: Graph) -> dict[int, int]:
 
 # Pairs of consecutive kernels emitted as one kernel where the cost model times that faster (-O2 code
 # generation steps): step -> (which pairs qualify, the kernel, whether the second node's code may have the
-# next kernel's interleaved into it).
-PAIR_KERNELS = {"attention": (attention.fusable, attention.attention_kernel, False),
-                "mlp": (mlp.fusable, mlp.mlp_kernel, True)}
+# next kernel's interleaved into it, whether the kernel stores the first node's result too).
+PAIR_KERNELS = {"attention": (attention.fusable, attention.attention_kernel, False, False),
+                "mlp": (mlp.fusable, mlp.mlp_kernel, True, False),
+                "pointwise": (pointwise.fusable, pointwise.pointwise_pair_kernel, True, True)}
 
 
 # What a pair's choice does not depend on: quantization parameters change values, not code.
@@ -203,7 +204,7 @@ def _pairs(graph: Graph, interleaved: dict[int, int], steps: Collection[str]) ->
     for previous, index in _consecutive_kernels(graph):
         if previous in paired or previous in taking_part or index in interleaved:
             continue
-        for step, (fusable, _, leads) in PAIR_KERNELS.items():
+        for step, (fusable, _, leads, _) in PAIR_KERNELS.items():
             if step in steps and (leads or index not in taking_part) \
                     and fusable(graph, graph.nodes[previous], graph.nodes[index]):
                 pairs[previous] = index, step
@@ -219,7 +220,7 @@ def _pair(ctx: CodegenContext, first: Node, second: Node, step: str, place_outpu
     (recorded if `record`, else appended and not returned: []). None, having emitted nothing, when it is
     not faster (or does not fit on chip): the caller then emits them one by one."""
     graph = ctx.graph
-    kernel = PAIR_KERNELS[step][1]
+    _, kernel, _, stores_first = PAIR_KERNELS[step]
 
     def allocated(*nodes: Node) -> None:
         # For the trials, which put back the DRAM they take (but not what place_outputs records).
@@ -228,7 +229,7 @@ def _pair(ctx: CodegenContext, first: Node, second: Node, step: str, place_outpu
                 ctx.views[value.name] = ctx.allocate(value.shape, accelerator_dtype(value.dtype, value.name, node.op))
 
     def on_chip() -> None:
-        allocated(second)
+        allocated(*(first, second) if stores_first else (second,))
         kernel(ctx, first, second)
 
     def apart() -> None:
@@ -248,6 +249,8 @@ def _pair(ctx: CodegenContext, first: Node, second: Node, step: str, place_outpu
             return None
         if best != "on chip":
             return None
+        if stores_first:
+            place_outputs(first)
         place_outputs(second)
         with ctx.local_floors((0, 0)), ctx.emitter.recording() if record else nullcontext([]) as code:
             kernel(ctx, first, second)
