@@ -41,22 +41,26 @@ from isa.spec import ceil_div, vector_pass_cycles
 
 SPATIAL = 3  # every kernel here works on (depth, height, width)
 LOOKAHEAD = 4  # K tiles whose patches are loaded (and prepared on the vector unit) ahead of their matmuls
+# ... for patches stationary whose strided rows are picked out on the vector unit: there the picking queues
+# behind the previous tile's finish, so a whole tile's worth of K tiles (ResNet-50's projections have 8 to 32)
+# must be ahead of it.
+STAGED_LOOKAHEAD = 8
 
 
 class Lookahead:
     """Issues `prepare(step)` (a step's patch loads, and their work on the vector unit) for
-    steps 0..count-1 in order, LOOKAHEAD steps ahead of the matmuls that use them: the first
-    LOOKAHEAD at once, then one more each time `advance(step)` is called as step's matmuls
+    steps 0..count-1 in order, `depth` steps ahead of the matmuls that use them: the first
+    `depth` at once, then one more each time `advance(step)` is called as step's matmuls
     are about to be issued."""
 
-    def __init__(self, count: int, prepare: Callable[[int], None]):
-        self.count, self.prepare = count, prepare
-        for step in range(min(LOOKAHEAD, count)):
+    def __init__(self, count: int, prepare: Callable[[int], None], depth: int = LOOKAHEAD):
+        self.count, self.prepare, self.depth = count, prepare, depth
+        for step in range(min(depth, count)):
             prepare(step)
 
     def advance(self, step: int) -> None:
-        if step + LOOKAHEAD < self.count:
-            self.prepare(step + LOOKAHEAD)
+        if step + self.depth < self.count:
+            self.prepare(step + self.depth)
 
 
 def pixel_tiles(out_h: int, out_w: int, width: int) -> list[tuple[int, int, int, int]]:
@@ -697,10 +701,11 @@ def patch_stationary(ctx: CodegenContext, shape: ConvShape, filters: Callable[[]
     k_tiles = shape.k_tiles(rows)
     tiles = shape.pixel_tiles(cols)
     spad, acc = ctx.scratchpad(), ctx.accumulator()
-    patches = [spad.alloc(rows * cols * size) for _ in range(LOOKAHEAD + 2)]
+    depth = STAGED_LOOKAHEAD if shape.staging_bytes(rows, 1, 1) else LOOKAHEAD
+    patches = [spad.alloc(rows * cols * size) for _ in range(depth + 2)]
     m_tile = _patch_stationary_rows(config, shape)
     finisher = Finisher(ctx, product, spad, m_tile, cols, m_tile)
-    staging = _staging(spad, shape, rows, tiles)
+    staging = _staging(spad, shape, rows, tiles, ring=depth + 2)
     wsize = product.weight_dtype.size
     # Filters that stay on chip are read once per channel block, not once per pixel tile, but a
     # smaller channel block reads every patch more often: keep the block whose DRAM traffic is least.
@@ -712,8 +717,8 @@ def patch_stationary(ctx: CodegenContext, shape: ConvShape, filters: Callable[[]
     filter_base = spad.alloc(m_tile * shape.k_total * wsize) if resident else None
     # Streamed filter tiles come in a ring as deep as the patches', LOOKAHEAD K tiles ahead with them,
     # when that fits in half the scratchpad left; else in two buffers, each just before its matmuls.
-    ahead = not resident and (LOOKAHEAD + 2) * m_tile * rows * wsize <= spad.free // 2
-    filter_tiles = None if resident else [spad.alloc(m_tile * rows * wsize) for _ in range(LOOKAHEAD + 2 if ahead
+    ahead = not resident and (depth + 2) * m_tile * rows * wsize <= spad.free // 2
+    filter_tiles = None if resident else [spad.alloc(m_tile * rows * wsize) for _ in range(depth + 2 if ahead
                                                                                            else 2)]
     streamed = None if resident or tile_major is None else tile_major(m_tile)
     ctx.note(f"patch stationary: {len(tiles)} pixel tiles x {len(k_tiles)} K tiles, channel blocks of {m_tile} "
@@ -749,7 +754,7 @@ def patch_stationary(ctx: CodegenContext, shape: ConvShape, filters: Callable[[]
 
     if resident or streamed is None:
         filters()  # arranged now if it is to be: arranging uses the scratchpad the patches are loaded into
-    lookahead = Lookahead(len(steps), prepare)
+    lookahead = Lookahead(len(steps), prepare, depth)
     tile_count = 0
     for step, (n, group, m0, tile, index) in enumerate(steps):
         od, oh0, nrows, ow0, ncols = tiles[tile]
@@ -871,13 +876,16 @@ class Staging:
         return self.buffers[self.turn % len(self.buffers)]
 
 
-def _staging(spad, shape: ConvShape, rows: int, tiles) -> Staging | None:
-    """Staging for strided input rows, when the stride needs it: two buffers when they take at
-    most a quarter of the free scratchpad, else one within a quarter; None otherwise (strided DMA)."""
+def _staging(spad, shape: ConvShape, rows: int, tiles, ring: int = 2) -> Staging | None:
+    """Staging for strided input rows, when the stride needs it: `ring` buffers (as many as the patches
+    prepared ahead, so that none waits for the vector unit to pick out an earlier one), or else two, when
+    they take at most a quarter of the free scratchpad, else one within a quarter; None otherwise
+    (strided DMA)."""
     need = max(shape.staging_bytes(rows, nrows, ncols) for *_, nrows, _, ncols in tiles)
     if need == 0 or 4 * need > spad.free:
         return None
-    return Staging([spad.alloc(need) for _ in range(2 if 8 * need <= spad.free else 1)])
+    count = next(count for count in (ring, 2, 1) if 4 * count * need <= spad.free)
+    return Staging([spad.alloc(need) for _ in range(count)])
 
 
 def _resident_block(m_tile: int, shape: ConvShape, wsize: int, free: int, cols: int) -> int:
