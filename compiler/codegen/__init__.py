@@ -185,9 +185,9 @@ def _interleaved(graph: Graph) -> dict[int, int]:
 # Pairs of consecutive kernels emitted as one kernel where the cost model times that faster (-O2 code
 # generation steps): step -> (which pairs qualify, the kernel, whether the second node's code may have the
 # next kernel's interleaved into it, whether the kernel stores the first node's result too).
-PAIR_KERNELS = {"attention": (attention.fusable, attention.attention_kernel, False, False),
-                "mlp": (mlp.fusable, mlp.mlp_kernel, True, False),
-                "pointwise": (pointwise.fusable, pointwise.pointwise_pair_kernel, True, True)}
+PAIR_KERNELS = {"attention": (attention.fusable, attention.attention_kernel, False, None),
+                "mlp": (mlp.fusable, mlp.mlp_kernel, True, None),
+                "pointwise": (pointwise.fusable, pointwise.pointwise_pair_kernel, True, pointwise.stores_first)}
 
 
 # What a pair's choice does not depend on: quantization parameters change values, not code.
@@ -220,7 +220,8 @@ def _pair(ctx: CodegenContext, first: Node, second: Node, step: str, place_outpu
     (recorded if `record`, else appended and not returned: []). None, having emitted nothing, when it is
     not faster (or does not fit on chip): the caller then emits them one by one."""
     graph = ctx.graph
-    _, kernel, _, stores_first = PAIR_KERNELS[step]
+    _, kernel, _, stores = PAIR_KERNELS[step]
+    stores_first = stores is not None and stores(graph, first, second)
 
     def allocated(*nodes: Node) -> None:
         # For the trials, which put back the DRAM they take (but not what place_outputs records).
