@@ -69,7 +69,7 @@ FAST_MATH = {"reciprocal_of_constant_divisor"}
 # their level: interleaving a vector kernel's code into the matrix kernel's before it (and a kernel that
 # reads nothing the previous one wrote loading while that one computes); attention's two
 # products with the softmax between them as one kernel, and a feed-forward block's two products.
-CODEGEN_STEPS = {"interleave": 2, "attention": 2, "mlp": 2, "pointwise": 2}
+CODEGEN_STEPS = {"interleave": 2, "attention": 2, "mlp": 2, "conv_chain": 2}
 
 
 def pass_names() -> list[str]:

@@ -20,14 +20,15 @@ so its kernel writes only the rows it changes.
 from __future__ import annotations
 
 import gc
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from functools import partial
 from itertools import pairwise
 
 from compiler.codegen.context import CodegenContext, View, accelerator_dtype, node_label
 from compiler.codegen.interleave import JOIN, Recorded, interleave
-from compiler.codegen.kernels import ALIASES, KERNELS, MATRIX_KERNELS, attention, mlp, pointwise
+from compiler.codegen.kernels import ALIASES, KERNELS, MATRIX_KERNELS, attention, conv_chain, mlp
 from compiler.codegen.kernels.rows import ROW_KERNELS
 from compiler.codegen.memory import CONSTANTS_BASE, Lifetimes, aligned, relocate_constants
 from compiler.errors import UnsupportedOpError
@@ -83,9 +84,9 @@ def _generate(graph: Graph, config: AcceleratorConfig, keep_intermediates: bool,
     pending: Recorded = []  # the previous kernel's code while the next one is to interleave with it
     pending_label = ""  # the node (or fused pair) that code is of
     timings: dict = {}  # interleave's timings of such code alone, by its shape
-    # Pairs of kernels that may run as one (PAIR_KERNELS): first node index -> (second node index, step);
-    # `fused` holds the second nodes emitted with the first.
-    pairs = _pairs(graph, interleaved, steps)
+    # Runs of kernels that may run as one (FUSIONS): first node index -> (the other nodes' indices, step);
+    # `fused` holds the nodes emitted with the one before them.
+    groups = _groups(graph, interleaved, steps)
     fused: set[int] = set()
     written: set[str] = set()  # what the previous kernel wrote (and aliases of it)
 
@@ -111,12 +112,18 @@ def _generate(graph: Graph, config: AcceleratorConfig, keep_intermediates: bool,
             ctx.views[outputs[0].name] = View.dense(source.addr, source.dtype, outputs[0].shape)
             if node.inputs[0] in written:
                 written.add(outputs[0].name)
-        elif index in pairs and (code := _pair(ctx, node, graph.nodes[pairs[index][0]], pairs[index][1], place_outputs,
-                                                record=pairs[index][0] in producers)) is not None:
-            second = pairs[index][0]
-            fused.add(second)
-            if second in producers:  # the next kernel interleaves with the pair's code
-                pending, pending_label = code, node_label(node) + JOIN + node_label(graph.nodes[second])
+        elif index in groups and (emitted := _fused(ctx, [node, *(graph.nodes[i] for i in groups[index][0])],
+                                                    groups[index][1], place_outputs,
+                                                    record=groups[index][0][-1] in producers)) is not None:
+            code, count = emitted
+            taken = groups[index][0][:count - 1]
+            fused.update(taken)
+            if count - 1 == len(groups[index][0]) and taken[-1] in producers:  # the next kernel interleaves
+                pending = code
+                pending_label = JOIN.join(node_label(graph.nodes[i]) for i in [index, *taken])
+            else:
+                for instruction, group in code:
+                    ctx.emitter.append(instruction, group)
         else:
             place_outputs(node)
             # An interleaved kernel's buffers stay clear of the code it merges into; a kernel that reads nothing
@@ -182,46 +189,67 @@ def _interleaved(graph: Graph) -> dict[int, int]:
             if graph.nodes[previous].op in MATRIX_KERNELS and graph.nodes[index].op not in MATRIX_KERNELS}
 
 
-# Pairs of consecutive kernels emitted as one kernel where the cost model times that faster (-O2 code
-# generation steps): step -> (which pairs qualify, the kernel, whether the second node's code may have the
-# next kernel's interleaved into it, whether the kernel stores the first node's result too).
-PAIR_KERNELS = {"attention": (attention.fusable, attention.attention_kernel, False, None),
-                "mlp": (mlp.fusable, mlp.mlp_kernel, True, None),
-                "pointwise": (pointwise.fusable, pointwise.pointwise_pair_kernel, True, pointwise.stores_first)}
+@dataclass(frozen=True)
+class Fusion:
+    """Consecutive kernels emitted as one kernel where the cost model times that faster (an -O2 code
+    generation step)."""
+    fusable: Callable[[Graph, Node, Node], bool]  # whether a node and the next one qualify
+    kernel: Callable[..., None]  # kernel(ctx, *nodes)
+    leads: bool  # the last node's code may have the next kernel's interleaved into it
+    # Whether the kernel stores a node's result (read by the next node on chip) to DRAM too; None: never.
+    stores: Callable[[Graph, Node, Node], bool] | None = None
+    chains: bool = False  # more than two nodes, each fusable with the one before
 
 
-# What a pair's choice does not depend on: quantization parameters change values, not code.
+FUSIONS = {"attention": Fusion(attention.fusable, attention.attention_kernel, False),
+           "mlp": Fusion(mlp.fusable, mlp.mlp_kernel, True),
+           "conv_chain": Fusion(conv_chain.fusable, conv_chain.conv_chain_kernel, True, conv_chain.stored,
+                                chains=True)}
+
+
+# What a fused kernel's choice does not depend on: quantization parameters change values, not code.
 QUANTIZATION_ATTRS = {"x_scale", "x_zero_point", "w_scale", "w_zero_point", "y_scale", "y_zero_point"}
 
 
-def _pairs(graph: Graph, interleaved: dict[int, int], steps: Collection[str]) -> dict[int, tuple[int, str]]:
-    """The pairs of consecutive kernels (only aliases between) that PAIR_KERNELS' steps in `steps` allow:
-    first node index -> (second node index, step). Kernels whose code interleaves keep to that, but for a
-    second node whose step lets the next kernel interleave with the pair. A node takes part in one pair."""
+def _groups(graph: Graph, interleaved: dict[int, int], steps: Collection[str]) -> dict[int, tuple[list[int], str]]:
+    """The runs of consecutive kernels (only aliases between) that FUSIONS' steps in `steps` allow: first
+    node index -> (the following nodes' indices, step). Two nodes, or as many as each is fusable with the
+    one before for a step that chains. Kernels whose code interleaves keep to that, but for a last node
+    whose step lets the next kernel interleave with the group. A node takes part in one group."""
     taking_part = set(interleaved) | set(interleaved.values())
-    pairs: dict[int, tuple[int, str]] = {}
-    paired: set[int] = set()
-    for previous, index in _consecutive_kernels(graph):
-        if previous in paired or previous in taking_part or index in interleaved:
+    groups: dict[int, tuple[list[int], str]] = {}
+    grouped: set[int] = set()
+    consecutive = list(_consecutive_kernels(graph))
+    next_kernel = dict(consecutive)
+    for previous, index in consecutive:
+        if previous in grouped or previous in taking_part or index in interleaved:
             continue
-        for step, (fusable, _, leads, _) in PAIR_KERNELS.items():
-            if step in steps and (leads or index not in taking_part) \
-                    and fusable(graph, graph.nodes[previous], graph.nodes[index]):
-                pairs[previous] = index, step
-                paired |= {previous, index}
+        for step, fusion in FUSIONS.items():
+            if step in steps and (fusion.leads or index not in taking_part) \
+                    and fusion.fusable(graph, graph.nodes[previous], graph.nodes[index]):
+                following = [index]
+                while fusion.chains and following[-1] in next_kernel:
+                    after = next_kernel[following[-1]]
+                    if after in interleaved or after in taking_part and not fusion.leads \
+                            or not fusion.fusable(graph, graph.nodes[following[-1]], graph.nodes[after]):
+                        break
+                    following.append(after)
+                groups[previous] = following, step
+                grouped |= {previous, *following}
                 break
-    return pairs
+    return groups
 
 
-def _pair(ctx: CodegenContext, first: Node, second: Node, step: str, place_outputs, record: bool) -> Recorded | None:
-    """Emit the two nodes as one kernel (PAIR_KERNELS[step]), the first one's result never in DRAM, when the
-    cost model times that faster than the two kernels apart (a small attention on a wide array can do
-    better apart: the scores product there puts several heads side by side in one weight tile); its code
-    (recorded if `record`, else appended and not returned: []). None, having emitted nothing, when it is
-    not faster (or does not fit on chip): the caller then emits them one by one."""
+def _fused(ctx: CodegenContext, nodes: list[Node], step: str, place_outputs,
+           record: bool) -> tuple[Recorded, int] | None:
+    """Emit the nodes, or the first ones of them, as one kernel (FUSIONS[step]), the results the kernel keeps
+    on chip never in DRAM, when the cost model times that faster than the kernels apart (a small attention on
+    a wide array can do better apart: the scores product there puts several heads side by side in one
+    weight tile): its code (recorded if `record`, else appended and not returned: []) and how many nodes it
+    took, at least two. None, having emitted nothing, when apart is faster (or nothing fits on chip): the
+    caller then emits them one by one."""
     graph = ctx.graph
-    _, kernel, _, stores = PAIR_KERNELS[step]
-    stores_first = stores is not None and stores(graph, first, second)
+    fusion = FUSIONS[step]
 
     def allocated(*nodes: Node) -> None:
         # For the trials, which put back the DRAM they take (but not what place_outputs records).
@@ -229,33 +257,46 @@ def _pair(ctx: CodegenContext, first: Node, second: Node, step: str, place_outpu
             for value in (graph.values[name] for name in node.outputs if name):
                 ctx.views[value.name] = ctx.allocate(value.shape, accelerator_dtype(value.dtype, value.name, node.op))
 
-    def on_chip() -> None:
-        allocated(*(first, second) if stores_first else (second,))
-        kernel(ctx, first, second)
+    def in_dram(count: int) -> list[Node]:
+        """Of the first `count` nodes run as one kernel, those whose results reach DRAM."""
+        return [node for node, reader in zip(nodes[:count - 1], nodes[1:count], strict=True)
+                if fusion.stores is not None and fusion.stores(graph, node, reader)] + [nodes[count - 1]]
 
-    def apart() -> None:
-        allocated(first, second)
-        for node in (first, second):
+    def on_chip(count: int) -> None:
+        allocated(*in_dram(count))
+        fusion.kernel(ctx, *nodes[:count])
+        allocated(*nodes[count:])
+        for node in nodes[count:]:
             KERNELS[node.op](ctx, node)
 
-    # Pairs of the same shapes take the same choice.
+    def apart() -> None:
+        allocated(*nodes)
+        for node in nodes:
+            KERNELS[node.op](ctx, node)
+
+    # Groups of the same shapes take the same choice.
     key = (step, *(repr(({name: value for name, value in node.attrs.items() if name not in QUANTIZATION_ATTRS},
                          [(graph.values[name].shape, graph.values[name].dtype)
                           for name in node.inputs + node.outputs if name]))
-                   for node in (first, second)))
-    with ctx.emitter.node(node_label(first) + JOIN + node_label(second)):
+                   for node in nodes))
+    # The choices: all the nodes on chip, or the first ones (name -> how many), or none.
+    counts = {"on chip" if count == len(nodes) else f"first {count} on chip": count
+              for count in range(len(nodes), 1, -1)}
+    with ctx.emitter.node(JOIN.join(node_label(node) for node in nodes)):
         try:
-            best = ctx.fastest({"on chip": on_chip, "apart": apart}, key)
+            best = ctx.fastest({**{name: partial(on_chip, count) for name, count in counts.items()}, "apart": apart},
+                               key)
         except UnsupportedOpError:  # either way: apart, the kernel that cannot will say why
             return None
-        if best != "on chip":
+        if best not in counts:
             return None
-        if stores_first:
-            place_outputs(first)
-        place_outputs(second)
-        with ctx.local_floors((0, 0)), ctx.emitter.recording() if record else nullcontext([]) as code:
-            kernel(ctx, first, second)
-    return code
+        count = counts[best]
+        for node in in_dram(count):
+            place_outputs(node)
+    with ctx.emitter.node(JOIN.join(node_label(node) for node in nodes[:count])), ctx.local_floors((0, 0)), \
+            ctx.emitter.recording() if record else nullcontext([]) as code:
+        fusion.kernel(ctx, *nodes[:count])
+    return code, count
 
 
 def _above(ctx: CodegenContext, independent: bool = False) -> tuple[int, int] | None:

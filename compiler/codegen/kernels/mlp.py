@@ -127,7 +127,7 @@ def mlp_kernel(ctx: CodegenContext, first: Node, second: Node) -> None:
     weights = (StreamedWeights(ctx, w1, slot_bytes), StreamedWeights(ctx, w2, slot_bytes))
     products, groups = (first_product, second_product), (first_groups, second_groups)
     passes = -(-m_total // row_block)
-    jobs = _job_order(passes, len(first_groups), len(second_groups))
+    jobs = job_order(passes, [len(first_groups), len(second_groups)])
     job_chunks = [weights[product].chunks(_blocks(groups[product][group], cols)) for product, _, group in jobs]
     # Every chunk of weights in the order the array takes them: (product, chunk).
     stream = [(job[0], chunk) for job, chunks in zip(jobs, job_chunks, strict=True) for chunk in chunks]
@@ -201,14 +201,15 @@ def _blocks(group: tuple[int, int], cols: int) -> range:
     return range(n0 // cols, -(-(n0 + width) // cols))
 
 
-def _job_order(passes: int, first_groups: int, second_groups: int) -> list[tuple[int, int, int]]:
-    """(product, row block, column group) in the order the array takes them: the first product's groups of
-    block 0, then for each block i those of the second product for block i in turn with the first
-    product's for block i + 1, spread evenly, a first-product group first."""
-    jobs = [(0, 0, group) for group in range(first_groups)]
-    for block in range(passes):
-        firsts = [(0, block + 1, group) for group in range(first_groups)] if block + 1 < passes else []
-        seconds = [(1, block, group) for group in range(second_groups)]
-        jobs += sorted(firsts + seconds, key=lambda job: ((job[2] + 0.5) / (first_groups, second_groups)[job[0]],
-                                                           job[0]))
+def job_order(blocks: int, groups: list[int]) -> list[tuple[int, int, int]]:
+    """(product, row block, column group) in the order the array takes them, for a chain of products each
+    taking the one before's result (`groups[p]` column groups each): product p works on block i - p at
+    step i, its groups spread evenly among the others', a product before a later one at a tie. For two
+    products: the first product's groups of block 0, then for each block i those of the second product for
+    block i in turn with the first product's for block i + 1."""
+    jobs = []
+    for step in range(blocks + len(groups) - 1):
+        active = [(product, step - product, group) for product, count in enumerate(groups)
+                  if 0 <= step - product < blocks for group in range(count)]
+        jobs += sorted(active, key=lambda job: ((job[2] + 0.5) / groups[job[0]], job[0]))
     return jobs

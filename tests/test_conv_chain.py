@@ -1,11 +1,12 @@
-"""Two int8 convolutions on chip, the second pointwise (compiler/codegen/kernels/pointwise.py): a ResNet
-block's 3x3 convolution and the join's convolution after it, or a join's convolution and the next block's
-reduction; the second takes the first one's finished tiles from the scratchpad as its patches.
+"""A chain of int8 convolutions on chip (compiler/codegen/kernels/conv_chain.py): a ResNet block's 3x3,
+the join's convolution and the next block's reduction, each after the first taking the one before's
+finished tiles from the scratchpad as its patches.
 
-Which node pairs qualify, then end to end on ResNet-like blocks quantized by acc's own post-training
-quantization: the values are the two kernels' (--disable-pass pointwise) bit for bit, with no hazard, in
-fewer cycles; the first result is stored when something else reads it (a join's, the next join's skip)
-and never otherwise; where the filters do not fit on chip the two kernels run apart.
+Which nodes qualify and the order the array takes the products' blocks in; then end to end on ResNet-like
+blocks quantized by acc's own post-training quantization: the values are the kernels' apart
+(--disable-pass conv_chain) bit for bit, with no hazard, in fewer cycles; a result is stored when
+something else reads it (a join's, the next join's skip) and never otherwise; where the whole chain does
+not fit on chip its first two run as one kernel, and where they do not either, the kernels run apart.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from compiler.codegen.kernels.pointwise import fusable
+from compiler.codegen.kernels.conv_chain import fusable
+from compiler.codegen.kernels.mlp import job_order
 from compiler.frontend import import_model
 from compiler.pipeline import Precision, compile, quantize_for, run_passes
 from runtime.simulator import run
@@ -96,35 +98,54 @@ def _stored_bytes(program) -> int:
     return sum(i["n0"] * i["n1"] * i["n2"] * i["esize"] for i in program.instructions if i.mnemonic == "dma_store")
 
 
-@pytest.mark.parametrize("make, channels, reduced, size, pairs", [
-    (_blocks, 64, 32, 14, 2),  # 3x3 then join, twice; one channel block each; 196 pixels: a last tile of 4
-    (_blocks, 160, 64, 12, 2),  # the joins in blocks of 128 + 32 channels; 144 pixels: a last tile of 16
-    (_joins, 256, 160, 10, 1),  # a join, then the reduction: in 128 + 32 channels, its K tiles in both blocks
+def test_each_product_takes_a_tile_after_the_product_before_finished_it():
+    jobs = job_order(5, [1, 3, 2])
+    assert sorted(jobs) == sorted((product, tile, block) for product, blocks in enumerate([1, 3, 2])
+                                  for tile in range(5) for block in range(blocks))
+    for at, (product, tile, _) in enumerate(jobs):
+        if product:  # every block of the product before, on this tile, comes earlier
+            assert all(jobs.index((product - 1, tile, block)) < at for block in range([1, 3, 2][product - 1]))
+    # A software pipeline: product p takes tile t - p while product 0 takes tile t, their blocks in turn.
+    steps = [product + tile for product, tile, _ in jobs]
+    assert steps == sorted(steps)
+    assert jobs[:5] == [(0, 0, 0), (1, 0, 0), (0, 1, 0), (1, 0, 1), (1, 0, 2)]
+
+
+@pytest.mark.parametrize("make, channels, reduced, size, chains", [
+    # 3x3, join, reduction, then 3x3 and join; 196 pixels: a last tile of 4
+    (_blocks, 64, 32, 14, ["Conv + Conv + Conv", "Conv + Conv"]),
+    # the joins in blocks of 128 + 32 channels; 144 pixels: a last tile of 16
+    (_blocks, 160, 64, 12, ["Conv + Conv + Conv", "Conv + Conv"]),
+    # join, reduction, join: the reduction's K tiles in both of the first join's blocks (160 + 96)
+    (_joins, 256, 160, 10, ["Conv + Conv + Conv"]),
+    # the three filters do not fit the scratchpad: the first two run as one kernel
+    (_joins, 512, 160, 6, ["Conv + Conv"]),
 ])
-def test_the_pair_on_chip_gives_the_two_kernels_values_in_fewer_cycles(make, channels, reduced, size, pairs):
-    """On edge each pair runs as one kernel: the result equals the two kernels' bit for bit, without hazards,
-    in fewer cycles. A 3x3's result, read only by the join's convolution, is never stored; a join's result,
-    the next join's skip, is."""
+def test_the_chain_on_chip_gives_the_kernels_values_in_fewer_cycles(make, channels, reduced, size, chains):
+    """On edge each chain runs as one kernel: the result equals the kernels' apart bit for bit, without
+    hazards, in fewer cycles. A 3x3's or a reduction's result, read only by the next convolution, is never
+    stored; a join's result, the next join's skip, is."""
     model, samples = make(channels, reduced, size), _samples(channels, size)
     precision = Precision("int8", samples)
     together = compile(model, "edge", opt_level=2, precision=precision)
-    apart = compile(model, "edge", opt_level=2, precision=precision, disabled_passes=["pointwise"])
-    notes = [notes for name, notes in together.notes.items() if name.count(" + ") == 1]
-    assert len(notes) == pairs
-    assert all(note[0].endswith("-> on chip") and note[1].startswith("convolution pair on chip") for note in notes)
+    apart = compile(model, "edge", opt_level=2, precision=precision, disabled_passes=["conv_chain"])
+    emitted = sorted((name for name, notes in together.notes.items()
+                      if any(note.startswith("convolution chain on chip") for note in notes)), key=len, reverse=True)
+    assert ["+".join(["Conv"] * (name.count(" + ") + 1)).replace("+", " + ") for name in emitted] == chains
     results = [run(program, samples[0], check_hazards=True) for program in (together, apart)]
     assert [result.stats["hazards"] for result in results] == [0, 0]
     assert np.array_equal(results[0].outputs["y"], results[1].outputs["y"])
     assert results[0].stats["cycles"] < results[1].stats["cycles"]
-    kept = reduced * size * size if make is _blocks else 0  # per pair, the 3x3's u8 result
-    assert _stored_bytes(apart) - _stored_bytes(together) == pairs * kept
+    # Never stored: per chain, each result but the last that only the next node reads.
+    never = {_blocks: 2 * reduced, _joins: reduced if len(chains[0].split(" + ")) == 3 else 0}[make]
+    assert _stored_bytes(apart) - _stored_bytes(together) == never * size * size
 
 
-def test_a_pair_that_does_not_fit_on_chip_runs_as_two_kernels():
-    """On tiny (16 KiB of scratchpad) both filters of 256 x 160 do not fit: the convolutions run apart,
-    exactly as with the step disabled."""
+def test_a_chain_that_does_not_fit_on_chip_runs_as_separate_kernels():
+    """On tiny (16 KiB of scratchpad) no two of the filters fit: the convolutions run apart, exactly as with
+    the step disabled."""
     model, samples = _joins(256, 160, 6), _samples(256, 6)
     precision = Precision("int8", samples)
     program = compile(model, "tiny", opt_level=2, precision=precision)
-    reference = compile(model, "tiny", opt_level=2, precision=precision, disabled_passes=["pointwise"])
+    reference = compile(model, "tiny", opt_level=2, precision=precision, disabled_passes=["conv_chain"])
     assert program.instructions == reference.instructions
