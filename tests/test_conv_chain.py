@@ -132,6 +132,9 @@ def test_the_chain_on_chip_gives_the_kernels_values_in_fewer_cycles(make, channe
     emitted = sorted((name for name, notes in together.notes.items()
                       if any(note.startswith("convolution chain on chip") for note in notes)), key=len, reverse=True)
     assert ["+".join(["Conv"] * (name.count(" + ") + 1)).replace("+", " + ") for name in emitted] == chains
+    searches = [notes[0] for name, notes in together.notes.items() if name.count(" + ") == 2]
+    if searches and chains[0].count(" + ") == 1:  # the longest that fits is timed against apart, no other
+        assert searches[0].startswith("searched: first 2 on chip") and searches[0].count(" on chip ") == 1
     results = [run(program, samples[0], check_hazards=True) for program in (together, apart)]
     assert [result.stats["hazards"] for result in results] == [0, 0]
     assert np.array_equal(results[0].outputs["y"], results[1].outputs["y"])
@@ -149,3 +152,4 @@ def test_a_chain_that_does_not_fit_on_chip_runs_as_separate_kernels():
     program = compile(model, "tiny", opt_level=2, precision=precision)
     reference = compile(model, "tiny", opt_level=2, precision=precision, disabled_passes=["conv_chain"])
     assert program.instructions == reference.instructions
+    assert [notes[0] for name, notes in program.notes.items() if " + " in name] == ["nothing else fits: apart"]

@@ -279,13 +279,13 @@ def _fused(ctx: CodegenContext, nodes: list[Node], step: str, place_outputs,
                          [(graph.values[name].shape, graph.values[name].dtype)
                           for name in node.inputs + node.outputs if name]))
                    for node in nodes))
-    # The choices: all the nodes on chip, or the first ones (name -> how many), or none.
+    # The choices: the most nodes on chip that fit (name -> how many), against none.
     counts = {"on chip" if count == len(nodes) else f"first {count} on chip": count
               for count in range(len(nodes), 1, -1)}
     with ctx.emitter.node(JOIN.join(node_label(node) for node in nodes)):
         try:
             best = ctx.fastest({**{name: partial(on_chip, count) for name, count in counts.items()}, "apart": apart},
-                               key)
+                               key, first_fit=True)
         except UnsupportedOpError:  # either way: apart, the kernel that cannot will say why
             return None
         if best not in counts:

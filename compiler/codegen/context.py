@@ -253,22 +253,32 @@ class CodegenContext:
         return name
 
     def fastest(self, candidates: dict[str, Callable[[], None]], key: Hashable = None,
-                sample_note: str = "") -> str | None:
+                sample_note: str = "", first_fit: bool = False) -> str | None:
         """The name of the candidate (name -> function emitting it) the cost model times fastest, each
         emitted into a scratch program (`_trial`) that is then dropped; None when none fits on chip. A
-        problem with the `key` of one timed before takes the same answer without timing."""
+        problem with the `key` of one timed before takes the same answer without timing. With `first_fit`,
+        the candidates but the last are alternatives in order of preference (a longer fused kernel, then a
+        shorter one): only the first of them that fits is timed, against the last, which is the answer
+        untimed when none of them fits."""
         if key is not None and key in self._choices:
             best, searched_at = self._choices[key]
             self.note(f"as searched for {searched_at}: {best}")
             return best
-        best = self._search(candidates, sample_note)
+        best = self._search(candidates, sample_note, first_fit)
         if key is not None and best is not None:
             self._choices[key] = best, self.emitter.current_node
         return best
 
-    def _search(self, candidates: dict[str, Callable[[], None]], sample_note: str) -> str | None:
+    def _search(self, candidates: dict[str, Callable[[], None]], sample_note: str,
+                first_fit: bool = False) -> str | None:
         timed = {}
+        last = list(candidates)[-1]
         for name, emit in candidates.items():
+            if first_fit and name != last and timed:
+                continue  # an alternative preferred to this one fits
+            if first_fit and name == last and not timed:
+                self.note(f"nothing else fits: {name}")
+                return name
             with suppress(MemoryError), self._trial() as trial:
                 emit()
                 timed[name] = trial
