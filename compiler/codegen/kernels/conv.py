@@ -381,9 +381,20 @@ def conv_kernel(ctx: CodegenContext, node: Node, product: Product | None = None)
         convolve(ctx, node, space_to_depth(ctx, source, step), space_to_depth_filters(filters, step), 1,
                  (1, 1, 1), dilations, out, product)
         return
+    x, out, product, linear = planes_as_rows(ctx, x, out, product, attrs)
+    # The padding is not written out: patches are filled on chip where they fall outside x.
+    convolve(ctx, node, x, filters, groups, strides, dilations, out, product,
+             pads=tuple(attrs["pads"][:SPATIAL]), pad_value=product.pad_value, linear=linear)
+
+
+def planes_as_rows(ctx: CodegenContext, x: View, out: View, product: Product,
+                   attrs: dict) -> tuple[View, View, Product, bool]:
+    """A convolution's input, output and product with the output planes as one row each where pixel tiles
+    can fill the array's columns across row ends, and whether they are read as runs of the input (linear):
+    a pointwise convolution's input planes are one row too (each output row's pixels are the input row's);
+    a stride-1 convolution's tiles read the input's rows across their ends (ConvShape.linear)."""
+    kernel, strides = tuple(attrs["kernel_shape"]), tuple(attrs["strides"])
     if kernel[1:] == (1, 1) and strides[1:] == (1, 1) and not any(attrs["pads"]):
-        # A pointwise convolution: each output row's pixels are the input row's, so the rows can
-        # be one long row and the pixel tiles fill the array's columns across row ends.
         one_row = _output_as_one_row(out, product)
         if one_row is not None and _rows_merged(x) is not None:
             ctx.note(f"pointwise: {x.shape[3]} rows of {x.shape[4]} pixels as one row")
@@ -393,9 +404,7 @@ def conv_kernel(ctx: CodegenContext, node: Node, product: Product | None = None)
     if linear:
         ctx.note(f"pixel tiles across row ends: {out.shape[3]} rows of {out.shape[4]} pixels as one row")
         out, product = one_row
-    # The padding is not written out: patches are filled on chip where they fall outside x.
-    convolve(ctx, node, x, filters, groups, strides, dilations, out, product,
-             pads=tuple(attrs["pads"][:SPATIAL]), pad_value=product.pad_value, linear=linear)
+    return x, out, product, linear
 
 
 def _tiles_can_cross_rows(x: View, out: View, strides) -> bool:

@@ -34,11 +34,9 @@ from compiler.codegen.kernels.conv import (
     ConvShape,
     _block_of,
     _checked,
-    _output_as_one_row,
-    _rows_merged,
-    _tiles_can_cross_rows,
     arranged_filters,
     conv_filters,
+    planes_as_rows,
     widened,
 )
 from compiler.codegen.kernels.epilogue import Finisher, Product
@@ -71,24 +69,21 @@ def stored(graph: Graph, node: Node, reader: Node) -> bool:
 
 
 def _operands(ctx: CodegenContext, node: Node) -> tuple[ConvShape, View, np.ndarray, Product]:
-    """The node's convolution with its output plane as one row of pixel tiles (ConvShape.linear), its output
-    [N, C, D, 1, pixels], its filters [1, cout, cin, kd, kh, kw] and its Product."""
+    """The node's convolution with its output planes as one row of pixel tiles (conv.planes_as_rows), its
+    output [N, C, D, 1, pixels], its filters [1, cout, cin, kd, kh, kw] and its Product."""
     weight = ctx.graph.values[node.inputs[1]]
     product = integer_product(ctx, node, weight.const.reshape(weight.shape[0], -1).astype(np.int64).sum(axis=1))
     x, out, attrs = _checked(ctx, node, product)
     missing = len(out.shape) - len(ctx.view(node.outputs[0]).shape)
     product = product.laid_out(lambda view: widened(view, missing), 1)
-    kernel, strides = tuple(attrs["kernel_shape"]), tuple(attrs["strides"])
-    one_row = _output_as_one_row(out, product)
-    if kernel[1:] == (1, 1) and not any(attrs["pads"]) and _rows_merged(x) is not None and one_row is not None:
-        x, (out, product) = _rows_merged(x), one_row  # as conv_kernel: the input plane as one row too
-    elif one_row is not None and _tiles_can_cross_rows(x, out, strides):
-        out, product = one_row
-    else:
-        raise unsupported(node, "a convolution pair whose pixel tiles cannot cross row ends")
-    shape = ConvShape(x.shape[0], 1, x.shape[1], out.shape[1], kernel, strides, tuple(attrs["dilations"]),
-                      tuple(out.shape[2:]), x, pads=tuple(attrs["pads"][:3]), pad_value=product.pad_value,
-                      linear=True)
+    x, out, product, _ = planes_as_rows(ctx, x, out, product, attrs)
+    if out.shape[3] != 1:
+        raise unsupported(node, "a convolution chain whose pixel tiles cannot cross row ends")
+    # Linear either way: a pointwise convolution's planes are one row each, so a tile is a run of the input's.
+    kernel = tuple(attrs["kernel_shape"])
+    shape = ConvShape(x.shape[0], 1, x.shape[1], out.shape[1], kernel, tuple(attrs["strides"]),
+                      tuple(attrs["dilations"]), tuple(out.shape[2:]), x, pads=tuple(attrs["pads"][:3]),
+                      pad_value=product.pad_value, linear=True)
     return shape, out, conv_filters(ctx, node, 1, kernel, transposed=False), product
 
 
@@ -121,7 +116,7 @@ def conv_chain_kernel(ctx: CodegenContext, *nodes: Node) -> None:
     finally:
         for name in stand_ins:
             del ctx.views[name]
-    for before, node, shape, product in zip(products, nodes[1:], shapes[1:], products[1:], strict=False):
+    for (before, product), node, shape in zip(pairwise(products), nodes[1:], shapes[1:], strict=True):
         if not (before.requant or before.tail) or before.out != product.operand:
             raise unsupported(node, "a convolution chain whose products are not finished into the scratchpad")
         if shape.out != shapes[0].out:
@@ -143,9 +138,9 @@ def conv_chain_kernel(ctx: CodegenContext, *nodes: Node) -> None:
     patches = [spad.alloc(first.k_total * cols * size) for _ in range(2)]  # a tile's K tiles, two tiles ahead
     accumulators = [[acc.alloc(width * cols * 4) for _ in range(2)] for width in widths]
     kernels = ", then ".join("x".join(map(str, shape.kernel[1:])) for shape in shapes)
-    kept = [str(shape.cout_group) for shape in shapes[:-1]]
+    handed_on = [str(shape.cout_group) for shape in shapes[:-1]]
     ctx.note(f"convolution chain on chip ({kernels}): {len(tiles)} pixel tiles; each product's channels "
-             f"({', '.join(kept)}) a tile stay on chip as the next one's patches"
+             f"({', '.join(handed_on)}) a tile stay on chip as the next one's patches"
              + ("" if all(keep) else f", {len(stand_ins)} never stored")
              + "; the products' channel blocks alternating; every filter on chip")
     for node, matrix, base, shape, product in zip(nodes, matrices, filters, shapes, products, strict=True):
