@@ -44,12 +44,7 @@ def _blocks(channels: int, reduced: int, size: int) -> onnx.ModelProto:
              helper.make_node("Relu", ["d0"], ["d"]),
              helper.make_node("Conv", ["d", "we", "be"], ["e0"]), helper.make_node("Add", ["e0", "j"], ["e1"]),
              helper.make_node("Relu", ["e1"], ["y"])]
-    shape = [1, channels, size, size]
-    graph = helper.make_graph(nodes, "blocks", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
-                              [numpy_helper.from_array(np.asarray(value, np.float32), name)
-                               for name, value in constants.items()])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return _model("blocks", nodes, constants, [1, channels, size, size])
 
 
 def _joins(channels: int, reduced: int, size: int) -> onnx.ModelProto:
@@ -63,8 +58,12 @@ def _joins(channels: int, reduced: int, size: int) -> onnx.ModelProto:
              helper.make_node("Conv", ["j", "wc"], ["c0"]), helper.make_node("Relu", ["c0"], ["c"]),
              helper.make_node("Conv", ["c", "we"], ["e0"]), helper.make_node("Add", ["e0", "j"], ["e1"]),
              helper.make_node("Relu", ["e1"], ["y"])]
-    shape = [1, channels, size, size]
-    graph = helper.make_graph(nodes, "joins", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+    return _model("joins", nodes, constants, [1, channels, size, size])
+
+
+def _model(title: str, nodes: list, constants: dict, shape: list[int]) -> onnx.ModelProto:
+    """y = the nodes of x, both of `shape`, with the constants as fp32 initializers."""
+    graph = helper.make_graph(nodes, title, [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
                               [numpy_helper.from_array(np.asarray(value, np.float32), name)
                                for name, value in constants.items()])

@@ -710,7 +710,7 @@ def patch_stationary(ctx: CodegenContext, shape: ConvShape, filters: Callable[[]
     k_tiles = shape.k_tiles(rows)
     tiles = shape.pixel_tiles(cols)
     spad, acc = ctx.scratchpad(), ctx.accumulator()
-    depth = STAGED_LOOKAHEAD if shape.staging_bytes(rows, 1, 1) else LOOKAHEAD
+    depth = STAGED_LOOKAHEAD if shape.strides[2] > 1 else LOOKAHEAD  # strided rows are staged
     patches = [spad.alloc(rows * cols * size) for _ in range(depth + 2)]
     m_tile = _patch_stationary_rows(config, shape)
     finisher = Finisher(ctx, product, spad, m_tile, cols, m_tile)
