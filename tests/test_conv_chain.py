@@ -117,6 +117,8 @@ def test_each_product_takes_a_tile_after_the_product_before_finished_it():
     (_blocks, 160, 64, 12, ["Conv + Conv + Conv", "Conv + Conv"]),
     # join, reduction, join: the reduction's K tiles in both of the first join's blocks (160 + 96)
     (_joins, 256, 160, 10, ["Conv + Conv + Conv"]),
+    # the reduction in two blocks (288 + 96) between joins of one block each
+    (_joins, 96, 384, 10, ["Conv + Conv + Conv"]),
     # the three filters do not fit the scratchpad: the first two run as one kernel
     (_joins, 512, 160, 6, ["Conv + Conv"]),
 ])
