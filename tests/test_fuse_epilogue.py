@@ -257,6 +257,57 @@ def test_tail_is_not_fused_when_an_operand_comes_later_or_does_not_broadcast_per
     assert run_pass(fuse_tail, per_row) == same(per_row)
 
 
+QCONV_U8 = QCONV.replace('out_dtype="i32"', 'out_dtype="u8"').replace("y_min=-2147483648, y_max=2147483647",
+                                                                    "y_min=0, y_max=255")
+BRANCHES_BEFORE = f"""
+graph g
+  input %x: u8[1, 2, 2, 2]
+  const %w: i8[2, 2, 1, 1] = [1, 2, 3, 4]
+  const %cs: f32[2, 1, 1] = [[[0.125]], [[0.0625]]]
+  const %s: f32[] = [0.5]
+  const %z: u8[] = [0]
+  %h: u8[1, 2, 2, 2] = QLinearConv(%x, %w) {QCONV_U8}}}  @feeder
+  %main: i32[1, 2, 2, 2] = QLinearConv(%h, %w) {QCONV}}}  @main
+  %short: i32[1, 2, 2, 2] = QLinearConv(%x, %w) {QCONV}}}  @shortcut
+  %y: u8[1, 2, 2, 2] = FusedElementwise(%main, %cs, %short, %cs, %s, %z) {{steps=["Cast(x0) {{to=\\"f32\\"}}", \\
+"Mul(s0, x1)", "Cast(x2) {{to=\\"f32\\"}}", "Mul(s2, x3)", "Add(s1, s3)", "Relu(s4)", \\
+"QuantizeLinear(s5, x4, x5) {{output_dtype=\\"u8\\"}}"]}}  @join
+  output %y
+"""
+BRANCHES_AFTER = f"""
+graph g
+  input %x: u8[1, 2, 2, 2]
+  const %w: i8[2, 2, 1, 1] = [1, 2, 3, 4]
+  const %cs: f32[2, 1, 1] = [[[0.125]], [[0.0625]]]
+  const %s: f32[] = [0.5]
+  const %z: u8[] = [0]
+  %short: i32[1, 2, 2, 2] = QLinearConv(%x, %w) {QCONV}}}  @shortcut
+  %h: u8[1, 2, 2, 2] = QLinearConv(%x, %w) {QCONV_U8}}}  @feeder
+  %y: u8[1, 2, 2, 2] = QLinearConv(%h, %w, _, %cs, %short, %cs, %s, %z) {QCONV}, tail=["Cast(x0) {{to=\\"f32\\"}}", \\
+"Mul(s0, x1)", "Cast(x2) {{to=\\"f32\\"}}", "Mul(s2, x1)", "Add(s1, s3)", "Relu(s4)", \\
+"QuantizeLinear(s5, x4, x5) {{output_dtype=\\"u8\\"}}"]}}  @main
+  output %y
+"""
+
+
+def test_a_join_of_two_convolutions_is_the_main_branch_s_tail_with_the_shortcut_moved_before_it():
+    """A ResNet projection block: the convolution whose input is made last (main) takes the join, and the
+    shortcut's convolution moves before the node that makes main's input, so that the main branch's
+    convolutions follow one another (a chain, compiler/codegen/kernels/conv_chain.py)."""
+    assert run_pass(fuse_tail, BRANCHES_BEFORE.replace("\\\n", "")) == same(BRANCHES_AFTER.replace("\\\n", ""))
+
+
+def test_a_shortcut_that_reads_the_main_branch_stays_where_it_is():
+    """When the shortcut reads what main's input is made from, it cannot move before it: the last of the two
+    takes the join, as without a shortcut to move."""
+    before = BRANCHES_BEFORE.replace("\\\n", "").replace("%short: i32[1, 2, 2, 2] = QLinearConv(%x,",
+                                                          "%short: i32[1, 2, 2, 2] = QLinearConv(%h,")
+    after = run_pass(fuse_tail, before)
+    assert [line.split("@")[-1] for line in after.splitlines() if "QLinearConv" in line] == ["feeder", "main",
+                                                                                                "shortcut"]
+    assert "tail=" in after.split("@main")[1]  # the shortcut, last, took it
+
+
 @pytest.mark.parametrize("config", ["tiny", "edge"])
 @pytest.mark.parametrize("channels, size, kernel", [(8, 10, 3), (48, 5, 1)])
 def test_int8_tails_equal_the_unfused_program(config, channels, size, kernel):

@@ -157,7 +157,7 @@ def fuse_tail(graph: Graph) -> Graph:
     (attention's mask over the heads). Anything else is left as it was. A program with single
     values besides the result, behind Reshapes and Transposes that keep the last axis, first
     moves before them (`_before_layout_ops`)."""
-    graph = _before_layout_ops(graph)
+    graph = _side_branches_first(_before_layout_ops(graph))
     consumers = graph.consumers()
     producers = graph.producers()
     position = {id(node): index for index, node in enumerate(graph.nodes)}
@@ -331,6 +331,35 @@ def tail_steps(program: Node, result: str, others: list[str]) -> list[str]:
                 for i, name in enumerate(program.inputs)}
     return [Step(step.op, tuple(renumber.get(o, o) for o in step.operands), step.attrs).text()
             for step in map(Step.parse, program.attrs["steps"])]
+
+
+def _side_branches_first(graph: Graph) -> Graph:
+    """Of the products a FusedElementwise program joins (a ResNet block's last convolution and its
+    projection shortcut), the one whose input is made last (the block's main branch) is to take the
+    program as its tail (fuse_tail: the last in node order): each other one moves to just before the
+    node that makes that input, where all its own inputs are ready. The main branch's convolutions then
+    follow one another, the join at their end, and can run as one chain (compiler/codegen/kernels/
+    conv_chain.py); the values do not change (the join adds the same two results)."""
+    consumers, producers = graph.consumers(), graph.producers()
+    for program in [node for node in graph.nodes if node.op == "FusedElementwise"]:
+        position = {id(node): index for index, node in enumerate(graph.nodes)}
+        candidates = [producers[name] for name in program.inputs
+                      if name in producers and _tail_candidate(graph, producers[name], name, program, consumers)]
+        if len(candidates) < 2:
+            continue
+        main = max(candidates, key=lambda node: position.get(id(producers.get(node.inputs[0])), -1))
+        feeder = producers.get(main.inputs[0])
+        if feeder is None:
+            continue
+        moved = [node for node in candidates if node is not main and position[id(node)] > position[id(feeder)]
+                 and all(name not in producers or position[id(producers[name])] < position[id(feeder)]
+                         for name in node.inputs if name)]
+        if not moved:
+            continue
+        rest = [node for node in graph.nodes if all(node is not other for other in moved)]
+        at = next(index for index, node in enumerate(rest) if node is feeder)
+        graph.nodes = rest[:at] + moved + rest[at:]
+    return graph
 
 
 def _before_layout_ops(graph: Graph) -> Graph:
