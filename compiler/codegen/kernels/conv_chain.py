@@ -150,13 +150,23 @@ def conv_chain_kernel(ctx: CodegenContext, *nodes: Node) -> None:
     for finisher, shape in zip(finishers, shapes, strict=True):
         finisher.load_channels(0, shape.cout_group)
 
+    # A tile's patch rows, all K tiles at once: the channel runs of one kernel position that K tiles split
+    # are one piece (the buffer holds the K tiles one after the other), so a 3x3 of 64 channels loads each
+    # position with one DMA, not two.
+    pieces: list[tuple[int, tuple[int, int, int], int, int]] = []
+    for k0, _, tile_pieces in k_tiles:
+        for row, position, channel, count in tile_pieces:
+            if pieces and pieces[-1][1] == position and sum(pieces[-1][2:]) == channel \
+                    and pieces[-1][0] + pieces[-1][3] == k0 + row:
+                pieces[-1] = (*pieces[-1][:3], pieces[-1][3] + count)
+            else:
+                pieces.append((k0 + row, position, channel, count))
+
     def load_patches(tile: int) -> None:
-        """Every K tile of a pixel tile's patch, one after the other."""
+        """A pixel tile's patch, every K tile of it."""
         if tile < len(tiles):
             n, od, oh0, nrows, ow0, ncols = tiles[tile]
-            for k0, _, pieces in k_tiles:
-                first.load_patch(ctx, patches[tile % len(patches)] + k0 * ncols * size, n, 0, pieces, od, oh0, nrows,
-                                 ow0, ncols)
+            first.load_patch(ctx, patches[tile % len(patches)], n, 0, pieces, od, oh0, nrows, ow0, ncols)
 
     finished: dict[tuple[int, int, int], int] = {}  # (product, pixel tile, block) -> where it is on chip
 
