@@ -55,8 +55,8 @@ def check(op: str, values: dict, attrs: dict, config: str, runtime: set = frozen
     np.testing.assert_allclose(actual, expected, rtol=tolerance, atol=tolerance * max(np.abs(expected).max(), 1))
 
 
-def conv_notes(values: dict, attrs: dict, config: str) -> list[str]:
-    """The code generator's notes on a Conv of values' x by its constant W (no bias)."""
+def conv_program(values: dict, attrs: dict, config: str):
+    """The program of a Conv of values' x by its constant W (no bias)."""
     graph = Graph()
     graph.add_value(Value("x", "f32", values["x"].shape))
     graph.inputs = ["x"]
@@ -64,7 +64,12 @@ def conv_notes(values: dict, attrs: dict, config: str) -> list[str]:
     graph.add_value(Value("y", "f32", reference("Conv", {"x": values["x"], "W": values["W"]}, attrs, set()).shape))
     graph.outputs = ["y"]
     graph.nodes = [Node("Conv", ["x", "W"], ["y"], attrs, "conv")]
-    return generate(graph, load_config(config)).notes["conv"]
+    return generate(graph, load_config(config))
+
+
+def conv_notes(values: dict, attrs: dict, config: str) -> list[str]:
+    """The code generator's notes on a Conv of values' x by its constant W (no bias)."""
+    return conv_program(values, attrs, config).notes["conv"]
 
 
 def conv_values(seed: int, x_shape, w_shape, bias_channels: int | None) -> dict:
@@ -158,6 +163,23 @@ def test_conv_patch_stationary_streams_filters(config, x_shape, w_shape, filters
     check("Conv", values, attrs, config, runtime)
     note = conv_notes(values, attrs, config)[-1]
     assert note.startswith("patch stationary") and note.endswith(f"filters {filters}")
+
+
+def test_conv_patch_stationary_loads_the_next_filter_block_while_the_last_one_multiplies():
+    """Filters on chip in two channel blocks of 512 (1024 x 64 f32 on edge) take two buffers in turn: the
+    second block's filters load while the first block's matmuls run, not after them."""
+    from isa.timing import Timeline
+
+    values = conv_values(5, (1, 64, 2, 3), (1024, 64, 1, 1), 1024)
+    check("Conv", values, {}, "edge")
+    assert conv_notes(values, {}, "edge")[-1].endswith("filters on chip per block, two blocks in turn")
+    program = conv_program(values, {}, "edge").instructions
+    times = {index: (begins, ends) for index, _, begins, ends, _ in Timeline(program, load_config("edge"))}
+    block_loads = [index for index, instruction in enumerate(program) if instruction.mnemonic == "dma_load"
+                   and instruction["n0"] * instruction["n1"] * instruction["n2"] * instruction["esize"] == 512 * 64 * 4]
+    assert len(block_loads) == 2
+    first_block_matmuls = [index for index in range(block_loads[1]) if program[index].mnemonic == "matmul"]
+    assert times[block_loads[1]][0] < times[first_block_matmuls[-1]][1]
 
 
 # An image network's stem (few channels, a stride) runs as a stride-1 convolution of the input

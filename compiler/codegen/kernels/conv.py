@@ -723,15 +723,25 @@ def patch_stationary(ctx: CodegenContext, shape: ConvShape, filters: Callable[[]
     resident = m_tile * shape.k_total * wsize <= spad.free - 1024
     if not resident:
         m_tile = max(1, min(m_tile, (spad.free // 2 - 1024) // (rows * wsize)))
-    filter_base = spad.alloc(m_tile * shape.k_total * wsize) if resident else None
+    # With several channel blocks on chip in turn, the next block's filters load while this block's matmuls
+    # run: two buffers, the block halved (down to the array's width) until both fit.
+    block_pair = m_tile
+    while resident and 2 * block_pair * shape.k_total * wsize > spad.free - 1024 and block_pair > cols:
+        block_pair //= 2
+    alternate = resident and shape.cout_group > m_tile and 2 * block_pair * shape.k_total * wsize <= spad.free - 1024
+    if alternate:
+        m_tile = block_pair
+    filter_bases = [spad.alloc(m_tile * shape.k_total * wsize) for _ in range(2 if alternate else 1)] \
+        if resident else []
     # Streamed filter tiles come in a ring as deep as the patches', LOOKAHEAD K tiles ahead with them,
     # when that fits in half the scratchpad left; else in two buffers, each just before its matmuls.
     ahead = not resident and (depth + 2) * m_tile * rows * wsize <= spad.free // 2
     filter_tiles = None if resident else [spad.alloc(m_tile * rows * wsize) for _ in range(depth + 2 if ahead
                                                                                            else 2)]
     streamed = None if resident or tile_major is None else tile_major(m_tile)
+    held = "on chip per block" + (", two blocks in turn" if alternate else "")
     ctx.note(f"patch stationary: {len(tiles)} pixel tiles x {len(k_tiles)} K tiles, channel blocks of {m_tile} "
-             f"streamed, filters {'on chip per block' if resident else 'streamed ahead' if ahead else 'streamed'}"
+             f"streamed, filters {held if resident else 'streamed ahead' if ahead else 'streamed'}"
              + (", strided rows staged" if staging is not None else ""))
     c_buffers = [acc.alloc(m_tile * cols * 4) for _ in range(2)]
     # Every (batch, group, channel block, pixel tile, K tile) in order. Patches are loaded LOOKAHEAD K
@@ -773,6 +783,7 @@ def patch_stationary(ctx: CodegenContext, shape: ConvShape, filters: Callable[[]
         pixels = nrows * ncols
         if index == 0:
             if resident and tile == 0:
+                filter_base = filter_bases[(m0 // m_tile) % len(filter_bases)]
                 ctx.dma_in(filter_base, filters().at(group).window(0, m0, m0 + mt))
             c_tile = c_buffers[tile_count % 2]
             tile_count += 1
