@@ -91,7 +91,7 @@ def _block_channels(config, channels: list[int], free: int) -> list[int]:
     """Each product's output channels per block (the rows a matmul streams): as many as two result tiles of
     every product fit the accumulator's `free` bytes, a multiple of array_rows (each block is whole K tiles of
     the next product's). Longer streams load each patch into the array fewer times: ResNet-50's chains
-    take 256 (64 and 128 were 0.5% and 1.5% slower on edge)."""
+    take 256 (blocks of 128 and of 64 were 0.4% and 1.5% slower on edge)."""
     rows, tile = config.array_rows, 4 * config.array_cols
     for block in range(-(-max(channels) // rows) * rows, 0, -rows):
         widths = [min(count, block) for count in channels]
@@ -135,7 +135,7 @@ def conv_chain_kernel(ctx: CodegenContext, *nodes: Node) -> None:
                  for index, (shape, product, width, product_blocks)
                  in enumerate(zip(shapes, products, widths, blocks, strict=True))]
     filters = [spad.alloc(shape.cout_group * shape.k_total * wsize) for shape in shapes]
-    patches = [spad.alloc(first.k_total * cols * size) for _ in range(2)]  # a tile's K tiles, two tiles ahead
+    patches = [spad.alloc(first.k_total * cols * size) for _ in range(2)]  # a tile's K tiles, one tile ahead
     accumulators = [[acc.alloc(width * cols * 4) for _ in range(2)] for width in widths]
     kernels = ", then ".join("x".join(map(str, shape.kernel[1:])) for shape in shapes)
     handed_on = [str(shape.cout_group) for shape in shapes[:-1]]
@@ -197,7 +197,6 @@ def conv_chain_kernel(ctx: CodegenContext, *nodes: Node) -> None:
                                                                    store=keep[product])
 
     load_patches(0)
-
     unfinished: list[tuple[int, int, int, int]] = []
     counts = [0] * len(nodes)
     for product, tile, block in job_order(len(tiles), [len(product_blocks) for product_blocks in blocks]):
