@@ -279,6 +279,30 @@ def test_pool(config, op, x_shape, attrs):
     check(op, {"x": x}, attrs, config, tolerance=1e-6)
 
 
+# A 2-D max pool over many channels folds each row's window columns, then each output row's window rows
+# (ResNet-50's 3x3/2: 4 passes where the window's 8 folds pass over every output value): row tiles,
+# channel blocks, padding, ceil mode, a batch, an oblong window.
+SEPARABLE_CASES = [
+    ((1, 64, 20, 20), dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2])),
+    ((1, 32, 15, 15), dict(kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1)),
+    ((2, 48, 9, 13), dict(kernel_shape=[3, 2], pads=[1, 0, 1, 1], strides=[1, 2])),
+]
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("x_shape,attrs", SEPARABLE_CASES)
+def test_max_pool_by_rows_then_columns(config, x_shape, attrs):
+    x = np.random.default_rng(2).standard_normal(x_shape).astype(np.float32)
+    check("MaxPool", {"x": x}, attrs, config, tolerance=0)
+    graph = Graph()
+    graph.add_value(Value("x", "f32", x_shape))
+    graph.inputs = ["x"]
+    graph.add_value(Value("y", "f32", reference("MaxPool", {"x": x}, attrs, set()).shape))
+    graph.outputs = ["y"]
+    graph.nodes = [Node("MaxPool", ["x"], ["y"], attrs, "pool")]
+    assert generate(graph, load_config(config)).notes["pool"][0].startswith("max pool by rows, then columns")
+
+
 def test_pool_of_one_whole_window_fills_the_vector_lanes():
     """ResNet-50's last AveragePool (7x7 over 7x7, 2048 channels) on edge runs as a reduction per
     channel: within twice its DRAM bound (it took 16 times that pooling column by column)."""

@@ -10,7 +10,10 @@ integer minimum, for max; 0 for average), as far as ceil_mode's last window reac
 loaded into the staging tile from a constant where a window leaves the input; average
 divides by a per-pixel count computed at compile time (count_include_pad or not). A float
 pool whose one window is the whole unpadded input is a global pool: a row reduction per
-channel (rows.py), which fills the vector lanes where one output column would not.
+channel (rows.py), which fills the vector lanes where one output column would not. A 2-D
+max pool whose vector cycles say so folds the window's columns along every input row, then
+its rows for each output row (`_separable_max_pool`): ResNet-50's 3x3/2 max pool 60.2 k →
+52.8 k cycles on edge.
 """
 
 from __future__ import annotations
@@ -58,6 +61,9 @@ def pool_kernel(ctx: CodegenContext, node: Node) -> None:
     _, out_h, out_w = out_sizes
     lowest = -np.inf if dtype.is_float else INT_RANGES[dtype][0]
     pad_value = lowest if is_max else 0.0
+    if is_max and x.shape[2] == out_sizes[0] == 1 and kernel[0] == 1 and min(kernel[1:]) > 1 \
+            and set(dilations) == {1} and _separable_max_pool(ctx, x, out, kernel, strides, pads, pad_value):
+        return
     divisor = None
     if not is_max:
         include_pad = bool(attrs.get("count_include_pad", 0))
@@ -141,3 +147,75 @@ def pool_kernel(ctx: CodegenContext, node: Node) -> None:
                     ctx.dma_out(result, out.at(n).window(0, c0, c0 + ct).window(1, od, od + 1)
                                 .window(2, oh0, oh0 + nrows).window(3, ow0, ow0 + ncols))
                     count += 1
+
+
+def _separable_max_pool(ctx: CodegenContext, x, out, kernel, strides, pads, pad_value: float) -> bool:
+    """A 2-D max pool as a pass along the rows, then one along the columns: per tile of whole output rows
+    and block of channels, the input rows the tile reads come in once ([channels, rows, columns]), the
+    vector unit folds each row's window columns into [channels, rows, output columns] (kernel width - 1
+    instructions over every row), then each output row's window rows into the result (kernel height - 1
+    instructions a row, over the channels). For ResNet-50's 3x3/2: 2 passes over the input rows and 2 over
+    the output rows where the window's 8 folds pass over every output value, when the vector cycles say so
+    (the row instructions' latency weighs with few channels); False, having emitted nothing, otherwise."""
+    config, dtype, size = ctx.config, x.dtype, x.dtype.size
+    batch, channels = x.shape[:2]
+    _, kh, kw = kernel
+    _, sh, sw = strides
+    _, out_h, out_w = out.shape[2:]
+    width = (out_w - 1) * sw + kw  # input columns a row of output reads
+    spad = ctx.scratchpad()
+
+    def band(nrows: int) -> int:
+        return (nrows - 1) * sh + kh
+
+    def cycles(rows: int, cols: int) -> int:
+        return config.vector_latency + rows * -(-cols // config.vector_lanes)
+
+    # Tiles of whole output rows; channels as many as two tiles' buffers fit (staged input, row maxima,
+    # result), at most all.
+    def per_channel(nrows: int) -> int:
+        return 2 * (band(nrows) * width + band(nrows) * out_w + nrows * out_w) * size
+
+    nrows = out_h
+    while nrows > 1 and per_channel(nrows) + 6 * LOCAL_ALIGN > spad.free:
+        nrows = -(-nrows // 2)
+    channel_tile = min(channels, 65535 // band(nrows), (spad.free - 6 * LOCAL_ALIGN) // per_channel(nrows))
+    if channel_tile < 1:
+        return False
+    direct = (kh * kw - 1) * cycles(channel_tile * nrows, out_w)
+    separable = (kw - 1) * cycles(channel_tile * band(nrows), out_w) + nrows * (kh - 1) * cycles(channel_tile, out_w)
+    if separable >= direct:
+        return False
+    ctx.note(f"max pool by rows, then columns: tiles of {nrows} output rows x {channel_tile} channels")
+    staged = [spad.alloc(channel_tile * band(nrows) * width * size) for _ in range(2)]
+    maxima = [spad.alloc(channel_tile * band(nrows) * out_w * size) for _ in range(2)]
+    results = [spad.alloc(channel_tile * nrows * out_w * size) for _ in range(2)]
+    count = 0
+    for n in range(batch):
+        for c0 in range(0, channels, channel_tile):
+            ct = min(channel_tile, channels - c0)
+            for oh0 in range(0, out_h, nrows):
+                rows = min(nrows, out_h - oh0)
+                rows_in = band(rows)
+                stage, row_max, result = (buffers[count % 2] for buffers in (staged, maxima, results))
+                load_box(ctx, x, pad_value, stage, n, c0, ct, 0, (oh0 * sh - pads[1], rows_in, 1),
+                         (-pads[2], width, 1))
+                # Along the rows: [ct * rows_in, out_w], window column j of output column o at o * sw + j.
+                along = dict(dtype=dtype, dst=row_max, dst_rs=out_w, rows=ct * rows_in, cols=out_w)
+                ctx.emitter.emit("vmax", a=stage, a_rs=width, a_cs=sw, b=stage + size, b_rs=width, b_cs=sw, **along)
+                for j in range(2, kw):
+                    ctx.emitter.emit("vmax", a=row_max, a_rs=out_w, a_cs=1, b=stage + j * size, b_rs=width,
+                                     b_cs=sw, **along)
+                # Down the columns: output row r takes maxima rows r * sh + i, for every channel at once.
+                for r in range(rows):
+                    down = dict(dtype=dtype, dst=result + r * out_w * size, dst_rs=rows * out_w, rows=ct,
+                                cols=out_w)
+                    first = row_max + r * sh * out_w * size
+                    ctx.emitter.emit("vmax", a=first, a_rs=rows_in * out_w, a_cs=1, b=first + out_w * size,
+                                     b_rs=rows_in * out_w, b_cs=1, **down)
+                    for i in range(2, kh):
+                        ctx.emitter.emit("vmax", a=down["dst"], a_rs=rows * out_w, a_cs=1,
+                                         b=first + i * out_w * size, b_rs=rows_in * out_w, b_cs=1, **down)
+                ctx.dma_out(result, out.at(n).window(0, c0, c0 + ct).window(1, 0, 1).window(2, oh0, oh0 + rows))
+                count += 1
+    return True
