@@ -33,13 +33,13 @@ from compiler.codegen.kernels.rows import ROW_KERNELS
 from compiler.codegen.memory import CONSTANTS_BASE, Lifetimes, aligned, relocate_constants
 from compiler.errors import UnsupportedOpError
 from compiler.ir import Graph, Node
+from compiler.passes.fuse_epilogue import CONVOLUTIONS
 from compiler.passes.precision import MATRIX_OPS
 from compiler.state import StateDeclaration, resolve_state
 from isa.config import AcceleratorConfig
 from isa.program import Program, TensorInfo
 
 ROOM = 1 / 8  # an interleaved kernel's buffers go above the previous kernel's when this share of a memory is left
-CONVOLUTIONS = {"Conv", "FusedConv", "QLinearConv"}
 
 
 def generate(graph: Graph, config: AcceleratorConfig, keep_intermediates: bool = True,

@@ -106,6 +106,7 @@ def _column_bias(graph: Graph, result: str, user: Node | None) -> str | None:
 
 
 QUANTIZED_PRODUCTS = ("QLinearConv", "QLinearMatMul")
+CONVOLUTIONS = frozenset({"Conv", "FusedConv", "QLinearConv"})  # products whose channels are axis 1
 FLOAT_PRODUCTS = {**{op: fused for op, (fused, _) in FUSED.items()}, **{fused: fused for fused, _ in FUSED.values()}}
 EPILOGUE_ATTRS = ("activation", "activation_params", "tail")
 
@@ -176,7 +177,7 @@ def fuse_tail(graph: Graph) -> Graph:
         result = product.outputs[0]
         others = [name for name in program.inputs if name != result]
         ready = all(name not in producers or position[id(producers[name])] < position[id(product)] for name in others)
-        channel_axis = 1 if product.op in ("QLinearConv", "Conv", "FusedConv") else len(out_shape) - 1
+        channel_axis = 1 if product.op in CONVOLUTIONS else len(out_shape) - 1
         if not ready or not all(_tail_operand(graph.values[name].shape, out_shape, channel_axis) for name in others):
             continue
         steps = tail_steps(program, result, others)

@@ -27,6 +27,7 @@ from compiler.codegen.kernels.conv import SPATIAL, as_3d, load_box, pixel_tiles
 from compiler.codegen.kernels.rows import reduce_views
 from compiler.ir import Node
 from isa.dtypes import INT_RANGES, DType
+from isa.spec import vector_pass_cycles
 
 MAX_PIXELS = 4096
 
@@ -168,9 +169,6 @@ def _separable_max_pool(ctx: CodegenContext, x, out, kernel, strides, pads, pad_
     def band(nrows: int) -> int:
         return (nrows - 1) * sh + kh
 
-    def cycles(rows: int, cols: int) -> int:
-        return config.vector_latency + rows * -(-cols // config.vector_lanes)
-
     # Tiles of whole output rows; channels as many as two tiles' buffers fit (staged input, row maxima,
     # result), at most all.
     def per_channel(nrows: int) -> int:
@@ -182,8 +180,9 @@ def _separable_max_pool(ctx: CodegenContext, x, out, kernel, strides, pads, pad_
     channel_tile = min(channels, 65535 // band(nrows), (spad.free - 6 * LOCAL_ALIGN) // per_channel(nrows))
     if channel_tile < 1:
         return False
-    direct = (kh * kw - 1) * cycles(channel_tile * nrows, out_w)
-    separable = (kw - 1) * cycles(channel_tile * band(nrows), out_w) + nrows * (kh - 1) * cycles(channel_tile, out_w)
+    direct = (kh * kw - 1) * vector_pass_cycles(config, channel_tile * nrows, out_w)
+    separable = ((kw - 1) * vector_pass_cycles(config, channel_tile * band(nrows), out_w)
+                 + nrows * (kh - 1) * vector_pass_cycles(config, channel_tile, out_w))
     if separable >= direct:
         return False
     ctx.note(f"max pool by rows, then columns: tiles of {nrows} output rows x {channel_tile} channels")
