@@ -40,7 +40,7 @@ from compiler.codegen.kernels.conv import (
     widened,
 )
 from compiler.codegen.kernels.epilogue import Finisher, Product
-from compiler.codegen.kernels.mlp import job_order
+from compiler.codegen.kernels.mlp import job_order, run_jobs
 from compiler.codegen.kernels.quantized import integer_product
 from compiler.ir import Graph, Node
 from compiler.ops import OPS
@@ -170,7 +170,10 @@ def conv_chain_kernel(ctx: CodegenContext, *nodes: Node) -> None:
 
     finished: dict[tuple[int, int, int], int] = {}  # (product, pixel tile, block) -> where it is on chip
 
-    def multiply(product: int, tile: int, block: int, target: int) -> None:
+    def multiply(job: tuple[int, int, int], target: int) -> None:
+        product, tile, block = job
+        if product == 0 and block == 0:
+            load_patches(tile + 1)
         width = tiles[tile][5]
         k_total = shapes[product].k_total
         m0, mt = blocks[product][block]
@@ -197,20 +200,5 @@ def conv_chain_kernel(ctx: CodegenContext, *nodes: Node) -> None:
                                                                    store=keep[product])
 
     load_patches(0)
-    unfinished: list[tuple[int, int, int, int]] = []
-    counts = [0] * len(nodes)
-    for product, tile, block in job_order(len(tiles), [len(product_blocks) for product_blocks in blocks]):
-        if product > 0:  # its patches are the product's before: every block of this tile finished first
-            for job in [job for job in unfinished if job[:2] == (product - 1, tile)]:
-                unfinished.remove(job)
-                finish(job)
-        elif block == 0:
-            load_patches(tile + 1)
-        target = accumulators[product][counts[product] % 2]
-        counts[product] += 1
-        multiply(product, tile, block, target)
-        while unfinished:  # the job before this one, finished while this one runs
-            finish(unfinished.pop(0))
-        unfinished.append((product, tile, block, target))
-    for job in unfinished:
-        finish(job)
+    run_jobs(job_order(len(tiles), [len(product_blocks) for product_blocks in blocks]), accumulators, multiply,
+             finish)

@@ -147,9 +147,7 @@ def mlp_kernel(ctx: CodegenContext, first: Node, second: Node) -> None:
     for index in range(1, STREAM_SLOTS):
         fetch(index)
     finished: dict[tuple[int, int], int] = {}  # (row block, hidden group) -> where that part of H is
-    unfinished: list[tuple[int, int, int, int]] = []  # jobs whose matmuls are emitted, with their tiles
     position = 0  # the next chunk of `stream`
-    counts = [0, 0]
 
     def finish(job: tuple[int, int, int, int]) -> None:
         product, block, group, tile = job
@@ -171,26 +169,42 @@ def mlp_kernel(ctx: CodegenContext, first: Node, second: Node) -> None:
         return finished[block, hidden_group] + (k0 - hidden_group * first_group) * hidden_size, \
             first_groups[hidden_group][1]
 
-    for (product, block, group), chunks in zip(jobs, job_chunks, strict=True):
-        r0 = block * row_block
-        mt = min(row_block, m_total - r0)
-        if product == 1:  # its rows are H's: every group of this block finished first
-            for job in [job for job in unfinished if job[0] == 0 and job[1] == block]:
-                unfinished.remove(job)
-                finish(job)
-        tiles = (first_tiles, second_tiles)[product]
-        tile = tiles[counts[product] % 2]
-        counts[product] += 1
+    chunks_of = dict(zip(jobs, job_chunks, strict=True))
+
+    def multiply(job: tuple[int, int, int], tile: int) -> None:
+        nonlocal position
+        product, block, group = job
+        mt = min(row_block, m_total - block * row_block)
         n0, width = groups[product][group]
-        for chunk in chunks:  # stream[position:position + len(chunks)]
+        for chunk in chunks_of[job]:  # stream[position:position + len(chunks)]
             weights[product].multiply(ctx, slots[position % STREAM_SLOTS], chunk, products[product],
                                       lambda k0, product=product, block=block: rows_at(product, block, k0), mt,
                                       tile, n0, width)
             fetch(position + STREAM_SLOTS)
             position += 1
+
+    run_jobs(jobs, (first_tiles, second_tiles), multiply, finish)
+
+
+def run_jobs(jobs: list[tuple[int, int, int]], tiles, multiply, finish) -> None:
+    """Emit a chain of products' jobs (job_order's (product, block, group)) as a software pipeline: each job's
+    matmuls (`multiply(job, tile)`) into its product's accumulator tiles (`tiles[product]`, two, in turn),
+    then the job before it finished (`finish((*job, tile))`) while they run; a product's job first finishes
+    every job of the product before on the same block, whose results are its rows."""
+    unfinished: list[tuple[int, int, int, int]] = []  # jobs whose matmuls are emitted, with their tiles
+    counts = [0] * len(tiles)
+    for job in jobs:
+        product, block, _ = job
+        if product > 0:
+            for earlier in [earlier for earlier in unfinished if earlier[:2] == (product - 1, block)]:
+                unfinished.remove(earlier)
+                finish(earlier)
+        tile = tiles[product][counts[product] % 2]
+        counts[product] += 1
+        multiply(job, tile)
         while unfinished:  # the job before this one, finished while this one runs
             finish(unfinished.pop(0))
-        unfinished.append((product, block, group, tile))
+        unfinished.append((*job, tile))
     for job in unfinished:
         finish(job)
 
