@@ -259,13 +259,15 @@ def test_tail_is_not_fused_when_an_operand_comes_later_or_does_not_broadcast_per
 
 QCONV_U8 = QCONV.replace('out_dtype="i32"', 'out_dtype="u8"').replace("y_min=-2147483648, y_max=2147483647",
                                                                     "y_min=0, y_max=255")
-BRANCHES_BEFORE = f"""
+BRANCHES_HEAD = """
 graph g
   input %x: u8[1, 2, 2, 2]
   const %w: i8[2, 2, 1, 1] = [1, 2, 3, 4]
   const %cs: f32[2, 1, 1] = [[[0.125]], [[0.0625]]]
   const %s: f32[] = [0.5]
   const %z: u8[] = [0]
+"""
+BRANCHES_BEFORE = BRANCHES_HEAD + f"""\
   %h: u8[1, 2, 2, 2] = QLinearConv(%x, %w) {QCONV_U8}}}  @feeder
   %main: i32[1, 2, 2, 2] = QLinearConv(%h, %w) {QCONV}}}  @main
   %short: i32[1, 2, 2, 2] = QLinearConv(%x, %w) {QCONV}}}  @shortcut
@@ -274,13 +276,7 @@ graph g
 "QuantizeLinear(s5, x4, x5) {{output_dtype=\\"u8\\"}}"]}}  @join
   output %y
 """
-BRANCHES_AFTER = f"""
-graph g
-  input %x: u8[1, 2, 2, 2]
-  const %w: i8[2, 2, 1, 1] = [1, 2, 3, 4]
-  const %cs: f32[2, 1, 1] = [[[0.125]], [[0.0625]]]
-  const %s: f32[] = [0.5]
-  const %z: u8[] = [0]
+BRANCHES_AFTER = BRANCHES_HEAD + f"""\
   %short: i32[1, 2, 2, 2] = QLinearConv(%x, %w) {QCONV}}}  @shortcut
   %h: u8[1, 2, 2, 2] = QLinearConv(%x, %w) {QCONV_U8}}}  @feeder
   %y: u8[1, 2, 2, 2] = QLinearConv(%h, %w, _, %cs, %short, %cs, %s, %z) {QCONV}, tail=["Cast(x0) {{to=\\"f32\\"}}", \\
